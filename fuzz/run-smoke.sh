@@ -10,7 +10,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 export RUSTC_BOOTSTRAP=1
 targets=$(cargo fuzz list)
-cargo fuzz build --release $targets >/dev/null 2>&1 || cargo fuzz build --release
+cargo fuzz build --release
 for t in $targets; do
     echo "fuzz: $t for ${secs}s"
     cargo fuzz run --release "$t" -- -max_total_time="$secs" -rss_limit_mb=2048 >/tmp/fuzz-"$t".log 2>&1 || {

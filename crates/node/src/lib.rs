@@ -1,1 +1,10 @@
-//! (crate doc to be written)
+//! The tokio shell of hypha: peer links, the data path between the TUN and the peers, the owner
+//! loop of the routing core, link-local discovery and the admin API.
+//!
+//! Everything protocol-shaped lives in the pure crates below (`wire`, `offload`, `crypto`,
+//! `routing`); this crate only moves bytes between sockets, the TUN device and those cores, and
+//! never lets one bad peer or packet take the node down.
+#![forbid(unsafe_code)]
+
+pub mod endpoint;
+pub mod control;

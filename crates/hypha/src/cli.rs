@@ -1,0 +1,439 @@
+//! Command line: node flags (compatible with mycelium's, so existing command lines keep working),
+//! the TOML config file with the same keys, and the subcommands.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+pub const DEFAULT_TCP_PORT: u16 = 9651;
+pub const DEFAULT_DISCOVERY_PORT: u16 = 9650;
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8989";
+pub const DEFAULT_TUN_NAME: &str = "hypha";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hypha",
+    version,
+    about = "Mesh overlay network node (mycelium wire protocol) with Linux TUN offloads",
+    long_about = None
+)]
+pub struct Cli {
+    /// Private key file (raw 32 bytes), created when missing
+    /// [default: ~/.local/share/hypha/priv_key.bin]
+    #[arg(short = 'k', long = "key-file", global = true)]
+    pub key_file: Option<PathBuf>,
+
+    /// TOML config file with the same keys as the long flags (`tcp_listen_port = 9651`); flags win
+    /// [default: ~/.config/hypha/hypha.toml when it exists]
+    #[arg(short = 'c', long = "config-file", global = true)]
+    pub config_file: Option<PathBuf>,
+
+    /// Debug logging
+    #[arg(short = 'd', long, global = true)]
+    pub debug: bool,
+
+    /// Log errors only
+    #[arg(long, global = true, conflicts_with = "debug")]
+    pub silent: bool,
+
+    /// Log format
+    #[arg(long = "log-format", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Address of the admin API (the node serves it; subcommands talk to it) [default: 127.0.0.1:8989]
+    #[arg(long = "api-addr", global = true)]
+    pub api_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Compact,
+    Logfmt,
+    Plain,
+}
+
+/// Flags of a running node. Options are `Option` so that a config file value applies when the
+/// flag is absent; defaults are applied after merging.
+#[derive(Args, Debug, Default)]
+pub struct NodeArgs {
+    /// Peers to connect to, e.g. tcp://198.18.0.1:9651 or tcp://[fd00::1]:9651
+    #[arg(long, num_args = 1..)]
+    pub peers: Vec<String>,
+
+    /// TCP port to listen on for peers [default: 9651]
+    #[arg(short = 't', long = "tcp-listen-port")]
+    pub tcp_listen_port: Option<u16>,
+
+    /// Run without a TUN device (the node still routes and forwards)
+    #[arg(long = "no-tun")]
+    pub no_tun: bool,
+
+    /// Name of the TUN device [default: hypha]
+    #[arg(long = "tun-name")]
+    pub tun_name: Option<String>,
+
+    /// Force the plain TUN path: no virtio-net header, no TSO/USO, no GRO writes
+    #[arg(long = "no-offload")]
+    pub no_offload: bool,
+
+    /// Do not announce or discover peers on the local link
+    #[arg(long = "disable-peer-discovery")]
+    pub disable_peer_discovery: bool,
+
+    /// UDP port of link-local peer discovery [default: 9650]
+    #[arg(long = "peer-discovery-port")]
+    pub peer_discovery_port: Option<u16>,
+
+    /// Only discover peers on these interfaces (repeatable)
+    #[arg(long = "peer-discovery-interface")]
+    pub peer_discovery_interface: Vec<String>,
+
+    /// Accepted for compatibility; hypha has no QUIC transport (always disabled)
+    #[arg(long = "disable-quic")]
+    pub disable_quic: bool,
+
+    /// Accepted for compatibility; not supported (no QUIC transport)
+    #[arg(short = 'q', long = "quic-listen-port")]
+    pub quic_listen_port: Option<u16>,
+
+    /// Accepted for compatibility; not supported (no JSON-RPC API)
+    #[arg(long = "jsonrpc-addr")]
+    pub jsonrpc_addr: Option<SocketAddr>,
+
+    /// Prometheus metrics address (accepted; not supported yet)
+    #[arg(long = "metrics-api-address")]
+    pub metrics_api_address: Option<SocketAddr>,
+
+    /// Accepted for compatibility; not supported
+    #[arg(long = "firewall-mark")]
+    pub firewall_mark: Option<u32>,
+
+    /// Accepted for compatibility; hypha's routing core is a single owner task
+    #[arg(long = "update-workers")]
+    pub update_workers: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the public key and overlay address of a public key, or of our key file
+    Inspect {
+        /// Output JSON
+        #[arg(long)]
+        json: bool,
+        /// Hex public key (64 characters); default: the key file's
+        pubkey: Option<String>,
+    },
+    /// Generate a new key file
+    GenerateKeys {
+        /// Overwrite an existing key file
+        #[arg(long)]
+        force: bool,
+    },
+    /// Peers of the running node
+    Peers {
+        #[command(subcommand)]
+        cmd: PeersCmd,
+    },
+    /// Routes of the running node
+    Routes {
+        #[command(subcommand)]
+        cmd: RoutesCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PeersCmd {
+    /// List peers and their state
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add peers (tcp://IP:PORT ...)
+    Add {
+        #[arg(required = true)]
+        endpoints: Vec<String>,
+    },
+    /// Remove peers (tcp://IP:PORT ...)
+    Remove {
+        #[arg(required = true)]
+        endpoints: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RoutesCmd {
+    /// Selected routes
+    Selected {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fallback routes
+    Fallback {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Subnets being queried
+    Queried {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The config file: the long flags' names with `_`. Unknown keys are an error (a typo should not be
+/// silently ignored).
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub key_file: Option<PathBuf>,
+    pub debug: Option<bool>,
+    pub silent: Option<bool>,
+    pub log_format: Option<LogFormat>,
+    pub api_addr: Option<SocketAddr>,
+    pub peers: Option<Vec<String>>,
+    pub tcp_listen_port: Option<u16>,
+    pub no_tun: Option<bool>,
+    pub tun_name: Option<String>,
+    pub no_offload: Option<bool>,
+    pub disable_peer_discovery: Option<bool>,
+    pub peer_discovery_port: Option<u16>,
+    pub peer_discovery_interface: Option<Vec<String>>,
+    pub disable_quic: Option<bool>,
+    pub quic_listen_port: Option<u16>,
+    pub jsonrpc_addr: Option<SocketAddr>,
+    pub metrics_api_address: Option<SocketAddr>,
+    pub firewall_mark: Option<u32>,
+    pub update_workers: Option<usize>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("bad config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<FileConfig> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))
+    }
+}
+
+/// Everything a node run needs, after merging flags over the config file over defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub key_file: PathBuf,
+    pub debug: bool,
+    pub silent: bool,
+    pub log_format: LogFormat,
+    pub api_addr: SocketAddr,
+    pub peers: Vec<String>,
+    pub tcp_listen_port: u16,
+    pub no_tun: bool,
+    pub tun_name: String,
+    pub no_offload: bool,
+    pub disable_peer_discovery: bool,
+    pub peer_discovery_port: u16,
+    pub peer_discovery_interface: Vec<String>,
+    /// Flags given that hypha accepts but does not implement, for a log line each.
+    pub unsupported: Vec<&'static str>,
+}
+
+pub fn default_key_file() -> PathBuf {
+    data_dir().join("hypha").join("priv_key.bin")
+}
+
+fn data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    home_dir().join(".local").join("share")
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+pub fn default_config_file() -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home_dir().join(".config"));
+    base.join("hypha").join("hypha.toml")
+}
+
+impl Cli {
+    /// Loads the config file (explicit, or the default one when it exists) and merges.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        let file = match &self.config_file {
+            Some(p) => FileConfig::load(p)?,
+            None => {
+                let p = default_config_file();
+                if p.exists() {
+                    FileConfig::load(&p)?
+                } else {
+                    FileConfig::default()
+                }
+            }
+        };
+        self.merge(file)
+    }
+
+    pub fn merge(&self, f: FileConfig) -> anyhow::Result<Settings> {
+        let n = &self.node;
+        let mut unsupported = Vec::new();
+        if n.disable_quic || f.disable_quic.unwrap_or(false) {
+            unsupported.push("--disable-quic (hypha has no QUIC transport; nothing to disable)");
+        }
+        if n.quic_listen_port.or(f.quic_listen_port).is_some() {
+            unsupported.push("--quic-listen-port (no QUIC transport)");
+        }
+        if n.jsonrpc_addr.or(f.jsonrpc_addr).is_some() {
+            unsupported.push("--jsonrpc-addr (no JSON-RPC API; use the REST API)");
+        }
+        if n.metrics_api_address.or(f.metrics_api_address).is_some() {
+            unsupported.push("--metrics-api-address (no metrics endpoint yet)");
+        }
+        if n.firewall_mark.or(f.firewall_mark).is_some() {
+            unsupported.push("--firewall-mark");
+        }
+        if n.update_workers.or(f.update_workers).is_some() {
+            unsupported.push("--update-workers (one routing owner task)");
+        }
+        let peers = if n.peers.is_empty() {
+            f.peers.unwrap_or_default()
+        } else {
+            n.peers.clone()
+        };
+        let tun_name = n
+            .tun_name
+            .clone()
+            .or(f.tun_name)
+            .unwrap_or_else(|| DEFAULT_TUN_NAME.to_owned());
+        if tun_name.is_empty() || tun_name.len() > 15 || tun_name.contains(['/', ' ', '\0']) {
+            bail!("invalid --tun-name '{tun_name}': 1 to 15 characters, no '/', space or NUL");
+        }
+        let debug = self.debug || f.debug.unwrap_or(false);
+        let silent = self.silent || f.silent.unwrap_or(false);
+        if debug && silent {
+            bail!("--debug and --silent exclude each other");
+        }
+        Ok(Settings {
+            key_file: self
+                .key_file
+                .clone()
+                .or(f.key_file)
+                .unwrap_or_else(default_key_file),
+            debug,
+            silent,
+            log_format: self
+                .log_format
+                .or(f.log_format)
+                .unwrap_or(LogFormat::Compact),
+            api_addr: self
+                .api_addr
+                .or(f.api_addr)
+                .unwrap_or_else(|| DEFAULT_API_ADDR.parse().expect("valid default")),
+            peers,
+            tcp_listen_port: n
+                .tcp_listen_port
+                .or(f.tcp_listen_port)
+                .unwrap_or(DEFAULT_TCP_PORT),
+            no_tun: n.no_tun || f.no_tun.unwrap_or(false),
+            tun_name,
+            no_offload: n.no_offload || f.no_offload.unwrap_or(false),
+            disable_peer_discovery: n.disable_peer_discovery
+                || f.disable_peer_discovery.unwrap_or(false),
+            peer_discovery_port: n
+                .peer_discovery_port
+                .or(f.peer_discovery_port)
+                .unwrap_or(DEFAULT_DISCOVERY_PORT),
+            peer_discovery_interface: if n.peer_discovery_interface.is_empty() {
+                f.peer_discovery_interface.unwrap_or_default()
+            } else {
+                n.peer_discovery_interface.clone()
+            },
+            unsupported,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("hypha").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let s = cli(&[]).merge(FileConfig::default()).unwrap();
+        assert_eq!(s.tcp_listen_port, 9651);
+        assert_eq!(s.peer_discovery_port, 9650);
+        assert_eq!(s.api_addr, "127.0.0.1:8989".parse().unwrap());
+        assert_eq!(s.tun_name, "hypha");
+        assert!(s.key_file.ends_with("hypha/priv_key.bin"));
+        assert!(!s.no_tun && !s.no_offload && !s.disable_peer_discovery);
+        assert!(s.unsupported.is_empty());
+    }
+
+    #[test]
+    fn flags_win_over_the_config_file() {
+        let f = FileConfig::parse(
+            "tcp_listen_port = 1000\ntun_name = \"fromfile\"\npeers = [\"tcp://198.18.0.1:9651\"]\nno_offload = true\n",
+        )
+        .unwrap();
+        let s = cli(&["-t", "2000", "--peers", "tcp://198.18.0.2:9651"])
+            .merge(f)
+            .unwrap();
+        assert_eq!(s.tcp_listen_port, 2000);
+        assert_eq!(s.tun_name, "fromfile");
+        assert_eq!(s.peers, vec!["tcp://198.18.0.2:9651".to_owned()]);
+        assert!(s.no_offload);
+    }
+
+    #[test]
+    fn mycelium_command_lines_are_accepted() {
+        let c = cli(&[
+            "--peers",
+            "tcp://198.18.0.1:9651",
+            "quic://198.18.0.2:9651",
+            "--disable-quic",
+            "-q",
+            "9651",
+            "--jsonrpc-addr",
+            "127.0.0.1:8990",
+            "--metrics-api-address",
+            "127.0.0.1:9999",
+            "--tun-name",
+            "myc0",
+        ]);
+        let s = c.merge(FileConfig::default()).unwrap();
+        assert_eq!(s.peers.len(), 2);
+        assert_eq!(s.unsupported.len(), 4);
+    }
+
+    #[test]
+    fn bad_input_is_a_clear_error() {
+        assert!(Cli::try_parse_from(["hypha", "-t", "notaport"]).is_err());
+        assert!(Cli::try_parse_from(["hypha", "--no-such-flag"]).is_err());
+        let e = FileConfig::parse("tcp_listen_prot = 1\n").unwrap_err();
+        assert!(e.to_string().contains("tcp_listen_prot"), "{e}");
+        let e = cli(&["--tun-name", "a-very-long-interface-name"])
+            .merge(FileConfig::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("--tun-name"), "{e}");
+    }
+}

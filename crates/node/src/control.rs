@@ -1,0 +1,170 @@
+//! The node's control surface: what the admin API (and tests) can ask a running node, as typed
+//! requests answered by the tasks that own the state. No handler shares the routing core or the
+//! peer table behind a lock; each request is a message with a reply channel.
+
+use std::net::Ipv6Addr;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use wire::babel::{Metric, Subnet};
+
+use crate::endpoint::Endpoint;
+
+/// How we came to know a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PeerKind {
+    /// From `--peers`, the config file or the API: redialled every 5 s while down.
+    Static,
+    /// It connected to us; never redialled.
+    Inbound,
+    /// Found by link-local discovery; redialled, forgotten after 3 failed dials in a row.
+    LinkLocalDiscovery,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ConnectionState {
+    Alive,
+    Connecting,
+    Dead,
+}
+
+/// One row of `GET /api/v1/admin/peers`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerInfo {
+    pub endpoint: Endpoint,
+    #[serde(rename = "type")]
+    pub kind: PeerKind,
+    pub connection_state: ConnectionState,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Seconds since the peer was learned.
+    pub discovered: u64,
+    /// Seconds since the current (or last) connection was established.
+    pub last_connected: Option<u64>,
+}
+
+/// One row of `GET /api/v1/admin/routes/{selected,fallback}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub subnet: Subnet,
+    /// The link the route goes through, `TCP [local]:port <-> [remote]:port`.
+    pub next_hop: String,
+    pub metric: Metric,
+    pub seqno: u16,
+}
+
+/// One row of `GET /api/v1/admin/routes/queried`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryInfo {
+    pub subnet: Subnet,
+    /// Seconds until the query expires.
+    pub expires_in: u64,
+}
+
+/// `GET /api/v1/admin`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub node_subnet: Subnet,
+    pub node_ip: Ipv6Addr,
+    pub node_pubkey: [u8; 32],
+    /// Unix seconds.
+    pub node_start_time: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    Selected,
+    Fallback,
+}
+
+/// Why adding or removing a peer failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerOpError {
+    AlreadyExists,
+    NotFound,
+    Unsupported(String),
+}
+
+impl std::fmt::Display for PeerOpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerOpError::AlreadyExists => f.write_str("a peer with this endpoint already exists"),
+            PeerOpError::NotFound => f.write_str("no peer with this endpoint"),
+            PeerOpError::Unsupported(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A request to the node's owner tasks.
+#[derive(Debug)]
+pub enum Request {
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    AddPeer(Endpoint, oneshot::Sender<Result<(), PeerOpError>>),
+    RemovePeer(Endpoint, oneshot::Sender<Result<(), PeerOpError>>),
+    Routes(RouteKind, oneshot::Sender<Vec<RouteInfo>>),
+    Queried(oneshot::Sender<Vec<QueryInfo>>),
+    /// The public key whose announced subnet contains this address.
+    PubkeyOf(Ipv6Addr, oneshot::Sender<Option<[u8; 32]>>),
+}
+
+/// The node went away while a request was in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeGone;
+
+impl std::fmt::Display for NodeGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the node is shutting down")
+    }
+}
+
+impl std::error::Error for NodeGone {}
+
+/// A cheap, cloneable handle to a running node's control surface.
+#[derive(Clone, Debug)]
+pub struct Control {
+    info: NodeInfo,
+    tx: mpsc::Sender<Request>,
+}
+
+impl Control {
+    pub fn new(info: NodeInfo, tx: mpsc::Sender<Request>) -> Control {
+        Control { info, tx }
+    }
+
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T, NodeGone> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| NodeGone)?;
+        rx.await.map_err(|_| NodeGone)
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NodeGone> {
+        self.ask(Request::Peers).await
+    }
+
+    pub async fn add_peer(&self, e: Endpoint) -> Result<Result<(), PeerOpError>, NodeGone> {
+        self.ask(|r| Request::AddPeer(e, r)).await
+    }
+
+    pub async fn remove_peer(&self, e: Endpoint) -> Result<Result<(), PeerOpError>, NodeGone> {
+        self.ask(|r| Request::RemovePeer(e, r)).await
+    }
+
+    pub async fn routes(&self, kind: RouteKind) -> Result<Vec<RouteInfo>, NodeGone> {
+        self.ask(|r| Request::Routes(kind, r)).await
+    }
+
+    pub async fn queried(&self) -> Result<Vec<QueryInfo>, NodeGone> {
+        self.ask(Request::Queried).await
+    }
+
+    pub async fn pubkey_of(&self, ip: Ipv6Addr) -> Result<Option<[u8; 32]>, NodeGone> {
+        self.ask(|r| Request::PubkeyOf(ip, r)).await
+    }
+}

@@ -1,0 +1,99 @@
+//! Root tests: device creation, offload negotiation and interface configuration, each inside a
+//! namespace of its own (the device disappears with its fd and the namespace with its guard).
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use hypha_tun::{probe, Config, Tun};
+use testbed::Netns;
+
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn offloaded_device_is_configured_by_ioctls() {
+    let ns = Netns::new("tundev").unwrap();
+    let tun = ns
+        .run(|| -> std::io::Result<Tun> {
+            let tun = Tun::open(&Config::new("hyt0"))?;
+            tun.set_mtu(1400)?;
+            tun.add_ipv6("fd00:7::1".parse::<Ipv6Addr>().unwrap(), 64)?;
+            tun.set_ipv4(Ipv4Addr::new(198, 18, 7, 1), 24)?;
+            tun.up()?;
+            assert_eq!(tun.mtu()?, 1400);
+            assert!(tun.is_up()?);
+            Ok(tun)
+        })
+        .unwrap()
+        .unwrap();
+    let caps = tun.capabilities();
+    assert_eq!(tun.name(), "hyt0");
+    assert_eq!(caps.vnet_hdr_len, 10);
+    assert_eq!(tun.kernel_vnet_hdr_len().unwrap(), 10);
+    // Every kernel this runs on (5.x+) grants at least checksum and TCP segmentation offload.
+    assert!(caps.csum() && caps.tso4() && caps.tso6(), "{caps:?}");
+    assert!(probe::LADDER.contains(&caps.offload_mask));
+    let (tcp, udp) = tun.gro_enabled();
+    assert!(tcp);
+    assert_eq!(udp, caps.uso());
+
+    let show = ns.ip(&["addr", "show", "dev", "hyt0"]).unwrap();
+    assert!(show.contains("mtu 1400"), "{show}");
+    assert!(show.contains("fd00:7::1/64"), "{show}");
+    assert!(show.contains("198.18.7.1/24"), "{show}");
+    assert!(show.contains(",UP"), "{show}");
+    let routes = ns.ip(&["-6", "route", "show", "dev", "hyt0"]).unwrap();
+    assert!(routes.contains("fd00:7::/64"), "{routes}");
+}
+
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn no_offload_means_no_vnet_header_and_mask_zero() {
+    let ns = Netns::new("tunplain").unwrap();
+    let tun = ns
+        .run(|| Tun::open(&Config::new("hyt1").no_offload()))
+        .unwrap()
+        .unwrap();
+    let caps = tun.capabilities();
+    assert!(!caps.vnet_hdr());
+    assert_eq!(caps.offload_mask, 0);
+    assert_eq!(tun.gro_enabled(), (false, false));
+    assert_eq!(tun.kernel_vnet_hdr_len().unwrap(), 0);
+}
+
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn twelve_byte_header_and_multi_queue() {
+    let ns = Netns::new("tunmq").unwrap();
+    let mut cfg = Config::new("hyt2");
+    cfg.vnet_hdr_len = 12;
+    cfg.multi_queue = true;
+    let (q0, q1, q2) = ns
+        .run(|| -> std::io::Result<_> {
+            let q0 = Tun::open(&cfg)?;
+            let q1 = q0.add_queue()?;
+            let q2 = q0.add_queue()?;
+            Ok((q0, q1, q2))
+        })
+        .unwrap()
+        .unwrap();
+    assert!(q0.capabilities().multi_queue);
+    for q in [&q0, &q1, &q2] {
+        assert_eq!(q.kernel_vnet_hdr_len().unwrap(), 12);
+        assert_eq!(q.name(), "hyt2");
+    }
+    let single = ns.run(|| Tun::open(&Config::new("hyt3"))).unwrap().unwrap();
+    assert!(
+        single.add_queue().is_err(),
+        "a single-queue device refuses more queues"
+    );
+}
+
+#[test]
+fn bad_names_and_header_sizes_are_refused() {
+    let mut cfg = Config::new("hyt4");
+    cfg.vnet_hdr_len = 11;
+    assert_eq!(
+        Tun::open(&cfg).unwrap_err().kind(),
+        std::io::ErrorKind::InvalidInput
+    );
+    let e = Tun::open(&Config::new("this-name-is-too-long")).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+}

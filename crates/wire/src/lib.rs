@@ -14,5 +14,6 @@
 pub mod babel;
 pub mod checksum;
 pub mod frame;
+pub mod icmp;
 pub mod ip;
 pub mod virtio;

@@ -7,6 +7,13 @@
 use core::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+mod codec;
+
+pub use codec::{
+    DecodeError, EncodeError, Reader, HELLO_UNICAST, MIN_REQUEST_PLEN, SEQNO_REQUEST_HOPS,
+    UPDATE_FLAGS_KEPT,
+};
+
 /// TLV type numbers (spec §2.1).
 pub mod tlv_type {
     pub const HELLO: u8 = 4;
@@ -331,10 +338,16 @@ mod tests {
     fn metric_addition_saturates() {
         assert_eq!(Metric(1).saturating_add(Metric(2)), Metric(3));
         assert_eq!(Metric(0xFFFE).saturating_add(Metric(1)), Metric::MAX_FINITE);
-        assert_eq!(Metric(0xFFF0).saturating_add(Metric(0x20)), Metric::MAX_FINITE);
+        assert_eq!(
+            Metric(0xFFF0).saturating_add(Metric(0x20)),
+            Metric::MAX_FINITE
+        );
         assert_eq!(Metric::INFINITE.saturating_add(Metric(0)), Metric::INFINITE);
         assert_eq!(Metric(10).saturating_sub(Metric(20)), Metric(0));
-        assert_eq!(Metric::INFINITE.saturating_sub(Metric(20)), Metric::INFINITE);
+        assert_eq!(
+            Metric::INFINITE.saturating_sub(Metric(20)),
+            Metric::INFINITE
+        );
     }
 
     #[test]

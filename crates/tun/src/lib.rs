@@ -17,6 +17,8 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(feature = "tokio")]
+mod async_tun;
 pub mod bridge;
 mod device;
 mod io;
@@ -24,6 +26,8 @@ pub mod probe;
 mod stats;
 mod sys;
 
+#[cfg(feature = "tokio")]
+pub use async_tun::AsyncTun;
 pub use device::{Config, Tun};
 pub use io::{PacketSink, Reader, WriteReport, DEMOTE_AFTER, MAX_PACKET};
 pub use probe::Capabilities;

@@ -1,1 +1,35 @@
-//! (crate doc to be written)
+//! The routing core of hypha: the Babel variant spoken by mycelium (spec §2), as a pure state
+//! machine.
+//!
+//! [`Router`] keeps the neighbour table (Hello/IHU, link costs, liveness), the route table
+//! (sources and feasibility distances, selection with hysteresis, fallbacks, expiry,
+//! retractions, triggered updates with split horizon) and on-demand requests (RouteRequest
+//! forwarding with generations and a dedup cache, SeqNoRequest origination, forwarding and seqno
+//! bumps). Inputs are `handle_*` calls with the current [`Time`]; outputs are polled
+//! (`poll_transmit`, `poll_event`, `poll_timeout`). The data path reads immutable
+//! [`ForwardingTable`] snapshots without locks.
+//!
+//! The crate never does I/O, never reads a clock, never spawns, never allocates per data packet
+//! and never panics on input: malformed or hostile TLVs are counted in [`Counters`] and skipped.
+//! Every table and queue has a bound ([`Limits`]). It works on the decoded TLV structs of
+//! `wire::babel` and never sees bytes.
+//!
+//! [`sim`] joins many routers over virtual links with a virtual clock and a seeded RNG, for
+//! tests, the `simreport` example and benchmarks.
+#![forbid(unsafe_code)]
+
+mod address;
+mod fib;
+mod router;
+pub mod sim;
+mod time;
+
+pub use address::{derive_address, overlay};
+pub use fib::{ForwardingTable, Lookup, NextHop};
+pub use router::{
+    consts, Config, Counters, Event, Limits, LinkError, LinkId, LinkInfo, RouteInfo, Router,
+};
+pub use time::Time;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1722 @@
+//! The routing core: neighbours, link costs, sources and feasibility, route selection, requests.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+use wire::babel::{
+    Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest, Subnet, Tlv, Update,
+};
+
+use crate::address::{derive_address, overlay};
+use crate::fib::{ForwardingTable, Lookup, NextHop};
+use crate::time::Time;
+
+/// Protocol constants (spec §2.15). Durations are what the core waits; `*_CS` are wire fields.
+pub mod consts {
+    use std::time::Duration;
+
+    pub const HELLO_INTERVAL: Duration = Duration::from_secs(20);
+    pub const HELLO_INTERVAL_CS: u16 = 2000;
+    pub const HELLO_FLAGS_UNICAST: u16 = 0x8000;
+    pub const IHU_INTERVAL_CS: u16 = 6000;
+    pub const DEAD_AFTER: Duration = Duration::from_secs(43);
+    pub const DEAD_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+    pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(300);
+    pub const UPDATE_INTERVAL_CS: u16 = 30000;
+    pub const RETRACTED_HOLD: Duration = Duration::from_secs(6);
+    pub const QUERY_TIMEOUT: Duration = Duration::from_secs(15);
+    pub const RR_CACHE_TTL: Duration = Duration::from_secs(15);
+    pub const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(15);
+    /// A request is dropped when `generation + 1 >= MAX_RR_GENERATION`.
+    pub const MAX_RR_GENERATION: u8 = 16;
+    pub const SEQNO_BUMP_SPACING: Duration = Duration::from_secs(4);
+    pub const SEQNO_CACHE_TTL: Duration = Duration::from_secs(60);
+    pub const SNR_HOP_COUNT: u8 = 64;
+    pub const SOURCE_TTL: Duration = Duration::from_secs(30 * 60);
+    pub const BIG_METRIC_CHANGE: u16 = 10;
+    pub const HYSTERESIS: u16 = 10;
+    pub const INITIAL_LINK_COST: u16 = 1000;
+    pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
+    pub const SOURCE_GC_INTERVAL: Duration = Duration::from_secs(60);
+    /// Link cost added for TCP over IPv6 / IPv4 (spec §2.10).
+    pub const STATIC_COST_TCP6: u16 = 10;
+    pub const STATIC_COST_TCP4: u16 = 15;
+}
+use consts::*;
+
+/// A peer connection, named by the shell. Ids must not be reused for a new connection while
+/// the core may still remember the old one (use a counter): a route held for 6 s after a link
+/// went down would otherwise be attributed to the new connection.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct LinkId(pub u64);
+
+/// Upper bounds on every table and queue. Whatever does not fit is dropped and counted in
+/// [`Counters`].
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_links: usize,
+    /// Distinct subnets in the routing table.
+    pub max_subnets: usize,
+    /// Feasibility distances (subnet, router-id).
+    pub max_sources: usize,
+    /// Subnets being queried at once.
+    pub max_queries: usize,
+    /// Subnets in the RouteRequest dedup cache.
+    pub max_rr_cache: usize,
+    /// (router-id, subnet, seqno) keys in the SeqNoRequest dedup cache.
+    pub max_seqno_cache: usize,
+    /// Requesters waiting for the answer to a forwarded SeqNoRequest.
+    pub max_snr_waiters: usize,
+    /// TLVs waiting in [`Router::poll_transmit`].
+    pub max_transmits: usize,
+    /// Events waiting in [`Router::poll_event`].
+    pub max_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_links: 4096,
+            max_subnets: 1 << 18,
+            max_sources: 1 << 19,
+            max_queries: 1 << 14,
+            max_rr_cache: 1 << 14,
+            max_seqno_cache: 1 << 16,
+            max_snr_waiters: 1 << 14,
+            max_transmits: 1 << 20,
+            max_events: 1 << 16,
+        }
+    }
+}
+
+/// Everything the core needs to know about this node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub router_id: RouterId,
+    /// The node's /64, announced with metric 0.
+    pub own_subnet: Subnet,
+    /// Address derivation used by the Update ownership filter; [`derive_address`] by default.
+    /// A parameter so that tests and simulations can stay cheap and deterministic.
+    pub address_of: fn(&[u8; 32]) -> Ipv6Addr,
+    pub limits: Limits,
+    /// Record every subnet whose selection changed, for [`Router::take_selection_changes`]
+    /// (used by the simulator's loop check). Off by default; bounded by `limits.max_subnets`.
+    pub record_selection_changes: bool,
+}
+
+impl Config {
+    pub fn new(router_id: RouterId, own_subnet: Subnet) -> Config {
+        Config {
+            router_id,
+            own_subnet,
+            address_of: derive_address,
+            limits: Limits::default(),
+            record_selection_changes: false,
+        }
+    }
+}
+
+/// Something the shell must act on or may want to know.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Event {
+    /// No IHU for 43 s: the core has forgotten the link; the shell must close the connection.
+    LinkDead(LinkId),
+    /// A subnet gained a selected route (queued packets can go).
+    RouteAcquired(Subnet),
+    /// A subnet lost its selected route.
+    RouteLost(Subnet),
+    /// A query (RouteRequest) got no answer within 15 s: queued packets get "no route".
+    QueryTimedOut(Subnet),
+}
+
+/// Why an input was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LinkError {
+    /// The id is already in use.
+    Exists,
+    /// `limits.max_links` reached.
+    TooMany,
+}
+
+/// Counts of what the core received, and of everything it dropped or refused.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct Counters {
+    pub hello_rx: u64,
+    pub ihu_rx: u64,
+    pub update_rx: u64,
+    pub route_request_rx: u64,
+    pub seqno_request_rx: u64,
+    /// TLV from a link the core does not know (not up, or already declared dead).
+    pub unknown_link: u64,
+    /// IHU although no Hello was sent on that link.
+    pub ihu_unsolicited: u64,
+    /// Update with a non-IPv6 prefix, outside 400::/7 or shorter than /64.
+    pub update_bad_prefix: u64,
+    /// Update whose subnet does not contain its router-id's address.
+    pub update_bad_owner: u64,
+    /// Update for our own subnet.
+    pub update_own_subnet: u64,
+    pub update_unfeasible: u64,
+    /// Retraction for a route we do not have or already hold as retracted.
+    pub update_retraction_ignored: u64,
+    pub route_table_full: u64,
+    pub source_table_full: u64,
+    /// RouteRequest for IPv4, link-local, a short prefix or outside 400::/7.
+    pub route_request_bad_prefix: u64,
+    pub route_request_generation_limit: u64,
+    /// RouteRequest not forwarded to a peer that got the same one recently.
+    pub route_request_dedup: u64,
+    pub query_table_full: u64,
+    pub rr_cache_full: u64,
+    pub seqno_request_bad_prefix: u64,
+    pub seqno_request_hop_zero: u64,
+    /// SeqNoRequest dropped (received) or not originated (local) because of the 60 s cache.
+    pub seqno_request_dup: u64,
+    /// Bump refused: last one less than 4 s ago.
+    pub seqno_bump_rate_limited: u64,
+    /// Bump not needed: requested seqno not above ours (no reply, as the protocol does).
+    pub seqno_request_stale_own: u64,
+    pub seqno_request_no_forward: u64,
+    pub seqno_cache_full: u64,
+    pub snr_waiters_full: u64,
+    pub seqno_bumps: u64,
+    pub transmit_dropped: u64,
+    pub event_dropped: u64,
+    pub links_refused: u64,
+    pub selection_changes_dropped: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Timer {
+    Hello(LinkId),
+    DeadCheck,
+    Announce,
+    Housekeeping,
+    SourceGc,
+    Expiry(Subnet, LinkId),
+    Query(Subnet),
+}
+
+#[derive(Debug)]
+struct Link {
+    static_cost: u16,
+    smoothed: u16,
+    last_ihu: Time,
+    last_hello: Option<Time>,
+    hello_seqno: SeqNo,
+    next_hello: Time,
+    /// Subnets with an entry from this link, so link-down costs O(its routes).
+    subnets: rustc_hash::FxHashSet<Subnet>,
+}
+
+impl Link {
+    fn cost(&self) -> Metric {
+        Metric(self.smoothed).saturating_add(Metric(self.static_cost))
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    link: LinkId,
+    /// As advertised by the neighbour (its total), not including our link cost.
+    metric: Metric,
+    seqno: SeqNo,
+    router_id: RouterId,
+    expires: Time,
+    /// Earliest expiry timer in the heap for this entry.
+    scheduled: Time,
+}
+
+#[derive(Debug)]
+struct RouteList {
+    entries: Vec<Entry>,
+    selected: Option<LinkId>,
+    /// Router-id and advertised metric of the selection when it was last made.
+    sel_rid: RouterId,
+    sel_metric: Metric,
+    refresh_sent: Option<Time>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Fd {
+    metric: Metric,
+    seqno: SeqNo,
+    expires: Time,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Waiter {
+    link: LinkId,
+    router_id: RouterId,
+    seqno: SeqNo,
+    expires: Time,
+}
+
+/// Count of subnets per prefix length, so longest-prefix lookups probe only lengths in use.
+#[derive(Clone, Debug)]
+pub(crate) struct PlenIndex {
+    counts: [u32; 129],
+}
+
+impl Default for PlenIndex {
+    fn default() -> Self {
+        PlenIndex { counts: [0; 129] }
+    }
+}
+
+impl PlenIndex {
+    pub(crate) fn add_pub(&mut self, plen: u8) {
+        self.add(plen)
+    }
+    fn add(&mut self, plen: u8) {
+        if let Some(c) = self.counts.get_mut(usize::from(plen)) {
+            *c += 1;
+        }
+    }
+    fn remove(&mut self, plen: u8) {
+        if let Some(c) = self.counts.get_mut(usize::from(plen)) {
+            *c = c.saturating_sub(1);
+        }
+    }
+    /// Prefix lengths in use, longest first.
+    pub(crate) fn lengths(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..=128u8)
+            .rev()
+            .filter(|&p| self.counts[usize::from(p)] > 0)
+    }
+}
+
+/// One route as shown by the admin API.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RouteInfo {
+    pub subnet: Subnet,
+    pub next_hop: LinkId,
+    /// Metric advertised by the next hop.
+    pub metric: Metric,
+    /// `metric` plus our current cost to the next hop (what selection compares).
+    pub total: Metric,
+    pub seqno: SeqNo,
+    pub router_id: RouterId,
+    pub expires_in: Duration,
+}
+
+/// One neighbour as shown by the admin API.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LinkInfo {
+    pub link: LinkId,
+    /// Smoothed round-trip part plus static transport cost.
+    pub cost: Metric,
+    pub static_cost: u16,
+    pub since_last_ihu: Duration,
+}
+
+enum Targets {
+    One(LinkId),
+    Advertisers,
+}
+
+/// The routing state machine of one node.
+///
+/// # Call order
+///
+/// The core never does I/O and never reads a clock. The owner (one task in the shell, or the
+/// simulator) feeds it inputs and then drains its outputs:
+///
+/// 1. Create it with [`Router::new`].
+/// 2. On every input call the matching `handle_*` method with the current time:
+///    [`handle_link_up`](Router::handle_link_up) when a peer connection is established,
+///    [`handle_link_down`](Router::handle_link_down) when it closed,
+///    [`handle_tlv`](Router::handle_tlv) for every decoded control TLV,
+///    [`request_route`](Router::request_route) when the data path needs a destination (also
+///    for destinations in use, every few seconds: that is how routes near expiry are refreshed),
+///    and [`handle_timeout`](Router::handle_timeout) when the deadline returned by
+///    [`poll_timeout`](Router::poll_timeout) has passed.
+/// 3. Then drain [`poll_transmit`](Router::poll_transmit) (send each TLV on its link, one TLV
+///    per babel packet) and [`poll_event`](Router::poll_event) (close links reported dead, release
+///    or fail queued packets), publish [`forwarding_table_if_changed`](Router::forwarding_table_if_changed)
+///    if it returns one, and wait for the next input or for [`poll_timeout`](Router::poll_timeout).
+///
+/// Times passed in must not go backwards; a time earlier than one already seen is treated as
+/// that earlier instant and never makes the core panic.
+pub struct Router {
+    cfg: Config,
+    seqno: SeqNo,
+    last_bump: Option<Time>,
+    links: BTreeMap<LinkId, Link>,
+    routes: FxHashMap<Subnet, RouteList>,
+    route_plens: PlenIndex,
+    entry_count: usize,
+    sources: FxHashMap<(Subnet, RouterId), Fd>,
+    queries: FxHashMap<Subnet, Time>,
+    query_plens: PlenIndex,
+    rr_cache: FxHashMap<Subnet, Vec<(LinkId, u8, Time)>>,
+    seqno_cache: FxHashMap<(RouterId, Subnet, SeqNo), Time>,
+    snr_waiters: FxHashMap<Subnet, Vec<Waiter>>,
+    waiter_count: usize,
+    timers: BinaryHeap<Reverse<(Time, Timer)>>,
+    next_dead_check: Time,
+    next_announce: Time,
+    next_housekeeping: Time,
+    next_source_gc: Time,
+    transmits: VecDeque<(LinkId, Tlv)>,
+    events: VecDeque<Event>,
+    counters: Counters,
+    fwd_dirty: bool,
+    fwd_generation: u64,
+    fwd: Arc<ForwardingTable>,
+    changes: Vec<Subnet>,
+}
+
+fn push_tx(
+    tx: &mut VecDeque<(LinkId, Tlv)>,
+    counters: &mut Counters,
+    limit: usize,
+    link: LinkId,
+    tlv: Tlv,
+) {
+    if tx.len() >= limit {
+        counters.transmit_dropped += 1;
+    } else {
+        tx.push_back((link, tlv));
+    }
+}
+
+fn hold_time(interval_cs: u16) -> Duration {
+    // 3.5 × interval, interval in centiseconds: 35 ms per unit.
+    Duration::from_millis(u64::from(interval_cs) * 35)
+}
+
+impl Router {
+    pub fn new(cfg: Config, now: Time) -> Router {
+        let fwd = Arc::new(ForwardingTable::empty(cfg.own_subnet));
+        let mut r = Router {
+            cfg,
+            seqno: SeqNo(0),
+            last_bump: None,
+            links: BTreeMap::new(),
+            routes: FxHashMap::default(),
+            route_plens: PlenIndex::default(),
+            entry_count: 0,
+            sources: FxHashMap::default(),
+            queries: FxHashMap::default(),
+            query_plens: PlenIndex::default(),
+            rr_cache: FxHashMap::default(),
+            seqno_cache: FxHashMap::default(),
+            snr_waiters: FxHashMap::default(),
+            waiter_count: 0,
+            timers: BinaryHeap::new(),
+            next_dead_check: now + DEAD_CHECK_INTERVAL,
+            next_announce: now + ANNOUNCE_INTERVAL,
+            next_housekeeping: now + HOUSEKEEPING_INTERVAL,
+            next_source_gc: now + SOURCE_GC_INTERVAL,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+            fwd_dirty: false,
+            fwd_generation: 0,
+            fwd,
+            changes: Vec::new(),
+        };
+        r.timers
+            .push(Reverse((r.next_dead_check, Timer::DeadCheck)));
+        r.timers.push(Reverse((r.next_announce, Timer::Announce)));
+        r.timers
+            .push(Reverse((r.next_housekeeping, Timer::Housekeeping)));
+        r.timers.push(Reverse((r.next_source_gc, Timer::SourceGc)));
+        r
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Inputs
+    // ----------------------------------------------------------------------------------------
+
+    /// A peer connection is up. `static_cost` is the transport's cost
+    /// ([`consts::STATIC_COST_TCP6`] / [`consts::STATIC_COST_TCP4`]). Sends our /64, a
+    /// RouteRequest for each subnet being queried, and a first Hello at once.
+    pub fn handle_link_up(
+        &mut self,
+        link: LinkId,
+        static_cost: u16,
+        now: Time,
+    ) -> Result<(), LinkError> {
+        if self.links.contains_key(&link) {
+            self.counters.links_refused += 1;
+            return Err(LinkError::Exists);
+        }
+        if self.links.len() >= self.cfg.limits.max_links {
+            self.counters.links_refused += 1;
+            return Err(LinkError::TooMany);
+        }
+        self.links.insert(
+            link,
+            Link {
+                static_cost,
+                smoothed: INITIAL_LINK_COST,
+                last_ihu: now,
+                last_hello: None,
+                hello_seqno: SeqNo(0),
+                next_hello: now,
+                subnets: Default::default(),
+            },
+        );
+        self.timers.push(Reverse((now, Timer::Hello(link))));
+        let own = self.own_update();
+        self.tx(link, Tlv::Update(own));
+        let mut queried: Vec<Subnet> = self.queries.keys().copied().collect();
+        queried.sort_unstable();
+        for s in queried {
+            self.tx(
+                link,
+                Tlv::RouteRequest(RouteRequest {
+                    generation: 0,
+                    prefix: Prefix::V6(s),
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// The connection closed: the link is gone at once. Unknown links are ignored.
+    pub fn handle_link_down(&mut self, link: LinkId, now: Time) {
+        self.drop_link(link, now);
+    }
+
+    /// One control TLV received on `link`.
+    pub fn handle_tlv(&mut self, link: LinkId, tlv: &Tlv, now: Time) {
+        if !self.links.contains_key(&link) {
+            self.counters.unknown_link += 1;
+            return;
+        }
+        match tlv {
+            Tlv::Hello(_) => self.on_hello(link),
+            Tlv::Ihu(_) => self.on_ihu(link, now),
+            Tlv::Update(u) => self.on_update(link, u, now),
+            Tlv::RouteRequest(rr) => self.on_route_request(link, rr, now),
+            Tlv::SeqNoRequest(snr) => self.on_seqno_request(link, snr, now),
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some(&Reverse((t, timer))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            self.on_timer(timer, now);
+        }
+        self.compact_timers_if_needed();
+    }
+
+    /// The data path needs `dst`. Starts a query (RouteRequest for `dst/64` to every peer) if
+    /// nothing is known, asks for a new seqno if only unselected routes exist, and refreshes a
+    /// selected route that expires within 15 s. Cheap when there is nothing to do.
+    pub fn request_route(&mut self, dst: Ipv6Addr, now: Time) {
+        if !overlay().contains_addr(dst) || self.cfg.own_subnet.contains_addr(dst) {
+            return;
+        }
+        if let Some(subnet) = self.longest_route_match(dst) {
+            let Some(list) = self.routes.get_mut(&subnet) else {
+                return;
+            };
+            match list
+                .selected
+                .and_then(|l| list.entries.iter().find(|e| e.link == l))
+            {
+                Some(e) => {
+                    let near = e.expires.saturating_since(now) < REFRESH_BEFORE_EXPIRY;
+                    let recently = list
+                        .refresh_sent
+                        .is_some_and(|t| now.saturating_since(t) < REFRESH_BEFORE_EXPIRY);
+                    if near && !recently {
+                        list.refresh_sent = Some(now);
+                        self.send_rr_to_all(subnet, 0, None, now);
+                    }
+                }
+                None => {
+                    let rid = list.entries.iter().find(|e| !e.metric.is_infinite());
+                    if let Some(rid) = rid.map(|e| e.router_id) {
+                        self.originate_snr(subnet, rid, Targets::Advertisers, now);
+                    }
+                }
+            }
+            return;
+        }
+        let subnet = Subnet::slash64(dst);
+        if self.queries.contains_key(&subnet) {
+            return;
+        }
+        if self.mark_queried(subnet, now) {
+            self.send_rr_to_all(subnet, 0, None, now);
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Outputs
+    // ----------------------------------------------------------------------------------------
+
+    /// Next TLV to send, and the link to send it on.
+    pub fn poll_transmit(&mut self) -> Option<(LinkId, Tlv)> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Router::handle_timeout`] must be called next. Can be early (a timer that turned
+    /// out to have nothing to do), never late.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// A new snapshot if the selection changed since the last one was taken.
+    pub fn forwarding_table_if_changed(&mut self) -> Option<Arc<ForwardingTable>> {
+        if !self.fwd_dirty {
+            return None;
+        }
+        Some(self.forwarding_table())
+    }
+
+    /// The current snapshot, rebuilt only if something changed.
+    pub fn forwarding_table(&mut self) -> Arc<ForwardingTable> {
+        if self.fwd_dirty {
+            self.fwd_dirty = false;
+            self.fwd_generation += 1;
+            let mut entries = Vec::with_capacity(self.routes.len());
+            for (s, list) in &self.routes {
+                let sel = list
+                    .selected
+                    .and_then(|l| list.entries.iter().find(|e| e.link == l))
+                    .map(|e| NextHop {
+                        link: e.link,
+                        router_id: e.router_id,
+                    });
+                let key = sel.map(|n| n.router_id).or_else(|| {
+                    list.entries
+                        .iter()
+                        .find(|e| !e.metric.is_infinite())
+                        .map(|e| e.router_id)
+                });
+                entries.push((*s, sel, key));
+            }
+            self.fwd = Arc::new(ForwardingTable::build(
+                self.fwd_generation,
+                self.cfg.own_subnet,
+                entries,
+            ));
+        }
+        self.fwd.clone()
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Queries
+    // ----------------------------------------------------------------------------------------
+
+    pub fn router_id(&self) -> RouterId {
+        self.cfg.router_id
+    }
+    pub fn seqno(&self) -> SeqNo {
+        self.seqno
+    }
+    pub fn own_subnet(&self) -> Subnet {
+        self.cfg.own_subnet
+    }
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Where a packet for `dst` goes, from the live state.
+    pub fn lookup(&self, dst: Ipv6Addr) -> Lookup {
+        if self.cfg.own_subnet.contains_addr(dst) {
+            return Lookup::Local;
+        }
+        if let Some(s) = self.longest_route_match(dst) {
+            if let Some(list) = self.routes.get(&s) {
+                if let Some(e) = list
+                    .selected
+                    .and_then(|l| list.entries.iter().find(|e| e.link == l))
+                {
+                    return Lookup::Route(NextHop {
+                        link: e.link,
+                        router_id: e.router_id,
+                    });
+                }
+                return Lookup::NoRoute;
+            }
+        }
+        for p in self.query_plens.lengths() {
+            if let Some(s) = Subnet::new(dst, p) {
+                if self.queries.contains_key(&s) {
+                    return Lookup::Resolving;
+                }
+            }
+        }
+        Lookup::Unknown
+    }
+
+    /// The public key for packets from `src`: longest match over all routes, selected or not.
+    pub fn lookup_source_key(&self, src: Ipv6Addr) -> Option<[u8; 32]> {
+        let s = self.longest_route_match(src)?;
+        let list = self.routes.get(&s)?;
+        let sel = list
+            .selected
+            .and_then(|l| list.entries.iter().find(|e| e.link == l));
+        sel.or_else(|| list.entries.iter().find(|e| !e.metric.is_infinite()))
+            .map(|e| e.router_id.public_key())
+    }
+
+    /// Next hop of the selected route for exactly `subnet`.
+    pub fn selected_next_hop(&self, subnet: &Subnet) -> Option<LinkId> {
+        self.routes.get(subnet).and_then(|l| l.selected)
+    }
+
+    /// Selected routes, sorted by subnet.
+    pub fn selected_routes(&self, now: Time) -> Vec<RouteInfo> {
+        self.route_infos(now, true)
+    }
+
+    /// Routes known but not selected (including retracted ones still held), sorted by subnet.
+    pub fn fallback_routes(&self, now: Time) -> Vec<RouteInfo> {
+        self.route_infos(now, false)
+    }
+
+    /// Subnets being queried, with the time left before the query times out.
+    pub fn queried_subnets(&self, now: Time) -> Vec<(Subnet, Duration)> {
+        let mut v: Vec<_> = self
+            .queries
+            .iter()
+            .map(|(s, t)| (*s, t.saturating_since(now)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn links(&self, now: Time) -> Vec<LinkInfo> {
+        self.links
+            .iter()
+            .map(|(id, l)| LinkInfo {
+                link: *id,
+                cost: l.cost(),
+                static_cost: l.static_cost,
+                since_last_ihu: now.saturating_since(l.last_ihu),
+            })
+            .collect()
+    }
+
+    /// Subnets whose selection changed since the last call (only with
+    /// `Config::record_selection_changes`).
+    pub fn take_selection_changes(&mut self) -> Vec<Subnet> {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Checks the internal invariants (bounded tables, consistent indexes, no route to our own
+    /// subnet, every selection finite and via a live link). For tests and fuzzing.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let l = &self.cfg.limits;
+        let checks = [
+            (self.links.len() <= l.max_links, "links"),
+            (self.routes.len() <= l.max_subnets, "routes"),
+            (self.sources.len() <= l.max_sources, "sources"),
+            (self.queries.len() <= l.max_queries, "queries"),
+            (self.rr_cache.len() <= l.max_rr_cache, "rr cache"),
+            (self.seqno_cache.len() <= l.max_seqno_cache, "seqno cache"),
+            (self.waiter_count <= l.max_snr_waiters, "waiters"),
+            (self.transmits.len() <= l.max_transmits, "transmits"),
+            (self.events.len() <= l.max_events, "events"),
+            (self.changes.len() <= l.max_subnets, "changes"),
+        ];
+        for (ok, what) in checks {
+            if !ok {
+                return Err(format!("{what} over its limit"));
+            }
+        }
+        let mut entries = 0;
+        for (s, list) in &self.routes {
+            if self.cfg.own_subnet.contains(s) || !overlay().contains(s) || s.prefix_len() < 64 {
+                return Err(format!("route for {s} should have been filtered"));
+            }
+            if list.entries.is_empty() {
+                return Err(format!("empty route list for {s}"));
+            }
+            entries += list.entries.len();
+            if let Some(sel) = list.selected {
+                let Some(e) = list.entries.iter().find(|e| e.link == sel) else {
+                    return Err(format!("{s}: selected entry missing"));
+                };
+                if e.metric.is_infinite() || !self.links.contains_key(&sel) {
+                    return Err(format!("{s}: selected route infinite or via a dead link"));
+                }
+            }
+            for e in &list.entries {
+                if list.entries.iter().filter(|x| x.link == e.link).count() != 1 {
+                    return Err(format!("{s}: two entries for one link"));
+                }
+                if let Some(link) = self.links.get(&e.link) {
+                    if !link.subnets.contains(s) {
+                        return Err(format!("{s}: link index missing"));
+                    }
+                }
+            }
+        }
+        if entries != self.entry_count {
+            return Err("entry count mismatch".into());
+        }
+        let timers_bound = 4 * (self.entry_count + self.links.len() + self.queries.len()) + 64;
+        if self.timers.len() > timers_bound {
+            return Err(format!("timer heap {} > {timers_bound}", self.timers.len()));
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Neighbours
+    // ----------------------------------------------------------------------------------------
+
+    fn on_hello(&mut self, link: LinkId) {
+        self.counters.hello_rx += 1;
+        let Some(l) = self.links.get(&link) else {
+            return;
+        };
+        let ihu = Ihu {
+            rx_cost: l.cost(),
+            interval: IHU_INTERVAL_CS,
+            address: None,
+        };
+        self.tx(link, Tlv::Ihu(ihu));
+    }
+
+    fn on_ihu(&mut self, link: LinkId, now: Time) {
+        self.counters.ihu_rx += 1;
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        l.last_ihu = l.last_ihu.max(now);
+        let Some(sent) = l.last_hello else {
+            self.counters.ihu_unsolicited += 1;
+            return;
+        };
+        let ms = now.saturating_since(sent).as_millis();
+        let sample = u32::try_from(ms)
+            .unwrap_or(u32::MAX)
+            .min(u32::from(u16::MAX));
+        let smoothed = (9 * u32::from(l.smoothed) + sample) / 10;
+        l.smoothed = u16::try_from(smoothed).unwrap_or(u16::MAX);
+    }
+
+    fn send_hello(&mut self, link: LinkId, now: Time) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        if l.next_hello > now {
+            return;
+        }
+        let hello = Hello {
+            flags: HELLO_FLAGS_UNICAST,
+            seqno: l.hello_seqno,
+            interval: HELLO_INTERVAL_CS,
+        };
+        l.hello_seqno = l.hello_seqno.next();
+        l.last_hello = Some(now);
+        l.next_hello = now + HELLO_INTERVAL;
+        let next = l.next_hello;
+        self.timers.push(Reverse((next, Timer::Hello(link))));
+        self.tx(link, Tlv::Hello(hello));
+    }
+
+    fn dead_check(&mut self, now: Time) {
+        let dead: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| now.saturating_since(l.last_ihu) > DEAD_AFTER)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.event(Event::LinkDead(id));
+            self.drop_link(id, now);
+        }
+    }
+
+    fn drop_link(&mut self, link: LinkId, now: Time) {
+        let Some(l) = self.links.remove(&link) else {
+            return;
+        };
+        let mut subnets: Vec<Subnet> = l.subnets.into_iter().collect();
+        subnets.sort_unstable();
+        for subnet in subnets {
+            let Some(list) = self.routes.get_mut(&subnet) else {
+                continue;
+            };
+            let Some(i) = list.entries.iter().position(|e| e.link == link) else {
+                continue;
+            };
+            if list.selected == Some(link) {
+                let e = &mut list.entries[i];
+                e.metric = Metric::INFINITE;
+                e.expires = now + RETRACTED_HOLD;
+                if e.expires < e.scheduled {
+                    e.scheduled = e.expires;
+                    self.timers
+                        .push(Reverse((e.expires, Timer::Expiry(subnet, link))));
+                }
+                self.select(subnet, now);
+            } else {
+                self.remove_entry(subnet, i);
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Updates and selection
+    // ----------------------------------------------------------------------------------------
+
+    fn on_update(&mut self, link: LinkId, u: &Update, now: Time) {
+        self.counters.update_rx += 1;
+        let subnet = match u.prefix {
+            Prefix::V6(s) if s.prefix_len() >= 64 && overlay().contains(&s) => s,
+            _ => {
+                self.counters.update_bad_prefix += 1;
+                return;
+            }
+        };
+        if !u.metric.is_infinite() {
+            let addr = (self.cfg.address_of)(&u.router_id.public_key());
+            if !subnet.contains_addr(addr) {
+                self.counters.update_bad_owner += 1;
+                return;
+            }
+        }
+        if self.cfg.own_subnet.contains(&subnet) {
+            self.counters.update_own_subnet += 1;
+            return;
+        }
+        let feasible = self.is_feasible(subnet, u.router_id, u.seqno, u.metric);
+        let hold = if u.metric.is_infinite() {
+            RETRACTED_HOLD
+        } else {
+            hold_time(u.interval)
+        };
+        let expires = now + hold;
+        let new_entry = Entry {
+            link,
+            metric: u.metric,
+            seqno: u.seqno,
+            router_id: u.router_id,
+            expires,
+            scheduled: expires,
+        };
+
+        let Some(list) = self.routes.get_mut(&subnet) else {
+            if u.metric.is_infinite() {
+                self.counters.update_retraction_ignored += 1;
+            } else if !feasible {
+                self.counters.update_unfeasible += 1;
+                self.originate_snr(subnet, u.router_id, Targets::One(link), now);
+            } else if self.routes.len() >= self.cfg.limits.max_subnets {
+                self.counters.route_table_full += 1;
+            } else {
+                self.routes.insert(
+                    subnet,
+                    RouteList {
+                        entries: vec![new_entry],
+                        selected: None,
+                        sel_rid: u.router_id,
+                        sel_metric: Metric::INFINITE,
+                        refresh_sent: None,
+                    },
+                );
+                self.route_plens.add(subnet.prefix_len());
+                self.added_entry(subnet, link, expires);
+                self.select(subnet, now);
+                self.serve_waiters(subnet, now);
+            }
+            return;
+        };
+
+        match list.entries.iter().position(|e| e.link == link) {
+            Some(i) => {
+                let is_sel = list.selected == Some(link);
+                let e = &mut list.entries[i];
+                if !feasible && is_sel && e.router_id == u.router_id {
+                    self.counters.update_unfeasible += 1;
+                    self.originate_snr(subnet, u.router_id, Targets::One(link), now);
+                    return;
+                }
+                if u.metric.is_infinite() && e.metric.is_infinite() {
+                    self.counters.update_retraction_ignored += 1;
+                    return;
+                }
+                if e.router_id != u.router_id {
+                    self.fwd_dirty = true;
+                }
+                e.seqno = u.seqno;
+                e.metric = u.metric;
+                e.router_id = u.router_id;
+                if feasible {
+                    e.expires = expires;
+                    if expires < e.scheduled {
+                        e.scheduled = expires;
+                        self.timers
+                            .push(Reverse((expires, Timer::Expiry(subnet, link))));
+                    }
+                } else {
+                    self.counters.update_unfeasible += 1;
+                }
+            }
+            None => {
+                if u.metric.is_infinite() {
+                    self.counters.update_retraction_ignored += 1;
+                    return;
+                }
+                if !feasible {
+                    self.counters.update_unfeasible += 1;
+                    if list.selected.is_none() {
+                        self.originate_snr(subnet, u.router_id, Targets::One(link), now);
+                    }
+                    return;
+                }
+                list.entries.push(new_entry);
+                self.added_entry(subnet, link, expires);
+            }
+        }
+        self.select(subnet, now);
+        self.serve_waiters(subnet, now);
+    }
+
+    fn added_entry(&mut self, subnet: Subnet, link: LinkId, expires: Time) {
+        self.entry_count += 1;
+        self.fwd_dirty = true;
+        if let Some(l) = self.links.get_mut(&link) {
+            l.subnets.insert(subnet);
+        }
+        self.timers
+            .push(Reverse((expires, Timer::Expiry(subnet, link))));
+    }
+
+    fn remove_entry(&mut self, subnet: Subnet, index: usize) {
+        let Some(list) = self.routes.get_mut(&subnet) else {
+            return;
+        };
+        if index >= list.entries.len() {
+            return;
+        }
+        let e = list.entries.swap_remove(index);
+        self.entry_count = self.entry_count.saturating_sub(1);
+        self.fwd_dirty = true;
+        if list.selected == Some(e.link) {
+            // Only finite entries stay selected; dropping one is a loss handled by select().
+            list.selected = None;
+        }
+        let empty = list.entries.is_empty();
+        if let Some(l) = self.links.get_mut(&e.link) {
+            l.subnets.remove(&subnet);
+        }
+        if empty {
+            self.routes.remove(&subnet);
+            self.route_plens.remove(subnet.prefix_len());
+        }
+    }
+
+    fn is_feasible(&self, subnet: Subnet, rid: RouterId, seqno: SeqNo, metric: Metric) -> bool {
+        if metric.is_infinite() {
+            return true;
+        }
+        match self.sources.get(&(subnet, rid)) {
+            None => true,
+            Some(fd) => seqno.gt(fd.seqno) || (seqno == fd.seqno && metric < fd.metric),
+        }
+    }
+
+    /// Runs route selection for one subnet and sends what a change calls for.
+    fn select(&mut self, subnet: Subnet, now: Time) {
+        let Some(list) = self.routes.get(&subnet) else {
+            return;
+        };
+        let mut best: Option<(usize, Metric)> = None;
+        let mut cur: Option<(usize, Metric)> = None;
+        for (i, e) in list.entries.iter().enumerate() {
+            if e.metric.is_infinite() {
+                continue;
+            }
+            let Some(l) = self.links.get(&e.link) else {
+                continue;
+            };
+            if !self.is_feasible(subnet, e.router_id, e.seqno, e.metric) {
+                continue;
+            }
+            let total = e.metric.saturating_add(l.cost());
+            let is_cur = list.selected == Some(e.link);
+            if is_cur {
+                cur = Some((i, total));
+            }
+            if best.is_none_or(|(_, b)| total < b || (total == b && is_cur)) {
+                best = Some((i, total));
+            }
+        }
+        let chosen = match (cur, best) {
+            (Some(c), Some(b)) => {
+                let better = b.1 < c.1.saturating_sub(Metric(HYSTERESIS));
+                if b.0 != c.0 && (better || list.entries[b.0].metric == Metric(0)) {
+                    Some(b)
+                } else {
+                    Some(c)
+                }
+            }
+            (_, b) => b,
+        };
+        let old = list.selected.map(|l| (l, list.sel_rid, list.sel_metric));
+        let new = chosen.map(|(i, total)| {
+            let e = &list.entries[i];
+            (e.link, e.router_id, e.seqno, total)
+        });
+        let Some(list) = self.routes.get_mut(&subnet) else {
+            return;
+        };
+        list.selected = new.map(|n| n.0);
+        if let Some((_, rid, _, total)) = new {
+            list.sel_rid = rid;
+            list.sel_metric = total;
+        }
+        match (old, new) {
+            (None, None) => {}
+            (None, Some((link, rid, seqno, total))) => {
+                self.selection_changed(subnet);
+                if self.queries.remove(&subnet).is_some() {
+                    self.query_plens.remove(subnet.prefix_len());
+                }
+                self.event(Event::RouteAcquired(subnet));
+                self.send_route(subnet, rid, seqno, total, None, Some(link), now);
+            }
+            (Some((_, old_rid, _)), None) => {
+                self.selection_changed(subnet);
+                self.event(Event::RouteLost(subnet));
+                self.send_retraction(subnet, None);
+                self.originate_snr(subnet, old_rid, Targets::Advertisers, now);
+            }
+            (Some((old_link, old_rid, old_metric)), Some((link, rid, seqno, total))) => {
+                if old_link != link || old_rid != rid {
+                    self.selection_changed(subnet);
+                }
+                let diff = old_metric.0.abs_diff(total.0);
+                if old_rid != rid || diff > BIG_METRIC_CHANGE {
+                    self.send_route(subnet, rid, seqno, total, None, Some(link), now);
+                }
+            }
+        }
+    }
+
+    fn selection_changed(&mut self, subnet: Subnet) {
+        self.fwd_dirty = true;
+        if self.cfg.record_selection_changes {
+            if self.changes.len() < self.cfg.limits.max_subnets {
+                self.changes.push(subnet);
+            } else {
+                self.counters.selection_changes_dropped += 1;
+            }
+        }
+    }
+
+    /// Sends an Update for a route we hold (to `only`, or to every link except `except`) and
+    /// records it as advertised in the source table.
+    #[allow(clippy::too_many_arguments)]
+    fn send_route(
+        &mut self,
+        subnet: Subnet,
+        rid: RouterId,
+        seqno: SeqNo,
+        metric: Metric,
+        only: Option<LinkId>,
+        except: Option<LinkId>,
+        now: Time,
+    ) {
+        self.note_advertised(subnet, rid, seqno, metric, now);
+        let u = Tlv::Update(Update {
+            flags: 0,
+            interval: UPDATE_INTERVAL_CS,
+            seqno,
+            metric,
+            prefix: Prefix::V6(subnet),
+            router_id: rid,
+        });
+        let limit = self.cfg.limits.max_transmits;
+        match only {
+            Some(l) => push_tx(&mut self.transmits, &mut self.counters, limit, l, u),
+            None => {
+                for &l in self.links.keys() {
+                    if Some(l) != except {
+                        push_tx(&mut self.transmits, &mut self.counters, limit, l, u);
+                    }
+                }
+            }
+        }
+    }
+
+    fn note_advertised(
+        &mut self,
+        subnet: Subnet,
+        rid: RouterId,
+        seqno: SeqNo,
+        metric: Metric,
+        now: Time,
+    ) {
+        if metric.is_infinite() {
+            return;
+        }
+        let expires = now + SOURCE_TTL;
+        let max = self.cfg.limits.max_sources;
+        let len = self.sources.len();
+        match self.sources.get_mut(&(subnet, rid)) {
+            Some(fd) => {
+                if seqno.gt(fd.seqno) || (seqno == fd.seqno && metric < fd.metric) {
+                    fd.seqno = seqno;
+                    fd.metric = metric;
+                }
+                fd.expires = expires;
+            }
+            None if len < max => {
+                self.sources.insert(
+                    (subnet, rid),
+                    Fd {
+                        metric,
+                        seqno,
+                        expires,
+                    },
+                );
+            }
+            None => self.counters.source_table_full += 1,
+        }
+    }
+
+    /// Retraction with our own router-id and seqno.
+    fn send_retraction(&mut self, subnet: Subnet, only: Option<LinkId>) {
+        let u = Tlv::Update(Update {
+            flags: 0,
+            interval: UPDATE_INTERVAL_CS,
+            seqno: self.seqno,
+            metric: Metric::INFINITE,
+            prefix: Prefix::V6(subnet),
+            router_id: self.cfg.router_id,
+        });
+        let limit = self.cfg.limits.max_transmits;
+        match only {
+            Some(l) => push_tx(&mut self.transmits, &mut self.counters, limit, l, u),
+            None => {
+                for &l in self.links.keys() {
+                    push_tx(&mut self.transmits, &mut self.counters, limit, l, u);
+                }
+            }
+        }
+    }
+
+    fn own_update(&self) -> Update {
+        Update {
+            flags: 0,
+            interval: UPDATE_INTERVAL_CS,
+            seqno: self.seqno,
+            metric: Metric(0),
+            prefix: Prefix::V6(self.cfg.own_subnet),
+            router_id: self.cfg.router_id,
+        }
+    }
+
+    fn announce_own(&mut self) {
+        let u = Tlv::Update(self.own_update());
+        let limit = self.cfg.limits.max_transmits;
+        for &l in self.links.keys() {
+            push_tx(&mut self.transmits, &mut self.counters, limit, l, u);
+        }
+    }
+
+    /// The selected route of `subnet` as (link, router-id, seqno, advertised metric).
+    fn selected(&self, subnet: &Subnet) -> Option<(LinkId, RouterId, SeqNo, Metric)> {
+        let list = self.routes.get(subnet)?;
+        let sel = list.selected?;
+        let e = list.entries.iter().find(|e| e.link == sel)?;
+        let cost = self.links.get(&sel)?.cost();
+        Some((sel, e.router_id, e.seqno, e.metric.saturating_add(cost)))
+    }
+
+    fn serve_waiters(&mut self, subnet: Subnet, now: Time) {
+        if self.snr_waiters.is_empty() {
+            return;
+        }
+        let Some((link, rid, seqno, metric)) = self.selected(&subnet) else {
+            return;
+        };
+        let Some(waiters) = self.snr_waiters.get_mut(&subnet) else {
+            return;
+        };
+        let mut served = Vec::new();
+        waiters.retain(|w| {
+            let answers = w.router_id != rid || !seqno.lt(w.seqno);
+            if answers {
+                served.push(w.link);
+            }
+            !answers
+        });
+        if waiters.is_empty() {
+            self.snr_waiters.remove(&subnet);
+        }
+        self.waiter_count = self.waiter_count.saturating_sub(served.len());
+        served.sort_unstable();
+        served.dedup();
+        for w in served {
+            if w != link && self.links.contains_key(&w) {
+                self.send_route(subnet, rid, seqno, metric, Some(w), None, now);
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Requests
+    // ----------------------------------------------------------------------------------------
+
+    fn longest_route_match(&self, a: Ipv6Addr) -> Option<Subnet> {
+        for p in self.route_plens.lengths() {
+            if let Some(s) = Subnet::new(a, p) {
+                if self.routes.contains_key(&s) {
+                    return Some(s);
+                }
+            }
+        }
+        None
+    }
+
+    fn mark_queried(&mut self, subnet: Subnet, now: Time) -> bool {
+        if self.queries.contains_key(&subnet) {
+            return true;
+        }
+        if self.queries.len() >= self.cfg.limits.max_queries {
+            self.counters.query_table_full += 1;
+            return false;
+        }
+        let t = now + QUERY_TIMEOUT;
+        self.queries.insert(subnet, t);
+        self.query_plens.add(subnet.prefix_len());
+        self.timers.push(Reverse((t, Timer::Query(subnet))));
+        true
+    }
+
+    /// Sends RouteRequest(`generation`, `subnet`) to every link except `except`, skipping links
+    /// that got the same request within 15 s unless this one has a lower generation.
+    fn send_rr_to_all(
+        &mut self,
+        subnet: Subnet,
+        generation: u8,
+        except: Option<LinkId>,
+        now: Time,
+    ) {
+        let full = self.rr_cache.len() >= self.cfg.limits.max_rr_cache;
+        if full && !self.rr_cache.contains_key(&subnet) {
+            self.counters.rr_cache_full += 1;
+            // Without a cache slot we still send: the cache only saves traffic.
+        }
+        let rr = Tlv::RouteRequest(RouteRequest {
+            generation,
+            prefix: Prefix::V6(subnet),
+        });
+        let limit = self.cfg.limits.max_transmits;
+        let mut sent = Vec::new();
+        let cached = self.rr_cache.get(&subnet);
+        for &l in self.links.keys() {
+            if Some(l) == except {
+                continue;
+            }
+            let recent = cached.and_then(|c| {
+                c.iter()
+                    .find(|(cl, _, t)| *cl == l && now.saturating_since(*t) < RR_CACHE_TTL)
+            });
+            if let Some((_, g, _)) = recent {
+                if generation >= *g {
+                    self.counters.route_request_dedup += 1;
+                    continue;
+                }
+            }
+            push_tx(&mut self.transmits, &mut self.counters, limit, l, rr);
+            sent.push(l);
+        }
+        if sent.is_empty() || (full && !self.rr_cache.contains_key(&subnet)) {
+            return;
+        }
+        let c = self.rr_cache.entry(subnet).or_default();
+        for l in sent {
+            match c.iter_mut().find(|(cl, _, _)| *cl == l) {
+                Some(x) => *x = (l, generation, now),
+                None => c.push((l, generation, now)),
+            }
+        }
+    }
+
+    fn on_route_request(&mut self, link: LinkId, rr: &RouteRequest, now: Time) {
+        self.counters.route_request_rx += 1;
+        let p = match rr.prefix {
+            Prefix::Wildcard => return self.dump(link, now),
+            Prefix::V6(p) if p.prefix_len() >= 64 && overlay().contains(&p) => p,
+            _ => {
+                self.counters.route_request_bad_prefix += 1;
+                return;
+            }
+        };
+        if self.cfg.own_subnet.contains(&p) {
+            let u = self.own_update();
+            self.tx(link, Tlv::Update(u));
+            return;
+        }
+        if let Some(list) = self.routes.get(&p) {
+            if list.selected.is_some_and(|l| l != link) {
+                if let Some((_, rid, seqno, metric)) = self.selected(&p) {
+                    self.send_route(p, rid, seqno, metric, Some(link), None, now);
+                }
+            }
+            return;
+        }
+        if self.queries.contains_key(&p) {
+            return;
+        }
+        if u16::from(rr.generation) + 1 >= u16::from(MAX_RR_GENERATION) {
+            self.counters.route_request_generation_limit += 1;
+            return;
+        }
+        if self.mark_queried(p, now) {
+            self.send_rr_to_all(p, rr.generation + 1, Some(link), now);
+        }
+    }
+
+    /// Reply to a wildcard request: our /64 and every selected route not via the requester.
+    fn dump(&mut self, link: LinkId, now: Time) {
+        let u = self.own_update();
+        self.tx(link, Tlv::Update(u));
+        let mut subnets: Vec<Subnet> = self
+            .routes
+            .iter()
+            .filter(|(_, l)| l.selected.is_some_and(|s| s != link))
+            .map(|(s, _)| *s)
+            .collect();
+        subnets.sort_unstable();
+        for s in subnets {
+            if let Some((_, rid, seqno, metric)) = self.selected(&s) {
+                self.send_route(s, rid, seqno, metric, Some(link), None, now);
+            }
+        }
+    }
+
+    fn on_seqno_request(&mut self, link: LinkId, r: &SeqNoRequest, now: Time) {
+        self.counters.seqno_request_rx += 1;
+        let p = match r.prefix {
+            Prefix::V6(p) if p.prefix_len() >= 64 && overlay().contains(&p) => p,
+            _ => {
+                self.counters.seqno_request_bad_prefix += 1;
+                return;
+            }
+        };
+        if r.hop_count == 0 {
+            self.counters.seqno_request_hop_zero += 1;
+            return;
+        }
+        let key = (r.router_id, p, r.seqno);
+        if self
+            .seqno_cache
+            .get(&key)
+            .is_some_and(|t| now.saturating_since(*t) < SEQNO_CACHE_TTL)
+        {
+            self.counters.seqno_request_dup += 1;
+            return;
+        }
+        if let Some((_, rid, seqno, metric)) = self.selected(&p) {
+            if rid != r.router_id || !seqno.lt(r.seqno) {
+                self.send_route(p, rid, seqno, metric, Some(link), None, now);
+                return;
+            }
+        }
+        if r.router_id == self.cfg.router_id {
+            if p != self.cfg.own_subnet || !r.seqno.gt(self.seqno) {
+                self.counters.seqno_request_stale_own += 1;
+                return;
+            }
+            if self
+                .last_bump
+                .is_some_and(|t| now.saturating_since(t) < SEQNO_BUMP_SPACING)
+            {
+                self.counters.seqno_bump_rate_limited += 1;
+                return;
+            }
+            self.seqno = self.seqno.next();
+            self.last_bump = Some(now);
+            self.counters.seqno_bumps += 1;
+            self.announce_own();
+            return;
+        }
+        if r.hop_count < 2 {
+            self.counters.seqno_request_no_forward += 1;
+            return;
+        }
+        // Forward to one neighbour that advertised P: feasible routes first, then any live
+        // finite one; never back to the requester.
+        let mut pick: Option<(bool, Metric, LinkId)> = None;
+        if let Some(list) = self.routes.get(&p) {
+            for e in &list.entries {
+                if e.link == link || e.metric.is_infinite() {
+                    continue;
+                }
+                let Some(l) = self.links.get(&e.link) else {
+                    continue;
+                };
+                let feasible = self.is_feasible(p, e.router_id, e.seqno, e.metric);
+                let cand = (!feasible, e.metric.saturating_add(l.cost()), e.link);
+                if pick.is_none_or(|b| cand < b) {
+                    pick = Some(cand);
+                }
+            }
+        }
+        let Some((_, _, next)) = pick else {
+            self.counters.seqno_request_no_forward += 1;
+            return;
+        };
+        if !self.cache_seqno_request(key, now) {
+            return;
+        }
+        let fwd = SeqNoRequest {
+            hop_count: r.hop_count - 1,
+            ..*r
+        };
+        self.tx(next, Tlv::SeqNoRequest(fwd));
+        if self.waiter_count >= self.cfg.limits.max_snr_waiters {
+            self.counters.snr_waiters_full += 1;
+            return;
+        }
+        self.waiter_count += 1;
+        self.snr_waiters.entry(p).or_default().push(Waiter {
+            link,
+            router_id: r.router_id,
+            seqno: r.seqno,
+            expires: now + SEQNO_CACHE_TTL,
+        });
+    }
+
+    fn cache_seqno_request(&mut self, key: (RouterId, Subnet, SeqNo), now: Time) -> bool {
+        if !self.seqno_cache.contains_key(&key)
+            && self.seqno_cache.len() >= self.cfg.limits.max_seqno_cache
+        {
+            self.counters.seqno_cache_full += 1;
+            return false;
+        }
+        self.seqno_cache.insert(key, now);
+        true
+    }
+
+    /// Asks for a seqno above our feasibility distance for (subnet, rid), hop count 64.
+    fn originate_snr(&mut self, subnet: Subnet, rid: RouterId, targets: Targets, now: Time) {
+        let seqno = self
+            .sources
+            .get(&(subnet, rid))
+            .map_or(SeqNo(1), |fd| fd.seqno.next());
+        let key = (rid, subnet, seqno);
+        if self
+            .seqno_cache
+            .get(&key)
+            .is_some_and(|t| now.saturating_since(*t) < SEQNO_CACHE_TTL)
+        {
+            self.counters.seqno_request_dup += 1;
+            return;
+        }
+        let links: Vec<LinkId> = match targets {
+            Targets::One(l) => vec![l],
+            Targets::Advertisers => match self.routes.get(&subnet) {
+                Some(list) => {
+                    let mut v: Vec<LinkId> = list
+                        .entries
+                        .iter()
+                        .map(|e| e.link)
+                        .filter(|l| self.links.contains_key(l))
+                        .collect();
+                    v.sort_unstable();
+                    v
+                }
+                None => Vec::new(),
+            },
+        };
+        if links.is_empty() || !self.cache_seqno_request(key, now) {
+            return;
+        }
+        let snr = Tlv::SeqNoRequest(SeqNoRequest {
+            seqno,
+            hop_count: SNR_HOP_COUNT,
+            router_id: rid,
+            prefix: Prefix::V6(subnet),
+        });
+        for l in links {
+            self.tx(l, snr);
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Timers
+    // ----------------------------------------------------------------------------------------
+
+    fn on_timer(&mut self, timer: Timer, now: Time) {
+        match timer {
+            Timer::Hello(link) => self.send_hello(link, now),
+            Timer::DeadCheck => {
+                if now >= self.next_dead_check {
+                    self.dead_check(now);
+                    self.next_dead_check = now + DEAD_CHECK_INTERVAL;
+                    self.timers
+                        .push(Reverse((self.next_dead_check, Timer::DeadCheck)));
+                }
+            }
+            Timer::Announce => {
+                if now >= self.next_announce {
+                    self.announce_own();
+                    self.next_announce = now + ANNOUNCE_INTERVAL;
+                    self.timers
+                        .push(Reverse((self.next_announce, Timer::Announce)));
+                }
+            }
+            Timer::Housekeeping => {
+                if now >= self.next_housekeeping {
+                    self.housekeeping(now);
+                    self.next_housekeeping = now + HOUSEKEEPING_INTERVAL;
+                    self.timers
+                        .push(Reverse((self.next_housekeeping, Timer::Housekeeping)));
+                }
+            }
+            Timer::SourceGc => {
+                if now >= self.next_source_gc {
+                    self.sources.retain(|_, fd| fd.expires > now);
+                    self.next_source_gc = now + SOURCE_GC_INTERVAL;
+                    self.timers
+                        .push(Reverse((self.next_source_gc, Timer::SourceGc)));
+                }
+            }
+            Timer::Expiry(subnet, link) => self.on_expiry(subnet, link, now),
+            Timer::Query(subnet) => {
+                if self.queries.get(&subnet).is_some_and(|t| *t <= now) {
+                    self.queries.remove(&subnet);
+                    self.query_plens.remove(subnet.prefix_len());
+                    self.event(Event::QueryTimedOut(subnet));
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, now: Time) {
+        self.rr_cache.retain(|_, v| {
+            v.retain(|(_, _, t)| now.saturating_since(*t) < RR_CACHE_TTL);
+            !v.is_empty()
+        });
+        self.seqno_cache
+            .retain(|_, t| now.saturating_since(*t) < SEQNO_CACHE_TTL);
+        let mut count = 0;
+        self.snr_waiters.retain(|_, v| {
+            v.retain(|w| w.expires > now);
+            count += v.len();
+            !v.is_empty()
+        });
+        self.waiter_count = count;
+    }
+
+    fn on_expiry(&mut self, subnet: Subnet, link: LinkId, now: Time) {
+        let Some(list) = self.routes.get_mut(&subnet) else {
+            return;
+        };
+        let Some(i) = list.entries.iter().position(|e| e.link == link) else {
+            return;
+        };
+        let is_sel = list.selected == Some(link);
+        let e = &mut list.entries[i];
+        if e.expires > now {
+            if e.scheduled <= now {
+                e.scheduled = e.expires;
+                self.timers
+                    .push(Reverse((e.expires, Timer::Expiry(subnet, link))));
+            }
+            return;
+        }
+        if is_sel && !e.metric.is_infinite() {
+            e.metric = Metric::INFINITE;
+            e.expires = now + RETRACTED_HOLD;
+            e.scheduled = e.expires;
+            self.timers
+                .push(Reverse((e.expires, Timer::Expiry(subnet, link))));
+            self.select(subnet, now);
+        } else {
+            self.remove_entry(subnet, i);
+            if is_sel {
+                self.select(subnet, now);
+            }
+        }
+    }
+
+    /// Rebuilds the timer heap from the state when stale entries pile up, so it stays bounded.
+    fn compact_timers_if_needed(&mut self) {
+        let live = self.entry_count + self.links.len() + self.queries.len() + 4;
+        if self.timers.len() <= 2 * live + 64 {
+            return;
+        }
+        let mut v = Vec::with_capacity(live);
+        v.push(Reverse((self.next_dead_check, Timer::DeadCheck)));
+        v.push(Reverse((self.next_announce, Timer::Announce)));
+        v.push(Reverse((self.next_housekeeping, Timer::Housekeeping)));
+        v.push(Reverse((self.next_source_gc, Timer::SourceGc)));
+        for (id, l) in &self.links {
+            v.push(Reverse((l.next_hello, Timer::Hello(*id))));
+        }
+        for (s, t) in &self.queries {
+            v.push(Reverse((*t, Timer::Query(*s))));
+        }
+        for (s, list) in self.routes.iter_mut() {
+            for e in list.entries.iter_mut() {
+                e.scheduled = e.expires;
+                v.push(Reverse((e.expires, Timer::Expiry(*s, e.link))));
+            }
+        }
+        self.timers = BinaryHeap::from(v);
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Helpers
+    // ----------------------------------------------------------------------------------------
+
+    fn tx(&mut self, link: LinkId, tlv: Tlv) {
+        let limit = self.cfg.limits.max_transmits;
+        push_tx(&mut self.transmits, &mut self.counters, limit, link, tlv);
+    }
+
+    fn event(&mut self, e: Event) {
+        if self.events.len() >= self.cfg.limits.max_events {
+            self.counters.event_dropped += 1;
+        } else {
+            self.events.push_back(e);
+        }
+    }
+
+    fn route_infos(&self, now: Time, selected: bool) -> Vec<RouteInfo> {
+        let mut v = Vec::new();
+        for (s, list) in &self.routes {
+            for e in &list.entries {
+                if (list.selected == Some(e.link)) != selected {
+                    continue;
+                }
+                let cost = self
+                    .links
+                    .get(&e.link)
+                    .map_or(Metric::INFINITE, |l| l.cost());
+                v.push(RouteInfo {
+                    subnet: *s,
+                    next_hop: e.link,
+                    metric: e.metric,
+                    total: e.metric.saturating_add(cost),
+                    seqno: e.seqno,
+                    router_id: e.router_id,
+                    expires_in: e.expires.saturating_since(now),
+                });
+            }
+        }
+        v.sort_unstable_by_key(|r| (r.subnet, r.next_hop));
+        v
+    }
+}

@@ -6,7 +6,9 @@ use std::io;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::io::{PacketSink, Reader, WriteReport};
+use offload::SegmentSink;
+
+use crate::io::{Reader, WriteReport, Writer};
 use crate::Tun;
 
 /// A non-blocking [`Tun`] registered with the tokio reactor.
@@ -27,7 +29,9 @@ impl AsyncTun {
         // SAFETY: `Tun` owns its `OwnedFd` for its whole lifetime and `as_raw_fd` always returns
         // that descriptor; the `AsyncFd` owns the `Tun`, so the fd stays open while registered.
         let inner = unsafe { AsyncFd::register_with_interest(tun, Interest::READABLE) };
-        Ok(AsyncTun { inner: inner.map_err(io::Error::from)? })
+        Ok(AsyncTun {
+            inner: inner.map_err(io::Error::from)?,
+        })
     }
 
     pub fn get_ref(&self) -> &Tun {
@@ -35,7 +39,11 @@ impl AsyncTun {
     }
 
     /// Waits for the device to be readable, then does one [`Tun::read`].
-    pub async fn read(&self, rd: &mut Reader, out: &mut impl PacketSink) -> io::Result<usize> {
+    pub async fn read(
+        &self,
+        rd: &mut Reader,
+        out: &mut (impl SegmentSink + ?Sized),
+    ) -> io::Result<usize> {
         loop {
             let mut guard = self.inner.readable().await?;
             match guard.try_io(|t| t.get_ref().read(rd, out)) {
@@ -46,7 +54,10 @@ impl AsyncTun {
     }
 
     /// [`Tun::write_batch`]: TUN writes do not wait for the reader, so this never suspends.
-    pub fn write_batch<'a>(&self, packets: impl IntoIterator<Item = &'a [u8]>) -> WriteReport {
-        self.inner.get_ref().write_batch(packets)
+    pub fn write_batch<P>(&self, wr: &mut Writer, packets: &mut [P]) -> WriteReport
+    where
+        P: AsRef<[u8]> + AsMut<[u8]>,
+    {
+        self.inner.get_ref().write_batch(wr, packets)
     }
 }

@@ -10,7 +10,9 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::io::{PacketSink, Reader};
+use offload::Segments;
+
+use crate::io::{Reader, Writer};
 use crate::Tun;
 
 /// Tuning of the forwarding loop.
@@ -31,75 +33,18 @@ impl Default for Options {
     }
 }
 
-/// A contiguous arena of packets, reused batch after batch.
-#[derive(Debug)]
-pub struct Batch {
-    data: Vec<u8>,
-    ends: Vec<usize>,
-}
-
-impl Batch {
-    /// An arena for `bytes` bytes of packets.
-    pub fn with_capacity(bytes: usize) -> Self {
-        Batch {
-            data: Vec::with_capacity(bytes),
-            ends: Vec::with_capacity(bytes / 64),
-        }
-    }
-
-    pub fn clear(&mut self) {
-        self.data.clear();
-        self.ends.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    /// Bytes left before the arena would have to grow.
-    pub fn room(&self) -> usize {
-        self.data.capacity() - self.data.len()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        let mut start = 0;
-        self.ends.iter().map(move |&end| {
-            let p = &self.data[start..end];
-            start = end;
-            p
-        })
-    }
-}
-
-impl PacketSink for Batch {
-    fn push_packet(&mut self, packet: &[u8]) -> bool {
-        if packet.len() > self.room() {
-            return false;
-        }
-        self.data.extend_from_slice(packet);
-        self.ends.push(self.data.len());
-        true
-    }
-}
-
 /// Forwards `from` → `to` until `stop` is set. Read errors other than `WouldBlock` are counted
 /// and back off briefly instead of spinning.
 pub fn pump(from: &Tun, to: &Tun, stop: &AtomicBool, opts: Options) -> io::Result<()> {
     let mut reader = Reader::new();
-    let mut batch = Batch::with_capacity((opts.max_reads + 1) * crate::MAX_PACKET);
+    let mut writer = Writer::new(to);
+    let mut batch = Segments::new();
     while !stop.load(Relaxed) {
         if !from.wait_readable(Some(opts.idle_poll))? {
             continue;
         }
         batch.clear();
         for _ in 0..opts.max_reads {
-            if batch.room() < crate::MAX_PACKET {
-                break;
-            }
             match from.read(&mut reader, &mut batch) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -111,7 +56,7 @@ pub fn pump(from: &Tun, to: &Tun, stop: &AtomicBool, opts: Options) -> io::Resul
             }
         }
         if !batch.is_empty() {
-            to.write_batch(batch.iter());
+            to.write_segments(&mut writer, &mut batch);
         }
     }
     Ok(())

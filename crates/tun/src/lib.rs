@@ -29,6 +29,6 @@ mod sys;
 #[cfg(feature = "tokio")]
 pub use async_tun::AsyncTun;
 pub use device::{Config, Tun};
-pub use io::{PacketSink, Reader, WriteReport, DEMOTE_AFTER, MAX_PACKET};
+pub use io::{Reader, WriteReport, Writer, DEMOTE_AFTER, MAX_PACKET, VNET_HDR_MAX};
 pub use probe::Capabilities;
 pub use stats::{Counters, Stats};

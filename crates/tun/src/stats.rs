@@ -51,12 +51,12 @@ counters! {
     read_errors,
     /// Read-side drops: the read filled the whole buffer (possible truncation).
     drop_truncated,
+    /// Read-side drops: the caller's sink had no room (segments after the first refused one).
+    drop_sink_full,
     /// Packets not written because the kernel refused them (after any fallback).
     drop_write_error,
     /// Packets not written because the device queue was full (`EAGAIN`).
     drop_would_block,
-    /// Packets given to `write_batch` that were not valid IP packets or too large.
-    drop_invalid_input,
 }
 
 impl Counters {
@@ -88,9 +88,9 @@ impl Stats {
     pub fn drops(&self) -> u64 {
         self.drop_malformed
             + self.drop_truncated
+            + self.drop_sink_full
             + self.drop_write_error
             + self.drop_would_block
-            + self.drop_invalid_input
     }
 }
 
@@ -100,7 +100,7 @@ impl std::fmt::Display for Stats {
             f,
             "reads {} (super {}) segments {} ({:.1}/read) | writes {} (coalesced {}) packets {} \
              ({:.1}/write) | einval {} demotions {} | drops malformed {} truncated {} write-error {} \
-             would-block {} invalid {}",
+             would-block {} sink-full {}",
             self.reads,
             self.super_packets,
             self.segments,
@@ -115,7 +115,7 @@ impl std::fmt::Display for Stats {
             self.drop_truncated,
             self.drop_write_error,
             self.drop_would_block,
-            self.drop_invalid_input,
+            self.drop_sink_full,
         )
     }
 }

@@ -258,6 +258,20 @@ pub fn write2(fd: &impl AsRawFd, a: &[u8], b: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// One `writev(2)` of `iov`.
+pub fn writev(fd: &impl AsRawFd, iov: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
+    let count =
+        libc::c_int::try_from(iov.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `IoSlice` is guaranteed ABI-compatible with `struct iovec` on Unix, and every slice
+    // it describes is borrowed for the duration of the call; writev only reads them.
+    let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr().cast::<libc::iovec>(), count) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// `poll(2)` on one fd for `events`; `Ok(true)` when ready, `Ok(false)` on timeout.
 pub fn poll_one(fd: &impl AsRawFd, events: i16, timeout_ms: i32) -> io::Result<bool> {
     let mut pfd = libc::pollfd {

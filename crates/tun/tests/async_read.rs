@@ -2,10 +2,12 @@
 //! namespace towards the TUN's subnet is read back through `AsyncTun`, intact.
 #![cfg(feature = "tokio")]
 
+mod common;
+
 use std::net::{Ipv6Addr, UdpSocket};
 
-use hypha_tun::bridge::Batch;
 use hypha_tun::{AsyncTun, Config, Reader, Tun};
+use offload::Segments;
 use testbed::Netns;
 
 #[test]
@@ -14,24 +16,26 @@ fn async_read_returns_the_packet_sent_into_the_tun() {
     let ns = Netns::new("tunasync").unwrap();
     let local: Ipv6Addr = "fd00:8::1".parse().unwrap();
     let peer: Ipv6Addr = "fd00:8::2".parse().unwrap();
-    let (tun, sock) = ns
-        .run(|| -> std::io::Result<(Tun, UdpSocket)> {
+    let tun = ns
+        .run(|| -> std::io::Result<Tun> {
             let tun = Tun::open(&Config::new("hyt5"))?;
             tun.set_mtu(1400)?;
             tun.add_ipv6(local, 64)?;
             tun.up()?;
-            Ok((tun, UdpSocket::bind((local, 0))?))
+            Ok(tun)
         })
         .unwrap()
         .unwrap();
+    common::topology::wait_ipv6_ready(ns.name(), "hyt5").unwrap();
+    let sock = ns.run(|| UdpSocket::bind((local, 0))).unwrap().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
+        .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let tun = AsyncTun::new(tun).unwrap();
         let mut rd = Reader::new();
-        let mut batch = Batch::with_capacity(1 << 17);
+        let mut batch = Segments::new();
         let payload = b"hypha async read";
         sock.send_to(payload, (peer, 9)).unwrap();
         // Other packets (router solicitations, MLD) may come first: read until ours shows up.

@@ -22,14 +22,26 @@ pub const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub fn tun_in(ns: &str, dev: &str, offload: bool, v6: Ipv6Addr, v4: Ipv4Addr) -> io::Result<Tun> {
     let mut cfg = Config::new(dev);
     cfg.offload = offload;
-    testbed::run_in(ns, || -> io::Result<Tun> {
+    let tun = testbed::run_in(ns, || -> io::Result<Tun> {
         let tun = Tun::open(&cfg)?;
         tun.set_mtu(MTU)?;
         tun.add_ipv6(v6, 64)?;
         tun.set_ipv4(v4, 24)?;
         tun.up()?;
         Ok(tun)
-    })?
+    })??;
+    wait_ipv6_ready(ns, dev)?;
+    Ok(tun)
+}
+
+/// Waits until no IPv6 address of `dev` is tentative (DAD is skipped on a TUN, but the address
+/// only becomes usable once the kernel's DAD work has run), so that sockets can bind to it.
+pub fn wait_ipv6_ready(ns: &str, dev: &str) -> io::Result<()> {
+    testbed::wait_until(std::time::Duration::from_secs(10), || {
+        testbed::exec_in(ns, "ip", &["-6", "addr", "show", "dev", dev, "tentative"])
+            .is_ok_and(|out| out.trim().is_empty())
+    })?;
+    Ok(())
 }
 
 /// The two TUNs of the topology, `a` in namespace `ns_a` and `b` in `ns_b`.

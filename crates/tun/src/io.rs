@@ -64,13 +64,16 @@ pub struct Writer {
 impl Writer {
     /// A writer for `tun`, coalescing what the device's capabilities allow.
     pub fn new(tun: &Tun) -> Self {
+        Writer::with_config(tun, offload::Config::default())
+    }
+
+    /// A writer with explicit coalescer limits (e.g. `udp_max_segments` for a kernel known to
+    /// accept 128). Whether TCP and UDP are merged still follows the device: its capabilities and
+    /// any demotion.
+    pub fn with_config(tun: &Tun, config: offload::Config) -> Self {
         let (tcp, udp) = tun.gro_enabled();
         Writer {
-            coalescer: Coalescer::new(offload::Config {
-                tcp,
-                udp,
-                ..offload::Config::default()
-            }),
+            coalescer: Coalescer::new(offload::Config { tcp, udp, ..config }),
             iov: Vec::new(),
             slots: Vec::new(),
             train: Vec::with_capacity(VNET_HDR_MAX + MAX_PACKET),

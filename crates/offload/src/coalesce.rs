@@ -96,7 +96,12 @@ impl Write<'_> {
     /// bytes (10 or 12), then the packet. For tests and for the `EINVAL` fallback, which hands
     /// `&out[vnet_hdr_len..]` and [`Self::vnet`] to [`split`](crate::split) and writes the
     /// segments singly.
-    pub fn materialize<P: AsRef<[u8]>>(&self, packets: &[P], vnet_hdr_len: usize, out: &mut Vec<u8>) {
+    pub fn materialize<P: AsRef<[u8]>>(
+        &self,
+        packets: &[P],
+        vnet_hdr_len: usize,
+        out: &mut Vec<u8>,
+    ) {
         let img = self.vnet.to_bytes();
         out.extend_from_slice(&img[..vnet_hdr_len.min(virtio::LEN_MRG_RXBUF)]);
         for s in self.slices {

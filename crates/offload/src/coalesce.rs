@@ -604,3 +604,55 @@ fn fix_train_head(b: &mut [u8], hm: &Meta, total_payload: usize, last_flags: u8)
         csum_offset: csum_offset as u16,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp4(seq: u32, id: u16, payload: usize) -> Vec<u8> {
+        let mut b = vec![0u8; 40 + payload];
+        let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len((40 + payload) as u16);
+        ip.set_ident(id);
+        ip.set_dont_frag(true);
+        ip.set_ttl(64);
+        ip.set_protocol(protocol::TCP);
+        ip.fill_checksum();
+        let mut t = TcpPacket::new_unchecked(&mut b[20..]);
+        t.set_seq_number(seq);
+        t.set_header_len(20);
+        t.set_flags(ip::tcp::flags::ACK);
+        b
+    }
+
+    fn footprint(c: &Coalescer) -> [(usize, usize); 7] {
+        [
+            (c.metas.capacity(), c.metas.as_ptr() as usize),
+            (c.flows.capacity(), c.flows.as_ptr() as usize),
+            (c.group.capacity(), c.group.as_ptr() as usize),
+            (c.members.capacity(), c.members.as_ptr() as usize),
+            (c.trains.capacity(), c.trains.as_ptr() as usize),
+            (c.writes.capacity(), c.writes.as_ptr() as usize),
+            (c.slices.capacity(), c.slices.as_ptr() as usize),
+        ]
+    }
+
+    #[test]
+    fn no_allocation_once_warmed_up() {
+        let batch =
+            |n: u32| -> Vec<Vec<u8>> { (0..n).map(|i| tcp4(i * 100, i as u16, 100)).collect() };
+        let mut c = Coalescer::new(Config::default());
+        let mut warm = batch(64);
+        assert_eq!(c.coalesce(&mut warm).len(), 1);
+        let before = footprint(&c);
+        for n in [64, 10, 1, 64, 33] {
+            let mut b = batch(n);
+            let plan = c.coalesce(&mut b);
+            assert_eq!(plan.len(), 1);
+            assert_eq!(plan.get(0).unwrap().packets(), n as usize);
+            assert_eq!(footprint(&c), before, "batch of {n} reallocated");
+        }
+    }
+}

@@ -266,4 +266,32 @@ mod tests {
         assert_eq!(finish(add(0xcd7a, 0x5555)), 0xdd2f);
         assert_eq!(update(0xdd2f, 0x5555, 0x3285), 0x0000);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        #[test]
+        fn fast_sum_equals_rfc1071_reference(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..9000),
+            start in 0usize..16,
+        ) {
+            // Odd start offsets give odd alignments in memory and odd lengths.
+            let s = &data[start.min(data.len())..];
+            proptest::prop_assert_eq!(sum(s), reference::sum(s));
+        }
+
+        #[test]
+        fn fast_sum_equals_reference_on_large_buffers(
+            len in 60_000usize..65_536, fill in proptest::prelude::any::<u8>(), step in 1u8..255,
+        ) {
+            let data: Vec<u8> = (0..len).map(|i| fill.wrapping_add((i as u8).wrapping_mul(step))).collect();
+            proptest::prop_assert_eq!(sum(&data), reference::sum(&data));
+        }
+
+        #[test]
+        fn split_sums_combine(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000), cut in 0usize..1500) {
+            let cut = (cut * 2).min(data.len() & !1);
+            proptest::prop_assert_eq!(add(sum(&data[..cut]), sum(&data[cut..])), sum(&data));
+        }
+    }
 }

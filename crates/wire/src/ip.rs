@@ -191,3 +191,35 @@ mod tests {
         assert_eq!(locate(&[0x45; 10]), Err(Error::Truncated));
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every view accepts or refuses arbitrary bytes without panicking, and once accepted all
+        /// getters stay in bounds.
+        #[test]
+        fn views_never_panic(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+            if let Ok(l) = locate(&b) {
+                prop_assert!(l.l4_offset <= l.ip_len && l.ip_len <= b.len());
+            }
+            if let Ok(p) = Ipv4Packet::new_checked(&b[..]) {
+                let _ = (p.payload(), p.options(), p.verify_checksum(), p.src_addr(), p.frag_offset());
+            }
+            if let Ok(p) = Ipv6Packet::new_checked(&b[..]) {
+                let _ = (p.payload(), p.flow_label(), p.dst_addr());
+                if let Ok(u) = p.upper_layer() {
+                    prop_assert!(u.offset <= b.len());
+                }
+            }
+            if let Ok(p) = TcpPacket::new_checked(&b[..]) {
+                let _ = (p.payload(), p.options(), p.verify_checksum(0), p.flags());
+            }
+            if let Ok(p) = UdpPacket::new_checked(&b[..]) {
+                let _ = (p.payload(), p.verify_checksum(0));
+            }
+        }
+    }
+}

@@ -138,8 +138,9 @@ fn batch() -> impl Strategy<Value = (Vec<Vec<u8>>, Vec<usize>)> {
             for p in &picks {
                 emit(p.index(queues.len()), &mut pkts, &mut flow_of);
             }
-            for f in 0..queues.len() {
-                for _ in 0..queues[f].len() {
+            let lens: Vec<usize> = queues.iter().map(Vec::len).collect();
+            for (f, &n) in lens.iter().enumerate() {
+                for _ in 0..n {
                     emit(f, &mut pkts, &mut flow_of);
                 }
             }

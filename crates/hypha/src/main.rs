@@ -2,13 +2,159 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod client;
 
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+use anyhow::{bail, Context};
 use clap::Parser;
+use cli::{Command, LogFormat, Settings};
+use node::endpoint::Endpoint;
+use node::{DiscoverySettings, Node, NodeConfig, TunSettings};
 
 fn main() {
     let cli = cli::Cli::parse();
-    if let Err(e) = cli.settings() {
+    let settings = match cli.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("hypha: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let result = match cli.command {
+        None => run_node(settings),
+        Some(Command::Inspect { json, pubkey }) => inspect(&settings.key_file, pubkey, json),
+        Some(Command::GenerateKeys { force }) => generate_keys(&settings.key_file, force),
+        Some(cmd @ (Command::Peers { .. } | Command::Routes { .. })) => {
+            client::run(cmd, settings.api_addr)
+        }
+    };
+    if let Err(e) = result {
         eprintln!("hypha: {e:#}");
-        std::process::exit(2);
+        std::process::exit(1);
     }
+}
+
+fn init_logging(s: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let level = if s.debug {
+        "debug"
+    } else if s.silent {
+        "error"
+    } else {
+        "info"
+    };
+    // RUST_LOG, when set, refines the level chosen by the flags.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match s.log_format {
+        LogFormat::Compact => b.compact().init(),
+        LogFormat::Plain => b.with_ansi(false).without_time().init(),
+        LogFormat::Logfmt => b.with_ansi(false).with_target(false).init(),
+    }
+}
+
+fn run_node(s: Settings) -> anyhow::Result<()> {
+    init_logging(&s);
+    for what in &s.unsupported {
+        tracing::warn!("flag accepted but not supported: {what}");
+    }
+    let mut peers = Vec::new();
+    for p in &s.peers {
+        match Endpoint::parse_supported(p) {
+            Ok(e) => peers.push(e),
+            // A mycelium command line may list QUIC peers; they are skipped, not fatal.
+            Err(node::endpoint::EndpointError::Unsupported(proto)) => {
+                tracing::warn!("skipping peer {p}: {} is not supported", proto.scheme());
+            }
+            Err(e) => bail!("invalid peer '{p}': {e}"),
+        }
+    }
+    let secret = crypto::SecretKey::load_or_create(&s.key_file)
+        .with_context(|| format!("key file {}", s.key_file.display()))?;
+    let cfg = NodeConfig {
+        secret,
+        listen: Some(SocketAddr::from((
+            Ipv6Addr::UNSPECIFIED,
+            s.tcp_listen_port,
+        ))),
+        peers,
+        tun: (!s.no_tun).then(|| TunSettings {
+            name: s.tun_name.clone(),
+            offload: !s.no_offload,
+        }),
+        discovery: (!s.disable_peer_discovery).then(|| DiscoverySettings {
+            port: s.peer_discovery_port,
+            interfaces: s.peer_discovery_interface.clone(),
+        }),
+        api_addr: Some(s.api_addr),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hypha")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let node = Node::start(cfg).await?;
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn inspect(key_file: &Path, pubkey: Option<String>, json: bool) -> anyhow::Result<()> {
+    let key = match pubkey {
+        Some(hex) => hex
+            .parse::<crypto::PublicKey>()
+            .map_err(|e| anyhow::anyhow!("invalid public key '{hex}': {e}"))?,
+        None => crypto::SecretKey::load(key_file)
+            .with_context(|| format!("key file {}", key_file.display()))?
+            .public_key(),
+    };
+    let hex = key.to_string();
+    let addr = key.address();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "publicKey": hex, "address": addr.to_string() })
+        );
+    } else {
+        println!("Public key: {hex}");
+        println!("Address: {addr}");
+    }
+    Ok(())
+}
+
+fn generate_keys(key_file: &Path, force: bool) -> anyhow::Result<()> {
+    if key_file.exists() && !force {
+        bail!(
+            "key file {} exists; use --force to overwrite it",
+            key_file.display()
+        );
+    }
+    let secret = crypto::SecretKey::generate().context("cannot get random bytes for a key")?;
+    secret
+        .save(key_file)
+        .with_context(|| format!("key file {}", key_file.display()))?;
+    let key = secret.public_key();
+    println!("Key file: {}", key_file.display());
+    println!("Public key: {key}");
+    println!("Address: {}", key.address());
+    Ok(())
 }

@@ -7,4 +7,17 @@
 #![forbid(unsafe_code)]
 
 pub mod endpoint;
+
+mod datapath;
+mod keys;
+mod link;
+mod node;
+mod owner;
+mod tunio;
+
+pub use datapath::DataCounters;
+pub use keys::Identity;
+pub use node::{DiscoverySettings, Node, NodeConfig, TunSettings, TUN_MTU};
 pub mod control;
+pub mod api;
+pub mod discovery;

@@ -1,0 +1,807 @@
+//! The subcommands that talk to a running node through its admin API (`--api-addr`):
+//! `peers list|add|remove` and `routes selected|fallback|queried`.
+//!
+//! Human output is aligned tables; `--json` prints the API's JSON exactly as it came. Every failure
+//! becomes one line that names what went wrong, and a non-zero exit.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde::Deserialize;
+
+use crate::cli::{Command, PeersCmd, RoutesCmd};
+
+/// The API is local and answers from memory; anything slower than this is a stuck node.
+const TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs a `peers` or `routes` subcommand against the node at `api_addr`, printing to stdout.
+pub fn run(cmd: Command, api_addr: SocketAddr) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    run_to(cmd, api_addr, &mut out)
+}
+
+fn run_to(cmd: Command, api_addr: SocketAddr, out: &mut dyn Write) -> anyhow::Result<()> {
+    let api = Api::new(api_addr);
+    match cmd {
+        Command::Peers { cmd } => match cmd {
+            PeersCmd::List { json } => {
+                let text = api.get("/api/v1/admin/peers")?;
+                if json {
+                    print_raw(out, &text)
+                } else {
+                    let peers: Vec<PeerRow> = api.decode(&text)?;
+                    print_table(out, &peers_table(&peers), "no peers")
+                }
+            }
+            PeersCmd::Add { endpoints } => change_peers(&api, out, &endpoints, true),
+            PeersCmd::Remove { endpoints } => change_peers(&api, out, &endpoints, false),
+        },
+        Command::Routes { cmd } => {
+            let (kind, json) = match cmd {
+                RoutesCmd::Selected { json } => ("selected", json),
+                RoutesCmd::Fallback { json } => ("fallback", json),
+                RoutesCmd::Queried { json } => ("queried", json),
+            };
+            let text = api.get(&format!("/api/v1/admin/routes/{kind}"))?;
+            if json {
+                return print_raw(out, &text);
+            }
+            if kind == "queried" {
+                let rows: Vec<QueryRow> = api.decode(&text)?;
+                print_table(out, &queried_table(&rows), "no subnets being queried")
+            } else {
+                let rows: Vec<RouteRow> = api.decode(&text)?;
+                print_table(out, &routes_table(&rows), &format!("no {kind} routes"))
+            }
+        }
+        other => bail!("internal: {other:?} is not an API client command"),
+    }
+}
+
+/// Adds or removes each endpoint in turn; reports every failure, then fails if any did. A node
+/// that cannot be reached stops the whole run at once.
+fn change_peers(
+    api: &Api,
+    out: &mut dyn Write,
+    endpoints: &[String],
+    add: bool,
+) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for e in endpoints {
+        let r = if add {
+            api.send(
+                "POST",
+                "/api/v1/admin/peers",
+                Some(serde_json::json!({ "endpoint": e })),
+            )
+        } else {
+            api.send(
+                "DELETE",
+                &format!("/api/v1/admin/peers/{}", percent_encode(e)),
+                None,
+            )
+        };
+        match r {
+            Ok(()) => writeln!(out, "{} {e}", if add { "added" } else { "removed" })?,
+            Err(CallError::Refused { status, message }) => {
+                failed.push(format!("{e}: {message} (HTTP {status})"));
+            }
+            Err(CallError::Transport(err)) => return Err(err),
+        }
+    }
+    match failed.len() {
+        0 => Ok(()),
+        _ => Err(anyhow!(
+            "cannot {} peer {}",
+            if add { "add" } else { "remove" },
+            failed.join("; ")
+        )),
+    }
+}
+
+fn print_raw(out: &mut dyn Write, text: &str) -> anyhow::Result<()> {
+    writeln!(out, "{}", text.trim_end())?;
+    Ok(())
+}
+
+fn print_table(out: &mut dyn Write, table: &Table, empty: &str) -> anyhow::Result<()> {
+    if table.rows.is_empty() {
+        writeln!(out, "{empty}")?;
+    } else {
+        out.write_all(table.render().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// A failed call: either the node said no (a status and its message), or we never got an answer.
+enum CallError {
+    Refused { status: u16, message: String },
+    Transport(anyhow::Error),
+}
+
+struct Api {
+    agent: ureq::Agent,
+    addr: SocketAddr,
+}
+
+impl Api {
+    fn new(addr: SocketAddr) -> Api {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build();
+        Api {
+            agent: ureq::Agent::new_with_config(config),
+            addr,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn transport_error(&self, e: ureq::Error) -> anyhow::Error {
+        let addr = self.addr;
+        match e {
+            ureq::Error::Io(io) => {
+                let why = match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+                    std::io::ErrorKind::ConnectionReset => "connection reset".to_owned(),
+                    _ => io.to_string(),
+                };
+                anyhow!(
+                    "cannot reach the node's API at {addr}: {why} (is the node running? --api-addr)"
+                )
+            }
+            ureq::Error::Timeout(_) => anyhow!(
+                "the node's API at {addr} did not answer within {}s (--api-addr)",
+                TIMEOUT.as_secs()
+            ),
+            ureq::Error::ConnectionFailed => {
+                anyhow!("cannot reach the node's API at {addr} (is the node running? --api-addr)")
+            }
+            other => anyhow!("talking to the node's API at {addr} failed: {other}"),
+        }
+    }
+
+    /// Makes one call and returns the status and body text.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(u16, String)> {
+        let url = self.url(path);
+        let res = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            ("POST", Some(b)) => self.agent.post(&url).send_json(b),
+            ("POST", None) => self.agent.post(&url).send_empty(),
+            _ => bail!("internal: unsupported method {method}"),
+        };
+        let mut res = res.map_err(|e| self.transport_error(e))?;
+        let status = res.status().as_u16();
+        let text = res
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| self.transport_error(e))?;
+        Ok((status, text))
+    }
+
+    /// GET returning the body of a 2xx answer.
+    fn get(&self, path: &str) -> anyhow::Result<String> {
+        let (status, text) = self.call("GET", path, None)?;
+        if !(200..300).contains(&status) {
+            bail!(
+                "the node's API at {} refused {path}: {} (HTTP {status})",
+                self.addr,
+                error_message(&text)
+            );
+        }
+        Ok(text)
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(), CallError> {
+        let (status, text) = self
+            .call(method, path, body)
+            .map_err(CallError::Transport)?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(CallError::Refused {
+                status,
+                message: error_message(&text),
+            })
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, text: &str) -> anyhow::Result<T> {
+        serde_json::from_str(text)
+            .with_context(|| format!("unexpected answer from the node's API at {}", self.addr))
+    }
+}
+
+/// The message of an error answer: `{"error": ...}` when the node sent one, else the body itself.
+fn error_message(body: &str) -> String {
+    #[derive(Deserialize)]
+    struct E {
+        error: String,
+    }
+    match serde_json::from_str::<E>(body) {
+        Ok(e) => e.error,
+        Err(_) if body.trim().is_empty() => "no details given".to_owned(),
+        Err(_) => body.trim().lines().next().unwrap_or_default().to_owned(),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, so an endpoint fits in one
+/// path segment.
+fn percent_encode(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            o.push(char::from(b));
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+// The rows as the API sends them. Unknown enum values are kept as text (the node may be newer
+// than this client), and unknown fields are ignored.
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct PeerRow {
+    endpoint: EndpointJson,
+    #[serde(rename = "type")]
+    kind: String,
+    connection_state: String,
+    tx_bytes: u64,
+    rx_bytes: u64,
+    last_connected: Option<u64>,
+}
+
+#[derive(Deserialize, Debug)]
+struct EndpointJson {
+    proto: String,
+    addr: serde_json::Value,
+}
+
+impl EndpointJson {
+    fn uri(&self) -> String {
+        if let Some(s) = self.addr.get("socket").and_then(|s| s.as_str()) {
+            return format!("{}://{s}", self.proto);
+        }
+        if let Some(v) = self.addr.get("vsock") {
+            return format!("{}://{}:{}", self.proto, v["cid"], v["port"]);
+        }
+        format!("{}://{}", self.proto, self.addr)
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+struct RouteRow {
+    subnet: String,
+    next_hop: String,
+    metric: serde_json::Value,
+    seqno: u64,
+}
+
+#[derive(Deserialize, Debug)]
+struct QueryRow {
+    subnet: String,
+    expiration: String,
+}
+
+/// A text table: a header and rows of cells; some columns right-aligned (numbers).
+struct Table {
+    header: Vec<&'static str>,
+    right: Vec<bool>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// Columns separated by two spaces, no trailing whitespace, one line per row.
+    fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut s = String::new();
+        let header: Vec<String> = self.header.iter().map(|h| (*h).to_owned()).collect();
+        for row in std::iter::once(&header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                if self.right.get(i).copied().unwrap_or(false) {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            s.push_str(line.trim_end());
+            s.push('\n');
+        }
+        s
+    }
+}
+
+fn peers_table(peers: &[PeerRow]) -> Table {
+    Table {
+        header: vec!["ENDPOINT", "TYPE", "STATE", "TX", "RX", "CONNECTED"],
+        right: vec![false, false, false, true, true, true],
+        rows: peers
+            .iter()
+            .map(|p| {
+                let kind = match p.kind.as_str() {
+                    "linkLocalDiscovery" => "link-local".to_owned(),
+                    k => k.to_owned(),
+                };
+                let connected = match (p.connection_state.as_str(), p.last_connected) {
+                    ("alive", Some(s)) => human_duration(s),
+                    _ => "-".to_owned(),
+                };
+                vec![
+                    p.endpoint.uri(),
+                    kind,
+                    p.connection_state.clone(),
+                    human_bytes(p.tx_bytes),
+                    human_bytes(p.rx_bytes),
+                    connected,
+                ]
+            })
+            .collect(),
+    }
+}
+
+fn routes_table(routes: &[RouteRow]) -> Table {
+    Table {
+        header: vec!["SUBNET", "NEXT HOP", "METRIC", "SEQNO"],
+        right: vec![false, false, true, true],
+        rows: routes
+            .iter()
+            .map(|r| {
+                let metric = match &r.metric {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                vec![
+                    r.subnet.clone(),
+                    r.next_hop.clone(),
+                    metric,
+                    r.seqno.to_string(),
+                ]
+            })
+            .collect(),
+    }
+}
+
+fn queried_table(rows: &[QueryRow]) -> Table {
+    Table {
+        header: vec!["SUBNET", "EXPIRES IN"],
+        right: vec![false, true],
+        rows: rows
+            .iter()
+            .map(|q| {
+                let left = match q.expiration.parse::<u64>() {
+                    Ok(s) => human_duration(s),
+                    Err(_) => q.expiration.clone(),
+                };
+                vec![q.subnet.clone(), left]
+            })
+            .collect(),
+    }
+}
+
+/// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `3.0 GiB`.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    #[allow(clippy::cast_precision_loss)] // one decimal shown; the loss is far below it
+    let mut v = n as f64;
+    let mut unit = 0;
+    // Step up while the value would print as 1024.0 or more in this unit.
+    while v >= 1023.95 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// A duration in its two largest units: `42s`, `5m 07s`, `3h 04m`, `2d 03h`.
+fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d {h:02}h")
+    } else if h > 0 {
+        format!("{h}h {m:02}m")
+    } else if m > 0 {
+        format!("{m}m {s:02}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    use node::control::{
+        ConnectionState, Control, NodeInfo, PeerInfo, PeerKind, PeerOpError, QueryInfo, Request,
+        RouteInfo, RouteKind,
+    };
+    use wire::babel::{Metric, Subnet};
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1024 * 1024 - 1), "1.0 MiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(59), "59s");
+        assert_eq!(human_duration(60), "1m 00s");
+        assert_eq!(human_duration(307), "5m 07s");
+        assert_eq!(human_duration(3 * 3600 + 4 * 60 + 5), "3h 04m");
+        assert_eq!(human_duration(2 * 86_400 + 3 * 3600), "2d 03h");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = Table {
+            header: vec!["NAME", "N", "LAST"],
+            right: vec![false, true, false],
+            rows: vec![
+                vec!["a".into(), "1".into(), "x".into()],
+                vec!["longer".into(), "1000".into(), "".into()],
+            ],
+        };
+        assert_eq!(
+            t.render(),
+            "NAME       N  LAST\n\
+             a          1  x\n\
+             longer  1000\n"
+        );
+    }
+
+    fn peer_rows() -> Vec<PeerRow> {
+        serde_json::from_str(
+            r#"[
+            {"endpoint":{"proto":"tcp","addr":{"socket":"198.18.0.6:9651"}},"type":"static",
+             "connectionState":"alive","txBytes":1536,"rxBytes":3221225472,"discovered":90,
+             "lastConnected":307},
+            {"endpoint":{"proto":"tcp","addr":{"socket":"[fe80::1%2]:9651"}},
+             "type":"linkLocalDiscovery","connectionState":"connecting","txBytes":0,"rxBytes":0,
+             "discovered":5,"lastConnected":null},
+            {"endpoint":{"proto":"vsock","addr":{"vsock":{"cid":3,"port":9651}}},"type":"inbound",
+             "connectionState":"dead","txBytes":10,"rxBytes":20,"discovered":5,"lastConnected":9,
+             "someNewField":true}
+            ]"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn peers_table_format() {
+        assert_eq!(
+            peers_table(&peer_rows()).render(),
+            "ENDPOINT                TYPE        STATE            TX       RX  CONNECTED\n\
+             tcp://198.18.0.6:9651   static      alive       1.5 KiB  3.0 GiB     5m 07s\n\
+             tcp://[fe80::1%2]:9651  link-local  connecting      0 B      0 B          -\n\
+             vsock://3:9651          inbound     dead           10 B     20 B          -\n"
+        );
+    }
+
+    #[test]
+    fn routes_tables_format() {
+        let rows: Vec<RouteRow> = serde_json::from_str(
+            r#"[{"subnet":"4ff:1:2:3::/64","nextHop":"TCP [fd00::1]:40000 <-> [fd00::2]:9651","metric":20,"seqno":3},
+                {"subnet":"5aa::/64","nextHop":"TCP 198.18.0.1:1 <-> 198.18.0.6:9651","metric":"infinite","seqno":65535}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            routes_table(&rows).render(),
+            "SUBNET          NEXT HOP                                  METRIC  SEQNO\n\
+             4ff:1:2:3::/64  TCP [fd00::1]:40000 <-> [fd00::2]:9651        20      3\n\
+             5aa::/64        TCP 198.18.0.1:1 <-> 198.18.0.6:9651    infinite  65535\n"
+        );
+        let rows: Vec<QueryRow> = serde_json::from_str(
+            r#"[{"subnet":"5aa:9::/64","expiration":"4"},{"subnet":"5aa:a::/64","expiration":"soon"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            queried_table(&rows).render(),
+            "SUBNET      EXPIRES IN\n\
+             5aa:9::/64          4s\n\
+             5aa:a::/64        soon\n"
+        );
+    }
+
+    #[test]
+    fn percent_encoding_fits_one_segment() {
+        assert_eq!(
+            percent_encode("tcp://[fe80::1%2]:9651"),
+            "tcp%3A%2F%2F%5Bfe80%3A%3A1%252%5D%3A9651"
+        );
+        assert_eq!(error_message(r#"{"error":"nope"}"#), "nope");
+        assert_eq!(error_message(""), "no details given");
+        assert_eq!(error_message("plain\nmore"), "plain");
+    }
+
+    // ---- the whole client against the real API router, served on loopback by a fake node ----
+
+    struct Fake {
+        peers: Vec<PeerInfo>,
+        keys: HashMap<Subnet, [u8; 32]>,
+    }
+
+    fn subnet(s: &str) -> Subnet {
+        s.parse().unwrap()
+    }
+
+    fn answer(f: &mut Fake, r: Request) {
+        match r {
+            Request::Peers(tx) => {
+                let _ = tx.send(f.peers.clone());
+            }
+            Request::AddPeer(e, tx) => {
+                let res = if f.peers.iter().any(|p| p.endpoint == e) {
+                    Err(PeerOpError::AlreadyExists)
+                } else {
+                    f.peers.push(PeerInfo {
+                        endpoint: e,
+                        kind: PeerKind::Static,
+                        connection_state: ConnectionState::Connecting,
+                        tx_bytes: 0,
+                        rx_bytes: 0,
+                        discovered: 0,
+                        last_connected: None,
+                    });
+                    Ok(())
+                };
+                let _ = tx.send(res);
+            }
+            Request::RemovePeer(e, tx) => {
+                let n = f.peers.len();
+                f.peers.retain(|p| p.endpoint != e);
+                let _ = tx.send(if f.peers.len() < n {
+                    Ok(())
+                } else {
+                    Err(PeerOpError::NotFound)
+                });
+            }
+            Request::Routes(kind, tx) => {
+                let _ = tx.send(vec![RouteInfo {
+                    subnet: subnet("4ff:1:2:3::/64"),
+                    next_hop: "TCP 198.18.0.1:40001 <-> 198.18.0.6:9651".to_owned(),
+                    metric: if kind == RouteKind::Selected {
+                        Metric(20)
+                    } else {
+                        Metric::INFINITE
+                    },
+                    seqno: 7,
+                }]);
+            }
+            Request::Queried(tx) => {
+                let _ = tx.send(vec![QueryInfo {
+                    subnet: subnet("5aa:9::/64"),
+                    expires_in: 4,
+                }]);
+            }
+            Request::PubkeyOf(ip, tx) => {
+                let _ = tx.send(
+                    f.keys
+                        .iter()
+                        .find(|(s, _)| s.contains_addr(ip))
+                        .map(|(_, k)| *k),
+                );
+            }
+        }
+    }
+
+    /// A runtime serving the API for a fake node with one alive peer; kept alive by the caller.
+    fn serve_fake() -> (tokio::runtime::Runtime, SocketAddr) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = rt.block_on(async {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+            let mut fake = Fake {
+                peers: vec![PeerInfo {
+                    endpoint: "tcp://198.18.0.6:9651".parse().unwrap(),
+                    kind: PeerKind::Static,
+                    connection_state: ConnectionState::Alive,
+                    tx_bytes: 2048,
+                    rx_bytes: 100,
+                    discovered: 400,
+                    last_connected: Some(65),
+                }],
+                keys: HashMap::new(),
+            };
+            tokio::spawn(async move {
+                while let Some(r) = rx.recv().await {
+                    answer(&mut fake, r);
+                }
+            });
+            let info = NodeInfo {
+                node_subnet: subnet("430:9364:d8d8:84a9::/64"),
+                node_ip: "430:9364:d8d8:84a9::1".parse().unwrap(),
+                node_pubkey: [1; 32],
+                node_start_time: 1,
+            };
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(node::api::serve(
+                listener,
+                Control::new(info, tx),
+                std::future::pending(),
+            ));
+            addr
+        });
+        (rt, addr)
+    }
+
+    fn run_cmd(args: &[&str], addr: SocketAddr) -> (anyhow::Result<()>, String) {
+        use clap::Parser;
+        let cli =
+            crate::cli::Cli::try_parse_from(std::iter::once("hypha").chain(args.iter().copied()))
+                .unwrap();
+        let mut out = Vec::new();
+        let r = run_to(cli.command.unwrap(), addr, &mut out);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn client_against_the_api() {
+        let (_rt, a) = serve_fake();
+
+        let (r, out) = run_cmd(&["peers", "list"], a);
+        r.unwrap();
+        assert_eq!(
+            out,
+            "ENDPOINT               TYPE    STATE       TX     RX  CONNECTED\n\
+             tcp://198.18.0.6:9651  static  alive  2.0 KiB  100 B     1m 05s\n"
+        );
+
+        let (r, out) = run_cmd(&["peers", "list", "--json"], a);
+        r.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v[0]["endpoint"]["addr"]["socket"], "198.18.0.6:9651");
+        assert_eq!(v[0]["connectionState"], "alive");
+
+        let (r, out) = run_cmd(
+            &[
+                "peers",
+                "add",
+                "tcp://198.18.0.7:9651",
+                "tcp://[fd00::7]:9651",
+            ],
+            a,
+        );
+        r.unwrap();
+        assert_eq!(
+            out,
+            "added tcp://198.18.0.7:9651\nadded tcp://[fd00::7]:9651\n"
+        );
+
+        // One bad and one duplicate: both reported, the good one still added, exit non-zero.
+        let (r, out) = run_cmd(
+            &[
+                "peers",
+                "add",
+                "quic://198.18.0.8:9651",
+                "tcp://198.18.0.7:9651",
+                "tcp://198.18.0.8:9651",
+            ],
+            a,
+        );
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("cannot add peer quic://198.18.0.8:9651: quic peers are not supported"),
+            "{e}"
+        );
+        assert!(
+            e.contains(
+                "tcp://198.18.0.7:9651: a peer with this endpoint already exists (HTTP 409)"
+            ),
+            "{e}"
+        );
+        assert_eq!(out, "added tcp://198.18.0.8:9651\n");
+
+        let (r, out) = run_cmd(&["peers", "remove", "tcp://[fd00::7]:9651"], a);
+        r.unwrap();
+        assert_eq!(out, "removed tcp://[fd00::7]:9651\n");
+        let (r, _) = run_cmd(&["peers", "remove", "tcp://[fd00::7]:9651"], a);
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "cannot remove peer tcp://[fd00::7]:9651: no peer with this endpoint (HTTP 404)"
+        );
+
+        let (r, out) = run_cmd(&["peers", "list", "--json"], a);
+        r.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let eps: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["endpoint"]["addr"]["socket"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            eps,
+            ["198.18.0.6:9651", "198.18.0.7:9651", "198.18.0.8:9651"]
+        );
+
+        let (r, out) = run_cmd(&["routes", "selected"], a);
+        r.unwrap();
+        assert_eq!(
+            out,
+            "SUBNET          NEXT HOP                                  METRIC  SEQNO\n\
+             4ff:1:2:3::/64  TCP 198.18.0.1:40001 <-> 198.18.0.6:9651      20      7\n"
+        );
+        let (r, out) = run_cmd(&["routes", "fallback", "--json"], a);
+        r.unwrap();
+        assert_eq!(
+            out,
+            "[{\"subnet\":\"4ff:1:2:3::/64\",\"nextHop\":\"TCP 198.18.0.1:40001 <-> 198.18.0.6:9651\",\"metric\":\"infinite\",\"seqno\":7}]\n"
+        );
+        let (r, out) = run_cmd(&["routes", "queried"], a);
+        r.unwrap();
+        assert_eq!(out, "SUBNET      EXPIRES IN\n5aa:9::/64          4s\n");
+    }
+
+    #[test]
+    fn unreachable_node_is_one_clear_line() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let (r, out) = run_cmd(&["peers", "list"], addr);
+        let e = format!("{:#}", r.unwrap_err());
+        assert_eq!(
+            e,
+            format!("cannot reach the node's API at {addr}: connection refused (is the node running? --api-addr)")
+        );
+        assert!(out.is_empty());
+        let (r, _) = run_cmd(&["peers", "add", "tcp://198.18.0.1:9651"], addr);
+        assert!(format!("{:#}", r.unwrap_err()).starts_with("cannot reach the node's API"));
+    }
+
+    #[test]
+    fn non_client_commands_are_refused() {
+        let (_rt, a) = serve_fake();
+        let (r, _) = run_cmd(&["generate-keys"], a);
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .contains("not an API client command"));
+    }
+}

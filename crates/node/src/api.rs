@@ -1,0 +1,700 @@
+//! The admin REST API (spec §7.1): the same paths and JSON shapes as the protocol's reference
+//! node, so existing tooling can drive a hypha node.
+//!
+//! Handlers hold only a [`Control`] handle: every answer comes from the tasks that own the state,
+//! through a request message. Every error is a JSON body `{"error":"..."}` with a status code that
+//! says whose fault it was: 4xx for the caller's input, 503 when the node is shutting down.
+
+use std::future::Future;
+use std::io;
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use wire::babel::Metric;
+
+use crate::control::{Control, NodeGone, PeerInfo, PeerOpError, RouteInfo, RouteKind};
+use crate::endpoint::Endpoint;
+
+/// How long in-flight requests may take to finish once shutdown is signalled.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// An error answer: status code and a one-line message for `{"error": ...}`.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(msg: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, msg.into())
+    }
+}
+
+impl From<NodeGone> for ApiError {
+    fn from(e: NodeGone) -> ApiError {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl From<PeerOpError> for ApiError {
+    fn from(e: PeerOpError) -> ApiError {
+        let status = match e {
+            PeerOpError::AlreadyExists => StatusCode::CONFLICT,
+            PeerOpError::NotFound => StatusCode::NOT_FOUND,
+            PeerOpError::Unsupported(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The routes of the admin API, for [`serve`] or for driving in tests.
+pub fn router(control: Control) -> Router {
+    Router::new()
+        .route("/api/v1/admin", get(admin))
+        .route("/api/v1/admin/peers", get(peers).post(add_peer))
+        // A wildcard, so that an endpoint whose slashes were not percent-encoded still matches.
+        .route(
+            "/api/v1/admin/peers/{*endpoint}",
+            axum::routing::delete(remove_peer),
+        )
+        .route("/api/v1/admin/routes/selected", get(selected_routes))
+        .route("/api/v1/admin/routes/fallback", get(fallback_routes))
+        .route("/api/v1/admin/routes/queried", get(queried))
+        .route("/api/v1/pubkey/{ip}", get(pubkey))
+        .fallback(not_found)
+        .with_state(control)
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves. Requests in flight then get
+/// [`SHUTDOWN_GRACE`] to finish; a client that holds its connection longer is cut off.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    control: Control,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, router(control)).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    });
+    let grace_over = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            // The server ended by itself; let its result win the select.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = server => r,
+        () = grace_over => {
+            tracing::warn!("admin API: connections still open after the shutdown grace period; closing");
+            Ok(())
+        }
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such API endpoint".to_owned())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminInfo {
+    node_subnet: String,
+    node_ip: Ipv6Addr,
+    node_pubkey: String,
+    node_start_time: u64,
+}
+
+async fn admin(State(c): State<Control>) -> Json<AdminInfo> {
+    let i = c.info();
+    Json(AdminInfo {
+        node_subnet: i.node_subnet.to_string(),
+        node_ip: i.node_ip,
+        node_pubkey: hex(&i.node_pubkey),
+        node_start_time: i.node_start_time,
+    })
+}
+
+async fn peers(State(c): State<Control>) -> ApiResult<Json<Vec<PeerInfo>>> {
+    Ok(Json(c.peers().await?))
+}
+
+#[derive(Deserialize)]
+struct AddPeerBody {
+    endpoint: String,
+}
+
+/// Parses a JSON body without insisting on a `Content-Type` header (curl users forget it).
+/// Malformed JSON is 400; well-formed JSON of the wrong shape is 422.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        let status = match e.classify() {
+            serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, format!("invalid request body: {e}"))
+    })
+}
+
+fn parse_endpoint(s: &str) -> ApiResult<Endpoint> {
+    Endpoint::parse_supported(s).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+async fn add_peer(State(c): State<Control>, body: Bytes) -> ApiResult<StatusCode> {
+    let body: AddPeerBody = json_body(&body)?;
+    let e = parse_endpoint(&body.endpoint)?;
+    c.add_peer(e).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_peer(
+    State(c): State<Control>,
+    Path(endpoint): Path<String>,
+) -> ApiResult<StatusCode> {
+    let e = parse_endpoint(&endpoint)?;
+    c.remove_peer(e).await??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `metric` is a number, or the string `"infinite"` for a retracted route.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum MetricJson {
+    Finite(u16),
+    Infinite(&'static str),
+}
+
+impl From<Metric> for MetricJson {
+    fn from(m: Metric) -> MetricJson {
+        if m.is_infinite() {
+            MetricJson::Infinite("infinite")
+        } else {
+            MetricJson::Finite(m.0)
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RouteJson {
+    subnet: String,
+    next_hop: String,
+    metric: MetricJson,
+    seqno: u16,
+}
+
+impl From<RouteInfo> for RouteJson {
+    fn from(r: RouteInfo) -> RouteJson {
+        RouteJson {
+            subnet: r.subnet.to_string(),
+            next_hop: r.next_hop,
+            metric: r.metric.into(),
+            seqno: r.seqno,
+        }
+    }
+}
+
+async fn routes(c: &Control, kind: RouteKind) -> ApiResult<Json<Vec<RouteJson>>> {
+    let rows = c.routes(kind).await?;
+    Ok(Json(rows.into_iter().map(RouteJson::from).collect()))
+}
+
+async fn selected_routes(State(c): State<Control>) -> ApiResult<Json<Vec<RouteJson>>> {
+    routes(&c, RouteKind::Selected).await
+}
+
+async fn fallback_routes(State(c): State<Control>) -> ApiResult<Json<Vec<RouteJson>>> {
+    routes(&c, RouteKind::Fallback).await
+}
+
+#[derive(Serialize)]
+struct QueryJson {
+    subnet: String,
+    /// Seconds left, as a string (the established API's shape).
+    expiration: String,
+}
+
+async fn queried(State(c): State<Control>) -> ApiResult<Json<Vec<QueryJson>>> {
+    let rows = c.queried().await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|q| QueryJson {
+                subnet: q.subnet.to_string(),
+                expiration: q.expires_in.to_string(),
+            })
+            .collect(),
+    ))
+}
+
+async fn pubkey(State(c): State<Control>, Path(ip): Path<String>) -> ApiResult<Response> {
+    let addr: Ipv6Addr = ip
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid IPv6 address '{ip}'")))?;
+    match c.pubkey_of(addr).await? {
+        Some(pk) => Ok(Json(json!({ "publicKey": hex(&pk) })).into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no public key known for {addr}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{ConnectionState, NodeInfo, PeerKind, QueryInfo, Request};
+    use std::collections::HashMap;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+    use wire::babel::Subnet;
+
+    /// A scripted node: answers [`Request`]s from plain data, like the owner tasks would.
+    struct Fake {
+        peers: Vec<PeerInfo>,
+        selected: Vec<RouteInfo>,
+        fallback: Vec<RouteInfo>,
+        queried: Vec<QueryInfo>,
+        keys: HashMap<Subnet, [u8; 32]>,
+    }
+
+    impl Fake {
+        fn handle(&mut self, r: Request) {
+            match r {
+                Request::Peers(tx) => {
+                    let _ = tx.send(self.peers.clone());
+                }
+                Request::AddPeer(e, tx) => {
+                    let res = if self.peers.iter().any(|p| p.endpoint == e) {
+                        Err(PeerOpError::AlreadyExists)
+                    } else {
+                        self.peers
+                            .push(peer(e, PeerKind::Static, ConnectionState::Connecting));
+                        Ok(())
+                    };
+                    let _ = tx.send(res);
+                }
+                Request::RemovePeer(e, tx) => {
+                    let before = self.peers.len();
+                    self.peers.retain(|p| p.endpoint != e);
+                    let res = if self.peers.len() < before {
+                        Ok(())
+                    } else {
+                        Err(PeerOpError::NotFound)
+                    };
+                    let _ = tx.send(res);
+                }
+                Request::Routes(RouteKind::Selected, tx) => {
+                    let _ = tx.send(self.selected.clone());
+                }
+                Request::Routes(RouteKind::Fallback, tx) => {
+                    let _ = tx.send(self.fallback.clone());
+                }
+                Request::Queried(tx) => {
+                    let _ = tx.send(self.queried.clone());
+                }
+                Request::PubkeyOf(ip, tx) => {
+                    let k = self.keys.iter().find(|(s, _)| s.contains_addr(ip));
+                    let _ = tx.send(k.map(|(_, k)| *k));
+                }
+            }
+        }
+    }
+
+    fn peer(e: Endpoint, kind: PeerKind, state: ConnectionState) -> PeerInfo {
+        PeerInfo {
+            endpoint: e,
+            kind,
+            connection_state: state,
+            tx_bytes: 0,
+            rx_bytes: 0,
+            discovered: 0,
+            last_connected: None,
+        }
+    }
+
+    fn ep(s: &str) -> Endpoint {
+        s.parse().unwrap()
+    }
+
+    fn subnet(s: &str) -> Subnet {
+        s.parse().unwrap()
+    }
+
+    fn info() -> NodeInfo {
+        NodeInfo {
+            node_subnet: subnet("430:9364:d8d8:84a9::/64"),
+            node_ip: "430:9364:d8d8:84a9::1".parse().unwrap(),
+            node_pubkey: [0xab; 32],
+            node_start_time: 1_700_000_000,
+        }
+    }
+
+    fn fake() -> Fake {
+        let mut alive = peer(
+            ep("tcp://198.18.0.6:9651"),
+            PeerKind::Static,
+            ConnectionState::Alive,
+        );
+        alive.tx_bytes = 123;
+        alive.rx_bytes = 456;
+        alive.discovered = 70;
+        alive.last_connected = Some(60);
+        let mut keys = HashMap::new();
+        keys.insert(subnet("4ff:1:2:3::/64"), [0x11; 32]);
+        Fake {
+            peers: vec![
+                alive,
+                peer(
+                    ep("tcp://[fe80::1%2]:9651"),
+                    PeerKind::LinkLocalDiscovery,
+                    ConnectionState::Dead,
+                ),
+            ],
+            selected: vec![RouteInfo {
+                subnet: subnet("4ff:1:2:3::/64"),
+                next_hop: "TCP [fd00::1]:40000 <-> [fd00::2]:9651".to_owned(),
+                metric: Metric(20),
+                seqno: 3,
+            }],
+            fallback: vec![RouteInfo {
+                subnet: subnet("4ff:1:2:3::/64"),
+                next_hop: "TCP 198.18.0.1:40001 <-> 198.18.0.6:9651".to_owned(),
+                metric: Metric::INFINITE,
+                seqno: 2,
+            }],
+            queried: vec![QueryInfo {
+                subnet: subnet("5aa:9::/64"),
+                expires_in: 4,
+            }],
+            keys,
+        }
+    }
+
+    /// Serves the API for `fake` on a loopback port; returns the address.
+    async fn start(fake: Option<Fake>) -> std::net::SocketAddr {
+        let (tx, mut rx) = mpsc::channel(8);
+        match fake {
+            Some(mut f) => {
+                tokio::spawn(async move {
+                    while let Some(r) = rx.recv().await {
+                        f.handle(r);
+                    }
+                });
+            }
+            // A node that has gone away: nobody receives.
+            None => drop(rx),
+        }
+        let control = Control::new(info(), tx);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, control, std::future::pending()));
+        addr
+    }
+
+    /// A deliberately small HTTP/1.1 client: one request per connection, `Content-Length` bodies.
+    async fn call(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+        if let Some(b) = body {
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            ));
+        } else {
+            req.push_str("\r\n");
+        }
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await.unwrap();
+        let resp = String::from_utf8(resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+        assert!(
+            !head.to_ascii_lowercase().contains("transfer-encoding"),
+            "{head}"
+        );
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, body.to_owned())
+    }
+
+    fn parse(body: &str) -> serde_json::Value {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+    }
+
+    #[tokio::test]
+    async fn admin_info_shape() {
+        let a = start(Some(fake())).await;
+        let (st, body) = call(a, "GET", "/api/v1/admin", None).await;
+        assert_eq!(st, 200);
+        assert_eq!(
+            parse(&body),
+            json!({
+                "nodeSubnet": "430:9364:d8d8:84a9::/64",
+                "nodeIp": "430:9364:d8d8:84a9::1",
+                "nodePubkey": "ab".repeat(32),
+                "nodeStartTime": 1_700_000_000u64,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn peers_list_shape() {
+        let a = start(Some(fake())).await;
+        let (st, body) = call(a, "GET", "/api/v1/admin/peers", None).await;
+        assert_eq!(st, 200);
+        assert_eq!(
+            parse(&body),
+            json!([
+                {"endpoint":{"proto":"tcp","addr":{"socket":"198.18.0.6:9651"}},
+                 "type":"static","connectionState":"alive",
+                 "txBytes":123,"rxBytes":456,"discovered":70,"lastConnected":60},
+                {"endpoint":{"proto":"tcp","addr":{"socket":"[fe80::1%2]:9651"}},
+                 "type":"linkLocalDiscovery","connectionState":"dead",
+                 "txBytes":0,"rxBytes":0,"discovered":0,"lastConnected":null},
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn add_peer_statuses() {
+        let a = start(Some(fake())).await;
+        let path = "/api/v1/admin/peers";
+        let (st, body) = call(
+            a,
+            "POST",
+            path,
+            Some(r#"{"endpoint":"tcp://198.18.0.9:9651"}"#),
+        )
+        .await;
+        assert_eq!((st, body.as_str()), (204, ""));
+        let (_, list) = call(a, "GET", path, None).await;
+        assert_eq!(parse(&list).as_array().unwrap().len(), 3);
+
+        let (st, body) = call(
+            a,
+            "POST",
+            path,
+            Some(r#"{"endpoint":"tcp://198.18.0.9:9651"}"#),
+        )
+        .await;
+        assert_eq!(st, 409);
+        assert_eq!(
+            parse(&body),
+            json!({"error": "a peer with this endpoint already exists"})
+        );
+
+        let (st, body) = call(a, "POST", path, Some(r#"{"endpoint":"198.18.0.9:9651"}"#)).await;
+        assert_eq!(st, 400);
+        assert_eq!(
+            parse(&body),
+            json!({"error": "missing protocol: expected tcp://IP:PORT"})
+        );
+
+        let (st, body) = call(
+            a,
+            "POST",
+            path,
+            Some(r#"{"endpoint":"quic://198.18.0.9:9651"}"#),
+        )
+        .await;
+        assert_eq!(st, 400);
+        let msg = parse(&body)["error"].as_str().unwrap().to_owned();
+        assert!(msg.contains("not supported"), "{msg}");
+
+        let (st, body) = call(
+            a,
+            "POST",
+            path,
+            Some(r#"{"endpoint":"tcp://host.example:1"}"#),
+        )
+        .await;
+        assert_eq!(st, 400);
+        assert!(parse(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid socket address"));
+
+        let (st, body) = call(a, "POST", path, Some("{not json")).await;
+        assert_eq!(st, 400);
+        assert!(parse(&body)["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid request body"));
+
+        let (st, body) = call(a, "POST", path, Some(r#"{"peer":"tcp://198.18.0.9:9651"}"#)).await;
+        assert_eq!(st, 422);
+        assert!(parse(&body)["error"].as_str().unwrap().contains("endpoint"));
+    }
+
+    #[tokio::test]
+    async fn remove_peer_statuses() {
+        let a = start(Some(fake())).await;
+        let (st, _) = call(
+            a,
+            "DELETE",
+            "/api/v1/admin/peers/tcp%3A%2F%2F198.18.0.6%3A9651",
+            None,
+        )
+        .await;
+        assert_eq!(st, 204);
+        let (st, body) = call(
+            a,
+            "DELETE",
+            "/api/v1/admin/peers/tcp%3A%2F%2F198.18.0.6%3A9651",
+            None,
+        )
+        .await;
+        assert_eq!(st, 404);
+        assert_eq!(parse(&body), json!({"error": "no peer with this endpoint"}));
+        // Scope ids arrive as %25; unencoded slashes are tolerated.
+        let (st, _) = call(
+            a,
+            "DELETE",
+            "/api/v1/admin/peers/tcp%3A%2F%2F%5Bfe80%3A%3A1%252%5D%3A9651",
+            None,
+        )
+        .await;
+        assert_eq!(st, 204);
+        let (_, list) = call(a, "GET", "/api/v1/admin/peers", None).await;
+        assert_eq!(parse(&list), json!([]));
+        let (st, _) = call(
+            a,
+            "POST",
+            "/api/v1/admin/peers",
+            Some(r#"{"endpoint":"tcp://198.18.0.7:1"}"#),
+        )
+        .await;
+        assert_eq!(st, 204);
+        let (st, _) = call(a, "DELETE", "/api/v1/admin/peers/tcp://198.18.0.7:1", None).await;
+        assert_eq!(st, 204);
+        let (st, body) = call(a, "DELETE", "/api/v1/admin/peers/nonsense", None).await;
+        assert_eq!(st, 400);
+        assert!(parse(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing protocol"));
+    }
+
+    #[tokio::test]
+    async fn routes_shapes() {
+        let a = start(Some(fake())).await;
+        let (st, body) = call(a, "GET", "/api/v1/admin/routes/selected", None).await;
+        assert_eq!(st, 200);
+        assert_eq!(
+            parse(&body),
+            json!([{"subnet":"4ff:1:2:3::/64","nextHop":"TCP [fd00::1]:40000 <-> [fd00::2]:9651","metric":20,"seqno":3}])
+        );
+        let (st, body) = call(a, "GET", "/api/v1/admin/routes/fallback", None).await;
+        assert_eq!(st, 200);
+        assert_eq!(
+            parse(&body),
+            json!([{"subnet":"4ff:1:2:3::/64","nextHop":"TCP 198.18.0.1:40001 <-> 198.18.0.6:9651","metric":"infinite","seqno":2}])
+        );
+        let (st, body) = call(a, "GET", "/api/v1/admin/routes/queried", None).await;
+        assert_eq!(st, 200);
+        assert_eq!(
+            parse(&body),
+            json!([{"subnet":"5aa:9::/64","expiration":"4"}])
+        );
+    }
+
+    #[tokio::test]
+    async fn pubkey_lookup() {
+        let a = start(Some(fake())).await;
+        let (st, body) = call(a, "GET", "/api/v1/pubkey/4ff:1:2:3::77", None).await;
+        assert_eq!(st, 200);
+        assert_eq!(parse(&body), json!({"publicKey": "11".repeat(32)}));
+        let (st, body) = call(a, "GET", "/api/v1/pubkey/4ff:1:2:4::77", None).await;
+        assert_eq!(st, 404);
+        assert_eq!(
+            parse(&body),
+            json!({"error": "no public key known for 4ff:1:2:4::77"})
+        );
+        let (st, body) = call(a, "GET", "/api/v1/pubkey/not-an-ip", None).await;
+        assert_eq!(st, 400);
+        assert_eq!(
+            parse(&body),
+            json!({"error": "invalid IPv6 address 'not-an-ip'"})
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods() {
+        let a = start(Some(fake())).await;
+        let (st, body) = call(a, "GET", "/api/v1/nothing", None).await;
+        assert_eq!(st, 404);
+        assert_eq!(parse(&body), json!({"error": "no such API endpoint"}));
+        let (st, _) = call(a, "PUT", "/api/v1/admin/peers", Some("{}")).await;
+        assert_eq!(st, 405);
+    }
+
+    #[tokio::test]
+    async fn node_gone_is_503() {
+        let a = start(None).await;
+        for path in [
+            "/api/v1/admin/peers",
+            "/api/v1/admin/routes/selected",
+            "/api/v1/admin/routes/fallback",
+            "/api/v1/admin/routes/queried",
+            "/api/v1/pubkey/4ff::1",
+        ] {
+            let (st, body) = call(a, "GET", path, None).await;
+            assert_eq!(st, 503, "{path}");
+            assert_eq!(parse(&body), json!({"error": "the node is shutting down"}));
+        }
+        let (st, _) = call(
+            a,
+            "POST",
+            "/api/v1/admin/peers",
+            Some(r#"{"endpoint":"tcp://198.18.0.7:1"}"#),
+        )
+        .await;
+        assert_eq!(st, 503);
+        // What needs no owner still answers.
+        let (st, _) = call(a, "GET", "/api/v1/admin", None).await;
+        assert_eq!(st, 200);
+    }
+
+    #[tokio::test]
+    async fn serve_returns_after_shutdown() {
+        let (tx, _rx) = mpsc::channel(1);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, Control::new(info(), tx), async move {
+            let _ = stop_rx.await;
+        }));
+        stop_tx.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+}

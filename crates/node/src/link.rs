@@ -1,0 +1,270 @@
+//! One peer connection: a reader task (decode frames; control TLVs to the owner, data frames
+//! through the data path) and a writer task (control TLVs and batches of data frames, many frames
+//! per write). Either task ending closes the link; the owner is told once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use routing::LinkId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tracing::{debug, trace, warn};
+use wire::babel::{Subnet, Tlv};
+use wire::frame::{self, Frame, FrameReader};
+
+use crate::datapath::{self, DataCounters, DataTable, Inbound, Need, Outbox, RefreshTracker};
+use crate::datapath::{LinkTx, TunBatch};
+
+/// A write that makes no progress for this long means the peer stalled: drop it.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+/// Upper bound of bytes gathered into one write.
+const MAX_WRITE: usize = 512 * 1024;
+/// Control TLVs waiting for the writer; beyond this they are dropped and counted.
+pub(crate) const CONTROL_QUEUE: usize = 1024;
+/// Data batches waiting for the writer; beyond this senders wait (back-pressure).
+pub(crate) const DATA_QUEUE: usize = 32;
+/// The read buffer: room for several full-size frames per read.
+const READ_BUFFER: usize = 256 * 1024;
+
+/// Byte counters of one link, shared with the peer table.
+#[derive(Default, Debug)]
+pub(crate) struct LinkStats {
+    pub tx_bytes: AtomicU64,
+    pub rx_bytes: AtomicU64,
+}
+
+/// Messages from link tasks to the owner.
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    Tlv(LinkId, Tlv),
+    Closed(LinkId, String),
+}
+
+/// Everything a link's tasks share with the rest of the node.
+#[derive(Clone)]
+pub(crate) struct LinkContext {
+    pub table: Arc<ArcSwap<DataTable>>,
+    pub counters: Arc<DataCounters>,
+    pub needs: mpsc::Sender<Need>,
+    pub events: mpsc::Sender<LinkEvent>,
+    pub tun: Option<mpsc::Sender<TunBatch>>,
+    pub own_subnet: Subnet,
+}
+
+/// Handles the owner keeps for a running link.
+pub(crate) struct LinkHandles {
+    pub control: mpsc::Sender<Tlv>,
+    pub data: LinkTx,
+    pub stats: Arc<LinkStats>,
+    pub reader: tokio::task::AbortHandle,
+    pub writer: tokio::task::AbortHandle,
+}
+
+impl LinkHandles {
+    pub fn abort(&self) {
+        self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+/// Starts the tasks of a connected stream.
+pub(crate) fn spawn(id: LinkId, stream: tokio::net::TcpStream, ctx: LinkContext) -> LinkHandles {
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
+    let stats = Arc::new(LinkStats::default());
+    let events = ctx.events.clone();
+    let writer = tokio::spawn({
+        let stats = stats.clone();
+        let events = events.clone();
+        async move {
+            let why = match write_loop(wr, ctl_rx, data_rx, &stats).await {
+                Ok(()) => "closed".to_owned(),
+                Err(e) => e,
+            };
+            let _ = events.send(LinkEvent::Closed(id, why)).await;
+        }
+    });
+    let reader = tokio::spawn({
+        let stats = stats.clone();
+        async move {
+            let why = match read_loop(id, rd, &ctx, &stats).await {
+                Ok(()) => "peer closed the connection".to_owned(),
+                Err(e) => e,
+            };
+            let _ = events.send(LinkEvent::Closed(id, why)).await;
+        }
+    });
+    LinkHandles {
+        control: ctl_tx,
+        data: LinkTx { data: data_tx },
+        stats,
+        reader: reader.abort_handle(),
+        writer: writer.abort_handle(),
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut control: mpsc::Receiver<Tlv>,
+    mut data: mpsc::Receiver<Vec<u8>>,
+    stats: &LinkStats,
+) -> Result<(), String> {
+    let mut buf: Vec<u8> = Vec::with_capacity(MAX_WRITE);
+    loop {
+        tokio::select! {
+            biased;
+            t = control.recv() => match t {
+                Some(tlv) => encode_tlv(&mut buf, &tlv),
+                None => return Ok(()),
+            },
+            b = data.recv() => match b {
+                Some(b) => {
+                    if buf.is_empty() {
+                        buf = b;
+                    } else {
+                        buf.extend_from_slice(&b);
+                    }
+                }
+                None => return Ok(()),
+            },
+        }
+        // Gather whatever else is ready into the same write.
+        while let Ok(tlv) = control.try_recv() {
+            encode_tlv(&mut buf, &tlv);
+        }
+        while buf.len() < MAX_WRITE {
+            match data.try_recv() {
+                Ok(b) => buf.extend_from_slice(&b),
+                Err(_) => break,
+            }
+        }
+        match tokio::time::timeout(WRITE_STALL, wr.write_all(&buf)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("write failed: {e}")),
+            Err(_) => return Err(format!("peer stalled: no write progress in {WRITE_STALL:?}")),
+        }
+        stats
+            .tx_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        buf.clear();
+        if buf.capacity() > 4 * MAX_WRITE {
+            buf.shrink_to(MAX_WRITE);
+        }
+    }
+}
+
+fn encode_tlv(buf: &mut Vec<u8>, tlv: &Tlv) {
+    if let Err(e) = frame::encode_control(buf, tlv) {
+        // The routing core never asks for what the send policy forbids; if it did, refusing is
+        // the right thing.
+        warn!("refusing to send {tlv:?}: {e}");
+    }
+}
+
+async fn read_loop(
+    id: LinkId,
+    mut rd: OwnedReadHalf,
+    ctx: &LinkContext,
+    stats: &LinkStats,
+) -> Result<(), String> {
+    let mut reader = FrameReader::with_capacity(READ_BUFFER);
+    let mut refresh = RefreshTracker::default();
+    let mut outbox = Outbox::default();
+    let mut tun_batch = TunBatch::default();
+    let mut tlvs: Vec<Tlv> = Vec::new();
+    let mut skipped_logged = 0u32;
+    loop {
+        let n = rd
+            .read(reader.read_space())
+            .await
+            .map_err(|e| format!("read failed: {e}"))?;
+        if n == 0 {
+            return Ok(());
+        }
+        reader.commit(n);
+        stats.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        let table = ctx.table.load();
+        let mut inb = Inbound {
+            own_subnet: ctx.own_subnet,
+            counters: &ctx.counters,
+            needs: &ctx.needs,
+            refresh: &mut refresh,
+            now: Instant::now(),
+            from: id,
+        };
+        loop {
+            match reader.next_frame_mut() {
+                Ok(Some(Frame::Data {
+                    hop_limit,
+                    src,
+                    dst,
+                    body,
+                })) => datapath::inbound(
+                    &mut inb,
+                    &table,
+                    hop_limit,
+                    src,
+                    dst,
+                    body,
+                    &mut outbox,
+                    &mut tun_batch,
+                ),
+                Ok(Some(Frame::Control(tlv))) => tlvs.push(tlv),
+                Ok(Some(Frame::Skipped(why))) => {
+                    datapath::bump(&ctx.counters.malformed_control);
+                    if skipped_logged < 10 {
+                        skipped_logged += 1;
+                        debug!(link = id.0, "skipped control input: {why}");
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("framing error: {e}")),
+            }
+        }
+        drop(table);
+        for tlv in tlvs.drain(..) {
+            trace!(link = id.0, ?tlv, "control in");
+            // Waiting here back-pressures only this peer when the owner is busy.
+            if ctx.events.send(LinkEvent::Tlv(id, tlv)).await.is_err() {
+                return Ok(());
+            }
+        }
+        flush(ctx, &mut outbox, &mut tun_batch).await;
+    }
+}
+
+/// Hands the batches built from one read to the TUN writer and the next hops.
+async fn flush(ctx: &LinkContext, outbox: &mut Outbox, tun_batch: &mut TunBatch) {
+    if !tun_batch.is_empty() {
+        let batch = std::mem::take(tun_batch);
+        match &ctx.tun {
+            Some(tun) => {
+                let n = batch.len() as u64;
+                if tun.send(batch).await.is_err() {
+                    ctx.counters.drop_no_tun.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            None => {
+                ctx.counters
+                    .drop_no_tun
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+    if !outbox.is_empty() {
+        let table = ctx.table.load();
+        let sends: Vec<_> = outbox
+            .drain()
+            .filter_map(|(link, buf)| table.links.get(&link).map(|tx| (tx.data.clone(), buf)))
+            .collect();
+        drop(table);
+        for (tx, buf) in sends {
+            let _ = tx.send(buf).await;
+        }
+    }
+}

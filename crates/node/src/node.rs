@@ -1,0 +1,347 @@
+//! Starting and stopping a node: bind the peer port, create the TUN, start the owner task, the
+//! link acceptor, the TUN threads, discovery and the admin API.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use routing::{Config as RouterConfig, Router, Time};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+use wire::babel::{RouterId, Subnet};
+
+use crate::control::{Control, NodeInfo};
+use crate::datapath::{DataCounters, DataTable};
+use crate::endpoint::Endpoint;
+use crate::keys::Identity;
+use crate::link::LinkContext;
+use crate::owner::{unix_now, Owner, OwnerInputs, OwnerMsg};
+use crate::tunio::{self, TunIo, TunIoConfig};
+
+/// MTU of the overlay TUN (spec §3.5): every packet on the wire carries at most 1400 bytes.
+pub const TUN_MTU: u32 = 1400;
+
+/// The TUN device a node creates.
+#[derive(Clone, Debug)]
+pub struct TunSettings {
+    pub name: String,
+    /// `false` forces the plain path: no vnet header, no TSO/USO reads, no GRO writes.
+    pub offload: bool,
+}
+
+/// Link-local discovery settings.
+#[derive(Clone, Debug)]
+pub struct DiscoverySettings {
+    pub port: u16,
+    /// Only these interfaces (all eligible ones when empty).
+    pub interfaces: Vec<String>,
+}
+
+/// Everything needed to run a node.
+pub struct NodeConfig {
+    pub secret: crypto::SecretKey,
+    /// Where to accept peers, normally `[::]:9651`; `None` accepts none.
+    pub listen: Option<SocketAddr>,
+    pub peers: Vec<Endpoint>,
+    /// `None` runs without a TUN (`--no-tun`): the node routes and forwards only.
+    pub tun: Option<TunSettings>,
+    pub discovery: Option<DiscoverySettings>,
+    /// Admin API address; `None` serves no API.
+    pub api_addr: Option<SocketAddr>,
+}
+
+/// A running node.
+pub struct Node {
+    control: Control,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    tun_io: Option<TunIo>,
+    tun: Option<Arc<tun::Tun>>,
+    listen_addr: Option<SocketAddr>,
+    api_addr: Option<SocketAddr>,
+    counters: Arc<DataCounters>,
+}
+
+/// Binds a dual-stack listener with SO_REUSEADDR (so a restarted node gets its port back).
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    TcpListener::from_std(sock.into())
+}
+
+fn random_suffix() -> [u8; 6] {
+    let mut r = [0u8; 6];
+    if getrandom::fill(&mut r).is_err() {
+        // Not secret, only distinct per boot: the clock will do.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        r.copy_from_slice(&t.to_be_bytes()[10..16]);
+    }
+    r
+}
+
+impl Node {
+    /// Starts a node. Errors (a taken port, no `/dev/net/tun`, no permission) come back before
+    /// anything is left running.
+    pub async fn start(cfg: NodeConfig) -> anyhow::Result<Node> {
+        let identity = Arc::new(Identity::new(cfg.secret));
+        let own_subnet: Subnet = identity.subnet();
+        let own_addr: Ipv6Addr = identity.address();
+        let router_id = RouterId::new(identity.public_key(), random_suffix());
+
+        let listener = match cfg.listen {
+            Some(a) => Some(
+                bind_listener(a)
+                    .with_context(|| format!("cannot listen for peers on {a}"))?,
+            ),
+            None => None,
+        };
+        let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let tun = match &cfg.tun {
+            Some(t) => Some(Arc::new(open_tun(t, own_addr)?)),
+            None => None,
+        };
+
+        let api_listener = match cfg.api_addr {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot serve the admin API on {a}"))?,
+            ),
+            None => None,
+        };
+        let api_addr = api_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let epoch = Instant::now();
+        let mut router = Router::new(RouterConfig::new(router_id, own_subnet), Time::ZERO);
+        let table = Arc::new(ArcSwap::from_pointee(DataTable::empty(
+            router.forwarding_table(),
+        )));
+        let counters = Arc::new(DataCounters::default());
+
+        let (msgs_tx, msgs_rx) = mpsc::channel(1024);
+        let (events_tx, events_rx) = mpsc::channel(4096);
+        let (needs_tx, needs_rx) = mpsc::channel(4096);
+        let (req_tx, req_rx) = mpsc::channel(64);
+        let (tun_tx, tun_rx) = mpsc::channel(tunio::TUN_QUEUE);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let link_ctx = LinkContext {
+            table: table.clone(),
+            counters: counters.clone(),
+            needs: needs_tx.clone(),
+            events: events_tx,
+            tun: tun.as_ref().map(|_| tun_tx.clone()),
+            own_subnet,
+        };
+        let owner = Owner::new(
+            router,
+            epoch,
+            identity.clone(),
+            table.clone(),
+            link_ctx,
+            counters.clone(),
+            msgs_tx.clone(),
+            cfg.peers,
+        );
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(owner.run(
+            OwnerInputs {
+                msgs: msgs_rx,
+                link_events: events_rx,
+                needs: needs_rx,
+                requests: req_rx,
+            },
+            wait_shutdown(shutdown_rx.clone()),
+        )));
+        if let Some(l) = listener {
+            tasks.push(tokio::spawn(accept_loop(
+                l,
+                msgs_tx.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        let tun_io = match &tun {
+            Some(t) => Some(
+                tunio::start(
+                    t.clone(),
+                    TunIoConfig {
+                        table: table.clone(),
+                        counters: counters.clone(),
+                        needs: needs_tx.clone(),
+                        own_subnet,
+                        own_addr,
+                    },
+                    tun_tx,
+                    tun_rx,
+                )
+                .context("cannot start the TUN threads")?,
+            ),
+            None => None,
+        };
+        let info = NodeInfo {
+            node_subnet: own_subnet,
+            node_ip: own_addr,
+            node_pubkey: identity.public_key(),
+            node_start_time: unix_now(),
+        };
+        let control = Control::new(info, req_tx);
+        if let Some(l) = api_listener {
+            let control = control.clone();
+            let stop = wait_shutdown(shutdown_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::api::serve(l, control, stop).await {
+                    warn!("admin API stopped: {e}");
+                }
+            }));
+        }
+        if let (Some(d), Some(listen)) = (&cfg.discovery, listen_addr) {
+            let (found_tx, mut found_rx) = mpsc::channel(64);
+            let dcfg = crate::discovery::DiscoveryConfig {
+                port: d.port,
+                interfaces: d.interfaces.clone(),
+                tcp_port: listen.port(),
+                router_id,
+            };
+            let stop = wait_shutdown(shutdown_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::discovery::run(dcfg, found_tx, stop).await {
+                    warn!("link-local discovery stopped: {e}");
+                }
+            }));
+            let owner_tx = msgs_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(e) = found_rx.recv().await {
+                    if owner_tx.send(OwnerMsg::Discovered(e)).await.is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        info!(
+            address = %own_addr,
+            subnet = %own_subnet,
+            listen = ?listen_addr,
+            tun = ?tun.as_ref().map(|t| t.name().to_owned()),
+            "node started"
+        );
+        Ok(Node {
+            control,
+            shutdown,
+            tasks,
+            tun_io,
+            tun,
+            listen_addr,
+            api_addr,
+            counters,
+        })
+    }
+
+    pub fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.listen_addr
+    }
+
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    pub fn counters(&self) -> &DataCounters {
+        &self.counters
+    }
+
+    /// TUN device statistics, when the node has one.
+    pub fn tun_stats(&self) -> Option<tun::Stats> {
+        self.tun.as_ref().map(|t| t.stats())
+    }
+
+    /// Stops every task and thread, closes the links and removes the TUN device.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks.drain(..) {
+            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+                warn!("a task did not stop within 5 s");
+            }
+        }
+        if let Some(io) = self.tun_io.take() {
+            let _ = tokio::task::spawn_blocking(move || io.stop()).await;
+        }
+        // Dropping the last handle closes the fd, which removes a non-persistent device.
+        self.tun = None;
+    }
+}
+
+fn open_tun(t: &TunSettings, addr: Ipv6Addr) -> anyhow::Result<tun::Tun> {
+    let mut c = tun::Config::new(t.name.clone());
+    if !t.offload {
+        c = c.no_offload();
+    }
+    let dev = tun::Tun::open(&c).with_context(|| {
+        format!(
+            "cannot create TUN device '{}' (is /dev/net/tun there, and are we root or CAP_NET_ADMIN?)",
+            t.name
+        )
+    })?;
+    dev.set_mtu(TUN_MTU)
+        .with_context(|| format!("cannot set the MTU of '{}'", t.name))?;
+    // Prefix length 7: the kernel then routes all of 400::/7 into the device.
+    dev.add_ipv6(addr, 7)
+        .with_context(|| format!("cannot add {addr}/7 to '{}'", t.name))?;
+    dev.up()
+        .with_context(|| format!("cannot bring '{}' up", t.name))?;
+    let caps = dev.capabilities();
+    info!(device = %dev.name(), ?caps, "TUN device ready");
+    Ok(dev)
+}
+
+async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn accept_loop(l: TcpListener, owner: mpsc::Sender<OwnerMsg>, shutdown: watch::Receiver<bool>) {
+    let stop = wait_shutdown(shutdown);
+    tokio::pin!(stop);
+    let mut errors = 0u32;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            r = l.accept() => match r {
+                Ok((stream, remote)) => {
+                    errors = 0;
+                    if owner.send(OwnerMsg::Inbound(stream, remote)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Out of fds and the like: back off instead of spinning.
+                    errors += 1;
+                    if errors == 1 || errors % 100 == 0 {
+                        warn!("accepting a peer failed ({errors} in a row): {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}

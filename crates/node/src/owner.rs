@@ -1,0 +1,626 @@
+//! The owner task: the one place that holds the routing core, the peer table, the packets
+//! waiting for routes and the key cache. Everything else talks to it with messages; it publishes
+//! what the data path needs as an immutable [`DataTable`] snapshot.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use routing::{Event, LinkId, Lookup, Router, Time};
+use rustc_hash::FxHashMap;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use wire::babel::{Subnet, Tlv};
+use wire::frame::{DataSlot, DATA_FRAME_OVERHEAD};
+use wire::icmp::IcmpError;
+
+use crate::control::{
+    ConnectionState, PeerInfo, PeerKind, PeerOpError, QueryInfo, Request, RouteInfo, RouteKind,
+};
+use crate::datapath::{bump, DataCounters, DataTable, Need, TunBatch};
+use crate::endpoint::Endpoint;
+use crate::keys::{self, Cipher, Identity};
+use crate::link::{self, LinkContext, LinkEvent, LinkHandles, LinkStats};
+
+/// Redial period of static and discovered peers (spec §1.3).
+const REDIAL_EVERY: Duration = Duration::from_secs(5);
+/// A dial that takes longer than this failed.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Discovered peers are forgotten after this many failed dials in a row.
+const DISCOVERED_MAX_FAILURES: u32 = 3;
+/// Packets waiting for a route: per destination /64 and in total. Far below mycelium's limits
+/// (10k / 1M), which would let one flood hold gigabytes.
+const PENDING_PER_SUBNET: usize = 128;
+const PENDING_TOTAL: usize = 4096;
+
+/// Messages to the owner from the rest of the node.
+#[derive(Debug)]
+pub(crate) enum OwnerMsg {
+    Dialed(Endpoint, std::io::Result<TcpStream>),
+    Inbound(TcpStream, SocketAddr),
+    Discovered(Endpoint),
+}
+
+struct Peer {
+    kind: PeerKind,
+    learned: Instant,
+    link: Option<LinkId>,
+    connected_at: Option<Instant>,
+    dialing: bool,
+    failures: u32,
+    /// Bytes of finished connections, plus the live one's counters.
+    tx_done: u64,
+    rx_done: u64,
+    stats: Option<Arc<LinkStats>>,
+}
+
+struct LinkEntry {
+    handles: LinkHandles,
+    peer: Endpoint,
+    desc: String,
+}
+
+pub(crate) struct Owner {
+    router: Router,
+    epoch: Instant,
+    identity: Arc<Identity>,
+    peers: HashMap<Endpoint, Peer>,
+    links: FxHashMap<LinkId, LinkEntry>,
+    next_link: u64,
+    ciphers: FxHashMap<[u8; 32], Option<Cipher>>,
+    pending: HashMap<Subnet, VecDeque<Vec<u8>>>,
+    pending_total: usize,
+    table: Arc<ArcSwap<DataTable>>,
+    link_ctx: LinkContext,
+    counters: Arc<DataCounters>,
+    msgs_tx: mpsc::Sender<OwnerMsg>,
+}
+
+/// The inputs of the owner loop.
+pub(crate) struct OwnerInputs {
+    pub msgs: mpsc::Receiver<OwnerMsg>,
+    pub link_events: mpsc::Receiver<LinkEvent>,
+    pub needs: mpsc::Receiver<Need>,
+    pub requests: mpsc::Receiver<Request>,
+}
+
+impl Owner {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        router: Router,
+        epoch: Instant,
+        identity: Arc<Identity>,
+        table: Arc<ArcSwap<DataTable>>,
+        link_ctx: LinkContext,
+        counters: Arc<DataCounters>,
+        msgs_tx: mpsc::Sender<OwnerMsg>,
+        static_peers: Vec<Endpoint>,
+    ) -> Owner {
+        let mut o = Owner {
+            router,
+            epoch,
+            identity,
+            peers: HashMap::new(),
+            links: FxHashMap::default(),
+            next_link: 1,
+            ciphers: FxHashMap::default(),
+            pending: HashMap::new(),
+            pending_total: 0,
+            table,
+            link_ctx,
+            counters,
+            msgs_tx,
+        };
+        for e in static_peers {
+            o.peers.insert(e, Peer::new(PeerKind::Static));
+        }
+        o
+    }
+
+    fn now(&self) -> Time {
+        Time::from_micros(self.epoch.elapsed().as_micros() as u64)
+    }
+
+    /// Runs until `shutdown` resolves; then closes every link.
+    pub async fn run(mut self, mut inputs: OwnerInputs, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut redial = tokio::time::interval(REDIAL_EVERY);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self
+                .router
+                .poll_timeout()
+                .map(|t| self.epoch + t.saturating_since(Time::ZERO))
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    let now = self.now();
+                    self.router.handle_timeout(now);
+                }
+                _ = redial.tick() => self.redial(),
+                Some(ev) = inputs.link_events.recv() => self.on_link_event(ev),
+                Some(m) = inputs.msgs.recv() => self.on_msg(m),
+                Some(n) = inputs.needs.recv() => self.on_need(n),
+                Some(r) = inputs.requests.recv() => self.on_request(r),
+            }
+            self.drain_router();
+        }
+        for (_, l) in self.links.drain() {
+            l.handles.abort();
+        }
+    }
+
+    fn redial(&mut self) {
+        let due: Vec<Endpoint> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.kind != PeerKind::Inbound && p.link.is_none() && !p.dialing)
+            .map(|(e, _)| *e)
+            .collect();
+        for e in due {
+            if let Some(p) = self.peers.get_mut(&e) {
+                p.dialing = true;
+            }
+            let tx = self.msgs_tx.clone();
+            tokio::spawn(async move {
+                let r = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(e.addr)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connect timed out",
+                    )),
+                };
+                let _ = tx.send(OwnerMsg::Dialed(e, r)).await;
+            });
+        }
+    }
+
+    fn on_msg(&mut self, m: OwnerMsg) {
+        match m {
+            OwnerMsg::Dialed(e, r) => {
+                let Some(p) = self.peers.get_mut(&e) else {
+                    return; // removed while dialling
+                };
+                p.dialing = false;
+                match r {
+                    Ok(stream) if p.link.is_none() => {
+                        p.failures = 0;
+                        self.start_link(e, stream);
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        p.failures += 1;
+                        debug!(peer = %e, "dial failed: {err}");
+                        if p.kind == PeerKind::LinkLocalDiscovery
+                            && p.failures >= DISCOVERED_MAX_FAILURES
+                        {
+                            info!(peer = %e, "forgetting discovered peer after {} failed dials", p.failures);
+                            self.peers.remove(&e);
+                        }
+                    }
+                }
+            }
+            OwnerMsg::Inbound(stream, remote) => {
+                let e = Endpoint::tcp(canonical(remote));
+                // A new connection from the same remote socket replaces the old one.
+                if let Some(old) = self.peers.get(&e).and_then(|p| p.link) {
+                    self.close_link(old, "replaced by a new connection from the same address");
+                }
+                self.peers
+                    .entry(e)
+                    .or_insert_with(|| Peer::new(PeerKind::Inbound));
+                self.start_link(e, stream);
+            }
+            OwnerMsg::Discovered(e) => {
+                if !self.peers.contains_key(&e) {
+                    info!(peer = %e, "discovered peer on the local link");
+                    self.peers.insert(e, Peer::new(PeerKind::LinkLocalDiscovery));
+                    self.redial();
+                }
+            }
+        }
+    }
+
+    fn start_link(&mut self, e: Endpoint, stream: TcpStream) {
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        let local = stream.local_addr().ok();
+        let remote = stream.peer_addr().ok();
+        let v4 = remote.is_some_and(|r| match r {
+            SocketAddr::V4(_) => true,
+            SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+        });
+        let cost = if v4 {
+            routing::consts::STATIC_COST_TCP4
+        } else {
+            routing::consts::STATIC_COST_TCP6
+        };
+        let desc = match (local, remote) {
+            (Some(l), Some(r)) => format!("TCP {} <-> {}", canonical(l), canonical(r)),
+            _ => format!("TCP {}", e.addr),
+        };
+        let handles = link::spawn(id, stream, self.link_ctx.clone());
+        let now = self.now();
+        if let Err(err) = self.router.handle_link_up(id, cost, now) {
+            warn!(peer = %e, "refusing link: {err:?}");
+            handles.abort();
+            return;
+        }
+        info!(peer = %e, link = id.0, "peer connected ({desc})");
+        if let Some(p) = self.peers.get_mut(&e) {
+            p.link = Some(id);
+            p.connected_at = Some(Instant::now());
+            p.stats = Some(handles.stats.clone());
+        }
+        self.links.insert(
+            id,
+            LinkEntry {
+                handles,
+                peer: e,
+                desc,
+            },
+        );
+        self.publish();
+    }
+
+    fn close_link(&mut self, id: LinkId, why: &str) {
+        let Some(l) = self.links.remove(&id) else {
+            return;
+        };
+        l.handles.abort();
+        let now = self.now();
+        self.router.handle_link_down(id, now);
+        info!(peer = %l.peer, link = id.0, "peer disconnected: {why}");
+        let mut remove = false;
+        if let Some(p) = self.peers.get_mut(&l.peer) {
+            if p.link == Some(id) {
+                p.link = None;
+                if let Some(s) = p.stats.take() {
+                    p.tx_done += s.tx_bytes.load(Ordering::Relaxed);
+                    p.rx_done += s.rx_bytes.load(Ordering::Relaxed);
+                }
+                remove = p.kind == PeerKind::Inbound;
+            }
+        }
+        if remove {
+            self.peers.remove(&l.peer);
+        }
+        self.publish();
+    }
+
+    fn on_link_event(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Tlv(id, tlv) => {
+                let now = self.now();
+                self.router.handle_tlv(id, &tlv, now);
+            }
+            LinkEvent::Closed(id, why) => self.close_link(id, &why),
+        }
+    }
+
+    fn on_need(&mut self, n: Need) {
+        let now = self.now();
+        match n {
+            Need::Route(dst) => self.router.request_route(dst, now),
+            Need::Pending(packet) => {
+                if packet.len() < 40 {
+                    return;
+                }
+                let mut a = [0u8; 16];
+                a.copy_from_slice(&packet[24..40]);
+                let dst = Ipv6Addr::from(a);
+                let subnet = Subnet::slash64(dst);
+                // Maybe the route arrived after the data path looked.
+                if let Lookup::Route(_) = self.router.lookup(dst) {
+                    self.send_pending(subnet, vec![packet]);
+                    return;
+                }
+                self.router.request_route(dst, now);
+                if self.pending_total >= PENDING_TOTAL {
+                    bump(&self.counters.drop_queue_full);
+                    return;
+                }
+                let q = self.pending.entry(subnet).or_default();
+                if q.len() >= PENDING_PER_SUBNET {
+                    bump(&self.counters.drop_queue_full);
+                    return;
+                }
+                q.push_back(packet);
+                self.pending_total += 1;
+            }
+        }
+    }
+
+    /// Seals and sends packets that waited for a route.
+    fn send_pending(&mut self, subnet: Subnet, packets: Vec<Vec<u8>>) {
+        let mut per_link: FxHashMap<LinkId, Vec<u8>> = FxHashMap::default();
+        for p in packets {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&p[24..40]);
+            let dst = Ipv6Addr::from(a);
+            a.copy_from_slice(&p[8..24]);
+            let src = Ipv6Addr::from(a);
+            let Lookup::Route(nh) = self.router.lookup(dst) else {
+                bump(&self.counters.drop_no_route);
+                continue;
+            };
+            let Some(cipher) = self.cipher_for(nh.public_key()) else {
+                bump(&self.counters.drop_no_key);
+                continue;
+            };
+            let buf = per_link.entry(nh.link).or_default();
+            let slot = DataSlot::begin(buf);
+            let body_start = slot.body_start();
+            buf.extend_from_slice(&[1, 0, 0, 0]);
+            buf.extend_from_slice(&p);
+            let sealed = keys::seal_tail(&cipher, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
+            let hop = p[7].saturating_sub(1);
+            if slot.finish(buf, hop, src, dst).is_ok() && sealed {
+                bump(&self.counters.frames_sent);
+            }
+        }
+        for (link, buf) in per_link {
+            if let Some(l) = self.links.get(&link) {
+                if l.handles.data.data.try_send(buf).is_err() {
+                    bump(&self.counters.drop_queue_full);
+                }
+            }
+        }
+        debug!(%subnet, "released packets waiting for a route");
+    }
+
+    fn cipher_for(&mut self, key: [u8; 32]) -> Option<Cipher> {
+        let id = &self.identity;
+        self.ciphers
+            .entry(key)
+            .or_insert_with(|| id.cipher_for(&key))
+            .clone()
+    }
+
+    fn on_request(&mut self, r: Request) {
+        let now = self.now();
+        match r {
+            Request::Peers(reply) => {
+                let list = self.peer_list();
+                let _ = reply.send(list);
+            }
+            Request::AddPeer(e, reply) => {
+                let res = if self.peers.contains_key(&e) {
+                    Err(PeerOpError::AlreadyExists)
+                } else if e.proto != crate::endpoint::Protocol::Tcp {
+                    Err(PeerOpError::Unsupported(format!(
+                        "{} peers are not supported by hypha",
+                        e.proto.scheme()
+                    )))
+                } else {
+                    self.peers.insert(e, Peer::new(PeerKind::Static));
+                    self.redial();
+                    Ok(())
+                };
+                let _ = reply.send(res);
+            }
+            Request::RemovePeer(e, reply) => {
+                let res = match self.peers.get(&e).map(|p| p.link) {
+                    None => Err(PeerOpError::NotFound),
+                    Some(link) => {
+                        if let Some(id) = link {
+                            self.close_link(id, "removed through the API");
+                        }
+                        self.peers.remove(&e);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(res);
+            }
+            Request::Routes(kind, reply) => {
+                let routes = match kind {
+                    RouteKind::Selected => self.router.selected_routes(now),
+                    RouteKind::Fallback => self.router.fallback_routes(now),
+                };
+                let list = routes
+                    .into_iter()
+                    .map(|r| RouteInfo {
+                        subnet: r.subnet,
+                        next_hop: self
+                            .links
+                            .get(&r.next_hop)
+                            .map(|l| l.desc.clone())
+                            .unwrap_or_else(|| format!("link {}", r.next_hop.0)),
+                        metric: r.total,
+                        seqno: r.seqno.0,
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+            Request::Queried(reply) => {
+                let list = self
+                    .router
+                    .queried_subnets(now)
+                    .into_iter()
+                    .map(|(subnet, left)| QueryInfo {
+                        subnet,
+                        expires_in: left.as_secs(),
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+            Request::PubkeyOf(ip, reply) => {
+                let key = if self.router.own_subnet().contains_addr(ip) {
+                    Some(self.identity.public_key())
+                } else {
+                    self.router.lookup_source_key(ip)
+                };
+                let _ = reply.send(key);
+            }
+        }
+    }
+
+    fn peer_list(&self) -> Vec<PeerInfo> {
+        let mut list: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(e, p)| {
+                let (tx, rx) = p.stats.as_ref().map_or((0, 0), |s| {
+                    (
+                        s.tx_bytes.load(Ordering::Relaxed),
+                        s.rx_bytes.load(Ordering::Relaxed),
+                    )
+                });
+                PeerInfo {
+                    endpoint: *e,
+                    kind: p.kind,
+                    connection_state: if p.link.is_some() {
+                        ConnectionState::Alive
+                    } else if p.dialing {
+                        ConnectionState::Connecting
+                    } else {
+                        ConnectionState::Dead
+                    },
+                    tx_bytes: p.tx_done + tx,
+                    rx_bytes: p.rx_done + rx,
+                    discovered: p.learned.elapsed().as_secs(),
+                    last_connected: p.connected_at.map(|t| t.elapsed().as_secs()),
+                }
+            })
+            .collect();
+        list.sort_by_key(|p| p.endpoint.to_string());
+        list
+    }
+
+    /// Sends what the core wants sent, acts on its events, and republishes the data table when
+    /// the selection changed.
+    fn drain_router(&mut self) {
+        while let Some((link, tlv)) = self.router.poll_transmit() {
+            self.send_tlv(link, tlv);
+        }
+        while let Some(ev) = self.router.poll_event() {
+            match ev {
+                Event::LinkDead(id) => self.close_link(id, "no IHU for 43 s"),
+                Event::RouteAcquired(subnet) => {
+                    info!(%subnet, "route acquired");
+                    // Publish first so the keys exist, then release the queue.
+                    self.publish();
+                    if let Some(q) = self.pending.remove(&subnet) {
+                        self.pending_total -= q.len();
+                        self.send_pending(subnet, q.into_iter().collect());
+                    }
+                }
+                Event::RouteLost(subnet) => info!(%subnet, "route lost"),
+                Event::QueryTimedOut(subnet) => {
+                    debug!(%subnet, "route query timed out");
+                    if let Some(q) = self.pending.remove(&subnet) {
+                        self.pending_total -= q.len();
+                        self.fail_pending(q);
+                    }
+                }
+            }
+            // Sends caused by handling events.
+            while let Some((link, tlv)) = self.router.poll_transmit() {
+                self.send_tlv(link, tlv);
+            }
+        }
+        if self.router.forwarding_table_if_changed().is_some() {
+            self.publish();
+        }
+    }
+
+    fn send_tlv(&mut self, link: LinkId, tlv: Tlv) {
+        if let Some(l) = self.links.get(&link) {
+            if l.handles.control.try_send(tlv).is_err() {
+                bump(&self.counters.drop_queue_full);
+            }
+        }
+    }
+
+    /// Answers packets whose route query timed out with "no route".
+    fn fail_pending(&mut self, q: VecDeque<Vec<u8>>) {
+        let Some(tun) = &self.link_ctx.tun else {
+            return;
+        };
+        let own = self.identity.address();
+        let mut batch = TunBatch::default();
+        for p in q {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&p[8..24]);
+            if batch.push_icmp(own, Ipv6Addr::from(a), IcmpError::NoRoute, &p) {
+                bump(&self.counters.icmp_generated);
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tun.try_send(batch);
+        }
+    }
+
+    /// Rebuilds the data path's snapshot: routes, link senders, ciphers for every known key.
+    fn publish(&mut self) {
+        let fib = self.router.forwarding_table();
+        let now = self.now();
+        let mut keys: Vec<[u8; 32]> = self
+            .router
+            .selected_routes(now)
+            .iter()
+            .chain(self.router.fallback_routes(now).iter())
+            .map(|r| r.router_id.public_key())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut ciphers = FxHashMap::default();
+        for k in keys {
+            if let Some(c) = self.cipher_for(k) {
+                ciphers.insert(k, c);
+            }
+        }
+        // Forget ciphers no route names any more.
+        self.ciphers.retain(|k, _| ciphers.contains_key(k));
+        let links = self
+            .links
+            .iter()
+            .map(|(id, l)| (*id, l.handles.data.clone()))
+            .collect();
+        self.table.store(Arc::new(DataTable {
+            fib,
+            links,
+            ciphers,
+        }));
+    }
+}
+
+impl Peer {
+    fn new(kind: PeerKind) -> Peer {
+        Peer {
+            kind,
+            learned: Instant::now(),
+            link: None,
+            connected_at: None,
+            dialing: false,
+            failures: 0,
+            tx_done: 0,
+            rx_done: 0,
+            stats: None,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 socket addresses (from the dual-stack listener) shown as plain IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// Unix seconds now (for the node's start time).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,157 @@
+//! The TUN side of the data path: one reader thread (super-packet → segments → sealed frames per
+//! next hop) and one writer thread (batches of received packets → coalesced TUN writes). Plain
+//! threads, not tokio tasks: each owns its device queue and blocks only on it or on back-pressure
+//! from the peers.
+
+use std::io;
+use std::net::Ipv6Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+use offload::Segments;
+use tun::{Reader, Tun, Writer};
+use wire::babel::Subnet;
+
+use crate::datapath::{self, DataCounters, DataTable, Need, Outbound, Outbox, RefreshTracker};
+use crate::datapath::TunBatch;
+
+/// How often the reader looks at the stop flag while the TUN is idle.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+/// Batches for the TUN writer queued at most; beyond this peers' readers wait.
+pub(crate) const TUN_QUEUE: usize = 64;
+/// Packets per `write_batch` call at most.
+const MAX_WRITE_BATCH: usize = 256;
+
+pub(crate) struct TunIo {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl TunIo {
+    /// Signals both threads and waits for them.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+pub(crate) struct TunIoConfig {
+    pub table: Arc<ArcSwap<DataTable>>,
+    pub counters: Arc<DataCounters>,
+    pub needs: mpsc::Sender<Need>,
+    pub own_subnet: Subnet,
+    pub own_addr: Ipv6Addr,
+}
+
+/// Starts the reader and writer threads. `to_tun` carries packets for the TUN (from peers and
+/// ICMPv6 errors); the reader's own ICMPv6 errors go through a clone of its sender.
+pub(crate) fn start(
+    tun: Arc<Tun>,
+    cfg: TunIoConfig,
+    to_tun_tx: mpsc::Sender<TunBatch>,
+    to_tun_rx: mpsc::Receiver<TunBatch>,
+) -> io::Result<TunIo> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = std::thread::Builder::new().name("hypha-tun-rx".into()).spawn({
+        let tun = tun.clone();
+        let stop = stop.clone();
+        move || read_loop(&tun, &cfg, &to_tun_tx, &stop)
+    })?;
+    let writer = std::thread::Builder::new()
+        .name("hypha-tun-tx".into())
+        .spawn(move || write_loop(&tun, to_tun_rx))?;
+    Ok(TunIo {
+        stop,
+        threads: vec![reader, writer],
+    })
+}
+
+fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop: &AtomicBool) {
+    let mut rd = Reader::new();
+    let mut segs = Segments::new();
+    let mut outbox = Outbox::default();
+    let mut icmp = TunBatch::default();
+    let mut refresh = RefreshTracker::default();
+    let mut errors = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        match tun.wait_readable(Some(IDLE_POLL)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                error!("TUN poll failed: {e}");
+                std::thread::sleep(IDLE_POLL);
+                continue;
+            }
+        }
+        segs.clear();
+        match tun.read(&mut rd, &mut segs) {
+            Ok(_) => errors = 0,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                // A read error must not spin: back off, and say so once in a while.
+                errors += 1;
+                if errors == 1 || errors % 1000 == 0 {
+                    warn!("TUN read failed ({errors} in a row): {e}");
+                }
+                std::thread::sleep(Duration::from_millis(10).min(IDLE_POLL));
+                continue;
+            }
+        }
+        let table = cfg.table.load();
+        let mut ctx = Outbound {
+            own_subnet: cfg.own_subnet,
+            own_addr: cfg.own_addr,
+            counters: &cfg.counters,
+            needs: &cfg.needs,
+            refresh: &mut refresh,
+            now: Instant::now(),
+        };
+        for seg in segs.iter() {
+            datapath::outbound(&mut ctx, &table, seg, &mut outbox, &mut icmp);
+        }
+        // One super-packet's frames leave as one batch per next hop.
+        for (link, buf) in outbox.drain() {
+            if let Some(tx) = table.links.get(&link) {
+                if tx.data.blocking_send(buf).is_err() {
+                    datapath::bump(&cfg.counters.drop_no_route);
+                }
+            }
+        }
+        if !icmp.is_empty() && to_tun.try_send(std::mem::take(&mut icmp)).is_err() {
+            datapath::bump(&cfg.counters.drop_queue_full);
+        }
+    }
+}
+
+fn write_loop(tun: &Tun, mut rx: mpsc::Receiver<TunBatch>) {
+    let mut wr = Writer::new(tun);
+    let mut pending: Vec<TunBatch> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        pending.push(first);
+        let mut n = pending[0].len();
+        while n < MAX_WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(b) => {
+                    n += b.len();
+                    pending.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut packets: Vec<&mut [u8]> = Vec::with_capacity(n);
+        for b in pending.iter_mut() {
+            b.split_into(&mut packets);
+        }
+        tun.write_batch(&mut wr, &mut packets);
+        drop(packets);
+        pending.clear();
+    }
+}

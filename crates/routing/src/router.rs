@@ -103,7 +103,7 @@ pub struct Config {
     /// A parameter so that tests and simulations can stay cheap and deterministic.
     pub address_of: fn(&[u8; 32]) -> Ipv6Addr,
     pub limits: Limits,
-    /// Record every subnet whose selection changed, for [`Router::take_selection_changes`]
+    /// Record every subnet whose next hop changed, for [`Router::take_selection_changes`]
     /// (used by the simulator's loop check). Off by default; bounded by `limits.max_subnets`.
     pub record_selection_changes: bool,
 }
@@ -708,7 +708,7 @@ impl Router {
             .collect()
     }
 
-    /// Subnets whose selection changed since the last call (only with
+    /// Subnets whose selected next hop changed (or appeared or vanished) since the last call (only with
     /// `Config::record_selection_changes`).
     pub fn take_selection_changes(&mut self) -> Vec<Subnet> {
         std::mem::take(&mut self.changes)
@@ -1038,6 +1038,8 @@ impl Router {
         };
         let mut best: Option<(usize, Metric)> = None;
         let mut cur: Option<(usize, Metric)> = None;
+        // Entries nearly always share one router-id: look its distance up once.
+        let mut fd_cache: Option<(RouterId, Option<Fd>)> = None;
         for (i, e) in list.entries.iter().enumerate() {
             if e.metric.is_infinite() {
                 continue;
@@ -1045,7 +1047,18 @@ impl Router {
             let Some(l) = self.links.get(&e.link) else {
                 continue;
             };
-            if !self.is_feasible(subnet, e.router_id, e.seqno, e.metric) {
+            let fd = match fd_cache {
+                Some((rid, fd)) if rid == e.router_id => fd,
+                _ => {
+                    let fd = self.sources.get(&(subnet, e.router_id)).copied();
+                    fd_cache = Some((e.router_id, fd));
+                    fd
+                }
+            };
+            let feasible = fd.is_none_or(|fd| {
+                e.seqno.gt(fd.seqno) || (e.seqno == fd.seqno && e.metric < fd.metric)
+            });
+            if !feasible {
                 continue;
             }
             let total = e.metric.saturating_add(l.cost());
@@ -1098,8 +1111,10 @@ impl Router {
                 self.originate_snr(subnet, old_rid, Targets::Advertisers, now);
             }
             (Some((old_link, old_rid, old_metric)), Some((link, rid, seqno, total))) => {
-                if old_link != link || old_rid != rid {
+                if old_link != link {
                     self.selection_changed(subnet);
+                } else if old_rid != rid {
+                    self.fwd_dirty = true;
                 }
                 let diff = old_metric.0.abs_diff(total.0);
                 if old_rid != rid || diff > BIG_METRIC_CHANGE {

@@ -1,0 +1,144 @@
+//! Simulation scenarios: convergence, loop freedom, failures, restarts.
+
+use std::time::Duration;
+
+use hypha_routing::sim::{PathError, Sim};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Every node reaches every other node (queries first, then wait).
+fn all_reach_all(sim: &mut Sim, deadline: Duration) {
+    let n = sim.node_count();
+    for a in 0..n {
+        for b in 0..n {
+            if a != b {
+                sim.request(a, b);
+            }
+        }
+    }
+    let end = sim.now() + deadline;
+    let ok = sim.run_until_cond(end, |s| {
+        (0..n).all(|a| (0..n).all(|b| a == b || s.path(a, b).is_ok()))
+    });
+    let missing: Vec<_> = (0..n)
+        .flat_map(|a| (0..n).map(move |b| (a, b)))
+        .filter(|&(a, b)| a != b && sim.path(a, b).is_err())
+        .take(5)
+        .map(|(a, b)| (a, b, sim.path(a, b)))
+        .collect();
+    assert!(ok.is_some(), "unreachable pairs, e.g. {missing:?}");
+}
+
+#[test]
+fn chain_of_ten_converges_without_loops() {
+    let mut sim = Sim::chain(1, 10);
+    all_reach_all(&mut sim, secs(30));
+    assert_eq!(sim.path(0, 9), Ok(9));
+    sim.run_for(secs(600));
+    assert!(sim.loops().is_empty(), "{:?}", sim.loops());
+    for i in 0..10 {
+        sim.router(i).check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn ring_reroutes_after_link_down() {
+    let mut sim = Sim::ring(2, 10);
+    all_reach_all(&mut sim, secs(30));
+    sim.run_for(secs(120));
+    // Take down the first link on 0's path to 4; the other way round the ring must take over.
+    let first = sim.next_node(0, 4).unwrap();
+    let l = sim.link_between(0, first).unwrap();
+    sim.link_down(l);
+    let t0 = sim.now();
+    let healed = sim.run_until_cond(t0 + secs(60), |s| s.path(0, 4).is_ok());
+    assert!(healed.is_some(), "{:?}", sim.path(0, 4));
+    assert_ne!(sim.next_node(0, 4), Some(first));
+    sim.run_for(secs(300));
+    assert!(sim.path(0, 4).is_ok());
+    assert!(sim.loops().is_empty(), "{:?}", sim.loops());
+}
+
+#[test]
+fn grid_converges_and_survives_silent_death() {
+    let mut sim = Sim::grid(3, 10, 10);
+    all_reach_all(&mut sim, secs(60));
+    sim.run_for(secs(100));
+    let victim = sim.next_node(0, 99).unwrap();
+    sim.kill_silently(victim);
+    let t0 = sim.now();
+    // Right after the death the path still leads into the dead node: nothing noticed yet.
+    assert_eq!(sim.path(0, 99), Err(PathError::DeadNode { at: victim }));
+    let healed = sim.run_until_cond(t0 + secs(120), |s| s.path(0, 99).is_ok());
+    let healed = healed.expect("rerouted around the dead node");
+    assert!(
+        healed.saturating_since(t0) > secs(40),
+        "moved before the dead timer"
+    );
+    assert!(sim.loops().is_empty(), "{:?}", sim.loops());
+    for i in 0..100 {
+        sim.router(i).check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn restarted_node_is_reachable_under_its_new_id() {
+    let mut sim = Sim::grid(4, 5, 5);
+    all_reach_all(&mut sim, secs(60));
+    sim.run_for(secs(60));
+    let old = sim.router(12).router_id();
+    sim.restart(12);
+    let new = sim.router(12).router_id();
+    assert_ne!(old, new);
+    assert_eq!(sim.router(12).seqno().0, 0);
+    sim.request(0, 12);
+    sim.request(24, 12);
+    let t0 = sim.now();
+    let ok = sim.run_until_cond(t0 + secs(60), |s| {
+        [0, 24].iter().all(|&a| {
+            s.path(a, 12).is_ok()
+                && s.router(a).lookup(s.address(12))
+                    == hypha_routing::Lookup::Route(hypha_routing::NextHop {
+                        link: s.router(a).selected_next_hop(&s.subnet(12)).unwrap(),
+                        router_id: new,
+                    })
+        })
+    });
+    assert!(
+        ok.is_some(),
+        "{:?} {:?}",
+        sim.path(0, 12),
+        sim.router(0).lookup(sim.address(12))
+    );
+    assert!(sim.loops().is_empty(), "{:?}", sim.loops());
+}
+
+#[test]
+fn random_mesh_of_1000_reaches_sampled_destinations() {
+    let mut sim = Sim::random_mesh(5, 1000, 3.5);
+    let pairs: Vec<(usize, usize)> = (0..60)
+        .map(|_| {
+            let a = sim.rng().below(1000) as usize;
+            let b = (a + 1 + sim.rng().below(999) as usize) % 1000;
+            (a, b)
+        })
+        .collect();
+    sim.run_for(secs(1));
+    for &(a, b) in &pairs {
+        sim.request(a, b);
+    }
+    let t0 = sim.now();
+    let ok = sim.run_until_cond(t0 + secs(120), |s| {
+        pairs.iter().all(|&(a, b)| s.path(a, b).is_ok())
+    });
+    let bad: Vec<_> = pairs
+        .iter()
+        .filter(|&&(a, b)| sim.path(a, b).is_err())
+        .take(5)
+        .collect();
+    assert!(ok.is_some(), "unreachable: {bad:?}");
+    assert!(sim.loops().is_empty(), "{:?}", sim.loops());
+    eprintln!("stats: {:?}", sim.stats);
+}

@@ -2,11 +2,13 @@
 //! crypto and the peer sockets. Used by the root tests and by the `forwarder` example, which is
 //! also the TUN I/O benchmark.
 //!
-//! Each direction is one loop on its own thread: wait until the source is readable, drain it with
-//! up to [`Options::max_reads`] reads (each one super-packet, split into ≤ MTU packets), then hand
-//! the whole batch to one [`Tun::write_batch`] on the other device.
+//! Each direction is one loop on its own thread (or both share one polling thread): wait until the
+//! source is readable, drain it with up to [`Options::max_reads`] reads (each one super-packet,
+//! split into ≤ MTU packets), then hand the whole batch to one [`Tun::write_segments`] on the
+//! other device.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -22,6 +24,9 @@ pub struct Options {
     pub max_reads: usize,
     /// How often an idle loop checks the stop flag.
     pub idle_poll: Duration,
+    /// One thread polling both devices instead of one thread per direction. Fewer wake-ups and
+    /// context switches when cores are scarce; no parallelism between the directions.
+    pub single_thread: bool,
 }
 
 impl Default for Options {
@@ -29,23 +34,33 @@ impl Default for Options {
         Options {
             max_reads: 16,
             idle_poll: Duration::from_millis(50),
+            single_thread: false,
         }
     }
 }
 
-/// Forwards `from` → `to` until `stop` is set. Read errors other than `WouldBlock` are counted
-/// and back off briefly instead of spinning.
-pub fn pump(from: &Tun, to: &Tun, stop: &AtomicBool, opts: Options) -> io::Result<()> {
-    let mut reader = Reader::new();
-    let mut writer = Writer::new(to);
-    let mut batch = Segments::new();
-    while !stop.load(Relaxed) {
-        if !from.wait_readable(Some(opts.idle_poll))? {
-            continue;
+/// The reusable state of one direction.
+struct Direction {
+    reader: Reader,
+    writer: Writer,
+    batch: Segments,
+}
+
+impl Direction {
+    fn new(to: &Tun) -> Self {
+        Direction {
+            reader: Reader::new(),
+            writer: Writer::new(to),
+            batch: Segments::new(),
         }
-        batch.clear();
-        for _ in 0..opts.max_reads {
-            match from.read(&mut reader, &mut batch) {
+    }
+
+    /// Drains up to `max_reads` reads from `from` and writes them to `to` as one batch. Read
+    /// errors other than `WouldBlock` are counted and back off briefly instead of spinning.
+    fn forward(&mut self, from: &Tun, to: &Tun, max_reads: usize) {
+        self.batch.clear();
+        for _ in 0..max_reads {
+            match from.read(&mut self.reader, &mut self.batch) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -55,15 +70,40 @@ pub fn pump(from: &Tun, to: &Tun, stop: &AtomicBool, opts: Options) -> io::Resul
                 }
             }
         }
-        if !batch.is_empty() {
-            to.write_segments(&mut writer, &mut batch);
+        if !self.batch.is_empty() {
+            to.write_segments(&mut self.writer, &mut self.batch);
+        }
+    }
+}
+
+/// Forwards `from` → `to` until `stop` is set.
+pub fn pump(from: &Tun, to: &Tun, stop: &AtomicBool, opts: Options) -> io::Result<()> {
+    let mut dir = Direction::new(to);
+    while !stop.load(Relaxed) {
+        if from.wait_readable(Some(opts.idle_poll))? {
+            dir.forward(from, to, opts.max_reads);
         }
     }
     Ok(())
 }
 
-/// Forwards both directions between `a` and `b` on two threads until `stop` is set.
+/// Forwards both directions between `a` and `b` until `stop` is set: on two threads, or on the
+/// calling thread with [`Options::single_thread`].
 pub fn run(a: &Tun, b: &Tun, stop: &AtomicBool, opts: Options) -> io::Result<()> {
+    if opts.single_thread {
+        let (mut ab, mut ba) = (Direction::new(b), Direction::new(a));
+        let ms = opts.idle_poll.as_millis().min(i32::MAX as u128) as i32;
+        while !stop.load(Relaxed) {
+            let [ra, rb] = crate::sys::poll_readable([a.as_raw_fd(), b.as_raw_fd()], ms)?;
+            if ra {
+                ab.forward(a, b, opts.max_reads);
+            }
+            if rb {
+                ba.forward(b, a, opts.max_reads);
+            }
+        }
+        return Ok(());
+    }
     std::thread::scope(|s| {
         let ab = s.spawn(|| pump(a, b, stop, opts));
         let ba = s.spawn(|| pump(b, a, stop, opts));

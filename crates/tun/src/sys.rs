@@ -272,6 +272,28 @@ pub fn writev(fd: &impl AsRawFd, iov: &[std::io::IoSlice<'_>]) -> io::Result<usi
     }
 }
 
+/// `poll(2)` on several fds for readability; returns which are readable (or in error/hang-up,
+/// which the next read reports).
+pub fn poll_readable<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Result<[bool; N]> {
+    let mut pfds = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: `pfds` is an exclusively borrowed array of `N` valid `pollfd`s.
+        let rc = unsafe { libc::poll(pfds.as_mut_ptr(), N as libc::nfds_t, timeout_ms) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(pfds.map(|p| p.revents != 0));
+    }
+}
+
 /// `poll(2)` on one fd for `events`; `Ok(true)` when ready, `Ok(false)` on timeout.
 pub fn poll_one(fd: &impl AsRawFd, events: i16, timeout_ms: i32) -> io::Result<bool> {
     let mut pfd = libc::pollfd {

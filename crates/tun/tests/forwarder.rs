@@ -31,6 +31,10 @@ struct Fixture {
 
 impl Fixture {
     fn new(tag: &str, offload: bool) -> Fixture {
+        Fixture::with_options(tag, offload, bridge::Options::default())
+    }
+
+    fn with_options(tag: &str, offload: bool, opts: bridge::Options) -> Fixture {
         let ns_a = Netns::new(&format!("{tag}a")).unwrap();
         let ns_b = Netns::new(&format!("{tag}b")).unwrap();
         let (a, b) = topology::tun_pair(ns_a.name(), ns_b.name(), ("hya", "hyb"), offload).unwrap();
@@ -38,7 +42,7 @@ impl Fixture {
         let stop = Arc::new(AtomicBool::new(false));
         let bridge = {
             let (a, b, stop) = (a.clone(), b.clone(), stop.clone());
-            std::thread::spawn(move || bridge::run(&a, &b, &stop, bridge::Options::default()))
+            std::thread::spawn(move || bridge::run(&a, &b, &stop, opts))
         };
         Fixture {
             stop,
@@ -175,8 +179,12 @@ fn offloaded_tcp_200mb_each_way_is_byte_identical_and_uses_super_packets() {
 
 #[test]
 #[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
-fn offloaded_udp_mixed_sizes_and_ping() {
-    let fx = Fixture::new("fwudp", true);
+fn offloaded_udp_mixed_sizes_and_ping_single_thread() {
+    let opts = bridge::Options {
+        single_thread: true,
+        ..Default::default()
+    };
+    let fx = Fixture::with_options("fwudp", true, opts);
     ping(&fx);
     udp_mixed(&fx, false);
     udp_mixed(&fx, true);

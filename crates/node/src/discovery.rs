@@ -194,7 +194,7 @@ fn eligible(addrs: &[IfAddr], only: &[String]) -> BTreeMap<u32, String> {
         if !a.flags.contains(must) || a.flags.intersects(must_not) {
             continue;
         }
-        if !only.is_empty() && !only.iter().any(|n| *n == a.name) {
+        if !only.is_empty() && !only.contains(&a.name) {
             continue;
         }
         if let Some((ip, scope)) = a.v6 {

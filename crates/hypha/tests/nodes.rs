@@ -25,9 +25,13 @@ fn two_nodes(extra: &[&str]) {
 
     a.wait(ROUTE_WAIT, "route to b", |n| n.has_route(&b.subnet()));
     b.wait(ROUTE_WAIT, "route to a", |n| n.has_route(&a.subnet()));
-    let out = a.ping(b.addr).unwrap_or_else(|e| panic!("ping a->b: {e}\n{}", a.log_tail()));
+    let out = a
+        .ping(b.addr)
+        .unwrap_or_else(|e| panic!("ping a->b: {e}\n{}", a.log_tail()));
     assert!(out.contains(" 0% packet loss"), "{out}");
-    let out = b.ping(a.addr).unwrap_or_else(|e| panic!("ping b->a: {e}\n{}", b.log_tail()));
+    let out = b
+        .ping(a.addr)
+        .unwrap_or_else(|e| panic!("ping b->a: {e}\n{}", b.log_tail()));
     assert!(out.contains(" 0% packet loss"), "{out}");
     // The destination sees the hop limit decremented at both ends (64 - 2).
     assert!(out.contains("ttl=62"), "{out}");
@@ -80,7 +84,9 @@ fn chain_relays_without_reading() {
         // The first echo may be answered only after the route query completes; ping again.
         a.wait(ROUTE_WAIT, "route to c", |n| n.has_route(&c.subnet()));
     }
-    let out = a.ping(c.addr).unwrap_or_else(|e| panic!("ping a->c: {e}\n{}", a.log_tail()));
+    let out = a
+        .ping(c.addr)
+        .unwrap_or_else(|e| panic!("ping a->c: {e}\n{}", a.log_tail()));
     assert!(out.contains(" 0% packet loss"), "{out}");
     // Three decrements: A, B and C.
     assert!(out.contains("ttl=61"), "{out}");

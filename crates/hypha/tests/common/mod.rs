@@ -70,7 +70,9 @@ impl Node {
             child: Some(child),
         };
         // Ready when its API answers.
-        node.wait(Duration::from_secs(20), "API up", |n| n.cli(&["peers", "list", "--json"]).is_ok());
+        node.wait(Duration::from_secs(20), "API up", |n| {
+            n.cli(&["peers", "list", "--json"]).is_ok()
+        });
         node
     }
 
@@ -86,7 +88,9 @@ impl Node {
     }
 
     pub fn json(&self, args: &[&str]) -> Value {
-        let out = self.cli(args).unwrap_or_else(|e| panic!("hypha {args:?}: {e}"));
+        let out = self
+            .cli(args)
+            .unwrap_or_else(|e| panic!("hypha {args:?}: {e}"));
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("hypha {args:?}: {e}: {out}"))
     }
 
@@ -180,4 +184,41 @@ pub fn transfer(from: &Netns, to: &Netns, to_addr: Ipv6Addr, port: u16, len: u64
     let got = receiver.join().expect("receiver thread").expect("receive");
     assert_eq!(got.len, len, "bytes received");
     assert_eq!(got, sent, "received stream differs from the sent one");
+}
+
+impl Node {
+    /// Process id of the node (the `sh -c exec` keeps the pid).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    /// Still running?
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// One echo with a short timeout: true when answered.
+    pub fn ping_once(&self, to: Ipv6Addr) -> bool {
+        exec_in(
+            &self.ns,
+            "ping",
+            &["-6", "-c", "1", "-W", "1", &to.to_string()],
+        )
+        .is_ok()
+    }
 }

@@ -1,0 +1,238 @@
+//! Nodes that lose a relay, and nodes that are sent garbage. Root only.
+
+mod common;
+
+use std::io::Write;
+use std::net::{Ipv6Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{linked_pair, transfer, Node};
+use testbed::Netns;
+use wire::babel::{Prefix, RouteRequest, Subnet, Tlv};
+
+const ROUTE_WAIT: Duration = Duration::from_secs(30);
+
+/// How the active relay goes away.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Death {
+    /// The process is killed: the kernel closes its connections, peers see link-down at once.
+    Killed,
+    /// The process is frozen (SIGSTOP): connections stay open and silent until the dead timer.
+    Silent,
+}
+
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn diamond_survives_the_death_of_the_active_relay() {
+    diamond(Death::Killed);
+}
+
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn diamond_survives_a_silent_relay() {
+    diamond(Death::Silent);
+}
+
+/// A–B–D and A–C–D. The relay that carries A→D traffic goes away; traffic moves to the other
+/// branch. Prints the measured outage.
+fn diamond(death: Death) {
+    let dir = tempfile::tempdir().unwrap();
+    let ns: Vec<Netns> = ["dma", "dmb", "dmc", "dmd"]
+        .iter()
+        .map(|t| Netns::new(t).unwrap())
+        .collect();
+    let (ab, _) = linked_pair(&ns[0], &ns[1], 30);
+    let (ac, _) = linked_pair(&ns[0], &ns[2], 31);
+    let (bd, _) = linked_pair(&ns[1], &ns[3], 32);
+    let (cd, _) = linked_pair(&ns[2], &ns[3], 33);
+    let quiet = "--disable-peer-discovery";
+    let a = Node::start(&ns[0], dir.path(), "a", &[quiet]);
+    let pa_b = format!("tcp://{ab}:9651");
+    let pa_c = format!("tcp://{ac}:9651");
+    let mut b = Node::start(&ns[1], dir.path(), "b", &[quiet, "--peers", &pa_b]);
+    let mut c = Node::start(&ns[2], dir.path(), "c", &[quiet, "--peers", &pa_c]);
+    let pd_b = format!("tcp://{bd}:9651");
+    let pd_c = format!("tcp://{cd}:9651");
+    let d = Node::start(&ns[3], dir.path(), "d", &[quiet, "--peers", &pd_b, &pd_c]);
+
+    a.wait(ROUTE_WAIT, "a reaches d", |n| n.ping_once(d.addr));
+    transfer(&ns[0], &ns[3], d.addr, 5010, 32 << 20);
+
+    // Which relay carries A's route to D?
+    let routes = a.json(&["routes", "selected", "--json"]);
+    let next_hop = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["subnet"] == d.subnet().as_str())
+        .map(|r| r["nextHop"].as_str().unwrap().to_owned())
+        .expect("a has a route to d");
+    // The A–B link is 198.18.30.0/24, the A–C link 198.18.31.0/24.
+    let via_b = next_hop.contains("198.18.30.");
+    assert!(via_b || next_hop.contains("198.18.31."), "{next_hop}");
+    let (victim, survivor) = if via_b { (&mut b, &c) } else { (&mut c, &b) };
+    let died = Instant::now();
+    match death {
+        Death::Killed => victim.kill(),
+        Death::Silent => {
+            let pid = victim.pid().expect("victim runs").to_string();
+            let st = std::process::Command::new("kill")
+                .args(["-STOP", &pid])
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+    }
+    // Dead timer 43 s plus the 10 s check period, plus slack.
+    a.wait(Duration::from_secs(75), "a reaches d again", |n| {
+        n.ping_once(d.addr)
+    });
+    let outage = died.elapsed();
+    println!(
+        "diamond: relay {} {death:?}; A->D answered again after {:.2} s (via {})",
+        if via_b { "B" } else { "C" },
+        outage.as_secs_f64(),
+        survivor.ns
+    );
+    // A new connection succeeds on the surviving branch.
+    transfer(&ns[0], &ns[3], d.addr, 5011, 32 << 20);
+}
+
+fn attack(ns: &Netns, target: SocketAddr, bytes: Vec<u8>) {
+    ns.run(move || {
+        if let Ok(mut s) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
+            let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+            let _ = s.write_all(&bytes);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+    })
+    .unwrap();
+}
+
+/// Garbage on a node's peer port: random bytes, truncated frames, huge lengths, unknown TLVs and
+/// a flood of route requests. The node stays up, its real peer keeps working, memory stays
+/// bounded.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn garbage_from_a_peer_harms_nobody_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (na, nb, nx) = (
+        Netns::new("bga").unwrap(),
+        Netns::new("bgb").unwrap(),
+        Netns::new("bgx").unwrap(),
+    );
+    let (ab, _) = linked_pair(&na, &nb, 40);
+    let (ax, _) = linked_pair(&na, &nx, 41);
+    let quiet = "--disable-peer-discovery";
+    let mut a = Node::start(&na, dir.path(), "a", &[quiet]);
+    let peer = format!("tcp://{ab}:9651");
+    let b = Node::start(&nb, dir.path(), "b", &[quiet, "--peers", &peer]);
+    b.wait(ROUTE_WAIT, "b reaches a", |n| n.ping_once(a.addr));
+    let target: SocketAddr = format!("{ax}:9651").parse().unwrap();
+    let rss_before = a.rss_kib().unwrap_or(0);
+
+    // Random bytes (a seeded xorshift, so a failure can be replayed).
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    for _ in 0..20 {
+        attack(&nx, target, random(4096));
+    }
+    // Valid framing, invalid content: a truncated data frame, an oversized data length that never
+    // completes, a babel packet with unknown TLVs and a short Hello, bad magic.
+    let mut junk = Vec::new();
+    junk.extend_from_slice(&[1, 0, 0, 0, 0, 0xff, 0xff, 64]);
+    junk.extend_from_slice(&[0u8; 100]);
+    attack(&nx, target, junk);
+    let mut junk = Vec::new();
+    junk.extend_from_slice(&[1, 1, 0, 0, 42, 3, 0, 9, 77, 3, 1, 2, 3, 4, 2, 0, 0]);
+    junk.extend_from_slice(&[1, 1, 0, 0, 42, 3, 0, 4, 4, 2, 0x80, 0]);
+    junk.extend_from_slice(&[1, 1, 0, 0, 99, 3, 0, 2, 4, 0]);
+    junk.extend_from_slice(&random(2000));
+    attack(&nx, target, junk);
+
+    // A flood of route requests for distinct /64s inside 400::/7.
+    let mut flood = Vec::new();
+    for i in 0..100_000u32 {
+        let addr = Ipv6Addr::new(0x4ff, (i >> 16) as u16, i as u16, 0xdead, 0, 0, 0, 0);
+        let tlv = Tlv::RouteRequest(RouteRequest {
+            generation: 0,
+            prefix: Prefix::V6(Subnet::new(addr, 64).unwrap()),
+        });
+        wire::frame::encode_control(&mut flood, &tlv).unwrap();
+    }
+    attack(&nx, target, flood);
+
+    assert!(a.alive(), "node died:\n{}", a.log_tail());
+    // Its real peer still works, both ways.
+    b.wait(ROUTE_WAIT, "b still reaches a", |n| n.ping_once(a.addr));
+    let out = a.ping(b.addr).expect("a still reaches b");
+    assert!(out.contains(" 0% packet loss"), "{out}");
+    transfer(&na, &nb, b.addr, 5020, 16 << 20);
+    // Memory stays bounded: the flood may cost some state, not hundreds of MB.
+    let rss_after = a.rss_kib().unwrap_or(0);
+    println!("garbage: rss before {rss_before} KiB, after {rss_after} KiB");
+    assert!(
+        rss_after < rss_before + 128 * 1024,
+        "rss grew from {rss_before} to {rss_after} KiB"
+    );
+    // The API still answers.
+    assert!(a.cli(&["peers", "list", "--json"]).is_ok());
+}
+
+/// Two nodes on one bridge, no `--peers`: they find each other by link-local discovery.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn nodes_on_one_bridge_discover_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, na, nb) = (
+        Netns::new("dsh").unwrap(),
+        Netns::new("dsa").unwrap(),
+        Netns::new("dsb").unwrap(),
+    );
+    for n in [&na, &nb] {
+        // No DAD wait: link-local addresses usable at once.
+        n.exec("sysctl", &["-qw", "net.ipv6.conf.default.accept_dad=0"])
+            .unwrap();
+        n.exec("sysctl", &["-qw", "net.ipv6.conf.all.accept_dad=0"])
+            .unwrap();
+    }
+    hub.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    hub.ip(&["link", "set", "br0", "up"]).unwrap();
+    let (ha, _) = testbed::veth_pair(&hub, &na).unwrap();
+    let (hb, _) = testbed::veth_pair(&hub, &nb).unwrap();
+    hub.ip(&["link", "set", &ha, "master", "br0"]).unwrap();
+    hub.ip(&["link", "set", &hb, "master", "br0"]).unwrap();
+
+    let a = Node::start(&na, dir.path(), "a", &[]);
+    let b = Node::start(&nb, dir.path(), "b", &[]);
+    a.wait(
+        Duration::from_secs(30),
+        "a discovers and routes to b",
+        |n| n.has_route(&b.subnet()),
+    );
+    b.wait(Duration::from_secs(30), "b routes to a", |n| {
+        n.has_route(&a.subnet())
+    });
+    let peers = a.json(&["peers", "list", "--json"]);
+    let kinds: Vec<&str> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"linkLocalDiscovery") || kinds.contains(&"inbound"),
+        "{peers}"
+    );
+    let out = a.ping(b.addr).expect("ping over discovered link");
+    assert!(out.contains(" 0% packet loss"), "{out}");
+}

@@ -1,14 +1,16 @@
 //! TUN-to-TUN forwarder, and the TUN I/O benchmark.
 //!
 //! ```text
-//! forwarder --ns-a NS --ns-b NS [--dev-a hya] [--dev-b hyb] [--no-offload] [--two-threads]
+//! forwarder --ns-a NS --ns-b NS [--dev-a hya] [--dev-b hyb] [--no-offload]
+//!           [--two-threads | --single-thread]
 //!           [--max-reads N] [--seconds S]
 //! ```
 //! Creates one TUN inside each (existing) namespace with the addresses of the test topology
 //! (A: fd00:1::1/64 198.18.0.1/24, B: fd00:1::2/64 198.18.0.2/24, MTU 1400), prints `ready`, and
 //! forwards between them with `hypha_tun::bridge` until SIGINT/SIGTERM (or `--seconds`), then
-//! prints both devices' counters and its CPU time. Both directions share one polling thread
-//! unless `--two-threads` is given.
+//! prints both devices' counters and its CPU time. Each direction runs as a reader and a writer
+//! thread (`bridge::Options::pipeline`); `--two-threads` uses one thread per direction and
+//! `--single-thread` one polling thread for both.
 
 #[path = "../tests/common/topology.rs"]
 mod topology;
@@ -27,6 +29,7 @@ struct Args {
     offload: bool,
     max_reads: usize,
     single_thread: bool,
+    pipeline: bool,
     seconds: Option<u64>,
 }
 
@@ -38,9 +41,10 @@ fn parse() -> Result<Args, String> {
         dev_b: "hyb".into(),
         offload: true,
         max_reads: bridge::Options::default().max_reads,
-        // One polling thread for both directions by default: on a 2-core machine shared with
-        // the iperf3 endpoints it needs fewer wake-ups and context switches per byte.
-        single_thread: true,
+        // By default each direction is a reader stage and a writer stage on their own threads,
+        // the shape of a node's data path (TUN reader → peers, peers → TUN writer).
+        single_thread: false,
+        pipeline: true,
         seconds: None,
     };
     let mut it = std::env::args().skip(1);
@@ -52,7 +56,8 @@ fn parse() -> Result<Args, String> {
             "--dev-a" => a.dev_a = val()?,
             "--dev-b" => a.dev_b = val()?,
             "--no-offload" => a.offload = false,
-            "--two-threads" => a.single_thread = false,
+            "--two-threads" => (a.single_thread, a.pipeline) = (false, false),
+            "--single-thread" => (a.single_thread, a.pipeline) = (true, false),
             "--max-reads" => {
                 a.max_reads = val()?.parse().map_err(|e| format!("--max-reads: {e}"))?
             }
@@ -100,6 +105,7 @@ fn main() -> std::io::Result<()> {
     let opts = bridge::Options {
         max_reads: args.max_reads,
         single_thread: args.single_thread,
+        pipeline: args.pipeline,
         ..Default::default()
     };
     let started = Instant::now();

@@ -10,6 +10,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use offload::Segments;
@@ -27,6 +28,10 @@ pub struct Options {
     /// One thread polling both devices instead of one thread per direction. Fewer wake-ups and
     /// context switches when cores are scarce; no parallelism between the directions.
     pub single_thread: bool,
+    /// Two threads per direction, like a node's TUN reader and TUN writer: one reads and splits,
+    /// the other coalesces and writes, handing batches over through a small pool of arenas.
+    /// Takes precedence over `single_thread`.
+    pub pipeline: bool,
 }
 
 impl Default for Options {
@@ -35,6 +40,7 @@ impl Default for Options {
             max_reads: 16,
             idle_poll: Duration::from_millis(50),
             single_thread: false,
+            pipeline: false,
         }
     }
 }
@@ -87,9 +93,86 @@ pub fn pump(from: &Tun, to: &Tun, stop: &AtomicBool, opts: Options) -> io::Resul
     Ok(())
 }
 
-/// Forwards both directions between `a` and `b` until `stop` is set: on two threads, or on the
-/// calling thread with [`Options::single_thread`].
+/// Arenas in flight per pipelined direction: enough to keep both stages busy, few enough to keep
+/// the batches in cache.
+const PIPELINE_DEPTH: usize = 4;
+
+/// One pipelined direction: this thread reads and splits, a second one coalesces and writes.
+fn pipeline(from: &Tun, to: &Tun, stop: &AtomicBool, opts: Options) -> io::Result<()> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<Segments>(PIPELINE_DEPTH);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Segments>(PIPELINE_DEPTH);
+    for _ in 0..PIPELINE_DEPTH {
+        let _ = empty_tx.send(Segments::new());
+    }
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || {
+            let mut writer = Writer::new(to);
+            // Ends when the reader hangs up.
+            while let Ok(mut batch) = full_rx.recv() {
+                to.write_segments(&mut writer, &mut batch);
+                batch.clear();
+                if empty_tx.send(batch).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut reader = Reader::new();
+        let mut result = Ok(());
+        'outer: while !stop.load(Relaxed) {
+            match from.wait_readable(Some(opts.idle_poll)) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            let mut batch = loop {
+                match empty_rx.recv_timeout(opts.idle_poll) {
+                    Ok(b) => break b,
+                    Err(mpsc::RecvTimeoutError::Timeout) if !stop.load(Relaxed) => continue,
+                    Err(_) => break 'outer,
+                }
+            };
+            for _ in 0..opts.max_reads {
+                match from.read(&mut reader, &mut batch) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        from.count_read_error();
+                        std::thread::sleep(Duration::from_millis(10));
+                        break;
+                    }
+                }
+            }
+            if full_tx.send(batch).is_err() {
+                break;
+            }
+        }
+        drop(full_tx);
+        writer
+            .join()
+            .map_err(|_| io::Error::other("writer stage panicked"))?;
+        result
+    })
+}
+
+/// Forwards both directions between `a` and `b` until `stop` is set: on two threads, on the
+/// calling thread with [`Options::single_thread`], or on four with [`Options::pipeline`].
 pub fn run(a: &Tun, b: &Tun, stop: &AtomicBool, opts: Options) -> io::Result<()> {
+    if opts.pipeline {
+        return std::thread::scope(|s| {
+            let ab = s.spawn(|| pipeline(a, b, stop, opts));
+            let ba = s.spawn(|| pipeline(b, a, stop, opts));
+            let r1 = ab
+                .join()
+                .map_err(|_| io::Error::other("a→b pipeline panicked"))?;
+            let r2 = ba
+                .join()
+                .map_err(|_| io::Error::other("b→a pipeline panicked"))?;
+            r1.and(r2)
+        });
+    }
     if opts.single_thread {
         let (mut ab, mut ba) = (Direction::new(b), Direction::new(a));
         let ms = opts.idle_poll.as_millis().min(i32::MAX as u128) as i32;

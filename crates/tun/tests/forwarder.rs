@@ -163,7 +163,11 @@ fn ping(fx: &Fixture) {
 #[test]
 #[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
 fn offloaded_tcp_200mb_each_way_is_byte_identical_and_uses_super_packets() {
-    let fx = Fixture::new("fwtcp", true);
+    let opts = bridge::Options {
+        pipeline: true,
+        ..Default::default()
+    };
+    let fx = Fixture::with_options("fwtcp", true, opts);
     assert!(fx.a.capabilities().tso6() && fx.b.capabilities().tso4());
     tcp_both_ways(&fx, 200 * MB);
     let (a, b) = fx.stats();

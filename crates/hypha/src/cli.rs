@@ -149,6 +149,13 @@ pub enum Command {
         #[command(subcommand)]
         cmd: RoutesCmd,
     },
+    /// Run a three-node overlay in network namespaces on this machine (root), ping across it,
+    /// print what happened, clean up
+    Demo {
+        /// Exit right after the report instead of waiting for Ctrl-C
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

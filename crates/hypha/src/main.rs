@@ -3,6 +3,7 @@
 
 mod cli;
 mod client;
+mod demo;
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -26,6 +27,7 @@ fn main() {
         None => run_node(settings),
         Some(Command::Inspect { json, pubkey }) => inspect(&settings.key_file, pubkey, json),
         Some(Command::GenerateKeys { force }) => generate_keys(&settings.key_file, force),
+        Some(Command::Demo { no_wait }) => demo::run(!no_wait),
         Some(cmd @ (Command::Peers { .. } | Command::Routes { .. })) => {
             client::run(cmd, settings.api_addr)
         }
@@ -77,10 +79,7 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("key file {}", s.key_file.display()))?;
     let cfg = NodeConfig {
         secret,
-        listen: Some(SocketAddr::from((
-            Ipv6Addr::UNSPECIFIED,
-            s.tcp_listen_port,
-        ))),
+        listen: Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, s.tcp_listen_port))),
         peers,
         tun: (!s.no_tun).then(|| TunSettings {
             name: s.tun_name.clone(),

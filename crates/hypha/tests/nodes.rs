@@ -111,3 +111,30 @@ fn chain_relays_without_reading() {
         .sum();
     assert!(relayed > 64 * MB, "b relayed only {relayed} bytes");
 }
+
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn demo_runs_and_cleans_up() {
+    let out = std::process::Command::new(common::BIN)
+        .args(["demo", "--no-wait"])
+        .output()
+        .expect("run hypha demo");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("ping A -> C (via B): rtt min/avg/max/mdev = "),
+        "{text}"
+    );
+    assert!(!text.contains("no answer"), "{text}");
+    // Everything it made is gone.
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&netns.stdout);
+    assert!(!listing.contains("hy-demo-"), "left behind: {listing}");
+}

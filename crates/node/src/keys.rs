@@ -44,7 +44,12 @@ impl Identity {
 
 /// Seals `buf[start..]` in place and appends tag and nonce. On failure (the OS RNG could not seed
 /// the nonce generator) the frame is cut off at `frame_start` and `false` returned.
-pub(crate) fn seal_tail(cipher: &Cipher, buf: &mut Vec<u8>, start: usize, frame_start: usize) -> bool {
+pub(crate) fn seal_tail(
+    cipher: &Cipher,
+    buf: &mut Vec<u8>,
+    start: usize,
+    frame_start: usize,
+) -> bool {
     if cipher.seal_append(buf, start).is_ok() {
         true
     } else {

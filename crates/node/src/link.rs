@@ -146,7 +146,11 @@ async fn write_loop(
         match tokio::time::timeout(WRITE_STALL, wr.write_all(&buf)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("write failed: {e}")),
-            Err(_) => return Err(format!("peer stalled: no write progress in {WRITE_STALL:?}")),
+            Err(_) => {
+                return Err(format!(
+                    "peer stalled: no write progress in {WRITE_STALL:?}"
+                ))
+            }
         }
         stats
             .tx_bytes

@@ -103,10 +103,9 @@ impl Node {
         let router_id = RouterId::new(identity.public_key(), random_suffix());
 
         let listener = match cfg.listen {
-            Some(a) => Some(
-                bind_listener(a)
-                    .with_context(|| format!("cannot listen for peers on {a}"))?,
-            ),
+            Some(a) => {
+                Some(bind_listener(a).with_context(|| format!("cannot listen for peers on {a}"))?)
+            }
             None => None,
         };
         let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -276,7 +275,10 @@ impl Node {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks.drain(..) {
-            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
                 warn!("a task did not stop within 5 s");
             }
         }
@@ -319,7 +321,11 @@ async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
     }
 }
 
-async fn accept_loop(l: TcpListener, owner: mpsc::Sender<OwnerMsg>, shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    l: TcpListener,
+    owner: mpsc::Sender<OwnerMsg>,
+    shutdown: watch::Receiver<bool>,
+) {
     let stop = wait_shutdown(shutdown);
     tokio::pin!(stop);
     let mut errors = 0u32;

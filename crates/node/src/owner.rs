@@ -126,7 +126,11 @@ impl Owner {
     }
 
     /// Runs until `shutdown` resolves; then closes every link.
-    pub async fn run(mut self, mut inputs: OwnerInputs, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(
+        mut self,
+        mut inputs: OwnerInputs,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let mut redial = tokio::time::interval(REDIAL_EVERY);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,9 +221,9 @@ impl Owner {
                 self.start_link(e, stream);
             }
             OwnerMsg::Discovered(e) => {
-                if !self.peers.contains_key(&e) {
+                if let std::collections::hash_map::Entry::Vacant(v) = self.peers.entry(e) {
                     info!(peer = %e, "discovered peer on the local link");
-                    self.peers.insert(e, Peer::new(PeerKind::LinkLocalDiscovery));
+                    v.insert(Peer::new(PeerKind::LinkLocalDiscovery));
                     self.redial();
                 }
             }
@@ -358,7 +362,8 @@ impl Owner {
             let body_start = slot.body_start();
             buf.extend_from_slice(&[1, 0, 0, 0]);
             buf.extend_from_slice(&p);
-            let sealed = keys::seal_tail(&cipher, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
+            let sealed =
+                keys::seal_tail(&cipher, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
             let hop = p[7].saturating_sub(1);
             if slot.finish(buf, hop, src, dst).is_ok() && sealed {
                 bump(&self.counters.frames_sent);
@@ -390,17 +395,17 @@ impl Owner {
                 let _ = reply.send(list);
             }
             Request::AddPeer(e, reply) => {
-                let res = if self.peers.contains_key(&e) {
-                    Err(PeerOpError::AlreadyExists)
-                } else if e.proto != crate::endpoint::Protocol::Tcp {
+                let res = if e.proto != crate::endpoint::Protocol::Tcp {
                     Err(PeerOpError::Unsupported(format!(
                         "{} peers are not supported by hypha",
                         e.proto.scheme()
                     )))
-                } else {
-                    self.peers.insert(e, Peer::new(PeerKind::Static));
+                } else if let std::collections::hash_map::Entry::Vacant(v) = self.peers.entry(e) {
+                    v.insert(Peer::new(PeerKind::Static));
                     self.redial();
                     Ok(())
+                } else {
+                    Err(PeerOpError::AlreadyExists)
                 };
                 let _ = reply.send(res);
             }

@@ -11,14 +11,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use offload::Segments;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
-use offload::Segments;
 use tun::{Reader, Tun, Writer};
 use wire::babel::Subnet;
 
-use crate::datapath::{self, DataCounters, DataTable, Need, Outbound, Outbox, RefreshTracker};
 use crate::datapath::TunBatch;
+use crate::datapath::{self, DataCounters, DataTable, Need, Outbound, Outbox, RefreshTracker};
 
 /// How often the reader looks at the stop flag while the TUN is idle.
 const IDLE_POLL: Duration = Duration::from_millis(200);
@@ -59,11 +59,13 @@ pub(crate) fn start(
     to_tun_rx: mpsc::Receiver<TunBatch>,
 ) -> io::Result<TunIo> {
     let stop = Arc::new(AtomicBool::new(false));
-    let reader = std::thread::Builder::new().name("hypha-tun-rx".into()).spawn({
-        let tun = tun.clone();
-        let stop = stop.clone();
-        move || read_loop(&tun, &cfg, &to_tun_tx, &stop)
-    })?;
+    let reader = std::thread::Builder::new()
+        .name("hypha-tun-rx".into())
+        .spawn({
+            let tun = tun.clone();
+            let stop = stop.clone();
+            move || read_loop(&tun, &cfg, &to_tun_tx, &stop)
+        })?;
     let writer = std::thread::Builder::new()
         .name("hypha-tun-tx".into())
         .spawn(move || write_loop(&tun, to_tun_rx))?;

@@ -63,7 +63,7 @@ wait_for() { # wait_for <seconds> <command...>
     done
 }
 
-iperf() { # iperf <dst> <label> <run>: prints Gbit/s received
+iperf() { # iperf <dst> <label> <run>: prints Gbit/s received (the JSON stays in $WORK)
     local json="$WORK/$2-$3.json"
     nice -n "$NICE" ip netns exec "$NA" timeout $((SECS + 30)) iperf3 -c "$1" -p 5201 -t "$SECS" -J >"$json" || return 1
     python3 -c 'import json,sys; print("%.3f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/1e9))' "$json"
@@ -105,15 +105,30 @@ sed -n 's/^/  offload  /p' "$WORK/fwd-offload-$RUNS.log" | grep -v ready
 sed -n 's/^/  plain    /p' "$WORK/fwd-plain-$RUNS.log" | grep -v ready
 echo
 
-python3 - "$WORK/results" "$SECS" "$RUNS" <<'PY'
-import statistics, sys
+python3 - "$WORK/results" "$SECS" "$RUNS" "$WORK" <<'PY'
+import json, re, statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
 veth, off, plain = (statistics.median(c) for c in zip(*rows))
+
+def cpu_per_gb(label):
+    """Forwarder CPU seconds (user+sys) per GB delivered, median over the runs."""
+    out = []
+    for run in range(1, int(sys.argv[3]) + 1):
+        log = open(f"{sys.argv[4]}/fwd-{label}-{run}.log").read()
+        m = re.search(r"cpu user ([0-9.]+) s sys ([0-9.]+) s", log)
+        gb = json.load(open(f"{sys.argv[4]}/{label}-{run}.json"))["end"]["sum_received"]["bytes"] / 1e9
+        if m and gb > 0:
+            out.append((float(m.group(1)) + float(m.group(2))) / gb)
+    return statistics.median(out) if out else float("nan")
+
 print(f"| path (iperf3 -t {sys.argv[2]}, median of {sys.argv[3]}) | Gbit/s |")
 print("|---|---|")
 print(f"| raw veth between the namespaces | {veth:.2f} |")
 print(f"| TUN forwarder, offloads | {off:.2f} |")
 print(f"| TUN forwarder, --no-offload | {plain:.2f} |")
+print()
+co, cp = cpu_per_gb("offload"), cpu_per_gb("plain")
+print(f"forwarder CPU per GB forwarded (user+sys, median): offloads {co:.2f} s, no-offload {cp:.2f} s ({cp / co:.1f}x)")
 print()
 print(f"offloaded / veth       = {off / veth:.2f}  (target >= 0.50)")
 print(f"offloaded / no-offload = {off / plain:.2f}  (target >= 3.0)")

@@ -63,7 +63,8 @@ pub struct DiscoveryConfig {
 pub struct Timing {
     /// Between beacons on an interface; also the least time between two reports of one endpoint.
     pub beacon_interval: Duration,
-    /// Between interface scans.
+    /// Between interface scans. A scan also resends the beacon on interfaces where the last one
+    /// failed (typically: the link-local address was still tentative), so it is kept short.
     pub rescan_interval: Duration,
 }
 
@@ -71,7 +72,7 @@ impl Default for Timing {
     fn default() -> Timing {
         Timing {
             beacon_interval: Duration::from_secs(60),
-            rescan_interval: Duration::from_secs(60),
+            rescan_interval: Duration::from_secs(10),
         }
     }
 }
@@ -91,6 +92,8 @@ pub struct DiscoveryStats {
     pub reported: AtomicU64,
     /// Interfaces the group is currently joined on.
     pub interfaces: AtomicU64,
+    /// Interface scans done.
+    pub scans: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -388,13 +391,18 @@ pub async fn run_with(
     Ok(())
 }
 
+struct Joined {
+    name: String,
+    sent: bool,
+}
+
 struct Task {
     cfg: DiscoveryConfig,
     beacon: [u8; BEACON_LEN],
     sock: UdpSocket,
     stats: Arc<DiscoveryStats>,
-    /// Interfaces the group is joined on: index → name.
-    joined: BTreeMap<u32, String>,
+    /// Interfaces the group is joined on: index → name, and whether the last beacon went out.
+    joined: BTreeMap<u32, Joined>,
     reported: Reported,
     scan_log: LogLimit,
     join_log: LogLimit,
@@ -420,24 +428,27 @@ impl Task {
         let gone: Vec<u32> = self
             .joined
             .iter()
-            .filter(|(i, n)| want.get(i) != Some(n))
+            .filter(|(i, j)| want.get(i) != Some(&j.name))
             .map(|(i, _)| *i)
             .collect();
         for idx in gone {
-            if let Some(name) = self.joined.remove(&idx) {
+            if let Some(j) = self.joined.remove(&idx) {
                 // Fails harmlessly when the interface no longer exists.
                 let _ = self.sock.leave_multicast_v6(&GROUP, idx);
-                tracing::info!(interface = %name, "discovery: interface left");
+                tracing::info!(interface = %j.name, "discovery: interface left");
             }
         }
         for (idx, name) in want {
-            if self.joined.contains_key(&idx) {
+            if let Some(j) = self.joined.get(&idx) {
+                if !j.sent {
+                    self.send_beacon(idx).await;
+                }
                 continue;
             }
             match self.sock.join_multicast_v6(&GROUP, idx) {
                 Ok(()) => {
                     tracing::info!(interface = %name, "discovery: beaconing on interface");
-                    self.joined.insert(idx, name);
+                    self.joined.insert(idx, Joined { name, sent: false });
                     self.send_beacon(idx).await;
                 }
                 Err(e) => {
@@ -450,17 +461,22 @@ impl Task {
         self.stats
             .interfaces
             .store(self.joined.len() as u64, Ordering::Relaxed);
+        bump(&self.stats.scans);
     }
 
     async fn send_beacon(&mut self, idx: u32) {
         // The scope id of a link-scope multicast destination picks the outgoing interface.
         let to = SocketAddrV6::new(GROUP, self.cfg.port, 0, idx);
-        match self.sock.send_to(&self.beacon, to).await {
+        let r = self.sock.send_to(&self.beacon, to).await;
+        if let Some(j) = self.joined.get_mut(&idx) {
+            j.sent = r.is_ok();
+        }
+        match r {
             Ok(_) => bump(&self.stats.beacons_sent),
             Err(e) => {
                 bump(&self.stats.send_errors);
                 if let Some(held) = self.send_log.allow(Instant::now()) {
-                    let name = self.joined.get(&idx).map_or("?", String::as_str);
+                    let name = self.joined.get(&idx).map_or("?", |j| j.name.as_str());
                     tracing::warn!(interface = %name, error = %e, held, "discovery: beacon not sent");
                 }
             }

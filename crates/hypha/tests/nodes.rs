@@ -138,3 +138,127 @@ fn demo_runs_and_cleans_up() {
     let listing = String::from_utf8_lossy(&netns.stdout);
     assert!(!listing.contains("hy-demo-"), "left behind: {listing}");
 }
+
+/// Every admin endpoint and CLI subcommand against live nodes, with the JSON shapes of the spec.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn api_and_cli_against_live_nodes() {
+    use common::http;
+    use serde_json::Value;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (na, nb) = (Netns::new("apa").unwrap(), Netns::new("apb").unwrap());
+    let (_, ip_b) = linked_pair(&na, &nb, 50);
+    let a = Node::start(&na, dir.path(), "a", &["--disable-peer-discovery"]);
+    let b = Node::start(&nb, dir.path(), "b", &["--disable-peer-discovery"]);
+
+    // GET /api/v1/admin
+    let (st, body) = http(&na, "GET", "/api/v1/admin", None);
+    assert_eq!(st, 200, "{body}");
+    let info: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["nodeIp"], a.addr.to_string().as_str());
+    assert_eq!(info["nodeSubnet"], a.subnet().as_str());
+    let pk = info["nodePubkey"].as_str().unwrap();
+    assert_eq!(pk.len(), 64);
+    assert!(info["nodeStartTime"].as_u64().unwrap() > 1_600_000_000);
+    let inspect = a.json(&["-k", a.key.to_str().unwrap(), "inspect", "--json"]);
+    assert_eq!(inspect["publicKey"], pk);
+
+    // Peers: add through the API (204), again (409), garbage (400), then list.
+    let ep = format!("tcp://{ip_b}:9651");
+    let (st, body) = http(
+        &na,
+        "POST",
+        "/api/v1/admin/peers",
+        Some(&format!("{{\"endpoint\":\"{ep}\"}}")),
+    );
+    assert_eq!(st, 204, "{body}");
+    let (st, body) = http(
+        &na,
+        "POST",
+        "/api/v1/admin/peers",
+        Some(&format!("{{\"endpoint\":\"{ep}\"}}")),
+    );
+    assert_eq!(st, 409, "{body}");
+    let (st, body) = http(
+        &na,
+        "POST",
+        "/api/v1/admin/peers",
+        Some("{\"endpoint\":\"nonsense\"}"),
+    );
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("error"), "{body}");
+    a.wait(ROUTE_WAIT, "peer b alive", |n| {
+        n.json(&["peers", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["connectionState"] == "alive")
+    });
+    let peers = a.json(&["peers", "list", "--json"]);
+    let p = &peers.as_array().unwrap()[0];
+    assert_eq!(p["endpoint"]["proto"], "tcp");
+    assert_eq!(
+        p["endpoint"]["addr"]["socket"],
+        format!("{ip_b}:9651").as_str()
+    );
+    assert_eq!(p["type"], "static");
+    assert!(p["txBytes"].as_u64().is_some() && p["rxBytes"].as_u64().is_some());
+    assert!(p["discovered"].as_u64().is_some());
+    let table = a.cli(&["peers", "list"]).unwrap();
+    assert!(table.contains(&ep) && table.contains("alive"), "{table}");
+
+    // Routes: selected has b's /64 with the spec's fields; fallback and queried are arrays.
+    a.wait(ROUTE_WAIT, "route to b", |n| n.has_route(&b.subnet()));
+    let sel = a.json(&["routes", "selected", "--json"]);
+    let r = sel
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["subnet"] == b.subnet().as_str())
+        .unwrap();
+    assert!(r["nextHop"].as_str().unwrap().starts_with("TCP "), "{r}");
+    assert!(
+        r["metric"].as_u64().is_some() || r["metric"] == "infinite",
+        "{r}"
+    );
+    assert!(r["seqno"].as_u64().is_some(), "{r}");
+    assert!(a.json(&["routes", "fallback", "--json"]).is_array());
+    // Query an address nobody owns: it shows up as queried with a string expiration.
+    let _ = a.ping_once("4ff:1:2:3::1".parse().unwrap());
+    let q = a.json(&["routes", "queried", "--json"]);
+    let q = q.as_array().unwrap();
+    assert!(
+        q.iter()
+            .any(|e| e["subnet"] == "4ff:1:2:3::/64" && e["expiration"].is_string()),
+        "{q:?}"
+    );
+    assert!(a
+        .cli(&["routes", "queried"])
+        .unwrap()
+        .contains("4ff:1:2:3::/64"));
+    assert!(a
+        .cli(&["routes", "selected"])
+        .unwrap()
+        .contains(&b.subnet()));
+    assert!(a.cli(&["routes", "fallback"]).is_ok());
+
+    // GET /api/v1/pubkey/{ip}: b's key is known through its route; an unknown one is 404.
+    let (st, body) = http(&na, "GET", &format!("/api/v1/pubkey/{}", b.addr), None);
+    assert_eq!(st, 200, "{body}");
+    let bk = b.json(&["-k", b.key.to_str().unwrap(), "inspect", "--json"]);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["publicKey"], bk["publicKey"]);
+    let (st, _) = http(&na, "GET", "/api/v1/pubkey/4ff:9:9:9::1", None);
+    assert_eq!(st, 404);
+
+    // Peers through the CLI: remove (204 path), remove again (error), add back.
+    a.cli(&["peers", "remove", &ep]).unwrap();
+    assert!(a.cli(&["peers", "remove", &ep]).is_err());
+    let enc = ep.replace(':', "%3A").replace('/', "%2F");
+    let (st, _) = http(&na, "DELETE", &format!("/api/v1/admin/peers/{enc}"), None);
+    assert_eq!(st, 404);
+    a.cli(&["peers", "add", &ep]).unwrap();
+    let (st, _) = http(&na, "DELETE", &format!("/api/v1/admin/peers/{enc}"), None);
+    assert_eq!(st, 204);
+}

@@ -222,3 +222,36 @@ impl Node {
         .is_ok()
     }
 }
+
+/// A plain HTTP/1.1 request to a node's API from inside its namespace: (status, body).
+pub fn http(ns: &Netns, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let req = match body {
+        Some(b) => format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ),
+        None => format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
+    };
+    let raw = ns
+        .run(move || -> io::Result<String> {
+            let mut s = TcpStream::connect("127.0.0.1:8989")?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(req.as_bytes())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .expect("enter ns")
+        .expect("HTTP exchange");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -192,6 +192,9 @@ impl Sim {
     pub fn link_ends(&self, l: usize) -> (usize, usize) {
         (self.links[l].a, self.links[l].b)
     }
+    pub fn link_latency(&self, l: usize) -> Duration {
+        self.links[l].latency
+    }
     pub fn link_is_up(&self, l: usize) -> bool {
         self.links[l].up
     }

@@ -73,8 +73,10 @@ fn grid_converges_and_survives_silent_death() {
     assert_eq!(sim.path(0, 99), Err(PathError::DeadNode { at: victim }));
     let healed = sim.run_until_cond(t0 + secs(120), |s| s.path(0, 99).is_ok());
     let healed = healed.expect("rerouted around the dead node");
+    // The last IHU came at most one Hello interval (20 s) before the death, and the peer dies
+    // more than 43 s after it: nothing can move sooner than 23 s after the death.
     assert!(
-        healed.saturating_since(t0) > secs(40),
+        healed.saturating_since(t0) > secs(23),
         "moved before the dead timer"
     );
     assert!(sim.loops().is_empty(), "{:?}", sim.loops());
@@ -141,4 +143,43 @@ fn random_mesh_of_1000_reaches_sampled_destinations() {
     assert!(ok.is_some(), "unreachable: {bad:?}");
     assert!(sim.loops().is_empty(), "{:?}", sim.loops());
     eprintln!("stats: {:?}", sim.stats);
+}
+
+#[test]
+fn lossy_grid_stays_loop_free_and_reaches_everyone_with_retries() {
+    let mut sim = Sim::new(6);
+    for _ in 0..25 {
+        sim.add_node();
+    }
+    for y in 0..5 {
+        for x in 0..5 {
+            let i = y * 5 + x;
+            // 2 % loss on every link, in both directions.
+            if x + 1 < 5 {
+                sim.connect(i, i + 1, Duration::from_millis(5 + (i as u64 % 7)), 20_000);
+            }
+            if y + 1 < 5 {
+                sim.connect(i, i + 5, Duration::from_millis(5 + (i as u64 % 5)), 20_000);
+            }
+        }
+    }
+    let mut reached = false;
+    for _round in 0..20 {
+        // The data path asks again for what it still cannot reach (as after a query timeout).
+        for a in 0..25 {
+            for b in 0..25 {
+                if a != b && sim.path(a, b).is_err() {
+                    sim.request(a, b);
+                }
+            }
+        }
+        sim.run_for(secs(20));
+        if (0..25).all(|a| (0..25).all(|b| a == b || sim.path(a, b).is_ok())) {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "some pairs unreachable after 400 s with 2 % loss");
+    assert!(sim.stats.tlvs_lost > 0, "the links did lose TLVs");
+    assert!(sim.loops().is_empty(), "{:?}", sim.loops());
 }

@@ -1,19 +1,29 @@
 //! The Linux TUN device of hypha: the only crate with `unsafe` code.
 //!
-//! * [`Tun::open`] creates or attaches a device (`IFF_TUN | IFF_NO_PI`, plus `IFF_VNET_HDR` when
-//!   offloads are wanted), negotiates offloads with the probing ladder ([`probe::probe_ladder`]) and
-//!   records the result as [`Capabilities`]; [`Tun::set_mtu`], [`Tun::add_ipv6`],
-//!   [`Tun::set_ipv4`] and [`Tun::up`] configure the interface with ioctls in the caller's network
-//!   namespace.
-//! * [`Tun::read`] does one `read()` into a reused buffer and hands back the packets of one
-//!   super-packet already split to at most one MTU each; [`Tun::write_batch`] writes many IP
-//!   packets coalesced into as few GSO writes as the kernel's GRO rules allow.
+//! * [`Tun::open`] creates or attaches a device from a [`Config`] (`IFF_TUN | IFF_NO_PI`, plus
+//!   `IFF_VNET_HDR` when offloads are wanted, `IFF_MULTI_QUEUE` on request; flags checked back
+//!   with `TUNGETIFF`), sets the vnet header size (10 or 12), negotiates offloads with the probing
+//!   ladder ([`probe::probe_ladder`]) and records the result as [`Capabilities`]. Without offloads
+//!   (asked for, or nothing granted) it runs the plain path: no vnet header, and the device's
+//!   offload mask reset to 0 so that a persistent device stops handing out aggregates.
+//!   [`Tun::set_mtu`], [`Tun::add_ipv6`], [`Tun::set_ipv4`] and [`Tun::up`] configure the
+//!   interface with ioctls in the caller's network namespace; [`Tun::add_queue`] opens more queues.
+//! * Fds are non-blocking by default and expose `AsFd`/`AsRawFd`: use [`Tun::wait_readable`] from
+//!   plain threads, or `AsyncTun` (feature `tokio`) from tokio.
+//! * [`Tun::read`] does one `read()` into the [`Reader`]'s reused 65535+header buffer and hands the
+//!   packets of one super-packet, already split (`offload::split`), to the caller's
+//!   `offload::SegmentSink`. [`Tun::write_batch`] plans a batch of IP packets with the [`Writer`]'s
+//!   `offload::Coalescer` and issues one `writev` per train or single packet. A train the kernel
+//!   refuses with `EINVAL` is re-sent packet by packet; after [`DEMOTE_AFTER`] refusals that
+//!   protocol is no longer coalesced on the device. One failing packet never drops the rest.
+//! * [`Stats`] is a snapshot of the device's counters: reads, super-packets, segments, writes,
+//!   coalesced writes, packets written, `EINVAL` fallbacks, demotions, drops by reason.
 //! * [`bridge`] joins two devices with a userspace forwarding loop (tests and benchmark).
 //!
 //! Every `unsafe` block is a syscall or ioctl on memory the call borrows, commented with
 //! `// SAFETY:`. The crate never panics on bytes from the kernel: malformed super-packets are
-//! counted and dropped. It never allocates per packet: buffers belong to the caller or to the
-//! reader/writer state, reused across calls. It does no routing and no crypto.
+//! counted and dropped. It does not allocate per packet: buffers belong to the caller or to the
+//! reader/writer state and are reused across calls. It does no routing and no crypto.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

@@ -35,8 +35,8 @@ fn stats(v: &[f64]) -> String {
 fn acquire_chain() {
     println!("## Route acquisition in a chain of 11 (cold start, all links up at t=0)");
     let mut sim = Sim::chain(11, 11);
-    let mut first = vec![None; 11];
-    let mut latency_sum = vec![0.0; 11];
+    let mut first = [None; 11];
+    let mut latency_sum = [0.0; 11];
     for k in 1..11 {
         let l = sim.link_between(k - 1, k).unwrap();
         latency_sum[k] = latency_sum[k - 1] + ms(sim.link_latency(l));
@@ -73,7 +73,7 @@ fn acquire_by_request() {
     for k in 0..9 {
         sim.request(new, k);
     }
-    let mut got = vec![None; 9];
+    let mut got = [None; 9];
     sim.run_until_cond(t0 + Duration::from_secs(20), |s| {
         for (k, g) in got.iter_mut().enumerate() {
             if g.is_none() && s.path(new, k).is_ok() {

@@ -99,6 +99,20 @@ fn chain_relays_without_reading() {
         .find(|r| r["subnet"] == c.subnet().as_str())
         .expect("a has a route to c");
     assert!(to_c["nextHop"].as_str().unwrap().contains(&ab_a), "{to_c}");
+    // Hop limit 2 expires at B, which tells A out of band (sealed for A, from B's /64).
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &a.ns, "ping", "-6", "-c", "1", "-W", "3", "-t", "2",
+        ])
+        .arg(c.addr.to_string())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Time exceeded"), "{text}");
+    assert!(
+        text.contains(&format!("From {}", b.subnet().trim_end_matches("/64"))),
+        "{text}"
+    );
     // B holds only its own key: what crosses it is sealed for C; B's TUN sees none of it, which
     // the transfer below would make obvious (B has no listener and would answer with RSTs).
     transfer(&na, &nc, c.addr, 5003, 64 * MB);

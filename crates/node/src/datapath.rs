@@ -22,6 +22,9 @@ const IPV6_HEADER_LEN: usize = 40;
 /// Inner "user data" header: version 1, type, two zero bytes (spec §3.4).
 const INNER_L3: [u8; 4] = [1, 0, 0, 0];
 const INNER_TYPE_L3: u8 = 0;
+const INNER_TYPE_OOB_ICMP: u8 = 2;
+/// OOB ICMP quotes the dropped body only up to this size (spec §3.7).
+const OOB_MAX_QUOTE: usize = 1232;
 /// How often a destination in use is reported to the routing core, so that its route is
 /// refreshed before it expires.
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
@@ -69,6 +72,7 @@ pub struct DataCounters {
     pub drop_queue_full: AtomicU64,
     pub drop_no_tun: AtomicU64,
     pub icmp_generated: AtomicU64,
+    pub icmp_received: AtomicU64,
     pub malformed_control: AtomicU64,
 }
 
@@ -296,8 +300,6 @@ pub(crate) struct Inbound<'a> {
     pub needs: &'a mpsc::Sender<Need>,
     pub refresh: &'a mut RefreshTracker,
     pub now: Instant,
-    /// The link the frame came from (forwarding back onto it is allowed but counted as normal).
-    pub from: LinkId,
 }
 
 /// One data frame from a peer. `body` is the encrypted blob, opened in place when it is for us.
@@ -312,37 +314,18 @@ pub(crate) fn inbound(
     out: &mut Outbox,
     tun_out: &mut TunBatch,
 ) {
+    let for_us = ctx.own_subnet.contains_addr(dst);
     // Every node, the destination included, requires hop limit >= 2 and decrements it.
     if hop_limit < 2 {
         bump(&ctx.counters.drop_hop_limit);
+        if !for_us {
+            oob_icmp(ctx, table, IcmpError::HopLimit, src, dst, body, out);
+        }
         return;
     }
     let hop = hop_limit - 1;
-    if ctx.own_subnet.contains_addr(dst) {
-        let Some(key) = table.fib.source_key(src) else {
-            bump(&ctx.counters.drop_no_key);
-            if ctx.refresh.due(src, ctx.now) {
-                let _ = ctx.needs.try_send(Need::Route(src));
-            }
-            return;
-        };
-        let Some(cipher) = table.ciphers.get(&key) else {
-            bump(&ctx.counters.drop_no_key);
-            return;
-        };
-        let Ok(plain) = cipher.open_in_place(body) else {
-            bump(&ctx.counters.drop_decrypt);
-            return;
-        };
-        if plain.len() < 4 + IPV6_HEADER_LEN || plain[0] != 1 || plain[1] != INNER_TYPE_L3 {
-            bump(&ctx.counters.drop_inner);
-            return;
-        }
-        let packet = &mut plain[4..];
-        // The destination writes the decremented outer hop limit into the packet (spec §3.2).
-        packet[7] = hop;
-        tun_out.push(packet);
-        bump(&ctx.counters.frames_delivered);
+    if for_us {
+        deliver(ctx, table, hop, src, dst, body, tun_out);
         return;
     }
     match table.fib.lookup(dst) {
@@ -350,13 +333,16 @@ pub(crate) fn inbound(
             if ctx.refresh.due(dst, ctx.now) {
                 let _ = ctx.needs.try_send(Need::Route(dst));
             }
-            let _ = ctx.from;
             let buf = out.buf(nh.link);
             let slot = DataSlot::begin(buf);
             buf.extend_from_slice(body);
             if slot.finish(buf, hop, src, dst).is_ok() {
                 bump(&ctx.counters.frames_forwarded);
             }
+        }
+        Lookup::NoRoute => {
+            bump(&ctx.counters.drop_no_route);
+            oob_icmp(ctx, table, IcmpError::NoRoute, src, dst, body, out);
         }
         _ => {
             bump(&ctx.counters.drop_no_route);
@@ -365,4 +351,147 @@ pub(crate) fn inbound(
             }
         }
     }
+}
+
+/// A frame for our /64: open it with the sender's key and hand the packet to the TUN.
+fn deliver(
+    ctx: &mut Inbound<'_>,
+    table: &DataTable,
+    hop: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    body: &mut [u8],
+    tun_out: &mut TunBatch,
+) {
+    let Some(cipher) = source_cipher(ctx, table, src) else {
+        return;
+    };
+    let Ok(plain) = cipher.open_in_place(body) else {
+        bump(&ctx.counters.drop_decrypt);
+        return;
+    };
+    if plain.len() < 4 || plain[0] != 1 {
+        bump(&ctx.counters.drop_inner);
+        return;
+    }
+    match plain[1] {
+        INNER_TYPE_L3 if plain.len() >= 4 + IPV6_HEADER_LEN => {
+            let packet = &mut plain[4..];
+            // The destination writes the decremented outer hop limit into the packet (§3.2).
+            packet[7] = hop;
+            tun_out.push(packet);
+            bump(&ctx.counters.frames_delivered);
+        }
+        INNER_TYPE_OOB_ICMP => {
+            if deliver_oob_icmp(table, hop, src, dst, &mut plain[4..], tun_out) {
+                bump(&ctx.counters.icmp_received);
+            } else {
+                bump(&ctx.counters.drop_inner);
+            }
+        }
+        _ => bump(&ctx.counters.drop_inner),
+    }
+}
+
+/// The cipher shared with the owner of `src`'s subnet (any known route), or `None` (counted;
+/// the sender's route is asked for).
+fn source_cipher<'t>(
+    ctx: &mut Inbound<'_>,
+    table: &'t DataTable,
+    src: Ipv6Addr,
+) -> Option<&'t Cipher> {
+    let cipher = table
+        .fib
+        .source_key(src)
+        .and_then(|k| table.ciphers.get(&k));
+    if cipher.is_none() {
+        bump(&ctx.counters.drop_no_key);
+        if ctx.refresh.due(src, ctx.now) {
+            let _ = ctx.needs.try_send(Need::Route(src));
+        }
+    }
+    cipher
+}
+
+/// Out-of-band ICMP (spec §3.7): an intermediate node that drops a packet tells its source, in a
+/// type-2 payload sealed for the source: the original destination, an IPv6 + ICMPv6 header from
+/// our /64 network address, and the dropped (still encrypted) body when it is small enough.
+fn oob_icmp(
+    ctx: &mut Inbound<'_>,
+    table: &DataTable,
+    kind: IcmpError,
+    orig_src: Ipv6Addr,
+    orig_dst: Ipv6Addr,
+    dropped: &[u8],
+    out: &mut Outbox,
+) {
+    // A source we have no route or key for gets nothing.
+    let Lookup::Route(nh) = table.fib.lookup(orig_src) else {
+        return;
+    };
+    if !table.links.contains_key(&nh.link) {
+        return;
+    }
+    let Some(cipher) = table
+        .fib
+        .source_key(orig_src)
+        .and_then(|k| table.ciphers.get(&k))
+    else {
+        return;
+    };
+    let from = ctx.own_subnet.addr();
+    let quoted: &[u8] = if dropped.len() > OOB_MAX_QUOTE {
+        &[]
+    } else {
+        dropped
+    };
+    let buf = out.buf(nh.link);
+    let slot = DataSlot::begin(buf);
+    let body_start = slot.body_start();
+    buf.extend_from_slice(&[1, INNER_TYPE_OOB_ICMP, 0, 0]);
+    buf.extend_from_slice(&orig_dst.octets());
+    // The quote is the still-encrypted body: the source decrypts it with its own key for the
+    // original destination.
+    icmp::build_error(buf, from, orig_src, ICMP_HOP_LIMIT, kind, quoted);
+    let sealed = keys::seal_tail(cipher, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
+    if slot.finish(buf, ICMP_HOP_LIMIT, from, orig_src).is_ok() && sealed {
+        bump(&ctx.counters.icmp_generated);
+    }
+}
+
+/// Receiving an OOB ICMP (spec §3.8): decrypt the quoted body with the key of the original
+/// destination and write a plain ICMPv6 error about our own packet to the TUN.
+fn deliver_oob_icmp(
+    table: &DataTable,
+    hop: u8,
+    outer_src: Ipv6Addr,
+    outer_dst: Ipv6Addr,
+    payload: &mut [u8],
+    tun_out: &mut TunBatch,
+) -> bool {
+    if payload.len() < 64 || payload.len() > 1296 {
+        return false;
+    }
+    let orig_dst = addr_at(payload, 0);
+    let (ty, code) = (payload[56], payload[57]);
+    let Some(kind) = IcmpError::from_type_code(ty, code) else {
+        return false;
+    };
+    let Some(cipher) = table
+        .fib
+        .source_key(orig_dst)
+        .and_then(|k| table.ciphers.get(&k))
+    else {
+        return false;
+    };
+    let Ok(inner) = cipher.open_in_place(&mut payload[64..]) else {
+        return false;
+    };
+    if inner.len() < 4 + IPV6_HEADER_LEN || inner[0] != 1 || inner[1] != INNER_TYPE_L3 {
+        return false;
+    }
+    let original = &inner[4..];
+    icmp::build_error(&mut tun_out.data, outer_src, outer_dst, hop, kind, original);
+    tun_out.ends.push(tun_out.data.len());
+    true
 }

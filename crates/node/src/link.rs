@@ -199,7 +199,6 @@ async fn read_loop(
             needs: &ctx.needs,
             refresh: &mut refresh,
             now: Instant::now(),
-            from: id,
         };
         loop {
             match reader.next_frame_mut() {

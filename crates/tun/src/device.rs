@@ -201,6 +201,11 @@ impl Tun {
         })
     }
 
+    /// Makes the device outlive its fds (`TUNSETPERSIST`), or not.
+    pub fn set_persist(&self, persist: bool) -> io::Result<()> {
+        sys::ioctl_val(&self.fd, sys::TUNSETPERSIST, persist.into())
+    }
+
     /// The interface name the kernel gave the device.
     pub fn name(&self) -> &str {
         &self.shared.name

@@ -23,6 +23,7 @@ const INT: usize = std::mem::size_of::<libc::c_int>();
 const UINT: usize = std::mem::size_of::<libc::c_uint>();
 
 pub const TUNSETIFF: u32 = ioc(IOC_WRITE, b'T', 202, INT);
+pub const TUNSETPERSIST: u32 = ioc(IOC_WRITE, b'T', 203, INT);
 pub const TUNSETOFFLOAD: u32 = ioc(IOC_WRITE, b'T', 208, UINT);
 pub const TUNGETIFF: u32 = ioc(IOC_READ, b'T', 210, UINT);
 pub const TUNGETVNETHDRSZ: u32 = ioc(IOC_READ, b'T', 215, INT);
@@ -323,6 +324,7 @@ mod tests {
     fn ioctl_numbers_match_the_kernel_headers() {
         assert_eq!(TUNSETIFF, 0x4004_54ca);
         assert_eq!(TUNSETOFFLOAD, 0x4004_54d0);
+        assert_eq!(TUNSETPERSIST, 0x4004_54cb);
         assert_eq!(TUNGETIFF, 0x8004_54d2);
         assert_eq!(TUNGETVNETHDRSZ, 0x8004_54d7);
         assert_eq!(TUNSETVNETHDRSZ, 0x4004_54d8);

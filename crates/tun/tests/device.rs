@@ -4,6 +4,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use hypha_tun::{probe, Config, Tun};
+
+mod common;
 use testbed::Netns;
 
 #[test]
@@ -96,4 +98,65 @@ fn bad_names_and_header_sizes_are_refused() {
     );
     let e = Tun::open(&Config::new("this-name-is-too-long")).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+/// The offload mask outlives the fd on a persistent device. Re-attached without offloads, the
+/// device must hand out single datagrams, not the USO aggregate a UDP GSO send makes.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn reattaching_a_persistent_device_without_offloads_resets_the_mask() {
+    use std::net::UdpSocket;
+    use std::time::{Duration, Instant};
+
+    let ns = Netns::new("tunpers").unwrap();
+    let local: Ipv6Addr = "fd00:a::1".parse().unwrap();
+    let first = ns
+        .run(|| -> std::io::Result<Tun> {
+            let tun = Tun::open(&Config::new("hyt7"))?;
+            tun.set_persist(true)?;
+            Ok(tun)
+        })
+        .unwrap()
+        .unwrap();
+    assert!(first.capabilities().uso(), "needs a kernel with USO (6.2+)");
+    drop(first);
+    let tun = ns
+        .run(|| -> std::io::Result<Tun> {
+            let tun = Tun::open(&Config::new("hyt7").no_offload())?;
+            // Not persistent any more: gone with this fd (and with the namespace in any case).
+            tun.set_persist(false)?;
+            tun.set_mtu(1400)?;
+            tun.add_ipv6(local, 64)?;
+            tun.up()?;
+            Ok(tun)
+        })
+        .unwrap()
+        .unwrap();
+    common::topology::wait_ipv6_ready(ns.name(), "hyt7").unwrap();
+    let sock = ns.run(|| UdpSocket::bind((local, 0))).unwrap().unwrap();
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::UdpGsoSegment, &1000).unwrap();
+    sock.send_to(&[7u8; 10_000], ("fd00:a::2", 9)).unwrap();
+
+    let mut rd = hypha_tun::Reader::new();
+    let mut segs = offload::Segments::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut datagrams = 0;
+    while datagrams < 10 && Instant::now() < deadline {
+        if !tun.wait_readable(Some(Duration::from_millis(100))).unwrap() {
+            continue;
+        }
+        segs.clear();
+        if tun.read(&mut rd, &mut segs).is_err() {
+            continue;
+        }
+        for p in segs.iter() {
+            // Skip router/multicast chatter; count our UDP datagrams to port 9.
+            if p.len() >= 48 && p[6] == 17 && p[42..44] == 9u16.to_be_bytes() {
+                assert_eq!(p.len(), 40 + 8 + 1000, "an aggregate came through");
+                datagrams += 1;
+            }
+        }
+    }
+    assert_eq!(datagrams, 10);
+    assert_eq!(tun.stats().super_packets, 0);
 }

@@ -67,6 +67,8 @@ impl Direction {
         self.batch.clear();
         for _ in 0..max_reads {
             match from.read(&mut self.reader, &mut self.batch) {
+                // A blocking device only promised one read after poll.
+                Ok(_) if !from.is_nonblocking() => break,
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
@@ -136,6 +138,7 @@ fn pipeline(from: &Tun, to: &Tun, stop: &AtomicBool, opts: Options) -> io::Resul
             };
             for _ in 0..opts.max_reads {
                 match from.read(&mut reader, &mut batch) {
+                    Ok(_) if !from.is_nonblocking() => break,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(_) => {

@@ -211,6 +211,11 @@ impl Tun {
         &self.shared.name
     }
 
+    /// Whether the fd is non-blocking ([`Config::nonblocking`]).
+    pub fn is_nonblocking(&self) -> bool {
+        self.shared.nonblocking
+    }
+
     /// What was negotiated.
     pub fn capabilities(&self) -> Capabilities {
         self.shared.caps

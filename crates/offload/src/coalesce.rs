@@ -370,7 +370,10 @@ impl Coalescer {
             for g in self.group.iter_mut() {
                 g.0 = self.metas[g.1 as usize].seq.wrapping_sub(base);
             }
-            self.group.sort_unstable();
+            // Usually already in order: skip the sort then.
+            if !self.group.is_sorted() {
+                self.group.sort_unstable();
+            }
         }
 
         let mut k = 0;
@@ -507,22 +510,18 @@ fn addr_range(v: IpVersion) -> core::ops::Range<usize> {
 }
 
 fn flow_hash(b: &[u8], m: &Meta) -> u64 {
-    // FNV-1a over version, protocol, addresses and ports: only a pre-filter before the byte
+    // Multiply-rotate over 8-byte words of addresses and ports: only a pre-filter before the byte
     // comparison in `same_flow`, so quality beyond "few collisions" does not matter.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |x: u8| {
-        h ^= u64::from(x);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    };
-    eat(m.kind as u8);
-    eat(b[0] >> 4);
-    for &x in &b[addr_range(m.version)] {
-        eat(x);
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(K);
+    let mut h = mix(m.kind as u64, u64::from(b[0] >> 4));
+    for w in b[addr_range(m.version)].chunks_exact(8) {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        h = mix(h, u64::from_ne_bytes(a));
     }
-    for &x in &b[m.l4_off..m.l4_off + 4] {
-        eat(x);
-    }
-    h
+    let p = &b[m.l4_off..m.l4_off + 4];
+    mix(h, u64::from(u32::from_ne_bytes([p[0], p[1], p[2], p[3]])))
 }
 
 fn same_flow(a: &[u8], ma: &Meta, b: &[u8], mb: &Meta) -> bool {
@@ -540,9 +539,9 @@ fn compatible(h: &[u8], hm: &Meta, c: &[u8], cm: &Meta) -> bool {
     }
     let ip_ok = match hm.version {
         // version/IHL and TOS; flags+fragment word, TTL, protocol; addresses.
-        IpVersion::V4 => h[0..2] == c[0..2] && h[6..10] == c[6..10] && h[12..20] == c[12..20],
+        IpVersion::V4 => eq::<2>(h, c, 0) && eq::<4>(h, c, 6) && eq::<8>(h, c, 12),
         // version, traffic class, flow label; next header, hop limit, addresses.
-        IpVersion::V6 => h[0..4] == c[0..4] && h[6..40] == c[6..40],
+        IpVersion::V6 => eq::<4>(h, c, 0) && eq::<2>(h, c, 6) && eq::<32>(h, c, 8),
     };
     if !ip_ok {
         return false;
@@ -550,16 +549,31 @@ fn compatible(h: &[u8], hm: &Meta, c: &[u8], cm: &Meta) -> bool {
     let (l4h, l4c) = (&h[hm.l4_off..], &c[cm.l4_off..]);
     match hm.kind {
         Kind::Tcp => {
-            // Ports; ACK number and data-offset byte; window; urgent pointer and options.
-            l4h[0..4] == l4c[0..4]
-                && l4h[8..13] == l4c[8..13]
+            // Ports; ACK number and data-offset byte; window; urgent pointer; options.
+            eq::<4>(l4h, l4c, 0)
+                && eq::<5>(l4h, l4c, 8)
                 && (hm.flags ^ cm.flags) & !(TCP_PSH | TCP_FIN) == 0
-                && l4h[14..16] == l4c[14..16]
-                && l4h[18..hm.l4_hdr] == l4c[18..cm.l4_hdr]
+                && eq::<2>(l4h, l4c, 14)
+                && eq::<2>(l4h, l4c, 18)
+                && l4h[20..hm.l4_hdr] == l4c[20..cm.l4_hdr]
         }
-        Kind::Udp => l4h[0..4] == l4c[0..4],
+        Kind::Udp => eq::<4>(l4h, l4c, 0),
         Kind::Other => false,
     }
+}
+
+/// `a[at..at + N] == b[at..at + N]` with a length known at compile time, so it compiles to a few
+/// loads instead of a `memcmp` call (callers guarantee both are long enough).
+#[inline(always)]
+fn eq<const N: usize>(a: &[u8], b: &[u8], at: usize) -> bool {
+    let (Some(x), Some(y)) = (a.get(at..at + N), b.get(at..at + N)) else {
+        return false;
+    };
+    let mut xa = [0u8; N];
+    let mut ya = [0u8; N];
+    xa.copy_from_slice(x);
+    ya.copy_from_slice(y);
+    xa == ya
 }
 
 /// Rewrites the head packet of a train for `NEEDS_CSUM` GSO and returns its virtio header.

@@ -155,15 +155,14 @@ impl Tun {
                 None => Err(SplitError::SinkFull { written: 0 }),
             }
         } else {
-            match VirtioNetHdr::parse(&rd.buf[..hdr_len]) {
-                Ok(hdr) => {
-                    if hdr.gso_kind() != gso::NONE {
-                        Counters::add(&c.super_packets, 1);
-                    }
-                    offload::split(&hdr, &rd.buf[hdr_len..n], out)
-                }
-                Err(_) => Err(SplitError::BadChecksumOffsets),
+            let Ok(hdr) = VirtioNetHdr::parse(&rd.buf[..hdr_len]) else {
+                Counters::add(&c.drop_malformed, 1);
+                return Ok(0);
+            };
+            if hdr.gso_kind() != gso::NONE {
+                Counters::add(&c.super_packets, 1);
             }
+            offload::split(&hdr, &rd.buf[hdr_len..n], out)
         };
         match count {
             Ok(k) => {

@@ -87,6 +87,16 @@ pub(crate) enum Need {
     Route(Ipv6Addr),
     /// A packet from the TUN waits for a route to its destination.
     Pending(Vec<u8>),
+    /// A frame for us from a sender whose route (and so key) we don't know yet.
+    PendingInbound(InboundFrame),
+}
+
+/// An encrypted frame for our /64, kept until the sender's key is known.
+#[derive(Debug)]
+pub(crate) struct InboundFrame {
+    pub hop: u8,
+    pub src: Ipv6Addr,
+    pub body: Vec<u8>,
 }
 
 /// A batch of IP packets for the TUN: one buffer, packet boundaries alongside.
@@ -363,7 +373,20 @@ fn deliver(
     body: &mut [u8],
     tun_out: &mut TunBatch,
 ) {
-    let Some(cipher) = source_cipher(ctx, table, src) else {
+    let Some(cipher) = table
+        .fib
+        .source_key(src)
+        .and_then(|k| table.ciphers.get(&k))
+    else {
+        // Keep it while the sender's route is looked up (bounded by the owner).
+        let frame = InboundFrame {
+            hop,
+            src,
+            body: body.to_vec(),
+        };
+        if ctx.needs.try_send(Need::PendingInbound(frame)).is_err() {
+            bump(&ctx.counters.drop_no_key);
+        }
         return;
     };
     let Ok(plain) = cipher.open_in_place(body) else {
@@ -376,10 +399,7 @@ fn deliver(
     }
     match plain[1] {
         INNER_TYPE_L3 if plain.len() >= 4 + IPV6_HEADER_LEN => {
-            let packet = &mut plain[4..];
-            // The destination writes the decremented outer hop limit into the packet (§3.2).
-            packet[7] = hop;
-            tun_out.push(packet);
+            deliver_l3(&mut plain[4..], hop, tun_out);
             bump(&ctx.counters.frames_delivered);
         }
         INNER_TYPE_OOB_ICMP => {
@@ -393,24 +413,28 @@ fn deliver(
     }
 }
 
-/// The cipher shared with the owner of `src`'s subnet (any known route), or `None` (counted;
-/// the sender's route is asked for).
-fn source_cipher<'t>(
-    ctx: &mut Inbound<'_>,
-    table: &'t DataTable,
-    src: Ipv6Addr,
-) -> Option<&'t Cipher> {
-    let cipher = table
-        .fib
-        .source_key(src)
-        .and_then(|k| table.ciphers.get(&k));
-    if cipher.is_none() {
-        bump(&ctx.counters.drop_no_key);
-        if ctx.refresh.due(src, ctx.now) {
-            let _ = ctx.needs.try_send(Need::Route(src));
-        }
+/// Hands a decrypted IPv6 packet to the TUN batch. The destination writes the decremented outer
+/// hop limit into the packet (spec §3.2).
+pub(crate) fn deliver_l3(packet: &mut [u8], hop: u8, tun_out: &mut TunBatch) {
+    packet[7] = hop;
+    tun_out.push(packet);
+}
+
+/// Opens a frame kept by the owner until its sender's key was known; delivers it if it is an
+/// IPv6 packet.
+pub(crate) fn deliver_pending(
+    cipher: &Cipher,
+    frame: &mut InboundFrame,
+    tun_out: &mut TunBatch,
+) -> bool {
+    let Ok(plain) = cipher.open_in_place(&mut frame.body) else {
+        return false;
+    };
+    if plain.len() < 4 + IPV6_HEADER_LEN || plain[0] != 1 || plain[1] != INNER_TYPE_L3 {
+        return false;
     }
-    cipher
+    deliver_l3(&mut plain[4..], frame.hop, tun_out);
+    true
 }
 
 /// Out-of-band ICMP (spec §3.7): an intermediate node that drops a packet tells its source, in a

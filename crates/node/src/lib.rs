@@ -18,6 +18,6 @@ mod tunio;
 pub use datapath::DataCounters;
 pub use keys::Identity;
 pub use node::{DiscoverySettings, Node, NodeConfig, TunSettings, TUN_MTU};
-pub mod control;
 pub mod api;
+pub mod control;
 pub mod discovery;

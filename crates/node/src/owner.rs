@@ -21,7 +21,7 @@ use wire::icmp::IcmpError;
 use crate::control::{
     ConnectionState, PeerInfo, PeerKind, PeerOpError, QueryInfo, Request, RouteInfo, RouteKind,
 };
-use crate::datapath::{bump, DataCounters, DataTable, Need, TunBatch};
+use crate::datapath::{self, bump, DataCounters, DataTable, InboundFrame, Need, TunBatch};
 use crate::endpoint::Endpoint;
 use crate::keys::{self, Cipher, Identity};
 use crate::link::{self, LinkContext, LinkEvent, LinkHandles, LinkStats};
@@ -36,6 +36,9 @@ const DISCOVERED_MAX_FAILURES: u32 = 3;
 /// (10k / 1M), which would let one flood hold gigabytes.
 const PENDING_PER_SUBNET: usize = 128;
 const PENDING_TOTAL: usize = 4096;
+/// Frames from senders whose key is not known yet: per sender /64 and in total.
+const PENDING_IN_PER_SUBNET: usize = 64;
+const PENDING_IN_TOTAL: usize = 1024;
 
 /// Messages to the owner from the rest of the node.
 #[derive(Debug)]
@@ -74,6 +77,9 @@ pub(crate) struct Owner {
     ciphers: FxHashMap<[u8; 32], Option<Cipher>>,
     pending: HashMap<Subnet, VecDeque<Vec<u8>>>,
     pending_total: usize,
+    /// Frames for us whose sender's key is not known yet, by the sender's /64.
+    pending_in: HashMap<Subnet, VecDeque<InboundFrame>>,
+    pending_in_total: usize,
     table: Arc<ArcSwap<DataTable>>,
     link_ctx: LinkContext,
     counters: Arc<DataCounters>,
@@ -110,6 +116,8 @@ impl Owner {
             ciphers: FxHashMap::default(),
             pending: HashMap::new(),
             pending_total: 0,
+            pending_in: HashMap::new(),
+            pending_in_total: 0,
             table,
             link_ctx,
             counters,
@@ -311,6 +319,22 @@ impl Owner {
         let now = self.now();
         match n {
             Need::Route(dst) => self.router.request_route(dst, now),
+            Need::PendingInbound(frame) => {
+                let subnet = Subnet::slash64(frame.src);
+                if self.router.lookup_source_key(frame.src).is_some() {
+                    // The key arrived after the data path looked.
+                    self.deliver_pending_in(vec![frame]);
+                    return;
+                }
+                self.router.request_route(frame.src, now);
+                let q = self.pending_in.entry(subnet).or_default();
+                if self.pending_in_total >= PENDING_IN_TOTAL || q.len() >= PENDING_IN_PER_SUBNET {
+                    bump(&self.counters.drop_no_key);
+                    return;
+                }
+                q.push_back(frame);
+                self.pending_in_total += 1;
+            }
             Need::Pending(packet) => {
                 if packet.len() < 40 {
                     return;
@@ -377,6 +401,37 @@ impl Owner {
             }
         }
         debug!(%subnet, "released packets waiting for a route");
+    }
+
+    /// Opens and delivers frames that waited for their sender's key.
+    fn deliver_pending_in(&mut self, frames: Vec<InboundFrame>) {
+        let mut batch = TunBatch::default();
+        for mut f in frames {
+            let Some(key) = self.router.lookup_source_key(f.src) else {
+                bump(&self.counters.drop_no_key);
+                continue;
+            };
+            let Some(cipher) = self.cipher_for(key) else {
+                bump(&self.counters.drop_no_key);
+                continue;
+            };
+            if datapath::deliver_pending(&cipher, &mut f, &mut batch) {
+                bump(&self.counters.frames_delivered);
+            } else {
+                bump(&self.counters.drop_decrypt);
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        match &self.link_ctx.tun {
+            Some(tun) => {
+                if tun.try_send(batch).is_err() {
+                    bump(&self.counters.drop_queue_full);
+                }
+            }
+            None => bump(&self.counters.drop_no_tun),
+        }
     }
 
     fn cipher_for(&mut self, key: [u8; 32]) -> Option<Cipher> {
@@ -514,6 +569,10 @@ impl Owner {
                         self.pending_total -= q.len();
                         self.send_pending(subnet, q.into_iter().collect());
                     }
+                    if let Some(q) = self.pending_in.remove(&subnet) {
+                        self.pending_in_total -= q.len();
+                        self.deliver_pending_in(q.into_iter().collect());
+                    }
                 }
                 Event::RouteLost(subnet) => info!(%subnet, "route lost"),
                 Event::QueryTimedOut(subnet) => {
@@ -521,6 +580,12 @@ impl Owner {
                     if let Some(q) = self.pending.remove(&subnet) {
                         self.pending_total -= q.len();
                         self.fail_pending(q);
+                    }
+                    if let Some(q) = self.pending_in.remove(&subnet) {
+                        self.pending_in_total -= q.len();
+                        self.counters
+                            .drop_no_key
+                            .fetch_add(q.len() as u64, Ordering::Relaxed);
                     }
                 }
             }

@@ -12,7 +12,7 @@
 //! return exactly that value.
 //!
 //! [`sum`] reads eight bytes at a time into a 64-bit accumulator with end-around carry; the result is
-//! bit-identical to the plain RFC 1071 loop in [`reference`], which the tests use as the oracle.
+//! bit-identical to the plain RFC 1071 loop in [`reference`](mod@reference), which the tests use as the oracle.
 
 /// Ones'-complement sum of `data` (folded to 16 bits, not complemented), zero-padded on the right
 /// when the length is odd.

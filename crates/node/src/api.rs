@@ -25,6 +25,9 @@ use crate::endpoint::Endpoint;
 
 /// How long in-flight requests may take to finish once shutdown is signalled.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long a handler waits for the node's owner tasks. They answer from memory, so a longer wait
+/// means a stuck node; the caller gets 503 instead of a connection held forever.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An error answer: status code and a one-line message for `{"error": ...}`.
 #[derive(Debug)]
@@ -60,6 +63,20 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// Awaits an answer from the node, bounded by [`ANSWER_TIMEOUT`].
+async fn ask<T>(answer: impl Future<Output = Result<T, NodeGone>>) -> ApiResult<T> {
+    match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the node did not answer within {}s",
+                ANSWER_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
 
 /// The routes of the admin API, for [`serve`] or for driving in tests.
 pub fn router(control: Control) -> Router {
@@ -142,7 +159,7 @@ async fn admin(State(c): State<Control>) -> Json<AdminInfo> {
 }
 
 async fn peers(State(c): State<Control>) -> ApiResult<Json<Vec<PeerInfo>>> {
-    Ok(Json(c.peers().await?))
+    Ok(Json(ask(c.peers()).await?))
 }
 
 #[derive(Deserialize)]
@@ -169,7 +186,7 @@ fn parse_endpoint(s: &str) -> ApiResult<Endpoint> {
 async fn add_peer(State(c): State<Control>, body: Bytes) -> ApiResult<StatusCode> {
     let body: AddPeerBody = json_body(&body)?;
     let e = parse_endpoint(&body.endpoint)?;
-    c.add_peer(e).await??;
+    ask(c.add_peer(e)).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -178,7 +195,7 @@ async fn remove_peer(
     Path(endpoint): Path<String>,
 ) -> ApiResult<StatusCode> {
     let e = parse_endpoint(&endpoint)?;
-    c.remove_peer(e).await??;
+    ask(c.remove_peer(e)).await??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -221,7 +238,7 @@ impl From<RouteInfo> for RouteJson {
 }
 
 async fn routes(c: &Control, kind: RouteKind) -> ApiResult<Json<Vec<RouteJson>>> {
-    let rows = c.routes(kind).await?;
+    let rows = ask(c.routes(kind)).await?;
     Ok(Json(rows.into_iter().map(RouteJson::from).collect()))
 }
 
@@ -241,7 +258,7 @@ struct QueryJson {
 }
 
 async fn queried(State(c): State<Control>) -> ApiResult<Json<Vec<QueryJson>>> {
-    let rows = c.queried().await?;
+    let rows = ask(c.queried()).await?;
     Ok(Json(
         rows.into_iter()
             .map(|q| QueryJson {
@@ -256,7 +273,7 @@ async fn pubkey(State(c): State<Control>, Path(ip): Path<String>) -> ApiResult<R
     let addr: Ipv6Addr = ip
         .parse()
         .map_err(|_| ApiError::bad_request(format!("invalid IPv6 address '{ip}'")))?;
-    match c.pubkey_of(addr).await? {
+    match ask(c.pubkey_of(addr)).await? {
         Some(pk) => Ok(Json(json!({ "publicKey": hex(&pk) })).into_response()),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
@@ -684,6 +701,31 @@ mod tests {
         // What needs no owner still answers.
         let (st, _) = call(a, "GET", "/api/v1/admin", None).await;
         assert_eq!(st, 200);
+    }
+
+    /// A node that takes requests but never answers: the handler gives up with 503.
+    #[tokio::test(start_paused = true)]
+    async fn stuck_node_is_503_not_a_hang() {
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(r) = rx.recv().await {
+                held.push(r);
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = listener.local_addr().unwrap();
+        tokio::spawn(serve(
+            listener,
+            Control::new(info(), tx),
+            std::future::pending(),
+        ));
+        let (st, body) = call(a, "GET", "/api/v1/admin/peers", None).await;
+        assert_eq!(st, 503);
+        assert_eq!(
+            parse(&body),
+            json!({"error": "the node did not answer within 5s"})
+        );
     }
 
     #[tokio::test]

@@ -162,9 +162,29 @@ fn reroute_silent_death() {
     println!("  (dead > 43 s after the last IHU, which came 0–20 s before the death; checked every 10 s)");
 }
 
+/// CPU seconds used by this process so far (user + system), from /proc/self/stat; the machine
+/// may be shared, so wall time alone says little.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return f64::NAN;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn mesh_1000() {
     println!("## Random mesh, 1000 nodes, average degree 3.5");
     let start = Instant::now();
+    let cpu0 = cpu_seconds();
     let mut sim = Sim::random_mesh(5, 1000, 3.5);
     let build = start.elapsed();
     let mut first_full = None;
@@ -186,8 +206,9 @@ fn mesh_1000() {
     let wall = start.elapsed();
     let links: usize = (0..1000).map(|n| sim.node_links(n).len()).sum::<usize>() / 2;
     println!(
-        "  60 s virtual: {:.1} s wall, {links} links, {} TLVs delivered, {} loop checks, {} loops",
+        "  60 s virtual: {:.1} s wall, {:.1} s CPU, {links} links, {} TLVs delivered, {} loop checks, {} loops",
         wall.as_secs_f64(),
+        cpu_seconds() - cpu0,
         sim.stats.tlvs_delivered,
         sim.stats.loop_checks,
         sim.loops().len()
@@ -195,6 +216,11 @@ fn mesh_1000() {
 }
 
 fn main() {
+    // `simreport mesh` runs only the 1000-node part (for profiling).
+    if std::env::args().nth(1).as_deref() == Some("mesh") {
+        mesh_1000();
+        return;
+    }
     acquire_chain();
     acquire_by_request();
     reroute_link_down();

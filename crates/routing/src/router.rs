@@ -498,6 +498,9 @@ impl Router {
             Tlv::RouteRequest(rr) => self.on_route_request(link, rr, now),
             Tlv::SeqNoRequest(snr) => self.on_seqno_request(link, snr, now),
         }
+        // Shortened expiries push extra timers; keep the heap bounded even if the shell is
+        // slow to call handle_timeout.
+        self.compact_timers_if_needed();
     }
 
     /// Runs every timer due at `now`.

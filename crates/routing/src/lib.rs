@@ -14,6 +14,18 @@
 //! Every table and queue has a bound ([`Limits`]). It works on the decoded TLV structs of
 //! `wire::babel` and never sees bytes.
 //!
+//! Where this core deliberately differs from the reference behaviour (all invisible to, or
+//! safer for, mycelium peers):
+//! * the first Hello goes out when a link comes up (not up to 20 s later), so the link cost and
+//!   the dead timer start from a real measurement;
+//! * a reply to a SeqNoRequest carries the metric through our actual next hop, not through the
+//!   requester;
+//! * a SeqNoRequest is never forwarded back to the neighbour it came from, and the 60 s seqno
+//!   cache (checked first) makes the 4 s per-peer skip redundant;
+//! * requests for IPv4, link-local or shorter-than-/64 prefixes (and wildcard SeqNoRequests)
+//!   are counted and ignored instead of being marked as queried or forwarded; a wildcard
+//!   RouteRequest gets the full dump as specified.
+//!
 //! [`sim`] joins many routers over virtual links with a virtual clock and a seeded RNG, for
 //! tests, the `simreport` example and benchmarks.
 #![forbid(unsafe_code)]

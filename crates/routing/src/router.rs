@@ -256,15 +256,20 @@ struct Waiter {
     expires: Time,
 }
 
-/// Count of subnets per prefix length, so longest-prefix lookups probe only lengths in use.
+/// Count of subnets per prefix length, so longest-prefix lookups probe only lengths in use
+/// (normally just /64), found through a bitmask rather than a scan of all 129 lengths.
 #[derive(Clone, Debug)]
 pub(crate) struct PlenIndex {
     counts: [u32; 129],
+    mask: [u64; 3],
 }
 
 impl Default for PlenIndex {
     fn default() -> Self {
-        PlenIndex { counts: [0; 129] }
+        PlenIndex {
+            counts: [0; 129],
+            mask: [0; 3],
+        }
     }
 }
 
@@ -273,20 +278,55 @@ impl PlenIndex {
         self.add(plen)
     }
     fn add(&mut self, plen: u8) {
-        if let Some(c) = self.counts.get_mut(usize::from(plen)) {
+        let p = usize::from(plen);
+        if let Some(c) = self.counts.get_mut(p) {
             *c += 1;
+            self.mask[p / 64] |= 1 << (p % 64);
         }
     }
+    #[cfg(test)]
+    pub(crate) fn remove_pub(&mut self, plen: u8) {
+        self.remove(plen)
+    }
     fn remove(&mut self, plen: u8) {
-        if let Some(c) = self.counts.get_mut(usize::from(plen)) {
+        let p = usize::from(plen);
+        if let Some(c) = self.counts.get_mut(p) {
             *c = c.saturating_sub(1);
+            if *c == 0 {
+                self.mask[p / 64] &= !(1 << (p % 64));
+            }
         }
     }
     /// Prefix lengths in use, longest first.
-    pub(crate) fn lengths(&self) -> impl Iterator<Item = u8> + '_ {
-        (0..=128u8)
-            .rev()
-            .filter(|&p| self.counts[usize::from(p)] > 0)
+    pub(crate) fn lengths(&self) -> PlenIter {
+        PlenIter {
+            mask: self.mask,
+            word: 3,
+        }
+    }
+}
+
+pub(crate) struct PlenIter {
+    mask: [u64; 3],
+    /// One past the word being drained.
+    word: usize,
+}
+
+impl Iterator for PlenIter {
+    type Item = u8;
+    fn next(&mut self) -> Option<u8> {
+        while self.word > 0 {
+            let w = self.word - 1;
+            let bits = self.mask[w];
+            if bits == 0 {
+                self.word -= 1;
+                continue;
+            }
+            let top = 63 - bits.leading_zeros() as usize;
+            self.mask[w] &= !(1u64 << top);
+            return u8::try_from(w * 64 + top).ok();
+        }
+        None
     }
 }
 

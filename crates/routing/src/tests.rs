@@ -266,3 +266,24 @@ fn expiry_retracts_then_forgets() {
     assert!(r.fallback_routes(Time::from_secs(10)).is_empty());
     r.check_invariants().unwrap();
 }
+
+#[test]
+fn prefix_length_index_lists_lengths_in_use_longest_first() {
+    let mut idx = crate::router::PlenIndex::default();
+    for p in [64, 128, 0, 63, 64, 65, 127] {
+        idx.add_pub(p);
+    }
+    assert_eq!(
+        idx.lengths().collect::<Vec<_>>(),
+        vec![128, 127, 65, 64, 63, 0]
+    );
+    idx.remove_pub(64);
+    assert_eq!(
+        idx.lengths().collect::<Vec<_>>(),
+        vec![128, 127, 65, 64, 63, 0]
+    );
+    idx.remove_pub(64);
+    idx.remove_pub(128);
+    idx.remove_pub(128); // more removals than adds are harmless
+    assert_eq!(idx.lengths().collect::<Vec<_>>(), vec![127, 65, 63, 0]);
+}

@@ -110,7 +110,7 @@ pub struct NodeArgs {
     #[arg(long = "jsonrpc-addr")]
     pub jsonrpc_addr: Option<SocketAddr>,
 
-    /// Prometheus metrics address (accepted; not supported yet)
+    /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9100
     #[arg(long = "metrics-api-address")]
     pub metrics_api_address: Option<SocketAddr>,
 
@@ -148,6 +148,15 @@ pub enum Command {
     Routes {
         #[command(subcommand)]
         cmd: RoutesCmd,
+    },
+    /// Counters of the running node: traffic per peer, TUN batching, drops, routing
+    Stats {
+        /// Output the API's JSON
+        #[arg(long)]
+        json: bool,
+        /// Refresh every SECS seconds (default 1) with rates per second, until Ctrl-C
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<f64>,
     },
     /// Run a three-node overlay in network namespaces on this machine (root), ping across it,
     /// print what happened, clean up
@@ -250,6 +259,7 @@ pub struct Settings {
     pub disable_peer_discovery: bool,
     pub peer_discovery_port: u16,
     pub peer_discovery_interface: Vec<String>,
+    pub metrics_api_address: Option<SocketAddr>,
     /// Flags given that hypha accepts but does not implement, for a log line each.
     pub unsupported: Vec<&'static str>,
 }
@@ -308,9 +318,6 @@ impl Cli {
         }
         if n.jsonrpc_addr.or(f.jsonrpc_addr).is_some() {
             unsupported.push("--jsonrpc-addr (no JSON-RPC API; use the REST API)");
-        }
-        if n.metrics_api_address.or(f.metrics_api_address).is_some() {
-            unsupported.push("--metrics-api-address (no metrics endpoint yet)");
         }
         if n.firewall_mark.or(f.firewall_mark).is_some() {
             unsupported.push("--firewall-mark");
@@ -371,6 +378,7 @@ impl Cli {
             } else {
                 n.peer_discovery_interface.clone()
             },
+            metrics_api_address: n.metrics_api_address.or(f.metrics_api_address),
             unsupported,
         })
     }
@@ -429,7 +437,11 @@ mod tests {
         ]);
         let s = c.merge(FileConfig::default()).unwrap();
         assert_eq!(s.peers.len(), 2);
-        assert_eq!(s.unsupported.len(), 4);
+        assert_eq!(s.unsupported.len(), 3);
+        assert_eq!(
+            s.metrics_api_address,
+            Some("127.0.0.1:9999".parse().unwrap())
+        );
     }
 
     #[test]

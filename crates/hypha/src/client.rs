@@ -1,5 +1,5 @@
 //! The subcommands that talk to a running node through its admin API (`--api-addr`):
-//! `peers list|add|remove` and `routes selected|fallback|queried`.
+//! `peers list|add|remove`, `routes selected|fallback|queried` and `stats [--json] [--watch]`.
 //!
 //! Human output is aligned tables; `--json` prints the API's JSON exactly as it came. Every failure
 //! becomes one line that names what went wrong, and a non-zero exit.
@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use serde::Deserialize;
+
+use node::control::ConnectionState;
+use node::metrics::Stats;
 
 use crate::cli::{Command, PeersCmd, RoutesCmd};
 
@@ -58,8 +61,233 @@ fn run_to(cmd: Command, api_addr: SocketAddr, out: &mut dyn Write) -> anyhow::Re
                 print_table(out, &routes_table(&rows), &format!("no {kind} routes"))
             }
         }
+        Command::Stats { json, watch } => match watch {
+            None => {
+                let text = api.get("/api/v1/admin/stats")?;
+                if json {
+                    print_raw(out, &text)
+                } else {
+                    let s: Stats = api.decode(&text)?;
+                    out.write_all(stats_text(&s, None).as_bytes())?;
+                    Ok(())
+                }
+            }
+            Some(secs) => watch_stats(&api, out, json, secs),
+        },
         other => bail!("internal: {other:?} is not an API client command"),
     }
+}
+
+/// `stats --watch`: one snapshot per interval, with rates over the last interval, until the
+/// process is interrupted (Ctrl-C) or the node goes away.
+fn watch_stats(api: &Api, out: &mut dyn Write, json: bool, secs: f64) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !(secs.is_finite() && secs >= 0.1) {
+        bail!("--watch interval must be at least 0.1 seconds, got {secs}");
+    }
+    let interval = Duration::from_secs_f64(secs);
+    let clear = !json && std::io::stdout().is_terminal();
+    let mut prev: Option<(Stats, std::time::Instant)> = None;
+    loop {
+        let text = api.get("/api/v1/admin/stats")?;
+        let now = std::time::Instant::now();
+        if json {
+            // One compact document per line, for `jq` and friends.
+            let v: serde_json::Value = api.decode(&text)?;
+            writeln!(out, "{v}")?;
+        } else {
+            let s: Stats = api.decode(&text)?;
+            let rates = prev
+                .as_ref()
+                .map(|(p, t)| (p, now.duration_since(*t).as_secs_f64()));
+            let body = stats_text(&s, rates);
+            if clear {
+                write!(out, "\x1b[2J\x1b[H")?;
+            }
+            out.write_all(body.as_bytes())?;
+            if !clear {
+                writeln!(out)?;
+            }
+            prev = Some((s, now));
+        }
+        out.flush()?;
+        std::thread::sleep(interval);
+    }
+}
+
+/// The human rendering of `stats`; with the previous snapshot and the seconds since, rates too.
+fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let rate = |now: u64, before: Option<u64>| -> Option<f64> {
+        let (_, dt) = prev?;
+        let before = before?;
+        (dt > 0.0).then(|| now.saturating_sub(before) as f64 / dt)
+    };
+    let _ = writeln!(o, "uptime {}", human_duration(s.uptime));
+    let prev_peer = |e: &str| prev.and_then(|(p, _)| p.peers.iter().find(|q| q.endpoint == e));
+    let mut peers = Table {
+        header: vec![
+            "PEER",
+            "STATE",
+            "COST",
+            "TX",
+            "RX",
+            "TX FRAMES",
+            "RX FRAMES",
+            "TX/s",
+            "RX/s",
+            "TX pkt/s",
+            "RX pkt/s",
+        ],
+        right: vec![
+            false, false, true, true, true, true, true, true, true, true, true,
+        ],
+        rows: Vec::new(),
+    };
+    if prev.is_none() {
+        peers.header.truncate(7);
+    }
+    for p in &s.peers {
+        let mut row = vec![
+            p.endpoint.clone(),
+            state_name(p.connection_state).to_owned(),
+            p.link_cost.map_or("-".to_owned(), |c| c.to_string()),
+            human_bytes(p.tx_bytes),
+            human_bytes(p.rx_bytes),
+            format!("{}+{}", p.tx_data_frames, p.tx_control_frames),
+            format!("{}+{}", p.rx_data_frames, p.rx_control_frames),
+        ];
+        if prev.is_some() {
+            let q = prev_peer(&p.endpoint);
+            row.push(human_rate(rate(p.tx_bytes, q.map(|q| q.tx_bytes))));
+            row.push(human_rate(rate(p.rx_bytes, q.map(|q| q.rx_bytes))));
+            row.push(count_rate(rate(
+                p.tx_data_frames,
+                q.map(|q| q.tx_data_frames),
+            )));
+            row.push(count_rate(rate(
+                p.rx_data_frames,
+                q.map(|q| q.rx_data_frames),
+            )));
+        }
+        peers.rows.push(row);
+    }
+    if peers.rows.is_empty() {
+        o.push_str("no peers\n");
+    } else {
+        o.push_str(&peers.render());
+    }
+    let d = &s.data;
+    let pd = prev.map(|(p, _)| &p.data);
+    let _ = write!(
+        o,
+        "data    tun in {} pkts, tun out {} pkts, frames sent {}, forwarded {}, delivered {}",
+        d.tun_packets_in, d.tun_packets_out, d.frames_sent, d.frames_forwarded, d.frames_delivered
+    );
+    if prev.is_some() {
+        let _ = write!(
+            o,
+            " | tun in {}, tun out {}, forwarded {}",
+            count_rate(rate(d.tun_packets_in, pd.map(|p| p.tun_packets_in))),
+            count_rate(rate(d.tun_packets_out, pd.map(|p| p.tun_packets_out))),
+            count_rate(rate(d.frames_forwarded, pd.map(|p| p.frames_forwarded))),
+        );
+    }
+    o.push('\n');
+    let _ = writeln!(
+        o,
+        "drops   no route {}, no key {}, decrypt {}, hop limit {}, queue full {}, not ipv6 {}, \
+         bad inner {}, no tun {}; malformed control frames {}",
+        d.drop_no_route,
+        d.drop_no_key,
+        d.drop_decrypt,
+        d.drop_hop_limit,
+        d.drop_queue_full,
+        d.drop_not_ipv6,
+        d.drop_inner,
+        d.drop_no_tun,
+        d.malformed_control
+    );
+    match &s.tun {
+        Some(t) => {
+            let _ = writeln!(
+                o,
+                "tun     reads {} (super-packets {}), {:.1} segments/read; writes {} (coalesced {}), \
+                 {:.1} packets/write; EINVAL fallbacks {}, demotions {}, drops {}",
+                t.reads,
+                t.super_packets,
+                t.read_segments.mean(),
+                t.writes,
+                t.coalesced_writes,
+                t.write_packets.mean(),
+                t.einval_fallbacks,
+                t.demotions,
+                t.drop_malformed
+                    + t.drop_truncated
+                    + t.drop_sink_full
+                    + t.drop_write_error
+                    + t.drop_would_block,
+            );
+        }
+        None => o.push_str("tun     none (--no-tun)\n"),
+    }
+    let r = &s.routing;
+    let _ = writeln!(
+        o,
+        "routing selected {}, fallback {}, queried {}; route requests sent {}, received {}; \
+         queries timed out {}; routes acquired {}, lost {}",
+        r.selected_routes,
+        r.fallback_routes,
+        r.queried_subnets,
+        r.route_requests_sent,
+        r.route_requests_received,
+        r.route_queries_timed_out,
+        r.routes_acquired,
+        r.routes_lost
+    );
+    o
+}
+
+fn state_name(s: ConnectionState) -> &'static str {
+    match s {
+        ConnectionState::Alive => "alive",
+        ConnectionState::Connecting => "connecting",
+        ConnectionState::Dead => "dead",
+    }
+}
+
+/// Bytes per second in SI units and bits: `12.5 MB/s (100.0 Mbit/s)`; `-` when unknown.
+fn human_rate(r: Option<f64>) -> String {
+    let Some(r) = r else {
+        return "-".to_owned();
+    };
+    let (v, u) = si(r);
+    let (b, bu) = si(r * 8.0);
+    format!("{v:.1} {u}B/s ({b:.1} {bu}bit/s)")
+}
+
+/// Events per second: `1234/s`, `12.3k/s`; `-` when unknown.
+fn count_rate(r: Option<f64>) -> String {
+    match r {
+        None => "-".to_owned(),
+        Some(r) if r < 1000.0 => format!("{r:.0}/s"),
+        Some(r) => {
+            let (v, u) = si(r);
+            format!("{v:.1}{}/s", u.to_lowercase())
+        }
+    }
+}
+
+fn si(v: f64) -> (f64, &'static str) {
+    const UNITS: [&str; 5] = ["", "k", "M", "G", "T"];
+    let mut v = v;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < UNITS.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    (v, UNITS[i])
 }
 
 /// Adds or removes each endpoint in turn; reports every failure, then fails if any did. A node
@@ -615,6 +843,9 @@ mod tests {
                     expires_in: 4,
                 }]);
             }
+            Request::Stats(tx) => {
+                let _ = tx.send(sample_stats(4096));
+            }
             Request::PubkeyOf(ip, tx) => {
                 let _ = tx.send(
                     f.keys
@@ -776,6 +1007,72 @@ mod tests {
         let (r, out) = run_cmd(&["routes", "queried"], a);
         r.unwrap();
         assert_eq!(out, "SUBNET      EXPIRES IN\n5aa:9::/64          4s\n");
+    }
+
+    fn sample_stats(tx: u64) -> Stats {
+        let mut s = Stats {
+            uptime: 65,
+            peers: vec![node::metrics::PeerStats {
+                endpoint: "tcp://198.18.0.6:9651".to_owned(),
+                connection_state: ConnectionState::Alive,
+                link_cost: Some(103),
+                tx_bytes: tx,
+                rx_bytes: 100,
+                tx_data_frames: tx / 1024,
+                tx_control_frames: 2,
+                rx_data_frames: 1,
+                rx_control_frames: 3,
+            }],
+            ..Stats::default()
+        };
+        s.data.tun_packets_in = tx / 1024;
+        s.data.drop_decrypt = 1;
+        s.routing.selected_routes = 1;
+        s
+    }
+
+    #[test]
+    fn stats_text_and_rates() {
+        let a = sample_stats(4096);
+        let text = stats_text(&a, None);
+        assert!(text.starts_with("uptime 1m 05s\n"), "{text}");
+        assert!(
+            text.contains(
+                "PEER                   STATE  COST       TX     RX  TX FRAMES  RX FRAMES\n\
+                 tcp://198.18.0.6:9651  alive   103  4.0 KiB  100 B        4+2        1+3\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("decrypt 1,"), "{text}");
+        assert!(text.contains("tun     none (--no-tun)"), "{text}");
+        assert!(text.contains("routing selected 1,"), "{text}");
+        assert!(!text.contains("/s"), "{text}");
+        // 2 s later, 2 MB more sent: 1 MB/s, 1024 data frames per 2 s.
+        let b = sample_stats(4096 + 2_000_000);
+        let text = stats_text(&b, Some((&a, 2.0)));
+        assert!(text.contains("1.0 MB/s (8.0 Mbit/s)"), "{text}");
+        assert!(text.contains("0.0 B/s (0.0 bit/s)"), "{text}");
+        assert!(text.contains("976/s"), "{text}");
+        assert!(text.contains("| tun in 976/s"), "{text}");
+        assert_eq!(count_rate(Some(12_345.0)), "12.3k/s");
+        assert_eq!(human_rate(None), "-");
+    }
+
+    #[test]
+    fn stats_command_against_the_api() {
+        let (_rt, a) = serve_fake();
+        let (r, out) = run_cmd(&["stats"], a);
+        r.unwrap();
+        assert!(
+            out.contains("tcp://198.18.0.6:9651  alive   103  4.0 KiB"),
+            "{out}"
+        );
+        let (r, out) = run_cmd(&["stats", "--json"], a);
+        r.unwrap();
+        let s: Stats = serde_json::from_str(&out).unwrap();
+        assert_eq!(s, sample_stats(4096));
+        let (r, _) = run_cmd(&["stats", "--watch", "0"], a);
+        assert!(r.unwrap_err().to_string().contains("at least 0.1"));
     }
 
     #[test]

@@ -28,7 +28,7 @@ fn main() {
         Some(Command::Inspect { json, pubkey }) => inspect(&settings.key_file, pubkey, json),
         Some(Command::GenerateKeys { force }) => generate_keys(&settings.key_file, force),
         Some(Command::Demo { no_wait }) => demo::run(!no_wait),
-        Some(cmd @ (Command::Peers { .. } | Command::Routes { .. })) => {
+        Some(cmd @ (Command::Peers { .. } | Command::Routes { .. } | Command::Stats { .. })) => {
             client::run(cmd, settings.api_addr)
         }
     };
@@ -90,6 +90,7 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
             interfaces: s.peer_discovery_interface.clone(),
         }),
         api_addr: Some(s.api_addr),
+        metrics_addr: s.metrics_api_address,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

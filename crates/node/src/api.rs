@@ -91,7 +91,17 @@ pub fn router(control: Control) -> Router {
         .route("/api/v1/admin/routes/selected", get(selected_routes))
         .route("/api/v1/admin/routes/fallback", get(fallback_routes))
         .route("/api/v1/admin/routes/queried", get(queried))
+        .route("/api/v1/admin/stats", get(stats))
         .route("/api/v1/pubkey/{ip}", get(pubkey))
+        .fallback(not_found)
+        .with_state(control)
+}
+
+/// The metrics endpoint: `GET /metrics` in the OpenMetrics text format (Prometheus reads it).
+/// Served on its own address so it can be exposed to a scraper without the admin API.
+pub fn metrics_router(control: Control) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(control)
 }
@@ -103,8 +113,17 @@ pub async fn serve(
     control: Control,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_router(listener, router(control), shutdown).await
+}
+
+/// [`serve`] for any set of routes (the admin API or [`metrics_router`]).
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router(control)).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = stopping_tx.send(());
     });
@@ -123,6 +142,24 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// `GET /api/v1/admin/stats`: every counter, as [`Stats`](crate::metrics::Stats) JSON.
+async fn stats(State(c): State<Control>) -> ApiResult<Json<crate::metrics::Stats>> {
+    Ok(Json(ask(c.stats()).await?))
+}
+
+async fn metrics(State(c): State<Control>) -> ApiResult<Response> {
+    let s = ask(c.stats()).await?;
+    let body = crate::metrics::render(&s);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn not_found() -> ApiError {
@@ -340,6 +377,15 @@ mod tests {
                     let k = self.keys.iter().find(|(s, _)| s.contains_addr(ip));
                     let _ = tx.send(k.map(|(_, k)| *k));
                 }
+                Request::Stats(tx) => {
+                    let mut s = crate::metrics::Stats {
+                        uptime: 5,
+                        ..Default::default()
+                    };
+                    s.data.frames_sent = 77;
+                    s.routing.selected_routes = self.selected.len() as u64;
+                    let _ = tx.send(s);
+                }
             }
         }
     }
@@ -467,6 +513,42 @@ mod tests {
 
     fn parse(body: &str) -> serde_json::Value {
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+    }
+
+    #[tokio::test]
+    async fn stats_json_and_metrics_text() {
+        let a = start(Some(fake())).await;
+        let (st, body) = call(a, "GET", "/api/v1/admin/stats", None).await;
+        assert_eq!(st, 200);
+        let v = parse(&body);
+        assert_eq!(v["data"]["framesSent"], 77);
+        assert_eq!(v["routing"]["selectedRoutes"], 1);
+        assert_eq!(v["tun"], serde_json::Value::Null);
+
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut f = fake();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                f.handle(r);
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let m = listener.local_addr().unwrap();
+        let app = metrics_router(Control::new(info(), tx));
+        tokio::spawn(serve_router(listener, app, std::future::pending()));
+        let (st, text) = call(m, "GET", "/metrics", None).await;
+        assert_eq!(st, 200);
+        assert_eq!(
+            crate::metrics::sample(&text, "hypha_frames_sent_total", ""),
+            Some(77.0)
+        );
+        assert_eq!(
+            crate::metrics::sample(&text, "hypha_routes", "kind=\"selected\""),
+            Some(1.0)
+        );
+        // The metrics address serves nothing of the admin API.
+        let (st, _) = call(m, "GET", "/api/v1/admin/stats", None).await;
+        assert_eq!(st, 404);
     }
 
     #[tokio::test]

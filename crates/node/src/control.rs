@@ -4,11 +4,12 @@
 
 use std::net::Ipv6Addr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use wire::babel::{Metric, Subnet};
 
 use crate::endpoint::Endpoint;
+use crate::metrics::Stats;
 
 /// How we came to know a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -22,7 +23,7 @@ pub enum PeerKind {
     LinkLocalDiscovery,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum ConnectionState {
     Alive,
@@ -108,6 +109,8 @@ pub enum Request {
     Queried(oneshot::Sender<Vec<QueryInfo>>),
     /// The public key whose announced subnet contains this address.
     PubkeyOf(Ipv6Addr, oneshot::Sender<Option<[u8; 32]>>),
+    /// A snapshot of every counter.
+    Stats(oneshot::Sender<Stats>),
 }
 
 /// The node went away while a request was in flight.
@@ -165,6 +168,10 @@ impl Control {
 
     pub async fn queried(&self) -> Result<Vec<QueryInfo>, NodeGone> {
         self.ask(Request::Queried).await
+    }
+
+    pub async fn stats(&self) -> Result<Stats, NodeGone> {
+        self.ask(Request::Stats).await
     }
 
     pub async fn pubkey_of(&self, ip: Ipv6Addr) -> Result<Option<[u8; 32]>, NodeGone> {

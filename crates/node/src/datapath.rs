@@ -34,7 +34,15 @@ const ICMP_HOP_LIMIT: u8 = 64;
 /// Where data frames for one link go: batches of encoded frames, bounded (back-pressure).
 #[derive(Clone, Debug)]
 pub(crate) struct LinkTx {
-    pub data: mpsc::Sender<Vec<u8>>,
+    pub data: mpsc::Sender<FrameBatch>,
+}
+
+/// Encoded data frames for one link, and how many: the writer counts frames per peer without
+/// parsing its buffers again.
+#[derive(Default, Debug)]
+pub(crate) struct FrameBatch {
+    pub bytes: Vec<u8>,
+    pub frames: u32,
 }
 
 /// The snapshot the data path reads: routes, the links' senders and the ciphers of the keys the
@@ -152,27 +160,36 @@ impl TunBatch {
 /// Per-link output buffers being filled during one batch.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    bufs: Vec<(LinkId, Vec<u8>)>,
+    bufs: Vec<(LinkId, FrameBatch)>,
 }
 
 impl Outbox {
+    /// The buffer to append one frame for `link` to (counted as one frame).
     fn buf(&mut self, link: LinkId) -> &mut Vec<u8> {
         // Few next hops per batch: a linear scan beats hashing.
         let i = match self.bufs.iter().position(|(l, _)| *l == link) {
             Some(i) => i,
             None => {
-                self.bufs.push((link, Vec::with_capacity(64 * 1024)));
+                self.bufs.push((
+                    link,
+                    FrameBatch {
+                        bytes: Vec::with_capacity(64 * 1024),
+                        frames: 0,
+                    },
+                ));
                 self.bufs.len() - 1
             }
         };
-        &mut self.bufs[i].1
+        let b = &mut self.bufs[i].1;
+        b.frames += 1;
+        &mut b.bytes
     }
 
     pub fn is_empty(&self) -> bool {
         self.bufs.is_empty()
     }
 
-    pub fn drain(&mut self) -> impl Iterator<Item = (LinkId, Vec<u8>)> + '_ {
+    pub fn drain(&mut self) -> impl Iterator<Item = (LinkId, FrameBatch)> + '_ {
         self.bufs.drain(..)
     }
 }

@@ -21,3 +21,4 @@ pub use node::{DiscoverySettings, Node, NodeConfig, TunSettings, TUN_MTU};
 pub mod api;
 pub mod control;
 pub mod discovery;
+pub mod metrics;

@@ -16,7 +16,7 @@ use wire::babel::{Subnet, Tlv};
 use wire::frame::{self, Frame, FrameReader};
 
 use crate::datapath::{self, DataCounters, DataTable, Inbound, Need, Outbox, RefreshTracker};
-use crate::datapath::{LinkTx, TunBatch};
+use crate::datapath::{FrameBatch, LinkTx, TunBatch};
 
 /// A write that makes no progress for this long means the peer stalled: drop it.
 const WRITE_STALL: Duration = Duration::from_secs(30);
@@ -29,11 +29,16 @@ pub(crate) const DATA_QUEUE: usize = 32;
 /// The read buffer: room for several full-size frames per read.
 const READ_BUFFER: usize = 256 * 1024;
 
-/// Byte counters of one link, shared with the peer table.
+/// Byte and frame counters of one link, shared with the peer table. Each is bumped once per
+/// socket read or write, not per frame.
 #[derive(Default, Debug)]
 pub(crate) struct LinkStats {
     pub tx_bytes: AtomicU64,
     pub rx_bytes: AtomicU64,
+    pub tx_data_frames: AtomicU64,
+    pub tx_control_frames: AtomicU64,
+    pub rx_data_frames: AtomicU64,
+    pub rx_control_frames: AtomicU64,
 }
 
 /// Messages from link tasks to the owner.
@@ -111,23 +116,26 @@ pub(crate) fn spawn(id: LinkId, stream: tokio::net::TcpStream, ctx: LinkContext)
 async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut control: mpsc::Receiver<Tlv>,
-    mut data: mpsc::Receiver<Vec<u8>>,
+    mut data: mpsc::Receiver<FrameBatch>,
     stats: &LinkStats,
 ) -> Result<(), String> {
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_WRITE);
     loop {
+        let mut data_frames = 0u64;
+        let mut control_frames = 0u64;
         tokio::select! {
             biased;
             t = control.recv() => match t {
-                Some(tlv) => encode_tlv(&mut buf, &tlv),
+                Some(tlv) => control_frames += encode_tlv(&mut buf, &tlv),
                 None => return Ok(()),
             },
             b = data.recv() => match b {
                 Some(b) => {
+                    data_frames += u64::from(b.frames);
                     if buf.is_empty() {
-                        buf = b;
+                        buf = b.bytes;
                     } else {
-                        buf.extend_from_slice(&b);
+                        buf.extend_from_slice(&b.bytes);
                     }
                 }
                 None => return Ok(()),
@@ -135,11 +143,14 @@ async fn write_loop(
         }
         // Gather whatever else is ready into the same write.
         while let Ok(tlv) = control.try_recv() {
-            encode_tlv(&mut buf, &tlv);
+            control_frames += encode_tlv(&mut buf, &tlv);
         }
         while buf.len() < MAX_WRITE {
             match data.try_recv() {
-                Ok(b) => buf.extend_from_slice(&b),
+                Ok(b) => {
+                    data_frames += u64::from(b.frames);
+                    buf.extend_from_slice(&b.bytes);
+                }
                 Err(_) => break,
             }
         }
@@ -155,6 +166,16 @@ async fn write_loop(
         stats
             .tx_bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if data_frames > 0 {
+            stats
+                .tx_data_frames
+                .fetch_add(data_frames, Ordering::Relaxed);
+        }
+        if control_frames > 0 {
+            stats
+                .tx_control_frames
+                .fetch_add(control_frames, Ordering::Relaxed);
+        }
         buf.clear();
         if buf.capacity() > 4 * MAX_WRITE {
             buf.shrink_to(MAX_WRITE);
@@ -162,11 +183,16 @@ async fn write_loop(
     }
 }
 
-fn encode_tlv(buf: &mut Vec<u8>, tlv: &Tlv) {
-    if let Err(e) = frame::encode_control(buf, tlv) {
-        // The routing core never asks for what the send policy forbids; if it did, refusing is
-        // the right thing.
-        warn!("refusing to send {tlv:?}: {e}");
+/// Appends one control frame; returns how many frames it added (0 or 1).
+fn encode_tlv(buf: &mut Vec<u8>, tlv: &Tlv) -> u64 {
+    match frame::encode_control(buf, tlv) {
+        Ok(_) => 1,
+        Err(e) => {
+            // The routing core never asks for what the send policy forbids; if it did, refusing
+            // is the right thing.
+            warn!("refusing to send {tlv:?}: {e}");
+            0
+        }
     }
 }
 
@@ -200,6 +226,7 @@ async fn read_loop(
             refresh: &mut refresh,
             now: Instant::now(),
         };
+        let mut data_frames = 0u64;
         loop {
             match reader.next_frame_mut() {
                 Ok(Some(Frame::Data {
@@ -207,16 +234,19 @@ async fn read_loop(
                     src,
                     dst,
                     body,
-                })) => datapath::inbound(
-                    &mut inb,
-                    &table,
-                    hop_limit,
-                    src,
-                    dst,
-                    body,
-                    &mut outbox,
-                    &mut tun_batch,
-                ),
+                })) => {
+                    data_frames += 1;
+                    datapath::inbound(
+                        &mut inb,
+                        &table,
+                        hop_limit,
+                        src,
+                        dst,
+                        body,
+                        &mut outbox,
+                        &mut tun_batch,
+                    )
+                }
                 Ok(Some(Frame::Control(tlv))) => tlvs.push(tlv),
                 Ok(Some(Frame::Skipped(why))) => {
                     datapath::bump(&ctx.counters.malformed_control);
@@ -230,6 +260,16 @@ async fn read_loop(
             }
         }
         drop(table);
+        if data_frames > 0 {
+            stats
+                .rx_data_frames
+                .fetch_add(data_frames, Ordering::Relaxed);
+        }
+        if !tlvs.is_empty() {
+            stats
+                .rx_control_frames
+                .fetch_add(tlvs.len() as u64, Ordering::Relaxed);
+        }
         for tlv in tlvs.drain(..) {
             trace!(link = id.0, ?tlv, "control in");
             // Waiting here back-pressures only this peer when the owner is busy.
@@ -263,7 +303,7 @@ async fn flush(ctx: &LinkContext, outbox: &mut Outbox, tun_batch: &mut TunBatch)
         let table = ctx.table.load();
         let sends: Vec<_> = outbox
             .drain()
-            .filter_map(|(link, buf)| table.links.get(&link).map(|tx| (tx.data.clone(), buf)))
+            .filter_map(|(link, batch)| table.links.get(&link).map(|tx| (tx.data.clone(), batch)))
             .collect();
         drop(table);
         for (tx, buf) in sends {

@@ -19,6 +19,7 @@ use crate::datapath::{DataCounters, DataTable};
 use crate::endpoint::Endpoint;
 use crate::keys::Identity;
 use crate::link::LinkContext;
+use crate::metrics::TunHistograms;
 use crate::owner::{unix_now, Owner, OwnerInputs, OwnerMsg};
 use crate::tunio::{self, TunIo, TunIoConfig};
 
@@ -52,6 +53,8 @@ pub struct NodeConfig {
     pub discovery: Option<DiscoverySettings>,
     /// Admin API address; `None` serves no API.
     pub api_addr: Option<SocketAddr>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `None` serves none.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// A running node.
@@ -63,6 +66,7 @@ pub struct Node {
     tun: Option<Arc<tun::Tun>>,
     listen_addr: Option<SocketAddr>,
     api_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     counters: Arc<DataCounters>,
 }
 
@@ -124,6 +128,16 @@ impl Node {
             None => None,
         };
         let api_addr = api_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let metrics_listener = match cfg.metrics_addr {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {a}"))?,
+            ),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let histograms = Arc::new(TunHistograms::default());
 
         let epoch = Instant::now();
         let mut router = Router::new(RouterConfig::new(router_id, own_subnet), Time::ZERO);
@@ -147,7 +161,7 @@ impl Node {
             tun: tun.as_ref().map(|_| tun_tx.clone()),
             own_subnet,
         };
-        let owner = Owner::new(
+        let mut owner = Owner::new(
             router,
             epoch,
             identity.clone(),
@@ -157,6 +171,9 @@ impl Node {
             msgs_tx.clone(),
             cfg.peers,
         );
+        if let Some(t) = &tun {
+            owner.set_tun_metrics(t.clone(), histograms.clone());
+        }
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(owner.run(
             OwnerInputs {
@@ -184,6 +201,7 @@ impl Node {
                         needs: needs_tx.clone(),
                         own_subnet,
                         own_addr,
+                        histograms: histograms.clone(),
                     },
                     tun_tx,
                     tun_rx,
@@ -205,6 +223,15 @@ impl Node {
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = crate::api::serve(l, control, stop).await {
                     warn!("admin API stopped: {e}");
+                }
+            }));
+        }
+        if let Some(l) = metrics_listener {
+            let app = crate::api::metrics_router(control.clone());
+            let stop = wait_shutdown(shutdown_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::api::serve_router(l, app, stop).await {
+                    warn!("metrics endpoint stopped: {e}");
                 }
             }));
         }
@@ -246,6 +273,7 @@ impl Node {
             tun,
             listen_addr,
             api_addr,
+            metrics_addr,
             counters,
         })
     }
@@ -260,6 +288,11 @@ impl Node {
 
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api_addr
+    }
+
+    /// Where `GET /metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn counters(&self) -> &DataCounters {

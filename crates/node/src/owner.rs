@@ -21,10 +21,13 @@ use wire::icmp::IcmpError;
 use crate::control::{
     ConnectionState, PeerInfo, PeerKind, PeerOpError, QueryInfo, Request, RouteInfo, RouteKind,
 };
-use crate::datapath::{self, bump, DataCounters, DataTable, InboundFrame, Need, TunBatch};
+use crate::datapath::{
+    self, bump, DataCounters, DataTable, FrameBatch, InboundFrame, Need, TunBatch,
+};
 use crate::endpoint::Endpoint;
 use crate::keys::{self, Cipher, Identity};
 use crate::link::{self, LinkContext, LinkEvent, LinkHandles, LinkStats};
+use crate::metrics::{DataStats, PeerStats, RoutingStats, Stats, TunHistograms, TunStats};
 
 /// Redial period of static and discovered peers (spec §1.3).
 const REDIAL_EVERY: Duration = Duration::from_secs(5);
@@ -58,6 +61,8 @@ struct Peer {
     /// Bytes of finished connections, plus the live one's counters.
     tx_done: u64,
     rx_done: u64,
+    /// Frames of finished connections: data and control sent, data and control received.
+    frames_done: [u64; 4],
     stats: Option<Arc<LinkStats>>,
 }
 
@@ -84,6 +89,19 @@ pub(crate) struct Owner {
     link_ctx: LinkContext,
     counters: Arc<DataCounters>,
     msgs_tx: mpsc::Sender<OwnerMsg>,
+    /// Where the TUN's own counters and histograms are, for stats requests.
+    tun_metrics: Option<(Arc<tun::Tun>, Arc<TunHistograms>)>,
+    /// What the shell counts of the routing core's work (the core counts what it receives).
+    route_counts: RouteCounts,
+}
+
+/// Routing activity seen by the owner: transmitted requests and the core's events.
+#[derive(Default)]
+struct RouteCounts {
+    requests_sent: u64,
+    queries_timed_out: u64,
+    acquired: u64,
+    lost: u64,
 }
 
 /// The inputs of the owner loop.
@@ -122,11 +140,18 @@ impl Owner {
             link_ctx,
             counters,
             msgs_tx,
+            tun_metrics: None,
+            route_counts: RouteCounts::default(),
         };
         for e in static_peers {
             o.peers.insert(e, Peer::new(PeerKind::Static));
         }
         o
+    }
+
+    /// Lets stats requests include the TUN device's counters and the TUN threads' histograms.
+    pub fn set_tun_metrics(&mut self, tun: Arc<tun::Tun>, histograms: Arc<TunHistograms>) {
+        self.tun_metrics = Some((tun, histograms));
     }
 
     fn now(&self) -> Time {
@@ -295,6 +320,14 @@ impl Owner {
                 if let Some(s) = p.stats.take() {
                     p.tx_done += s.tx_bytes.load(Ordering::Relaxed);
                     p.rx_done += s.rx_bytes.load(Ordering::Relaxed);
+                    for (done, live) in p.frames_done.iter_mut().zip([
+                        &s.tx_data_frames,
+                        &s.tx_control_frames,
+                        &s.rx_data_frames,
+                        &s.rx_control_frames,
+                    ]) {
+                        *done += live.load(Ordering::Relaxed);
+                    }
                 }
                 remove = p.kind == PeerKind::Inbound;
             }
@@ -366,7 +399,7 @@ impl Owner {
 
     /// Seals and sends packets that waited for a route.
     fn send_pending(&mut self, subnet: Subnet, packets: Vec<Vec<u8>>) {
-        let mut per_link: FxHashMap<LinkId, Vec<u8>> = FxHashMap::default();
+        let mut per_link: FxHashMap<LinkId, FrameBatch> = FxHashMap::default();
         for p in packets {
             let mut a = [0u8; 16];
             a.copy_from_slice(&p[24..40]);
@@ -381,7 +414,9 @@ impl Owner {
                 bump(&self.counters.drop_no_key);
                 continue;
             };
-            let buf = per_link.entry(nh.link).or_default();
+            let batch = per_link.entry(nh.link).or_default();
+            batch.frames += 1;
+            let buf = &mut batch.bytes;
             let slot = DataSlot::begin(buf);
             let body_start = slot.body_start();
             buf.extend_from_slice(&[1, 0, 0, 0]);
@@ -509,6 +544,9 @@ impl Owner {
                     .collect();
                 let _ = reply.send(list);
             }
+            Request::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
             Request::PubkeyOf(ip, reply) => {
                 let key = if self.router.own_subnet().contains_addr(ip) {
                     Some(self.identity.public_key())
@@ -517,6 +555,62 @@ impl Owner {
                 };
                 let _ = reply.send(key);
             }
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let now = self.now();
+        let costs: FxHashMap<LinkId, u16> = self
+            .router
+            .links(now)
+            .into_iter()
+            .map(|l| (l.link, l.cost.0))
+            .collect();
+        let mut peers: Vec<PeerStats> = self
+            .peers
+            .iter()
+            .map(|(e, p)| {
+                let load = |f: fn(&LinkStats) -> &std::sync::atomic::AtomicU64| {
+                    p.stats.as_ref().map_or(0, |s| f(s).load(Ordering::Relaxed))
+                };
+                PeerStats {
+                    endpoint: e.to_string(),
+                    connection_state: p.state(),
+                    link_cost: p.link.and_then(|l| costs.get(&l).copied()),
+                    tx_bytes: p.tx_done + load(|s| &s.tx_bytes),
+                    rx_bytes: p.rx_done + load(|s| &s.rx_bytes),
+                    tx_data_frames: p.frames_done[0] + load(|s| &s.tx_data_frames),
+                    tx_control_frames: p.frames_done[1] + load(|s| &s.tx_control_frames),
+                    rx_data_frames: p.frames_done[2] + load(|s| &s.rx_data_frames),
+                    rx_control_frames: p.frames_done[3] + load(|s| &s.rx_control_frames),
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+        let c = self.router.counters();
+        let rc = &self.route_counts;
+        Stats {
+            uptime: self.epoch.elapsed().as_secs(),
+            peers,
+            data: DataStats::from_counters(&self.counters),
+            tun: self
+                .tun_metrics
+                .as_ref()
+                .map(|(t, h)| TunStats::new(&t.stats(), h)),
+            routing: RoutingStats {
+                selected_routes: self.router.selected_routes(now).len() as u64,
+                fallback_routes: self.router.fallback_routes(now).len() as u64,
+                queried_subnets: self.router.queried_subnets(now).len() as u64,
+                route_requests_sent: rc.requests_sent,
+                route_requests_received: c.route_request_rx,
+                route_queries_timed_out: rc.queries_timed_out,
+                routes_acquired: rc.acquired,
+                routes_lost: rc.lost,
+                hello_received: c.hello_rx,
+                ihu_received: c.ihu_rx,
+                updates_received: c.update_rx,
+                seqno_requests_received: c.seqno_request_rx,
+            },
         }
     }
 
@@ -534,13 +628,7 @@ impl Owner {
                 PeerInfo {
                     endpoint: *e,
                     kind: p.kind,
-                    connection_state: if p.link.is_some() {
-                        ConnectionState::Alive
-                    } else if p.dialing {
-                        ConnectionState::Connecting
-                    } else {
-                        ConnectionState::Dead
-                    },
+                    connection_state: p.state(),
                     tx_bytes: p.tx_done + tx,
                     rx_bytes: p.rx_done + rx,
                     discovered: p.learned.elapsed().as_secs(),
@@ -562,6 +650,7 @@ impl Owner {
             match ev {
                 Event::LinkDead(id) => self.close_link(id, "no IHU for 43 s"),
                 Event::RouteAcquired(subnet) => {
+                    self.route_counts.acquired += 1;
                     info!(%subnet, "route acquired");
                     // Publish first so the keys exist, then release the queue.
                     self.publish();
@@ -574,8 +663,12 @@ impl Owner {
                         self.deliver_pending_in(q.into_iter().collect());
                     }
                 }
-                Event::RouteLost(subnet) => info!(%subnet, "route lost"),
+                Event::RouteLost(subnet) => {
+                    self.route_counts.lost += 1;
+                    info!(%subnet, "route lost");
+                }
                 Event::QueryTimedOut(subnet) => {
+                    self.route_counts.queries_timed_out += 1;
                     debug!(%subnet, "route query timed out");
                     if let Some(q) = self.pending.remove(&subnet) {
                         self.pending_total -= q.len();
@@ -601,8 +694,11 @@ impl Owner {
 
     fn send_tlv(&mut self, link: LinkId, tlv: Tlv) {
         if let Some(l) = self.links.get(&link) {
+            let request = matches!(tlv, Tlv::RouteRequest(_));
             if l.handles.control.try_send(tlv).is_err() {
                 bump(&self.counters.drop_queue_full);
+            } else if request {
+                self.route_counts.requests_sent += 1;
             }
         }
     }
@@ -671,7 +767,18 @@ impl Peer {
             failures: 0,
             tx_done: 0,
             rx_done: 0,
+            frames_done: [0; 4],
             stats: None,
+        }
+    }
+
+    fn state(&self) -> ConnectionState {
+        if self.link.is_some() {
+            ConnectionState::Alive
+        } else if self.dialing {
+            ConnectionState::Connecting
+        } else {
+            ConnectionState::Dead
         }
     }
 }

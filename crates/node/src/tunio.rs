@@ -19,6 +19,7 @@ use wire::babel::Subnet;
 
 use crate::datapath::TunBatch;
 use crate::datapath::{self, DataCounters, DataTable, Need, Outbound, Outbox, RefreshTracker};
+use crate::metrics::TunHistograms;
 
 /// How often the reader looks at the stop flag while the TUN is idle.
 const IDLE_POLL: Duration = Duration::from_millis(200);
@@ -48,6 +49,7 @@ pub(crate) struct TunIoConfig {
     pub needs: mpsc::Sender<Need>,
     pub own_subnet: Subnet,
     pub own_addr: Ipv6Addr,
+    pub histograms: Arc<TunHistograms>,
 }
 
 /// Starts the reader and writer threads. `to_tun` carries packets for the TUN (from peers and
@@ -59,6 +61,7 @@ pub(crate) fn start(
     to_tun_rx: mpsc::Receiver<TunBatch>,
 ) -> io::Result<TunIo> {
     let stop = Arc::new(AtomicBool::new(false));
+    let histograms = cfg.histograms.clone();
     let reader = std::thread::Builder::new()
         .name("hypha-tun-rx".into())
         .spawn({
@@ -68,7 +71,7 @@ pub(crate) fn start(
         })?;
     let writer = std::thread::Builder::new()
         .name("hypha-tun-tx".into())
-        .spawn(move || write_loop(&tun, to_tun_rx))?;
+        .spawn(move || write_loop(&tun, to_tun_rx, &histograms))?;
     Ok(TunIo {
         stop,
         threads: vec![reader, writer],
@@ -94,7 +97,13 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
         }
         segs.clear();
         match tun.read(&mut rd, &mut segs) {
-            Ok(_) => errors = 0,
+            Ok(n) => {
+                errors = 0;
+                // A read dropped whole (counted by the device) is no super-packet.
+                if n > 0 {
+                    cfg.histograms.read_segments.observe(n as u64);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -120,9 +129,9 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
             datapath::outbound(&mut ctx, &table, seg, &mut outbox, &mut icmp);
         }
         // One super-packet's frames leave as one batch per next hop.
-        for (link, buf) in outbox.drain() {
+        for (link, batch) in outbox.drain() {
             if let Some(tx) = table.links.get(&link) {
-                if tx.data.blocking_send(buf).is_err() {
+                if tx.data.blocking_send(batch).is_err() {
                     datapath::bump(&cfg.counters.drop_no_route);
                 }
             }
@@ -133,7 +142,7 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
     }
 }
 
-fn write_loop(tun: &Tun, mut rx: mpsc::Receiver<TunBatch>) {
+fn write_loop(tun: &Tun, mut rx: mpsc::Receiver<TunBatch>, histograms: &TunHistograms) {
     let mut wr = Writer::new(tun);
     let mut pending: Vec<TunBatch> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -152,7 +161,10 @@ fn write_loop(tun: &Tun, mut rx: mpsc::Receiver<TunBatch>) {
         for b in pending.iter_mut() {
             b.split_into(&mut packets);
         }
-        tun.write_batch(&mut wr, &mut packets);
+        let report = tun.write_batch(&mut wr, &mut packets);
+        histograms
+            .write_packets
+            .observe_many(report.syscalls as u64, report.written as u64);
         drop(packets);
         pending.clear();
     }

@@ -1,0 +1,884 @@
+//! Observability: the node's counters as one [`Stats`] snapshot (served as JSON by
+//! `GET /api/v1/admin/stats`) and its Prometheus/OpenMetrics text rendering (served by
+//! `GET /metrics` on the metrics address).
+//!
+//! The hot paths never see this module's types except [`Histogram`], which is a fixed array of
+//! relaxed atomics bumped once per TUN read or write batch. Everything else is folded from the
+//! counters the paths already keep (data path atomics, per-link atomics, the TUN device's
+//! atomics, the routing core's plain counters read by its owner task) when someone asks.
+//!
+//! Rendering uses `prometheus-client`, the Prometheus project's own Rust client: it owns the
+//! exposition format (escaping, `_total` suffixes, histogram `le` buckets, `# EOF`), so we only
+//! describe metrics. Its registry-held metric types take locks (its histogram is an `RwLock`), so
+//! we don't register live metrics at all: a scrape builds a throwaway registry around one
+//! [`Stats`] snapshot through the crate's `Collector` hook.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::control::ConnectionState;
+use crate::datapath::DataCounters;
+
+/// Upper bounds of the histogram buckets (an implicit `+Inf` bucket follows). Powers of two up
+/// to a 64 KiB super-packet's worth of 1400-byte segments (47) and a full write batch (256).
+pub const HISTOGRAM_BOUNDS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// A histogram of small counts, lock-free: one relaxed add per bucket hit, one for the sum, one
+/// for the count. Meant for one writer thread; concurrent writers are fine too.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; HISTOGRAM_BOUNDS.len() + 1],
+    sum: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Records `n` observations that together sum to `sum`, bucketed by their mean.
+    ///
+    /// With `n == 1` this is one exact observation. The TUN writer uses `n > 1` for a batch whose
+    /// report gives only totals (packets written, write syscalls): the count and sum stay exact,
+    /// the bucket is that batch's average.
+    pub fn observe_many(&self, n: u64, sum: u64) {
+        if n == 0 {
+            return;
+        }
+        let mean = sum.div_ceil(n);
+        let i = HISTOGRAM_BOUNDS
+            .iter()
+            .position(|&b| mean <= b)
+            .unwrap_or(HISTOGRAM_BOUNDS.len());
+        self.buckets[i].fetch_add(n, Relaxed);
+        self.sum.fetch_add(sum, Relaxed);
+        self.count.fetch_add(n, Relaxed);
+    }
+
+    pub fn observe(&self, v: u64) {
+        self.observe_many(1, v);
+    }
+
+    pub fn snapshot(&self) -> HistogramStats {
+        let mut acc = 0;
+        let buckets = HISTOGRAM_BOUNDS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&le, c)| {
+                acc += c.load(Relaxed);
+                (le, acc)
+            })
+            .collect();
+        HistogramStats {
+            buckets,
+            sum: self.sum.load(Relaxed),
+            count: self.count.load(Relaxed),
+        }
+    }
+}
+
+/// A histogram snapshot: cumulative counts per upper bound (the `+Inf` bucket is `count`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistogramStats {
+    pub buckets: Vec<(u64, u64)>,
+    pub sum: u64,
+    pub count: u64,
+}
+
+impl HistogramStats {
+    pub fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum as f64 / self.count as f64
+        }
+    }
+}
+
+/// Histograms the TUN threads feed.
+#[derive(Debug, Default)]
+pub struct TunHistograms {
+    /// Segments handed out per TUN read (1 for a plain packet).
+    pub read_segments: Histogram,
+    /// Packets per TUN write syscall.
+    pub write_packets: Histogram,
+}
+
+/// Everything `hypha stats` shows: one snapshot of the node's counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Seconds since the node started.
+    pub uptime: u64,
+    pub peers: Vec<PeerStats>,
+    pub data: DataStats,
+    /// `None` without a TUN device.
+    pub tun: Option<TunStats>,
+    pub routing: RoutingStats,
+}
+
+/// One peer's link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStats {
+    pub endpoint: String,
+    pub connection_state: ConnectionState,
+    /// The routing core's cost of the current link (smoothed RTT part plus static cost).
+    pub link_cost: Option<u16>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub tx_data_frames: u64,
+    pub tx_control_frames: u64,
+    pub rx_data_frames: u64,
+    pub rx_control_frames: u64,
+}
+
+macro_rules! data_stats {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// The data path's counters ([`DataCounters`]).
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct DataStats { $( $(#[$doc])* pub $name: u64, )* }
+
+        impl DataStats {
+            pub fn from_counters(c: &DataCounters) -> DataStats {
+                DataStats { $( $name: c.$name.load(Relaxed), )* }
+            }
+        }
+    };
+}
+
+data_stats! {
+    tun_packets_in,
+    tun_packets_out,
+    frames_sent,
+    frames_forwarded,
+    frames_delivered,
+    drop_not_ipv6,
+    drop_no_route,
+    drop_no_key,
+    drop_hop_limit,
+    /// AEAD open failed: a forged, corrupted or wrongly keyed frame.
+    drop_decrypt,
+    drop_inner,
+    drop_queue_full,
+    drop_no_tun,
+    icmp_generated,
+    icmp_received,
+    malformed_control,
+}
+
+/// The TUN device's counters and the data path's histograms of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TunStats {
+    pub reads: u64,
+    pub super_packets: u64,
+    pub segments: u64,
+    pub writes: u64,
+    pub coalesced_writes: u64,
+    pub packets_written: u64,
+    pub einval_fallbacks: u64,
+    pub demotions: u64,
+    pub read_errors: u64,
+    pub drop_malformed: u64,
+    pub drop_truncated: u64,
+    pub drop_sink_full: u64,
+    pub drop_write_error: u64,
+    pub drop_would_block: u64,
+    pub read_segments: HistogramStats,
+    pub write_packets: HistogramStats,
+}
+
+impl TunStats {
+    pub fn new(s: &tun::Stats, h: &TunHistograms) -> TunStats {
+        TunStats {
+            reads: s.reads,
+            super_packets: s.super_packets,
+            segments: s.segments,
+            writes: s.writes,
+            coalesced_writes: s.coalesced_writes,
+            packets_written: s.packets_written,
+            einval_fallbacks: s.einval_fallbacks,
+            demotions: s.demotions,
+            read_errors: s.read_errors,
+            drop_malformed: s.drop_malformed,
+            drop_truncated: s.drop_truncated,
+            drop_sink_full: s.drop_sink_full,
+            drop_write_error: s.drop_write_error,
+            drop_would_block: s.drop_would_block,
+            read_segments: h.read_segments.snapshot(),
+            write_packets: h.write_packets.snapshot(),
+        }
+    }
+}
+
+/// Route table sizes and route query activity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoutingStats {
+    pub selected_routes: u64,
+    pub fallback_routes: u64,
+    /// Subnets with a route query in flight.
+    pub queried_subnets: u64,
+    /// RouteRequest TLVs sent (ours and forwarded ones).
+    pub route_requests_sent: u64,
+    pub route_requests_received: u64,
+    /// Route queries that ended without a route.
+    pub route_queries_timed_out: u64,
+    pub routes_acquired: u64,
+    pub routes_lost: u64,
+    pub hello_received: u64,
+    pub ihu_received: u64,
+    pub updates_received: u64,
+    pub seqno_requests_received: u64,
+}
+
+/// Renders `stats` in the OpenMetrics text format (which Prometheus scrapes as-is).
+pub fn render(stats: &Stats) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(StatsCollector(stats.clone())));
+    let mut out = String::with_capacity(8 * 1024);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug)]
+struct StatsCollector(Stats);
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// A labelled family: one sample per `(labels, value)`.
+fn family<L: prometheus_client::encoding::EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, ty)?;
+    for (labels, v) in samples {
+        let s = m.encode_family(&labels)?;
+        match ty {
+            MetricType::Counter => ConstCounter::new(v).encode(s)?,
+            _ => ConstGauge::new(v as i64).encode(s)?,
+        }
+    }
+    Ok(())
+}
+
+fn histogram(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    h: &HistogramStats,
+) -> std::fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    // The encoder wants per-bucket counts (it accumulates) and `f64::MAX` for `+Inf`.
+    let mut prev = 0;
+    let buckets: Vec<(f64, u64)> = h
+        .buckets
+        .iter()
+        .map(|&(le, n)| (le as f64, n))
+        .chain(std::iter::once((f64::MAX, h.count)))
+        .map(|(le, n)| {
+            let own = n.saturating_sub(prev);
+            prev = n;
+            (le, own)
+        })
+        .collect();
+    m.encode_histogram::<NoLabelSet>(h.sum as f64, h.count, &buckets, None)
+}
+
+/// prometheus-client writes label values verbatim. Endpoints are `proto://socket-address` and
+/// never hold a quote, backslash or newline; if one ever did, it becomes `_` rather than
+/// breaking the exposition.
+fn label_value(v: &str) -> String {
+    v.replace(['"', '\\', '\n'], "_")
+}
+
+fn state_name(s: ConnectionState) -> &'static str {
+    match s {
+        ConnectionState::Alive => "alive",
+        ConnectionState::Connecting => "connecting",
+        ConnectionState::Dead => "dead",
+    }
+}
+
+impl Collector for StatsCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let s = &self.0;
+        let e = &mut e;
+        gauge(
+            e,
+            "hypha_uptime_seconds",
+            "Seconds since the node started",
+            s.uptime as i64,
+        )?;
+
+        let peer = |p: &PeerStats| [("peer", label_value(&p.endpoint))];
+        family(
+            e,
+            "hypha_peer_tx_bytes",
+            "Bytes written to the peer's socket",
+            Counter,
+            s.peers.iter().map(|p| (peer(p), p.tx_bytes)),
+        )?;
+        family(
+            e,
+            "hypha_peer_rx_bytes",
+            "Bytes read from the peer's socket",
+            Counter,
+            s.peers.iter().map(|p| (peer(p), p.rx_bytes)),
+        )?;
+        let kinded = |p: &PeerStats, data: u64, control: u64| {
+            [
+                (
+                    [
+                        ("peer", label_value(&p.endpoint)),
+                        ("kind", "data".to_owned()),
+                    ],
+                    data,
+                ),
+                (
+                    [
+                        ("peer", label_value(&p.endpoint)),
+                        ("kind", "control".to_owned()),
+                    ],
+                    control,
+                ),
+            ]
+        };
+        family(
+            e,
+            "hypha_peer_tx_frames",
+            "Frames sent to the peer",
+            Counter,
+            s.peers
+                .iter()
+                .flat_map(|p| kinded(p, p.tx_data_frames, p.tx_control_frames)),
+        )?;
+        family(
+            e,
+            "hypha_peer_rx_frames",
+            "Frames received from the peer",
+            Counter,
+            s.peers
+                .iter()
+                .flat_map(|p| kinded(p, p.rx_data_frames, p.rx_control_frames)),
+        )?;
+        family(
+            e,
+            "hypha_peer_state",
+            "1 for the peer's connection state",
+            Gauge,
+            s.peers.iter().flat_map(|p| {
+                [
+                    ConnectionState::Alive,
+                    ConnectionState::Connecting,
+                    ConnectionState::Dead,
+                ]
+                .map(|st| {
+                    let labels = [
+                        ("peer", label_value(&p.endpoint)),
+                        ("state", state_name(st).to_owned()),
+                    ];
+                    (labels, u64::from(p.connection_state == st))
+                })
+            }),
+        )?;
+        family(
+            e,
+            "hypha_peer_link_cost",
+            "Routing cost of the peer's current link",
+            Gauge,
+            s.peers
+                .iter()
+                .filter_map(|p| p.link_cost.map(|c| (peer(p), u64::from(c)))),
+        )?;
+
+        let d = &s.data;
+        counter(
+            e,
+            "hypha_tun_packets_in",
+            "IP packets (segments) read from the TUN into the data path",
+            d.tun_packets_in,
+        )?;
+        counter(
+            e,
+            "hypha_tun_packets_out",
+            "IP packets queued for the TUN",
+            d.tun_packets_out,
+        )?;
+        counter(
+            e,
+            "hypha_frames_sent",
+            "Data frames sealed and sent for local packets",
+            d.frames_sent,
+        )?;
+        counter(
+            e,
+            "hypha_frames_forwarded",
+            "Data frames forwarded to another peer",
+            d.frames_forwarded,
+        )?;
+        counter(
+            e,
+            "hypha_frames_delivered",
+            "Data frames opened and delivered locally",
+            d.frames_delivered,
+        )?;
+        counter(
+            e,
+            "hypha_decrypt_failures",
+            "Data frames whose AEAD open failed",
+            d.drop_decrypt,
+        )?;
+        counter(
+            e,
+            "hypha_malformed_control_frames",
+            "Control frames skipped as malformed",
+            d.malformed_control,
+        )?;
+        counter(
+            e,
+            "hypha_icmp_generated",
+            "ICMPv6 errors generated",
+            d.icmp_generated,
+        )?;
+        counter(
+            e,
+            "hypha_icmp_received",
+            "Out-of-band ICMPv6 errors received",
+            d.icmp_received,
+        )?;
+        family(
+            e,
+            "hypha_data_drops",
+            "Data path drops by reason",
+            Counter,
+            [
+                ("not_ipv6", d.drop_not_ipv6),
+                ("no_route", d.drop_no_route),
+                ("no_key", d.drop_no_key),
+                ("hop_limit", d.drop_hop_limit),
+                ("decrypt", d.drop_decrypt),
+                ("inner", d.drop_inner),
+                ("queue_full", d.drop_queue_full),
+                ("no_tun", d.drop_no_tun),
+            ]
+            .map(|(r, v)| ([("reason", r)], v)),
+        )?;
+
+        if let Some(t) = &s.tun {
+            counter(
+                e,
+                "hypha_tun_reads",
+                "TUN read syscalls that returned a packet",
+                t.reads,
+            )?;
+            counter(
+                e,
+                "hypha_tun_super_packets",
+                "TUN reads that returned a GSO super-packet",
+                t.super_packets,
+            )?;
+            counter(
+                e,
+                "hypha_tun_segments",
+                "Segments handed out by TUN reads",
+                t.segments,
+            )?;
+            counter(
+                e,
+                "hypha_tun_writes",
+                "TUN write syscalls that succeeded",
+                t.writes,
+            )?;
+            counter(
+                e,
+                "hypha_tun_coalesced_writes",
+                "TUN writes that carried a coalesced train",
+                t.coalesced_writes,
+            )?;
+            counter(
+                e,
+                "hypha_tun_packets_written",
+                "IP packets written to the TUN",
+                t.packets_written,
+            )?;
+            counter(
+                e,
+                "hypha_tun_einval_fallbacks",
+                "Coalesced writes refused with EINVAL and retried singly",
+                t.einval_fallbacks,
+            )?;
+            counter(
+                e,
+                "hypha_tun_offload_demotions",
+                "Times coalescing was switched off after repeated EINVAL",
+                t.demotions,
+            )?;
+            counter(
+                e,
+                "hypha_tun_read_errors",
+                "TUN reads that failed",
+                t.read_errors,
+            )?;
+            family(
+                e,
+                "hypha_tun_drops",
+                "TUN drops by reason",
+                Counter,
+                [
+                    ("malformed", t.drop_malformed),
+                    ("truncated", t.drop_truncated),
+                    ("sink_full", t.drop_sink_full),
+                    ("write_error", t.drop_write_error),
+                    ("would_block", t.drop_would_block),
+                ]
+                .map(|(r, v)| ([("reason", r)], v)),
+            )?;
+            histogram(
+                e,
+                "hypha_tun_read_segments",
+                "Segments per TUN read",
+                &t.read_segments,
+            )?;
+            histogram(
+                e,
+                "hypha_tun_write_packets",
+                "Packets per TUN write syscall (per-batch mean)",
+                &t.write_packets,
+            )?;
+        }
+
+        let r = &s.routing;
+        family(
+            e,
+            "hypha_routes",
+            "Routes held",
+            Gauge,
+            [
+                ("selected", r.selected_routes),
+                ("fallback", r.fallback_routes),
+            ]
+            .map(|(k, v)| ([("kind", k)], v)),
+        )?;
+        gauge(
+            e,
+            "hypha_route_queries_in_flight",
+            "Subnets with a route query in flight",
+            r.queried_subnets as i64,
+        )?;
+        counter(
+            e,
+            "hypha_route_requests_sent",
+            "RouteRequest TLVs sent",
+            r.route_requests_sent,
+        )?;
+        counter(
+            e,
+            "hypha_route_requests_received",
+            "RouteRequest TLVs received",
+            r.route_requests_received,
+        )?;
+        counter(
+            e,
+            "hypha_route_queries_timed_out",
+            "Route queries that ended without a route",
+            r.route_queries_timed_out,
+        )?;
+        counter(
+            e,
+            "hypha_routes_acquired",
+            "Subnets that gained a route",
+            r.routes_acquired,
+        )?;
+        counter(
+            e,
+            "hypha_routes_lost",
+            "Subnets that lost their route",
+            r.routes_lost,
+        )?;
+        family(
+            e,
+            "hypha_routing_tlvs_received",
+            "Routing TLVs received by type",
+            Counter,
+            [
+                ("hello", r.hello_received),
+                ("ihu", r.ihu_received),
+                ("update", r.updates_received),
+                ("route_request", r.route_requests_received),
+                ("seqno_request", r.seqno_requests_received),
+            ]
+            .map(|(k, v)| ([("type", k)], v)),
+        )?;
+        Ok(())
+    }
+}
+
+/// Reads one sample from rendered text: `name` with exactly `labels` (in rendering order, as
+/// `key="value"` pairs joined by commas; empty for none). For tests and tools.
+pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == key).then(|| v.parse().ok())?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> Stats {
+        let h = TunHistograms::default();
+        h.read_segments.observe(1);
+        h.read_segments.observe(47);
+        h.read_segments.observe(47);
+        h.write_packets.observe_many(3, 90); // three writes of 30 on average
+        h.write_packets.observe(300);
+        Stats {
+            uptime: 12,
+            peers: vec![
+                PeerStats {
+                    endpoint: "tcp://198.18.0.2:9651".to_owned(),
+                    connection_state: ConnectionState::Alive,
+                    link_cost: Some(103),
+                    tx_bytes: 1000,
+                    rx_bytes: 2000,
+                    tx_data_frames: 5,
+                    tx_control_frames: 6,
+                    rx_data_frames: 7,
+                    rx_control_frames: 8,
+                },
+                PeerStats {
+                    endpoint: "tcp://[fe80::1%2]:9651".to_owned(),
+                    connection_state: ConnectionState::Dead,
+                    link_cost: None,
+                    tx_bytes: 0,
+                    rx_bytes: 0,
+                    tx_data_frames: 0,
+                    tx_control_frames: 0,
+                    rx_data_frames: 0,
+                    rx_control_frames: 0,
+                },
+            ],
+            data: DataStats {
+                drop_decrypt: 3,
+                malformed_control: 4,
+                frames_sent: 9,
+                ..DataStats::default()
+            },
+            tun: Some(TunStats::new(
+                &tun::Stats {
+                    reads: 3,
+                    super_packets: 2,
+                    segments: 95,
+                    einval_fallbacks: 1,
+                    ..tun::Stats::default()
+                },
+                &h,
+            )),
+            routing: RoutingStats {
+                selected_routes: 2,
+                route_requests_sent: 4,
+                ..RoutingStats::default()
+            },
+        }
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(1);
+        h.observe(3);
+        h.observe(4);
+        h.observe(1000);
+        h.observe_many(2, 10); // mean 5
+        let s = h.snapshot();
+        assert_eq!(s.count, 6);
+        assert_eq!(s.sum, 1018);
+        assert_eq!(s.buckets[0], (1, 1));
+        assert_eq!(s.buckets[1], (2, 1));
+        assert_eq!(s.buckets[2], (4, 3));
+        assert_eq!(s.buckets[3], (8, 5));
+        assert_eq!(*s.buckets.last().unwrap(), (256, 5));
+        h.observe_many(0, 5);
+        assert_eq!(h.snapshot().count, 6);
+    }
+
+    #[test]
+    fn renders_counters_gauges_and_labels() {
+        let text = render(&stats());
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE hypha_peer_tx_bytes counter\n"));
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_peer_tx_bytes_total",
+                "peer=\"tcp://198.18.0.2:9651\""
+            ),
+            Some(1000.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_peer_rx_frames_total",
+                "peer=\"tcp://198.18.0.2:9651\",kind=\"control\""
+            ),
+            Some(8.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_peer_state",
+                "peer=\"tcp://198.18.0.2:9651\",state=\"alive\""
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_peer_state",
+                "peer=\"tcp://198.18.0.2:9651\",state=\"dead\""
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_peer_link_cost",
+                "peer=\"tcp://198.18.0.2:9651\""
+            ),
+            Some(103.0)
+        );
+        // A dead peer has no cost sample.
+        assert!(
+            text.contains("peer=\"tcp://[fe80::1%2]:9651\",state=\"dead\"} 1"),
+            "{text}"
+        );
+        assert_eq!(text.matches("hypha_peer_link_cost{").count(), 1);
+        assert_eq!(sample(&text, "hypha_decrypt_failures_total", ""), Some(3.0));
+        assert_eq!(
+            sample(&text, "hypha_data_drops_total", "reason=\"decrypt\""),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_malformed_control_frames_total", ""),
+            Some(4.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_tun_super_packets_total", ""),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_tun_einval_fallbacks_total", ""),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_routes", "kind=\"selected\""),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_route_requests_sent_total", ""),
+            Some(4.0)
+        );
+        assert_eq!(sample(&text, "hypha_uptime_seconds", ""), Some(12.0));
+    }
+
+    #[test]
+    fn renders_histograms() {
+        let text = render(&stats());
+        assert!(text.contains("# TYPE hypha_tun_read_segments histogram\n"));
+        assert_eq!(
+            sample(&text, "hypha_tun_read_segments_count", ""),
+            Some(3.0)
+        );
+        assert_eq!(sample(&text, "hypha_tun_read_segments_sum", ""), Some(95.0));
+        assert_eq!(
+            sample(&text, "hypha_tun_read_segments_bucket", "le=\"1.0\""),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_tun_read_segments_bucket", "le=\"32.0\""),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_tun_read_segments_bucket", "le=\"64.0\""),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_tun_read_segments_bucket", "le=\"+Inf\""),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_tun_write_packets_count", ""),
+            Some(4.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_tun_write_packets_bucket", "le=\"32.0\""),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_tun_write_packets_bucket", "le=\"256.0\""),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_tun_write_packets_bucket", "le=\"+Inf\""),
+            Some(4.0)
+        );
+    }
+
+    #[test]
+    fn without_tun_no_tun_metrics() {
+        let mut s = stats();
+        s.tun = None;
+        let text = render(&s);
+        assert!(!text.contains("hypha_tun_reads"));
+        assert!(text.contains("hypha_frames_sent_total 9\n"));
+    }
+
+    #[test]
+    fn label_values_cannot_break_the_format() {
+        let mut s = stats();
+        s.peers[1].endpoint = "a\"b\\c\nd".to_owned();
+        let text = render(&s);
+        assert_eq!(
+            sample(&text, "hypha_peer_tx_bytes_total", "peer=\"a_b_c_d\""),
+            Some(0.0)
+        );
+    }
+
+    #[test]
+    fn stats_json_round_trip() {
+        let s = stats();
+        let j = serde_json::to_string(&s).unwrap();
+        assert!(j.contains("\"connectionState\":\"alive\""), "{j}");
+        assert_eq!(serde_json::from_str::<Stats>(&j).unwrap(), s);
+    }
+}

@@ -225,6 +225,17 @@ impl Node {
 
 /// A plain HTTP/1.1 request to a node's API from inside its namespace: (status, body).
 pub fn http(ns: &Netns, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    http_port(ns, 8989, method, path, body)
+}
+
+/// [`http`] to another loopback port of the namespace (the metrics endpoint, say).
+pub fn http_port(
+    ns: &Netns,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let req = match body {
         Some(b) => format!(
@@ -235,7 +246,7 @@ pub fn http(ns: &Netns, method: &str, path: &str, body: Option<&str>) -> (u16, S
     };
     let raw = ns
         .run(move || -> io::Result<String> {
-            let mut s = TcpStream::connect("127.0.0.1:8989")?;
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
             s.write_all(req.as_bytes())?;
             let mut out = String::new();

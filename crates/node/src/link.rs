@@ -17,6 +17,7 @@ use wire::frame::{self, Frame, FrameReader};
 
 use crate::datapath::{self, DataCounters, DataTable, Inbound, Need, Outbox, RefreshTracker};
 use crate::datapath::{FrameBatch, LinkTx, TunBatch};
+use crate::ratelimit::LogLimiter;
 
 /// A write that makes no progress for this long means the peer stalled: drop it.
 const WRITE_STALL: Duration = Duration::from_secs(30);
@@ -120,13 +121,14 @@ async fn write_loop(
     stats: &LinkStats,
 ) -> Result<(), String> {
     let mut buf: Vec<u8> = Vec::with_capacity(MAX_WRITE);
+    let mut refused_log = LogLimiter::new(Duration::from_secs(10));
     loop {
         let mut data_frames = 0u64;
         let mut control_frames = 0u64;
         tokio::select! {
             biased;
             t = control.recv() => match t {
-                Some(tlv) => control_frames += encode_tlv(&mut buf, &tlv),
+                Some(tlv) => control_frames += encode_tlv(&mut buf, &tlv, &mut refused_log),
                 None => return Ok(()),
             },
             b = data.recv() => match b {
@@ -143,7 +145,7 @@ async fn write_loop(
         }
         // Gather whatever else is ready into the same write.
         while let Ok(tlv) = control.try_recv() {
-            control_frames += encode_tlv(&mut buf, &tlv);
+            control_frames += encode_tlv(&mut buf, &tlv, &mut refused_log);
         }
         while buf.len() < MAX_WRITE {
             match data.try_recv() {
@@ -184,13 +186,15 @@ async fn write_loop(
 }
 
 /// Appends one control frame; returns how many frames it added (0 or 1).
-fn encode_tlv(buf: &mut Vec<u8>, tlv: &Tlv) -> u64 {
+fn encode_tlv(buf: &mut Vec<u8>, tlv: &Tlv, log: &mut LogLimiter) -> u64 {
     match frame::encode_control(buf, tlv) {
         Ok(_) => 1,
         Err(e) => {
             // The routing core never asks for what the send policy forbids; if it did, refusing
             // is the right thing.
-            warn!("refusing to send {tlv:?}: {e}");
+            if let Some(n) = log.allow(Instant::now()) {
+                warn!("refusing to send {tlv:?}: {e} ({n} more refused since the last report)");
+            }
             0
         }
     }

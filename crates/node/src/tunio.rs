@@ -20,11 +20,14 @@ use wire::babel::Subnet;
 use crate::datapath::TunBatch;
 use crate::datapath::{self, DataCounters, DataTable, Need, Outbound, Outbox, RefreshTracker};
 use crate::metrics::TunHistograms;
+use crate::ratelimit::LogLimiter;
 
 /// How often the reader looks at the stop flag while the TUN is idle.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Batches for the TUN writer queued at most; beyond this peers' readers wait.
 pub(crate) const TUN_QUEUE: usize = 64;
+/// At most one log line per this interval for a repeating TUN error.
+const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Packets per `write_batch` call at most.
 const MAX_WRITE_BATCH: usize = 256;
 
@@ -85,12 +88,16 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
     let mut icmp = TunBatch::default();
     let mut refresh = RefreshTracker::default();
     let mut errors = 0u32;
+    let mut poll_log = LogLimiter::new(ERROR_LOG_EVERY);
+    let mut read_log = LogLimiter::new(ERROR_LOG_EVERY);
     while !stop.load(Ordering::Relaxed) {
         match tun.wait_readable(Some(IDLE_POLL)) {
             Ok(true) => {}
             Ok(false) => continue,
             Err(e) => {
-                error!("TUN poll failed: {e}");
+                if let Some(n) = poll_log.allow(Instant::now()) {
+                    error!("TUN poll failed: {e} ({n} more since the last report)");
+                }
                 std::thread::sleep(IDLE_POLL);
                 continue;
             }
@@ -109,7 +116,7 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
             Err(e) => {
                 // A read error must not spin: back off, and say so once in a while.
                 errors += 1;
-                if errors == 1 || errors % 1000 == 0 {
+                if read_log.allow(Instant::now()).is_some() {
                     warn!("TUN read failed ({errors} in a row): {e}");
                 }
                 std::thread::sleep(Duration::from_millis(10).min(IDLE_POLL));
@@ -145,6 +152,7 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
 fn write_loop(tun: &Tun, mut rx: mpsc::Receiver<TunBatch>, histograms: &TunHistograms) {
     let mut wr = Writer::new(tun);
     let mut pending: Vec<TunBatch> = Vec::new();
+    let mut drop_log = LogLimiter::new(ERROR_LOG_EVERY);
     while let Some(first) = rx.blocking_recv() {
         pending.push(first);
         let mut n = pending[0].len();
@@ -165,6 +173,15 @@ fn write_loop(tun: &Tun, mut rx: mpsc::Receiver<TunBatch>, histograms: &TunHisto
         histograms
             .write_packets
             .observe_many(report.syscalls as u64, report.written as u64);
+        if report.dropped > 0 {
+            if let Some(n) = drop_log.allow(Instant::now()) {
+                warn!(
+                    "TUN write dropped {} packets (the device's drop counters say why; \
+                     {n} more such batches since the last report)",
+                    report.dropped
+                );
+            }
+        }
         drop(packets);
         pending.clear();
     }

@@ -103,22 +103,8 @@ impl Mycelium {
         m
     }
 
-    /// GET on its HTTP API, from inside its namespace.
     fn get(&self, path: &str) -> io::Result<Value> {
-        let url = format!("http://{API}{path}");
-        testbed::run_in(&self.ns, move || -> io::Result<Value> {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(5)))
-                .build()
-                .into();
-            agent
-                .get(&url)
-                .call()
-                .map_err(io::Error::other)?
-                .body_mut()
-                .read_json::<Value>()
-                .map_err(io::Error::other)
-        })?
+        api_get(&self.ns, path)
     }
 
     fn selected_subnets(&self) -> Vec<String> {
@@ -140,6 +126,24 @@ impl Mycelium {
             );
         }
     }
+}
+
+/// GET on the HTTP admin API at [`API`] inside `ns` (both implementations serve it there).
+fn api_get(ns: &str, path: &str) -> io::Result<Value> {
+    let url = format!("http://{API}{path}");
+    testbed::run_in(ns, move || -> io::Result<Value> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        agent
+            .get(&url)
+            .call()
+            .map_err(io::Error::other)?
+            .body_mut()
+            .read_json::<Value>()
+            .map_err(io::Error::other)
+    })?
 }
 
 fn tail(log: &Path) -> String {
@@ -219,6 +223,28 @@ impl Peer {
         match self {
             Peer::Hypha(n) => n.log_tail(),
             Peer::Mycelium(m) => tail(&m.log),
+        }
+    }
+
+    /// For a hypha node: nothing the other implementation sent was malformed, failed to open or
+    /// carried an unknown inner type, and the link costs show IHUs answering our Hellos.
+    fn assert_clean(&self) {
+        let Peer::Hypha(n) = self else { return };
+        let stats = api_get(&n.ns, "/api/v1/admin/stats").expect("hypha stats");
+        for counter in ["malformedControl", "dropDecrypt", "dropInner"] {
+            assert_eq!(
+                stats["data"][counter].as_u64(),
+                Some(0),
+                "hypha {counter} on {}: {stats}",
+                n.ns
+            );
+        }
+        let peers = stats["peers"].as_array().expect("peers");
+        assert!(!peers.is_empty(), "{stats}");
+        for p in peers {
+            // Starts at 1000 + static cost; only IHUs that answer our Hellos bring it down.
+            let cost = p["linkCost"].as_u64().unwrap_or(u64::MAX);
+            assert!(cost < 1000, "no IHU answered our Hello on {}: {p}", n.ns);
         }
     }
 
@@ -305,9 +331,19 @@ fn timed_transfer(from: (&Peer, &Netns), to: (&Peer, &Netns), port: u16, len: u6
     rate
 }
 
+/// Keys and logs of one scenario; kept (and named on stderr) when `HYPHA_INTEROP_KEEP` is set.
+fn workdir() -> tempfile::TempDir {
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("HYPHA_INTEROP_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("interop: keys and logs kept in {}", dir.path().display());
+    }
+    dir
+}
+
 /// Two namespaces, `listener` waiting on 198.18.<net>.1:9651 and `dialer` dialling it.
 fn direct(listener: Kind, dialer: Kind, net: u8, len: u64) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workdir();
     let (na, nb) = (Netns::new("ia").unwrap(), Netns::new("ib").unwrap());
     let (ip_a, _) = linked_pair(&na, &nb, net);
     let a = Peer::start(listener, &na, dir.path(), "a", None);
@@ -323,6 +359,8 @@ fn direct(listener: Kind, dialer: Kind, net: u8, len: u64) {
     // Both still consider the link up after the load (no decode error tore it down).
     a.wait_route(&b);
     b.wait_route(&a);
+    a.assert_clean();
+    b.assert_clean();
 }
 
 #[test]
@@ -366,7 +404,7 @@ fn direct_hypha_pair_baseline() {
 /// a — b — c on two links; b dials a, c dials b. a and c are not neighbours, so their routes are
 /// learnt on demand through b, and every packet between them is relayed by b.
 fn chain(kinds: [Kind; 3], net: u8, len: u64) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workdir();
     let (na, nb, nc) = (
         Netns::new("ca").unwrap(),
         Netns::new("cb").unwrap(),
@@ -381,6 +419,12 @@ fn chain(kinds: [Kind; 3], net: u8, len: u64) {
     let c = Peer::start(kinds[2], &nc, dir.path(), "c", Some(&peer_b));
     b.wait_route(&a);
     b.wait_route(&c);
+    eprintln!(
+        "interop figure: chain {} - {} - {} (the middle one relays):",
+        a.kind(),
+        b.kind(),
+        c.kind()
+    );
 
     // Three decrements: a, b and c.
     a.ping(&c, 3);
@@ -389,6 +433,9 @@ fn chain(kinds: [Kind; 3], net: u8, len: u64) {
     c.wait_route(&a);
     timed_transfer((&a, &na), (&c, &nc), 5003, len);
     timed_transfer((&c, &nc), (&a, &na), 5004, len);
+    for p in [&a, &b, &c] {
+        p.assert_clean();
+    }
 }
 
 #[test]
@@ -407,4 +454,66 @@ fn chain_hypha_mycelium_hypha() {
 )]
 fn chain_mycelium_hypha_mycelium() {
     chain([Kind::Mycelium, Kind::Hypha, Kind::Mycelium], 46, 64 * MB);
+}
+
+/// The peer port of the single inbound link mycelium lists, if it is alive.
+fn alive_inbound(m: &Mycelium) -> Option<String> {
+    let peers = m.get("/api/v1/admin/peers").ok()?;
+    match peers.as_array()?.as_slice() {
+        [p] if p["connectionState"] == "alive" => {
+            Some(p["endpoint"]["addr"]["socket"].as_str()?.to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Hello/IHU over time: the link outlives both sides' 43 s dead timers on the same TCP
+/// connection, so each side answers the other's Hellos with IHUs that are accepted.
+#[test]
+#[cfg_attr(
+    any(not(hypha_mycelium), not(hypha_root)),
+    ignore = "set MYCELIUM_BIN to a mycelium binary, and run as root (namespaces)"
+)]
+fn link_stays_up_past_dead_timers() {
+    let dir = workdir();
+    let (na, nb) = (Netns::new("la").unwrap(), Netns::new("lb").unwrap());
+    let (ip_a, _) = linked_pair(&na, &nb, 48);
+    let m = Mycelium::start(&na, dir.path(), "m", None);
+    let peer = format!("tcp://{ip_a}:9651");
+    let h = Peer::start(Kind::Hypha, &nb, dir.path(), "h", Some(&peer));
+    let m = Peer::Mycelium(m);
+    h.wait_route(&m);
+    m.wait_route(&h);
+    let Peer::Mycelium(my) = &m else {
+        unreachable!()
+    };
+    let first = alive_inbound(my).expect("mycelium lists hypha's connection");
+
+    // Mycelium sends a Hello every 20 s (the first within 20 s of connecting): four of them
+    // take at least 60 s, past the 43–53 s in which a peer without IHUs is dropped.
+    let hellos = |_: &Node| -> bool {
+        api_get(h.ns(), "/api/v1/admin/stats")
+            .ok()
+            .and_then(|s| s["routing"]["helloReceived"].as_u64())
+            .is_some_and(|n| n >= 4)
+    };
+    let Peer::Hypha(hn) = &h else { unreachable!() };
+    hn.wait(
+        Duration::from_secs(120),
+        "four Hellos from mycelium",
+        hellos,
+    );
+
+    assert_eq!(
+        alive_inbound(my).as_deref(),
+        Some(first.as_str()),
+        "mycelium dropped or replaced hypha's connection\n{}",
+        m.log_tail()
+    );
+    let stats = api_get(h.ns(), "/api/v1/admin/stats").unwrap();
+    let ihus = stats["routing"]["ihuReceived"].as_u64().unwrap_or(0);
+    assert!(ihus >= 3, "hypha got {ihus} IHUs: {stats}");
+    h.assert_clean();
+    h.ping(&m, 2);
+    m.ping(&h, 2);
 }

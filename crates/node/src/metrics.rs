@@ -425,7 +425,7 @@ impl Collector for StatsCollector {
         counter(
             e,
             "hypha_tun_packets_out",
-            "IP packets queued for the TUN",
+            "IP packets written to the TUN by the data path",
             d.tun_packets_out,
         )?;
         counter(

@@ -65,6 +65,7 @@ pub(crate) fn start(
 ) -> io::Result<TunIo> {
     let stop = Arc::new(AtomicBool::new(false));
     let histograms = cfg.histograms.clone();
+    let counters = cfg.counters.clone();
     let reader = std::thread::Builder::new()
         .name("hypha-tun-rx".into())
         .spawn({
@@ -74,7 +75,7 @@ pub(crate) fn start(
         })?;
     let writer = std::thread::Builder::new()
         .name("hypha-tun-tx".into())
-        .spawn(move || write_loop(&tun, to_tun_rx, &histograms))?;
+        .spawn(move || write_loop(&tun, to_tun_rx, &histograms, &counters))?;
     Ok(TunIo {
         stop,
         threads: vec![reader, writer],
@@ -149,7 +150,12 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
     }
 }
 
-fn write_loop(tun: &Tun, mut rx: mpsc::Receiver<TunBatch>, histograms: &TunHistograms) {
+fn write_loop(
+    tun: &Tun,
+    mut rx: mpsc::Receiver<TunBatch>,
+    histograms: &TunHistograms,
+    counters: &DataCounters,
+) {
     let mut wr = Writer::new(tun);
     let mut pending: Vec<TunBatch> = Vec::new();
     let mut drop_log = LogLimiter::new(ERROR_LOG_EVERY);
@@ -173,6 +179,9 @@ fn write_loop(tun: &Tun, mut rx: mpsc::Receiver<TunBatch>, histograms: &TunHisto
         histograms
             .write_packets
             .observe_many(report.syscalls as u64, report.written as u64);
+        counters
+            .tun_packets_out
+            .fetch_add(report.written as u64, Ordering::Relaxed);
         if report.dropped > 0 {
             if let Some(n) = drop_log.allow(Instant::now()) {
                 warn!(

@@ -192,6 +192,7 @@ impl Tun {
         let mut report = WriteReport::default();
         if !self.shared.caps.vnet_hdr() {
             for p in packets.iter() {
+                report.syscalls += 1;
                 self.write_single(p.as_ref(), &mut report);
             }
             return report;

@@ -172,6 +172,19 @@ fn run(extra: &[&str], offload: bool) {
     within("a's data frames sent", a_frames, packets, 0.03);
     let b_delivered = delta(&b0, &b1, "hypha_frames_delivered_total");
     within("b's frames delivered", b_delivered, a_frames, 0.01);
+    let b_out = delta(&b0, &b1, "hypha_tun_packets_out_total");
+    within("b's packets written to the TUN", b_out, b_delivered, 0.01);
+    // The write histogram sees every write syscall and every packet written.
+    assert_eq!(
+        delta(&b0, &b1, "hypha_tun_write_packets_count"),
+        delta(&b0, &b1, "hypha_tun_writes_total"),
+        "{b1}"
+    );
+    assert_eq!(
+        delta(&b0, &b1, "hypha_tun_write_packets_sum"),
+        delta(&b0, &b1, "hypha_tun_packets_written_total"),
+        "{b1}"
+    );
     // The reverse direction carries ACKs only: far fewer bytes.
     let b_tx = delta(&b0, &b1, "hypha_peer_tx_bytes_total");
     assert!(b_tx < a_tx / 5.0, "b sent {b_tx} bytes for a's {a_tx}");

@@ -235,13 +235,14 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
     let r = &s.routing;
     let _ = writeln!(
         o,
-        "routing selected {}, fallback {}, queried {}; route requests sent {}, received {}; \
-         queries timed out {}; routes acquired {}, lost {}",
+        "routing selected {}, fallback {}, queried {}; route requests sent {}, received {}, \
+         answered {}; queries timed out {}; routes acquired {}, lost {}",
         r.selected_routes,
         r.fallback_routes,
         r.queried_subnets,
         r.route_requests_sent,
         r.route_requests_received,
+        r.route_requests_answered,
         r.route_queries_timed_out,
         r.routes_acquired,
         r.routes_lost

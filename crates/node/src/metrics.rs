@@ -229,6 +229,8 @@ pub struct RoutingStats {
     /// RouteRequest TLVs sent (ours and forwarded ones).
     pub route_requests_sent: u64,
     pub route_requests_received: u64,
+    /// RouteRequests answered with an Update (for our /64 or a selected route).
+    pub route_requests_answered: u64,
     /// Route queries that ended without a route.
     pub route_queries_timed_out: u64,
     pub routes_acquired: u64,
@@ -600,6 +602,12 @@ impl Collector for StatsCollector {
             "hypha_route_requests_received",
             "RouteRequest TLVs received",
             r.route_requests_received,
+        )?;
+        counter(
+            e,
+            "hypha_route_requests_answered",
+            "RouteRequest TLVs answered with an Update",
+            r.route_requests_answered,
         )?;
         counter(
             e,

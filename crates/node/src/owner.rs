@@ -603,6 +603,7 @@ impl Owner {
                 queried_subnets: self.router.queried_subnets(now).len() as u64,
                 route_requests_sent: rc.requests_sent,
                 route_requests_received: c.route_request_rx,
+                route_requests_answered: c.route_request_answered,
                 route_queries_timed_out: rc.queries_timed_out,
                 routes_acquired: rc.acquired,
                 routes_lost: rc.lost,

@@ -149,6 +149,8 @@ pub struct Counters {
     pub ihu_rx: u64,
     pub update_rx: u64,
     pub route_request_rx: u64,
+    /// RouteRequests we answered with an Update (our own /64 or a selected route).
+    pub route_request_answered: u64,
     pub seqno_request_rx: u64,
     /// TLV from a link the core does not know (not up, or already declared dead).
     pub unknown_link: u64,
@@ -1422,12 +1424,14 @@ impl Router {
         if self.cfg.own_subnet.contains(&p) {
             let u = self.own_update();
             self.tx(link, Tlv::Update(u));
+            self.counters.route_request_answered += 1;
             return;
         }
         if let Some(list) = self.routes.get(&p) {
             if list.selected.is_some_and(|l| l != link) {
                 if let Some((_, rid, seqno, metric)) = self.selected(&p) {
                     self.send_route(p, rid, seqno, metric, Some(link), None, now);
+                    self.counters.route_request_answered += 1;
                 }
             }
             return;

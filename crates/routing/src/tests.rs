@@ -287,3 +287,32 @@ fn prefix_length_index_lists_lengths_in_use_longest_first() {
     idx.remove_pub(128); // more removals than adds are harmless
     assert_eq!(idx.lengths().collect::<Vec<_>>(), vec![127, 65, 63, 0]);
 }
+
+#[test]
+fn answered_route_requests_are_counted() {
+    use wire::babel::RouteRequest;
+    let mut r = router();
+    r.handle_link_up(L1, 10, Time::ZERO).unwrap();
+    r.handle_link_up(L2, 10, Time::ZERO).unwrap();
+    // A selected route to node 5 through L2.
+    r.handle_tlv(L2, &update(5, 1, 100), secs(1));
+    drain(&mut r);
+    let own = ident(0).1;
+    let other = ident(5).1;
+    let unknown = Subnet::slash64("4ff:1:2:3::".parse::<Ipv6Addr>().unwrap());
+    for p in [own, other, unknown] {
+        let rr = Tlv::RouteRequest(RouteRequest {
+            generation: 0,
+            prefix: Prefix::V6(p),
+        });
+        r.handle_tlv(L1, &rr, secs(2));
+    }
+    let out = drain(&mut r);
+    let updates = out
+        .iter()
+        .filter(|(l, t)| *l == L1 && matches!(t, Tlv::Update(_)))
+        .count();
+    assert_eq!(updates, 2, "{out:?}");
+    assert_eq!(r.counters().route_request_rx, 3);
+    assert_eq!(r.counters().route_request_answered, 2);
+}

@@ -229,7 +229,26 @@ impl RefreshTracker {
     }
 }
 
-fn addr_at(p: &[u8], at: usize) -> Ipv6Addr {
+/// Appends one data frame carrying the IPv6 `packet` sealed for its destination (inner type 0),
+/// built in place in `buf`. False (and nothing appended) if sealing failed.
+pub(crate) fn push_sealed_l3(
+    buf: &mut Vec<u8>,
+    cipher: &Cipher,
+    packet: &[u8],
+    hop: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+) -> bool {
+    let slot = DataSlot::begin(buf);
+    let body_start = slot.body_start();
+    buf.extend_from_slice(&INNER_L3);
+    buf.extend_from_slice(packet);
+    let sealed = keys::seal_tail(cipher, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
+    slot.finish(buf, hop, src, dst).is_ok() && sealed
+}
+
+/// The IPv6 address at byte `at` of `p` (the caller checked the length).
+pub(crate) fn addr_at(p: &[u8], at: usize) -> Ipv6Addr {
     let mut a = [0u8; 16];
     a.copy_from_slice(&p[at..at + 16]);
     Ipv6Addr::from(a)
@@ -300,13 +319,7 @@ pub(crate) fn outbound(
                 queue_pending(ctx, packet);
                 return;
             }
-            let buf = out.buf(nh.link);
-            let slot = DataSlot::begin(buf);
-            let body_start = slot.body_start();
-            buf.extend_from_slice(&INNER_L3);
-            buf.extend_from_slice(packet);
-            let sealed = keys::seal_tail(cipher, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
-            if slot.finish(buf, hop_limit - 1, src, dst).is_ok() && sealed {
+            if push_sealed_l3(out.buf(nh.link), cipher, packet, hop_limit - 1, src, dst) {
                 bump(&ctx.counters.frames_sent);
             }
         }

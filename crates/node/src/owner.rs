@@ -3,7 +3,7 @@
 //! what the data path needs as an immutable [`DataTable`] snapshot.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,7 +15,6 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use wire::babel::{Subnet, Tlv};
-use wire::frame::{DataSlot, DATA_FRAME_OVERHEAD};
 use wire::icmp::IcmpError;
 
 use crate::control::{
@@ -25,7 +24,7 @@ use crate::datapath::{
     self, bump, DataCounters, DataTable, FrameBatch, InboundFrame, Need, TunBatch,
 };
 use crate::endpoint::Endpoint;
-use crate::keys::{self, Cipher, Identity};
+use crate::keys::{Cipher, Identity};
 use crate::link::{self, LinkContext, LinkEvent, LinkHandles, LinkStats};
 use crate::metrics::{DataStats, PeerStats, RoutingStats, Stats, TunHistograms, TunStats};
 
@@ -372,9 +371,7 @@ impl Owner {
                 if packet.len() < 40 {
                     return;
                 }
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&packet[24..40]);
-                let dst = Ipv6Addr::from(a);
+                let dst = datapath::addr_at(&packet, 24);
                 let subnet = Subnet::slash64(dst);
                 // Maybe the route arrived after the data path looked.
                 if let Lookup::Route(_) = self.router.lookup(dst) {
@@ -401,11 +398,8 @@ impl Owner {
     fn send_pending(&mut self, subnet: Subnet, packets: Vec<Vec<u8>>) {
         let mut per_link: FxHashMap<LinkId, FrameBatch> = FxHashMap::default();
         for p in packets {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&p[24..40]);
-            let dst = Ipv6Addr::from(a);
-            a.copy_from_slice(&p[8..24]);
-            let src = Ipv6Addr::from(a);
+            let dst = datapath::addr_at(&p, 24);
+            let src = datapath::addr_at(&p, 8);
             let Lookup::Route(nh) = self.router.lookup(dst) else {
                 bump(&self.counters.drop_no_route);
                 continue;
@@ -416,15 +410,8 @@ impl Owner {
             };
             let batch = per_link.entry(nh.link).or_default();
             batch.frames += 1;
-            let buf = &mut batch.bytes;
-            let slot = DataSlot::begin(buf);
-            let body_start = slot.body_start();
-            buf.extend_from_slice(&[1, 0, 0, 0]);
-            buf.extend_from_slice(&p);
-            let sealed =
-                keys::seal_tail(&cipher, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
             let hop = p[7].saturating_sub(1);
-            if slot.finish(buf, hop, src, dst).is_ok() && sealed {
+            if datapath::push_sealed_l3(&mut batch.bytes, &cipher, &p, hop, src, dst) {
                 bump(&self.counters.frames_sent);
             }
         }
@@ -712,9 +699,7 @@ impl Owner {
         let own = self.identity.address();
         let mut batch = TunBatch::default();
         for p in q {
-            let mut a = [0u8; 16];
-            a.copy_from_slice(&p[8..24]);
-            if batch.push_icmp(own, Ipv6Addr::from(a), IcmpError::NoRoute, &p) {
+            if batch.push_icmp(own, datapath::addr_at(&p, 8), IcmpError::NoRoute, &p) {
                 bump(&self.counters.icmp_generated);
             }
         }

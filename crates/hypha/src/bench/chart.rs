@@ -11,7 +11,6 @@
 //! [`MAX_CATEGORIES`] categories per panel are drawn, and the image is at most [`MAX_WIDTH`] pixels
 //! wide; series beyond the eight colours of the palette reuse them in darker and lighter shades.
 
-use std::io::BufWriter;
 use std::path::Path;
 
 /// One compared system (e.g. "hypha --no-offload"): one value per category of its panel.
@@ -57,14 +56,16 @@ pub fn render(chart: &Chart) -> (u32, u32, Vec<u8>) {
 /// Renders the chart and writes it as a PNG file at `path`.
 pub fn write_png(chart: &Chart, path: &Path) -> std::io::Result<()> {
     let (w, h, px) = render(chart);
-    let file = std::fs::File::create(path)?;
-    let mut enc = png::Encoder::new(BufWriter::new(file), w, h);
+    // Encoded in memory first, so that a failure to write the file is reported rather than lost
+    // in a buffered writer's drop.
+    let mut encoded = Vec::new();
+    let mut enc = png::Encoder::new(&mut encoded, w, h);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
     let mut writer = enc.write_header()?;
     writer.write_image_data(&px)?;
     writer.finish()?;
-    Ok(())
+    std::fs::write(path, encoded)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,10 +290,10 @@ struct PanelPlan {
 
 impl PanelPlan {
     fn new(panel: &Panel, names: &[&str]) -> PanelPlan {
-        let title = if panel.unit.trim().is_empty() {
-            panel.title.clone()
-        } else {
-            format!("{} ({})", panel.title, panel.unit)
+        let title = match (panel.title.trim().is_empty(), panel.unit.trim().is_empty()) {
+            (_, true) => panel.title.clone(),
+            (true, false) => panel.unit.clone(),
+            (false, false) => format!("{} ({})", panel.title, panel.unit),
         };
         let categories: Vec<String> = panel
             .categories

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use offload::SegmentSink;
 use routing::{ForwardingTable, LinkId, Lookup};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 use wire::babel::Subnet;
-use wire::frame::{DataSlot, DATA_FRAME_OVERHEAD};
+use wire::frame::{write_data_header, DataSlot, DATA_FRAME_OVERHEAD};
 use wire::icmp::{self, IcmpError};
 
 use crate::keys::{self, Cipher};
@@ -185,7 +186,7 @@ impl Outbox {
                 self.bufs.push((
                     link,
                     FrameBatch {
-                        bytes: Vec::with_capacity(OUTBOX_CAPACITY),
+                        bytes: crate::pool::take(OUTBOX_CAPACITY),
                         frames: 0,
                     },
                 ));
@@ -264,37 +265,51 @@ pub(crate) struct Outbound<'a> {
     pub now: Instant,
 }
 
-/// One IPv6 packet read from the TUN: route it, seal it into the next hop's buffer, or answer it
-/// with an ICMPv6 error into `icmp_out`.
-pub(crate) fn outbound(
+/// What to do with one IPv6 packet read from the TUN.
+pub(crate) enum Verdict<'t> {
+    /// Seal it for `cipher` and send it to `link` with outer hop limit `hop`.
+    Seal {
+        link: LinkId,
+        cipher: &'t Cipher,
+        hop: u8,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+    },
+    /// Already dealt with: dropped and counted, answered with an ICMPv6 error into the TUN
+    /// batch, or queued for the owner until its route is known.
+    Handled,
+}
+
+/// Decides where a packet from the TUN goes. Everything but sealing happens here, so that the
+/// caller can seal wherever the packet already lies.
+pub(crate) fn classify<'t>(
     ctx: &mut Outbound<'_>,
-    table: &DataTable,
+    table: &'t DataTable,
     packet: &[u8],
-    out: &mut Outbox,
     icmp_out: &mut TunBatch,
-) {
+) -> Verdict<'t> {
     bump(&ctx.counters.tun_packets_in);
     if packet.len() < IPV6_HEADER_LEN || packet[0] >> 4 != 6 {
         bump(&ctx.counters.drop_not_ipv6);
-        return;
+        return Verdict::Handled;
     }
     let src = addr_at(packet, 8);
     let dst = addr_at(packet, 24);
     if dst.is_multicast() {
         // Neighbour/router discovery and MLD chatter on the TUN: nothing to route.
-        return;
+        return Verdict::Handled;
     }
     if ctx.own_subnet.contains_addr(dst) {
         if icmp_out.push_icmp(ctx.own_addr, src, IcmpError::AddressUnreachable, packet) {
             bump(&ctx.counters.icmp_generated);
         }
-        return;
+        return Verdict::Handled;
     }
     if !routing::overlay().contains_addr(src) {
         if icmp_out.push_icmp(ctx.own_addr, src, IcmpError::SourcePolicy, packet) {
             bump(&ctx.counters.icmp_generated);
         }
-        return;
+        return Verdict::Handled;
     }
     let hop_limit = packet[7];
     if hop_limit < 2 {
@@ -302,7 +317,7 @@ pub(crate) fn outbound(
         if icmp_out.push_icmp(ctx.own_addr, src, IcmpError::HopLimit, packet) {
             bump(&ctx.counters.icmp_generated);
         }
-        return;
+        return Verdict::Handled;
     }
     match table.fib.lookup(dst) {
         Lookup::Route(nh) => {
@@ -313,20 +328,25 @@ pub(crate) fn outbound(
                 // The key is computed when the route is published; a miss is a race with an
                 // update: let the owner queue it.
                 queue_pending(ctx, packet);
-                return;
+                return Verdict::Handled;
             };
             if !table.links.contains_key(&nh.link) {
                 queue_pending(ctx, packet);
-                return;
+                return Verdict::Handled;
             }
-            if push_sealed_l3(out.buf(nh.link), cipher, packet, hop_limit - 1, src, dst) {
-                bump(&ctx.counters.frames_sent);
+            Verdict::Seal {
+                link: nh.link,
+                cipher,
+                hop: hop_limit - 1,
+                src,
+                dst,
             }
         }
         Lookup::Local => {
             if icmp_out.push_icmp(ctx.own_addr, src, IcmpError::AddressUnreachable, packet) {
                 bump(&ctx.counters.icmp_generated);
             }
+            Verdict::Handled
         }
         Lookup::NoRoute => {
             bump(&ctx.counters.drop_no_route);
@@ -334,8 +354,129 @@ pub(crate) fn outbound(
             if icmp_out.push_icmp(ctx.own_addr, src, IcmpError::NoRoute, packet) {
                 bump(&ctx.counters.icmp_generated);
             }
+            Verdict::Handled
         }
-        Lookup::Resolving | Lookup::Unknown => queue_pending(ctx, packet),
+        Lookup::Resolving | Lookup::Unknown => {
+            queue_pending(ctx, packet);
+            Verdict::Handled
+        }
+    }
+}
+
+/// Room before each segment in a [`FrameSink`]: the data frame header and the inner header.
+const SINK_HEADROOM: usize = DATA_FRAME_OVERHEAD + INNER_L3.len();
+/// Room after each segment: the AEAD tag and nonce.
+const SINK_TAILROOM: usize = crypto::SEAL_OVERHEAD;
+/// Largest segment that still makes a legal frame body.
+const MAX_SINK_SEGMENT: usize = wire::frame::MAX_DATA_BODY - INNER_L3.len() - SINK_TAILROOM;
+
+/// Where the TUN reader splits super-packets: each segment is written once, into a buffer laid
+/// out as a train of data frames (`header ‖ inner header ‖ segment ‖ tag and nonce`), so sealing
+/// and framing happen in place and the buffer goes to the link writer as it is.
+pub(crate) struct FrameSink {
+    buf: Vec<u8>,
+    /// Frame start and segment length of each segment.
+    spans: Vec<(usize, usize)>,
+    capacity: usize,
+}
+
+impl FrameSink {
+    pub fn new(capacity: usize) -> FrameSink {
+        FrameSink {
+            buf: crate::pool::take(capacity),
+            spans: Vec::with_capacity(256),
+            capacity,
+        }
+    }
+
+    pub fn segments(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Routes and seals every segment. Frames for the first next hop stay in place and are
+    /// returned as one batch; frames for other next hops are copied into `out`; what cannot be
+    /// sent is cut out. The sink is empty afterwards, with a fresh buffer.
+    pub fn seal(
+        &mut self,
+        ctx: &mut Outbound<'_>,
+        table: &DataTable,
+        out: &mut Outbox,
+        icmp_out: &mut TunBatch,
+    ) -> Option<(LinkId, FrameBatch)> {
+        let mut main: Option<LinkId> = None;
+        let mut frames = 0u32;
+        // Where the kept frames end once the holes are closed.
+        let mut kept_end = 0usize;
+        let mut holes = false;
+        for i in 0..self.spans.len() {
+            let (start, len) = self.spans[i];
+            let seg_at = start + SINK_HEADROOM;
+            let frame_len = SINK_HEADROOM + len + SINK_TAILROOM;
+            let verdict = classify(ctx, table, &self.buf[seg_at..seg_at + len], icmp_out);
+            let Verdict::Seal {
+                link,
+                cipher,
+                hop,
+                src,
+                dst,
+            } = verdict
+            else {
+                holes = true;
+                continue;
+            };
+            if main.is_some_and(|m| m != link) || len > MAX_SINK_SEGMENT {
+                // Another next hop (several reads went into this batch): copy it over.
+                let packet = &self.buf[seg_at..seg_at + len];
+                if push_sealed_l3(out.buf(link), cipher, packet, hop, src, dst) {
+                    bump(&ctx.counters.frames_sent);
+                }
+                holes = true;
+                continue;
+            }
+            main = Some(link);
+            let frame = &mut self.buf[start..start + frame_len];
+            let (head, body) = frame.split_at_mut(DATA_FRAME_OVERHEAD);
+            body[..INNER_L3.len()].copy_from_slice(&INNER_L3);
+            let plain = INNER_L3.len() + len;
+            let sealed = cipher.seal_in_place(body, plain).is_ok();
+            if !sealed || write_data_header(head, hop, src, dst, body.len()).is_err() {
+                holes = true;
+                continue;
+            }
+            if holes {
+                self.buf.copy_within(start..start + frame_len, kept_end);
+            }
+            kept_end += frame_len;
+            frames += 1;
+            bump(&ctx.counters.frames_sent);
+        }
+        self.spans.clear();
+        self.buf.truncate(kept_end);
+        let link = main?;
+        let bytes = std::mem::replace(&mut self.buf, crate::pool::take(self.capacity));
+        Some((link, FrameBatch { bytes, frames }))
+    }
+
+    /// Forgets the segments, keeping the buffer.
+    pub fn clear(&mut self) {
+        self.spans.clear();
+        self.buf.clear();
+    }
+}
+
+impl SegmentSink for FrameSink {
+    fn segment(&mut self, len: usize) -> Option<&mut [u8]> {
+        let start = self.buf.len();
+        let seg_at = start + SINK_HEADROOM;
+        // Zero-filling the fresh bytes is the price of writing segments straight into the frame
+        // buffer without unsafe code; it touches the cache lines the split writes next anyway.
+        self.buf.resize(seg_at + len + SINK_TAILROOM, 0);
+        self.spans.push((start, len));
+        Some(&mut self.buf[seg_at..seg_at + len])
     }
 }
 

@@ -2,6 +2,7 @@
 //! through the data path) and a writer task (control TLVs and batches of data frames, many frames
 //! per write). Either task ending closes the link; the owner is told once.
 
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,8 @@ use crate::ratelimit::LogLimiter;
 const WRITE_STALL: Duration = Duration::from_secs(30);
 /// Upper bound of bytes gathered into one write.
 const MAX_WRITE: usize = 512 * 1024;
+/// Upper bound of data batches gathered into one write (one `iovec` each).
+const MAX_BATCHES_PER_WRITE: usize = 64;
 /// Control TLVs waiting for the writer; beyond this they are dropped and counted.
 pub(crate) const CONTROL_QUEUE: usize = 1024;
 /// Data batches waiting for the writer; beyond this senders wait (back-pressure).
@@ -120,43 +123,46 @@ async fn write_loop(
     mut data: mpsc::Receiver<FrameBatch>,
     stats: &LinkStats,
 ) -> Result<(), String> {
-    let mut buf: Vec<u8> = Vec::with_capacity(MAX_WRITE);
+    // Control frames are encoded here; data batches are written as they came, several per
+    // vectored write, and their buffers go back to the pool afterwards.
+    let mut ctl: Vec<u8> = Vec::with_capacity(4096);
+    let mut batches: Vec<FrameBatch> = Vec::with_capacity(MAX_BATCHES_PER_WRITE);
     let mut refused_log = LogLimiter::new(Duration::from_secs(10));
     loop {
         let mut data_frames = 0u64;
         let mut control_frames = 0u64;
+        let mut bytes = 0usize;
         tokio::select! {
             biased;
             t = control.recv() => match t {
-                Some(tlv) => control_frames += encode_tlv(&mut buf, &tlv, &mut refused_log),
+                Some(tlv) => control_frames += encode_tlv(&mut ctl, &tlv, &mut refused_log),
                 None => return Ok(()),
             },
             b = data.recv() => match b {
                 Some(b) => {
                     data_frames += u64::from(b.frames);
-                    if buf.is_empty() {
-                        buf = b.bytes;
-                    } else {
-                        buf.extend_from_slice(&b.bytes);
-                    }
+                    bytes += b.bytes.len();
+                    batches.push(b);
                 }
                 None => return Ok(()),
             },
         }
         // Gather whatever else is ready into the same write.
         while let Ok(tlv) = control.try_recv() {
-            control_frames += encode_tlv(&mut buf, &tlv, &mut refused_log);
+            control_frames += encode_tlv(&mut ctl, &tlv, &mut refused_log);
         }
-        while buf.len() < MAX_WRITE {
+        while bytes < MAX_WRITE && batches.len() < MAX_BATCHES_PER_WRITE {
             match data.try_recv() {
                 Ok(b) => {
                     data_frames += u64::from(b.frames);
-                    buf.extend_from_slice(&b.bytes);
+                    bytes += b.bytes.len();
+                    batches.push(b);
                 }
                 Err(_) => break,
             }
         }
-        match tokio::time::timeout(WRITE_STALL, wr.write_all(&buf)).await {
+        let total = ctl.len() + bytes;
+        match tokio::time::timeout(WRITE_STALL, write_all_vectored(&mut wr, &ctl, &batches)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(format!("write failed: {e}")),
             Err(_) => {
@@ -165,9 +171,7 @@ async fn write_loop(
                 ))
             }
         }
-        stats
-            .tx_bytes
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        stats.tx_bytes.fetch_add(total as u64, Ordering::Relaxed);
         if data_frames > 0 {
             stats
                 .tx_data_frames
@@ -178,11 +182,38 @@ async fn write_loop(
                 .tx_control_frames
                 .fetch_add(control_frames, Ordering::Relaxed);
         }
-        buf.clear();
-        if buf.capacity() > 4 * MAX_WRITE {
-            buf.shrink_to(MAX_WRITE);
+        ctl.clear();
+        for b in batches.drain(..) {
+            crate::pool::give(b.bytes);
         }
     }
+}
+
+/// Writes the control bytes, then every batch, with as few `writev` calls as the socket allows.
+async fn write_all_vectored(
+    wr: &mut OwnedWriteHalf,
+    ctl: &[u8],
+    batches: &[FrameBatch],
+) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batches.len() + 1);
+    if !ctl.is_empty() {
+        slices.push(IoSlice::new(ctl));
+    }
+    slices.extend(
+        batches
+            .iter()
+            .filter(|b| !b.bytes.is_empty())
+            .map(|b| IoSlice::new(&b.bytes)),
+    );
+    let mut rest: &mut [IoSlice<'_>] = &mut slices;
+    while !rest.is_empty() {
+        let n = wr.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 /// Appends one control frame; returns how many frames it added (0 or 1).

@@ -11,14 +11,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use offload::Segments;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 use tun::{Reader, Tun, Writer};
 use wire::babel::Subnet;
 
+use crate::datapath::RefreshTracker;
 use crate::datapath::TunBatch;
-use crate::datapath::{self, DataCounters, DataTable, Need, Outbound, Outbox, RefreshTracker};
+use crate::datapath::{self, DataCounters, DataTable, FrameSink, Need, Outbound, Outbox};
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
 
@@ -82,9 +82,15 @@ pub(crate) fn start(
     })
 }
 
+/// Segments gathered from consecutive TUN reads before they are sealed and handed on: enough
+/// for a few 64 KiB super-packets, or a burst of small packets read without waiting in between.
+const BATCH_SEGMENTS: usize = 128;
+/// Frame bytes gathered at most before the batch is handed on.
+const BATCH_BYTES: usize = 192 * 1024;
+
 fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop: &AtomicBool) {
     let mut rd = Reader::new();
-    let mut segs = Segments::new();
+    let mut sink = FrameSink::new(BATCH_BYTES + 80 * 1024);
     let mut outbox = Outbox::default();
     let mut icmp = TunBatch::default();
     let mut refresh = RefreshTracker::default();
@@ -103,49 +109,57 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
                 continue;
             }
         }
-        segs.clear();
-        match tun.read(&mut rd, &mut segs) {
-            Ok(n) => {
-                errors = 0;
-                // A read dropped whole (counted by the device) is no super-packet.
-                if n > 0 {
-                    cfg.histograms.read_segments.observe(n as u64);
+        // Read until the device is empty or the batch is full: one hand-off per batch, however
+        // small the packets.
+        sink.clear();
+        let mut failed = false;
+        while sink.segments() < BATCH_SEGMENTS && sink.bytes() < BATCH_BYTES {
+            match tun.read(&mut rd, &mut sink) {
+                Ok(n) => {
+                    errors = 0;
+                    // A read dropped whole (counted by the device) is no super-packet.
+                    if n > 0 {
+                        cfg.histograms.read_segments.observe(n as u64);
+                    }
                 }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                // A read error must not spin: back off, and say so once in a while.
-                errors += 1;
-                if read_log.allow(Instant::now()).is_some() {
-                    warn!("TUN read failed ({errors} in a row): {e}");
-                }
-                std::thread::sleep(Duration::from_millis(10).min(IDLE_POLL));
-                continue;
-            }
-        }
-        let table = cfg.table.load();
-        let mut ctx = Outbound {
-            own_subnet: cfg.own_subnet,
-            own_addr: cfg.own_addr,
-            counters: &cfg.counters,
-            needs: &cfg.needs,
-            refresh: &mut refresh,
-            now: Instant::now(),
-        };
-        for seg in segs.iter() {
-            datapath::outbound(&mut ctx, &table, seg, &mut outbox, &mut icmp);
-        }
-        // One super-packet's frames leave as one batch per next hop.
-        for (link, batch) in outbox.drain() {
-            if let Some(tx) = table.links.get(&link) {
-                if tx.data.blocking_send(batch).is_err() {
-                    datapath::bump(&cfg.counters.drop_no_route);
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // A read error must not spin: back off, and say so once in a while.
+                    errors += 1;
+                    if read_log.allow(Instant::now()).is_some() {
+                        warn!("TUN read failed ({errors} in a row): {e}");
+                    }
+                    failed = true;
+                    break;
                 }
             }
         }
-        if !icmp.is_empty() && to_tun.try_send(std::mem::take(&mut icmp)).is_err() {
-            datapath::bump(&cfg.counters.drop_queue_full);
+        if sink.segments() > 0 {
+            let table = cfg.table.load();
+            let mut ctx = Outbound {
+                own_subnet: cfg.own_subnet,
+                own_addr: cfg.own_addr,
+                counters: &cfg.counters,
+                needs: &cfg.needs,
+                refresh: &mut refresh,
+                now: Instant::now(),
+            };
+            let main = sink.seal(&mut ctx, &table, &mut outbox, &mut icmp);
+            // The batch's frames leave as one batch per next hop.
+            for (link, batch) in main.into_iter().chain(outbox.drain()) {
+                if let Some(tx) = table.links.get(&link) {
+                    if tx.data.blocking_send(batch).is_err() {
+                        datapath::bump(&cfg.counters.drop_no_route);
+                    }
+                }
+            }
+            if !icmp.is_empty() && to_tun.try_send(std::mem::take(&mut icmp)).is_err() {
+                datapath::bump(&cfg.counters.drop_queue_full);
+            }
+        }
+        if failed {
+            std::thread::sleep(Duration::from_millis(10).min(IDLE_POLL));
         }
     }
 }

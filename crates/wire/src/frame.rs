@@ -444,17 +444,42 @@ impl DataSlot {
             out.truncate(self.start);
             return Err(EncodeError::SlotTruncated);
         };
-        let (outer, data) = head.split_at_mut(OUTER_HEADER_LEN);
-        OuterHeader { buffer: outer }.fill(TYPE_DATA);
-        DataRepr {
-            hop_limit,
-            src,
-            dst,
-            body_len: len16,
-        }
-        .emit(&mut DataHeader { buffer: data });
+        emit_data_header(head, hop_limit, src, dst, len16);
         Ok(frame_len)
     }
+}
+
+/// Writes the 40 header bytes of a data frame whose body of `body_len` bytes follows: for frames
+/// laid out in a buffer ahead of time (e.g. one per segment of a super-packet) and filled in
+/// place. `head` must be exactly [`DATA_FRAME_OVERHEAD`] bytes; shorter slices are left alone
+/// and reported.
+pub fn write_data_header(
+    head: &mut [u8],
+    hop_limit: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    body_len: usize,
+) -> Result<(), EncodeError> {
+    let Ok(len16) = u16::try_from(body_len) else {
+        return Err(EncodeError::BodyTooLong { len: body_len });
+    };
+    let Some(head) = head.get_mut(..DATA_FRAME_OVERHEAD) else {
+        return Err(EncodeError::SlotTruncated);
+    };
+    emit_data_header(head, hop_limit, src, dst, len16);
+    Ok(())
+}
+
+fn emit_data_header(head: &mut [u8], hop_limit: u8, src: Ipv6Addr, dst: Ipv6Addr, body_len: u16) {
+    let (outer, data) = head.split_at_mut(OUTER_HEADER_LEN);
+    OuterHeader { buffer: outer }.fill(TYPE_DATA);
+    DataRepr {
+        hop_limit,
+        src,
+        dst,
+        body_len,
+    }
+    .emit(&mut DataHeader { buffer: data });
 }
 
 #[cfg(test)]

@@ -620,3 +620,37 @@ proptest! {
         prop_assert_eq!(ea, eb);
     }
 }
+
+#[test]
+fn data_header_written_in_place_matches_the_vector() {
+    let body = hex(RAW_DATA);
+    let mut buf = vec![0xAA; DATA_FRAME_OVERHEAD + body.len()];
+    buf[DATA_FRAME_OVERHEAD..].copy_from_slice(&body);
+    let (head, _) = buf.split_at_mut(DATA_FRAME_OVERHEAD);
+    write_data_header(
+        head,
+        64,
+        SRC.parse().unwrap(),
+        DST.parse().unwrap(),
+        body.len(),
+    )
+    .unwrap();
+    assert_eq!(buf, data_vector());
+}
+
+#[test]
+fn data_header_in_place_refuses_what_does_not_fit() {
+    let mut short = [0x55u8; DATA_FRAME_OVERHEAD - 1];
+    let src: Ipv6Addr = SRC.parse().unwrap();
+    assert!(matches!(
+        write_data_header(&mut short, 64, src, src, 10),
+        Err(EncodeError::SlotTruncated)
+    ));
+    assert!(short.iter().all(|&b| b == 0x55));
+    let mut head = [0x55u8; DATA_FRAME_OVERHEAD];
+    assert!(matches!(
+        write_data_header(&mut head, 64, src, src, MAX_DATA_BODY + 1),
+        Err(EncodeError::BodyTooLong { .. })
+    ));
+    assert!(head.iter().all(|&b| b == 0x55));
+}

@@ -1,0 +1,68 @@
+//! Recycled buffers for batches of frames. A batch travels from the thread that fills it (the TUN
+//! reader, a link reader) to a link writer, which gives it back here once the socket has taken the
+//! bytes; the next batch reuses its memory instead of allocating and faulting in fresh pages.
+//!
+//! One lock per batch (tens of frames), never per packet. The pool is bounded in count and in
+//! buffer size, so a burst that needed unusually many or large buffers doesn't pin that memory.
+
+use std::sync::Mutex;
+
+/// Buffers kept at most.
+const MAX_POOLED: usize = 48;
+/// Larger buffers are freed instead of kept.
+const MAX_POOLED_CAPACITY: usize = 384 * 1024;
+
+static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// An empty buffer with at least `capacity` bytes of room: a recycled one when there is one.
+pub(crate) fn take(capacity: usize) -> Vec<u8> {
+    let recycled = POOL.lock().ok().and_then(|mut p| p.pop());
+    match recycled {
+        Some(mut b) => {
+            b.clear();
+            b.reserve(capacity);
+            b
+        }
+        None => Vec::with_capacity(capacity),
+    }
+}
+
+/// Returns a buffer for reuse (or frees it when the pool is full or the buffer oversized).
+pub(crate) fn give(buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > MAX_POOLED_CAPACITY {
+        return;
+    }
+    if let Ok(mut p) = POOL.lock() {
+        if p.len() < MAX_POOLED {
+            p.push(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_come_back_empty_with_room() {
+        let mut b = take(1000);
+        assert!(b.capacity() >= 1000);
+        b.extend_from_slice(&[7; 600]);
+        give(b);
+        // Other tests in this process share the pool: whatever comes back is empty.
+        let b = take(2000);
+        assert!(b.is_empty());
+        assert!(b.capacity() >= 2000);
+    }
+
+    #[test]
+    fn oversized_and_surplus_buffers_are_not_kept() {
+        give(Vec::with_capacity(MAX_POOLED_CAPACITY + 1));
+        for _ in 0..MAX_POOLED * 2 {
+            give(Vec::with_capacity(16));
+        }
+        let p = POOL.lock().unwrap();
+        assert!(p.len() <= MAX_POOLED);
+        assert!(p.iter().all(|b| b.capacity() <= MAX_POOLED_CAPACITY));
+    }
+}

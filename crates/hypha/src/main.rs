@@ -1,6 +1,7 @@
 //! The `hypha` binary: runs a node, or talks to a running one through its admin API.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod cli;
 mod client;
 mod demo;
@@ -28,6 +29,7 @@ fn main() {
         Some(Command::Inspect { json, pubkey }) => inspect(&settings.key_file, pubkey, json),
         Some(Command::GenerateKeys { force }) => generate_keys(&settings.key_file, force),
         Some(Command::Demo { no_wait }) => demo::run(!no_wait),
+        Some(Command::Bench(args)) => bench::run(&args),
         Some(cmd @ (Command::Peers { .. } | Command::Routes { .. } | Command::Stats { .. })) => {
             client::run(cmd, settings.api_addr)
         }

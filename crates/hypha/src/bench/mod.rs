@@ -1,0 +1,1168 @@
+//! `hypha bench`: the benchmark of the node's data path, run as root on one machine.
+//!
+//! # Lab
+//!
+//! Three network namespaces `hyb-<pid>-a`, `-b`, `-c`, joined by veth pairs A–B
+//! (198.18.220.1/24 – .2) and B–C (198.18.221.1/24 – .2), loopback up. The underlay is routed
+//! A ↔ C through B (IPv4 forwarding on in B's namespace only), so raw veth has a chain figure too.
+//! The namespaces are built once and every subject runs in them. A guard deletes them (and the
+//! veths with them) and stops every process the bench started, on success, on error, on panic and
+//! on Ctrl-C (SIGINT/SIGTERM only set a flag that every wait checks; the children run in their own
+//! process group, so a terminal's Ctrl-C reaches the bench alone and the nodes get an orderly
+//! SIGTERM). Namespaces left by a bench that was SIGKILLed are swept at the next start.
+//!
+//! # Subjects
+//!
+//! * `veth`: no overlay; iperf3 and ping between the underlay addresses — the physical reference.
+//! * `hypha`: the hypha binary (this one, or `--binary`) with offloads.
+//! * `hypha --no-offload`: the same binary on the plain TUN path.
+//! * one per `--compare PATH`, labelled with the file name: any node that takes mycelium's flags.
+//!
+//! Every node gets its own key file (`--key-file K generate-keys`; its overlay address from
+//! `inspect --json`) and runs as `BIN --key-file K [--peers tcp://…:9651] --disable-peer-discovery
+//! --tun-name hyb<n> --api-addr 127.0.0.1:18989` plus `--disable-quic` when the binary's `--help`
+//! lists it. B dials nobody; A dials B, C dials B: A and C only reach each other through B. Nodes
+//! run through `ip netns exec`, which execs the binary in place, so the child's pid is the node's
+//! (checked through `/proc/<pid>/exe` before any figure is read from `/proc/<pid>`).
+//!
+//! # One repetition of one subject
+//!
+//! Nodes start fresh for every subject in every repetition: A and B first, and the bench waits
+//! (by pinging, never by sleeping) until A reaches B over the overlay. Then, in order:
+//!
+//! 1. `tcp1`: iperf3, one TCP stream A → B for `--secs`. The CPU time (utime + stime over all
+//!    threads, `/proc/<pid>/stat`) of nodes A and B is read before and after: "node CPU s/Gbit" is
+//!    the busiest node's CPU seconds per Gbit received (also summed over both nodes), and
+//!    "Gbit per node-CPU-s" its inverse for the busiest node.
+//! 2. `tcp4`: the same with four parallel streams (`-P 4`).
+//! 3. `udp`: iperf3 UDP, 1200-byte datagrams, unlimited rate (`-u -l 1200 -b 0`, the same for raw
+//!    veth); the received rate and the loss. The nodes' peak RSS is reset before it
+//!    (`/proc/<pid>/clear_refs` 5) and read after it (`VmHWM`): "peak RSS, udp flood" is the larger
+//!    of A's and B's.
+//! 4. `rtt`: ping A → B, 100 echoes 10 ms apart, idle; then again (`50/s` for `--secs`) while a bulk
+//!    iperf3 TCP flow A → B runs (started `--secs` + 2 s long, pings begin once its data
+//!    connection is up). The average RTT of each.
+//! 5. `chain`: node C starts, the bench waits until A reaches C through B, then one TCP stream
+//!    A → C.
+//!
+//! "Peak RSS, whole run" is the largest peak of A, B and C over the whole repetition. The nodes
+//! stop (SIGTERM) before the next subject starts. iperf3 servers are one-shot (`-s -1`) on a fresh
+//! port per measurement; every client is killed if it has not finished `--secs` + 15 s after its
+//! start, so a hung overlay cannot hang the bench. A subject whose nodes do not come up is
+//! reported as failed for that repetition, with the node's last log lines, and the other
+//! subjects still run; so is any single failed measurement.
+//!
+//! # Fairness and output
+//!
+//! Subjects are interleaved within each repetition (veth, hypha, no-offload, compare…; then
+//! again), so that a noisy machine affects them alike. Each figure is the median of `--runs`
+//! repetitions; throughputs are also shown as a ratio to raw veth. The target column judges
+//! hypha with offloads: one TCP stream ≥ 0.35 × raw veth; ≥ 4 Gbit per node-CPU-second; the
+//! chain ≥ 0.90 × its 2-node figure; UDP ≥ 0.90 × raw veth's; RTT under bulk TCP ≤ 1 ms; peak RSS
+//! per node ≤ 32 MB under the UDP flood. Progress lines go to stderr; stdout holds the table, or
+//! with `--json` the same results with every sample; `--chart FILE` draws the medians as a PNG.
+
+pub mod chart;
+mod lab;
+mod measure;
+mod report;
+
+use std::ffi::OsStr;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::cli::BenchArgs;
+use lab::{check_stop, wait_for, Proc, Topology, AB, BC};
+use measure::{cpu_seconds, parse_iperf, parse_ping, peak_rss_mb, reset_peak_rss, Iperf};
+use report::{Meta, Metric, RepDetail, Report, Role, SubjectResult};
+
+/// The scenarios, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    Tcp1,
+    Tcp4,
+    Udp,
+    Rtt,
+    Chain,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 5] = [
+        Scenario::Tcp1,
+        Scenario::Tcp4,
+        Scenario::Udp,
+        Scenario::Rtt,
+        Scenario::Chain,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Tcp1 => "tcp1",
+            Scenario::Tcp4 => "tcp4",
+            Scenario::Udp => "udp",
+            Scenario::Rtt => "rtt",
+            Scenario::Chain => "chain",
+        }
+    }
+
+    fn metrics(self) -> &'static [Metric] {
+        match self {
+            Scenario::Tcp1 => &[
+                Metric::Tcp1,
+                Metric::CpuPerGbit,
+                Metric::CpuPerGbitSum,
+                Metric::GbitPerCpu,
+            ],
+            Scenario::Tcp4 => &[Metric::Tcp4],
+            Scenario::Udp => &[Metric::Udp, Metric::UdpLoss, Metric::RssUdp],
+            Scenario::Rtt => &[Metric::RttIdle, Metric::RttLoad],
+            Scenario::Chain => &[Metric::Chain],
+        }
+    }
+}
+
+/// One thing being measured.
+#[derive(Clone, Debug, PartialEq)]
+struct Subject {
+    label: String,
+    role: Role,
+    /// The node binary; `None` for raw veth.
+    bin: Option<PathBuf>,
+    /// Flags of this subject on top of the common ones.
+    flags: Vec<&'static str>,
+}
+
+impl Subject {
+    fn command(&self) -> Option<String> {
+        let bin = self.bin.as_ref()?;
+        let mut s = bin.display().to_string();
+        for f in &self.flags {
+            s.push(' ');
+            s.push_str(f);
+        }
+        Some(s)
+    }
+}
+
+/// What a run will do, from the arguments, checked before anything is built.
+#[derive(Debug)]
+struct Plan {
+    subjects: Vec<Subject>,
+    scenarios: Vec<Scenario>,
+    runs: u32,
+    secs: u32,
+    binary: PathBuf,
+}
+
+/// The subjects for `binary` and the `--compare` binaries, labels made unique.
+fn subjects(binary: &Path, compare: &[PathBuf]) -> Vec<Subject> {
+    let mut out = vec![
+        Subject {
+            label: "veth".into(),
+            role: Role::Veth,
+            bin: None,
+            flags: vec![],
+        },
+        Subject {
+            label: "hypha".into(),
+            role: Role::Hypha,
+            bin: Some(binary.to_path_buf()),
+            flags: vec![],
+        },
+        Subject {
+            label: "hypha --no-offload".into(),
+            role: Role::HyphaNoOffload,
+            bin: Some(binary.to_path_buf()),
+            flags: vec!["--no-offload"],
+        },
+    ];
+    for c in compare {
+        let base = c
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| c.display().to_string());
+        let mut label = base.clone();
+        let mut n = 2;
+        while out.iter().any(|s| s.label == label) {
+            label = format!("{base}-{n}");
+            n += 1;
+        }
+        out.push(Subject {
+            label,
+            role: Role::Compare,
+            bin: Some(c.clone()),
+            flags: vec![],
+        });
+    }
+    out
+}
+
+/// Applies `--only`: names of subjects and of scenarios; an empty side means all of it.
+fn select(only: &[String], all: Vec<Subject>) -> anyhow::Result<(Vec<Subject>, Vec<Scenario>)> {
+    let mut subj = vec![false; all.len()];
+    let mut scen = vec![false; Scenario::ALL.len()];
+    for raw in only {
+        let name = raw.trim();
+        if name.is_empty() {
+            continue;
+        }
+        if let Some(i) = Scenario::ALL.iter().position(|s| s.name() == name) {
+            scen[i] = true;
+            continue;
+        }
+        let hits: Vec<usize> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| match name {
+                "veth" => s.role == Role::Veth,
+                "hypha" => s.role == Role::Hypha,
+                "no-offload" => s.role == Role::HyphaNoOffload,
+                "compare" => s.role == Role::Compare,
+                _ => s.role == Role::Compare && s.label == name,
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if hits.is_empty() {
+            let compares: Vec<&str> = all
+                .iter()
+                .filter(|s| s.role == Role::Compare)
+                .map(|s| s.label.as_str())
+                .collect();
+            bail!(
+                "--only: unknown name '{name}' (subjects: veth, hypha, no-offload, compare{}{}; \
+                 scenarios: tcp1, tcp4, chain, udp, rtt)",
+                if compares.is_empty() { "" } else { ", " },
+                compares.join(", ")
+            );
+        }
+        for i in hits {
+            subj[i] = true;
+        }
+    }
+    let any_subj = subj.iter().any(|&x| x);
+    let any_scen = scen.iter().any(|&x| x);
+    let subjects = all
+        .into_iter()
+        .zip(subj)
+        .filter(|(_, keep)| *keep || !any_subj)
+        .map(|(s, _)| s)
+        .collect();
+    let scenarios = Scenario::ALL
+        .into_iter()
+        .zip(scen)
+        .filter(|(_, keep)| *keep || !any_scen)
+        .map(|(s, _)| s)
+        .collect();
+    Ok((subjects, scenarios))
+}
+
+impl Plan {
+    /// Checks the arguments, the binaries, root and the tools, in that order; builds nothing.
+    fn new(args: &BenchArgs) -> anyhow::Result<Plan> {
+        let binary = match &args.binary {
+            Some(b) => b.clone(),
+            None => std::env::current_exe().context("cannot find the hypha binary")?,
+        };
+        if !lab::is_executable(&binary) {
+            bail!("--binary {}: not an executable file", binary.display());
+        }
+        for c in &args.compare {
+            if !lab::is_executable(c) {
+                bail!("--compare {}: not an executable file", c.display());
+            }
+        }
+        let (subjects, scenarios) = select(&args.only, subjects(&binary, &args.compare))?;
+        if let Some(chart) = &args.chart {
+            let dir = chart.parent().filter(|d| !d.as_os_str().is_empty());
+            if dir.is_some_and(|d| !d.is_dir()) {
+                bail!("--chart {}: no such directory", chart.display());
+            }
+        }
+        if !lab::is_root() {
+            bail!("the bench creates network namespaces: run it as root");
+        }
+        for (tool, package) in [
+            ("ip", "iproute2"),
+            ("ss", "iproute2"),
+            ("iperf3", "iperf3"),
+            ("ping", "iputils-ping"),
+            ("sh", "a POSIX shell"),
+        ] {
+            if lab::find_in_path(tool).is_none() {
+                bail!("{tool} not found on PATH (install {package})");
+            }
+        }
+        Ok(Plan {
+            subjects,
+            scenarios,
+            runs: args.runs,
+            secs: args.secs,
+            binary,
+        })
+    }
+
+    fn has(&self, s: Scenario) -> bool {
+        self.scenarios.contains(&s)
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        let mut m: Vec<Metric> = self
+            .scenarios
+            .iter()
+            .flat_map(|s| s.metrics().iter().copied())
+            .collect();
+        m.push(Metric::RssPeak);
+        m
+    }
+}
+
+/// Runs the bench described by `args` and prints its table (or JSON); see the module docs.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let plan = Plan::new(args)?;
+    watch_signals()?;
+    let meta = Meta {
+        date: utc_now(),
+        kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average: load_average(),
+        runs: plan.runs,
+        secs: plan.secs,
+        binary: plan.binary.display().to_string(),
+        scenarios: plan.scenarios.iter().map(|s| s.name()).collect(),
+    };
+    let wanted = plan.metrics();
+    let mut results: Vec<SubjectResult> = plan
+        .subjects
+        .iter()
+        .map(|s| SubjectResult::new(s.label.clone(), s.role, s.command(), &wanted))
+        .collect();
+    {
+        let work = WorkDir::new()?;
+        let topo = Topology::build().context("cannot build the namespaces")?;
+        let mut nodes: Vec<Option<NodeSetup>> = Vec::new();
+        for (i, s) in plan.subjects.iter().enumerate() {
+            let Some(bin) = &s.bin else {
+                nodes.push(None);
+                continue;
+            };
+            match NodeSetup::new(bin, &work.0, i) {
+                Ok(n) => nodes.push(Some(n)),
+                Err(e) => {
+                    check_stop()?;
+                    eprintln!("{}: cannot prepare its nodes: {e:#}", s.label);
+                    results[i].errors.push(format!("{e:#}"));
+                    nodes.push(None);
+                }
+            }
+        }
+        for rep in 1..=plan.runs {
+            for (i, s) in plan.subjects.iter().enumerate() {
+                check_stop()?;
+                let mut ctx = Rep {
+                    plan: &plan,
+                    topo: &topo,
+                    work: &work.0,
+                    rep,
+                    res: &mut results[i],
+                };
+                eprintln!("[{rep}/{}] {}", plan.runs, s.label);
+                let outcome = match (&s.bin, &nodes[i]) {
+                    (None, _) => ctx.veth(),
+                    (Some(_), Some(setup)) => ctx.overlay(s, setup, i),
+                    (Some(_), None) => continue,
+                };
+                if let Err(e) = outcome {
+                    check_stop()?;
+                    eprintln!("[{rep}/{}] {} failed: {e:#}", plan.runs, s.label);
+                    results[i].errors.push(format!("rep {rep}: {e:#}"));
+                }
+            }
+        }
+        // The lab goes first, so that the output comes after the cleanup.
+        drop(topo);
+        drop(work);
+    }
+    if let Some(path) = &args.chart {
+        chart::write_png(&report::chart(&meta, &results), path)
+            .with_context(|| format!("cannot write the chart {}", path.display()))?;
+        eprintln!("chart written to {}", path.display());
+    }
+    if args.json {
+        let r = Report::new(meta, &results);
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", report::table(&meta, &results));
+    }
+    Ok(())
+}
+
+/// The bench's scratch directory (key files, node logs), removed on drop.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> anyhow::Result<WorkDir> {
+        let dir = std::env::temp_dir().join(format!("hypha-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(WorkDir(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Key files and overlay addresses of one subject's three nodes, and how its binary is called.
+struct NodeSetup {
+    keys: [(PathBuf, Ipv6Addr); 3],
+    disable_quic: bool,
+    /// The binary as `/proc/<pid>/exe` will show it.
+    exe: PathBuf,
+}
+
+impl NodeSetup {
+    fn new(bin: &Path, work: &Path, subject: usize) -> anyhow::Result<NodeSetup> {
+        let exe = std::fs::canonicalize(bin)
+            .with_context(|| format!("cannot resolve {}", bin.display()))?;
+        let help = lab::run(None, bin, &["--help"], Duration::from_secs(20))?;
+        let disable_quic = help.stdout.contains("--disable-quic");
+        let mut keys = Vec::new();
+        for x in ["a", "b", "c"] {
+            let key = work.join(format!("s{subject}-{x}.key"));
+            let k = key.to_string_lossy().into_owned();
+            let t = Duration::from_secs(20);
+            lab::run_ok(None, bin, &["--key-file", &k, "generate-keys"], t)?;
+            let out = lab::run_ok(None, bin, &["--key-file", &k, "inspect", "--json"], t)?;
+            keys.push((key, overlay_address(&out)?));
+        }
+        let keys: [(PathBuf, Ipv6Addr); 3] = keys.try_into().map_err(|_| anyhow!("three keys"))?;
+        Ok(NodeSetup {
+            keys,
+            disable_quic,
+            exe,
+        })
+    }
+}
+
+/// The `address` of `inspect --json`'s output.
+fn overlay_address(json: &str) -> anyhow::Result<Ipv6Addr> {
+    let v: serde_json::Value = serde_json::from_str(json.trim())
+        .map_err(|e| anyhow!("inspect --json gave no JSON ({e})"))?;
+    v.get("address")
+        .and_then(|a| a.as_str())
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow!("inspect --json gave no IPv6 \"address\""))
+}
+
+const API_ADDR: &str = "127.0.0.1:18989";
+const NODE_PORT: u16 = 9651;
+/// How long nodes may take to reach each other (a route request across a relay included).
+const OVERLAY_WAIT: Duration = Duration::from_secs(45);
+
+/// A node process of the current repetition.
+struct Node {
+    name: &'static str,
+    proc: Proc,
+    pid: u32,
+}
+
+impl Node {
+    fn alive(&mut self) -> anyhow::Result<()> {
+        match self.proc.exited() {
+            None => Ok(()),
+            Some(st) => bail!(
+                "node {} exited ({st}); its log ends:\n{}",
+                self.name,
+                self.proc.log_tail(8)
+            ),
+        }
+    }
+
+    fn cpu(&self) -> anyhow::Result<f64> {
+        cpu_seconds(self.pid)
+    }
+
+    fn peak_rss(&self) -> anyhow::Result<f64> {
+        peak_rss_mb(self.pid)
+    }
+}
+
+/// Where a measurement's traffic goes: from one namespace to an address in another.
+struct Ends<'a> {
+    from: &'a str,
+    to: &'a str,
+    addr: String,
+    v6: bool,
+}
+
+/// One repetition of one subject.
+struct Rep<'a> {
+    plan: &'a Plan,
+    topo: &'a Topology,
+    work: &'a Path,
+    rep: u32,
+    res: &'a mut SubjectResult,
+}
+
+impl Rep<'_> {
+    fn progress(&self, what: &str) {
+        eprintln!(
+            "[{}/{}] {}: {what}",
+            self.rep, self.plan.runs, self.res.label
+        );
+    }
+
+    /// Runs one measurement; its failure is recorded and the repetition goes on (an interrupt
+    /// ends the bench).
+    fn measure(
+        &mut self,
+        s: Scenario,
+        f: impl FnOnce(&mut Self) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        if !self.plan.has(s) {
+            return Ok(());
+        }
+        if let Err(e) = f(self) {
+            check_stop()?;
+            self.progress(&format!("{} failed: {e:#}", s.name()));
+            self.res
+                .errors
+                .push(format!("rep {} {}: {e:#}", self.rep, s.name()));
+        }
+        Ok(())
+    }
+
+    fn veth(&mut self) -> anyhow::Result<()> {
+        let (a, b, c) = (self.topo.a(), self.topo.b(), self.topo.c());
+        let ab = Ends {
+            from: a,
+            to: b,
+            addr: AB.1.to_owned(),
+            v6: false,
+        };
+        let ac = Ends {
+            from: a,
+            to: c,
+            addr: BC.1.to_owned(),
+            v6: false,
+        };
+        self.measure(Scenario::Tcp1, |r| {
+            let x = iperf(&ab, r.plan.secs, &[])?;
+            r.record_tcp(Metric::Tcp1, &x);
+            Ok(())
+        })?;
+        self.measure(Scenario::Tcp4, |r| r.tcp4(&ab))?;
+        self.measure(Scenario::Udp, |r| r.udp(&ab).map(drop))?;
+        self.measure(Scenario::Rtt, |r| r.rtt(&ab))?;
+        self.measure(Scenario::Chain, |r| {
+            let x = iperf(&ac, r.plan.secs, &[])?;
+            r.record_tcp(Metric::Chain, &x);
+            Ok(())
+        })
+    }
+
+    fn overlay(&mut self, s: &Subject, setup: &NodeSetup, index: usize) -> anyhow::Result<()> {
+        let (na, nb, nc) = (self.topo.a(), self.topo.b(), self.topo.c());
+        let tun = format!("hyb{index}");
+        let peer_b_from_a = format!("tcp://{}:{NODE_PORT}", AB.1);
+        let peer_b_from_c = format!("tcp://{}:{NODE_PORT}", BC.0);
+        let mut b = self.start_node(s, setup, &tun, 1, nb, None)?;
+        let mut a = self.start_node(s, setup, &tun, 0, na, Some(&peer_b_from_a))?;
+        let ab = Ends {
+            from: na,
+            to: nb,
+            addr: setup.keys[1].1.to_string(),
+            v6: true,
+        };
+        wait_reachable(&ab, &mut [&mut a, &mut b], OVERLAY_WAIT)?;
+        let mut detail = RepDetail {
+            rep: self.rep,
+            ..RepDetail::default()
+        };
+        let mut peaks = [0.0f64; 3];
+
+        self.measure(Scenario::Tcp1, |r| {
+            let before = [a.cpu()?, b.cpu()?];
+            let x = iperf(&ab, r.plan.secs, &[])?;
+            let after = [a.cpu()?, b.cpu()?];
+            let cpu = [after[0] - before[0], after[1] - before[1]];
+            let gbit = x.bytes * 8.0 / 1e9;
+            r.record_tcp(Metric::Tcp1, &x);
+            if gbit > 0.0 {
+                let busiest = cpu[0].max(cpu[1]);
+                r.res.push(Metric::CpuPerGbit, busiest / gbit);
+                r.res.push(Metric::CpuPerGbitSum, (cpu[0] + cpu[1]) / gbit);
+                if busiest > 0.0 {
+                    r.res.push(Metric::GbitPerCpu, gbit / busiest);
+                }
+                r.progress(&format!(
+                    "node CPU {:.2} s (a) {:.2} s (b) for {gbit:.1} Gbit: {:.3} s/Gbit (busiest)",
+                    cpu[0],
+                    cpu[1],
+                    busiest / gbit
+                ));
+            }
+            detail.tcp1_cpu_s = Some(cpu);
+            detail.tcp1_gbit = Some(gbit);
+            Ok(())
+        })?;
+        self.measure(Scenario::Tcp4, |r| r.tcp4(&ab))?;
+        self.measure(Scenario::Udp, |r| {
+            // The peak so far is kept for the whole-run figure before the reset wipes it.
+            peaks[0] = peaks[0].max(a.peak_rss()?);
+            peaks[1] = peaks[1].max(b.peak_rss()?);
+            reset_peak_rss(a.pid)?;
+            reset_peak_rss(b.pid)?;
+            r.udp(&ab)?;
+            a.alive()?;
+            b.alive()?;
+            let rss = [a.peak_rss()?, b.peak_rss()?];
+            peaks[0] = peaks[0].max(rss[0]);
+            peaks[1] = peaks[1].max(rss[1]);
+            r.res.push(Metric::RssUdp, rss[0].max(rss[1]));
+            r.progress(&format!(
+                "peak RSS during the flood: {:.1} MB (a) {:.1} MB (b)",
+                rss[0], rss[1]
+            ));
+            detail.udp_rss_mb = Some(rss);
+            Ok(())
+        })?;
+        self.measure(Scenario::Rtt, |r| r.rtt(&ab))?;
+
+        let mut c = None;
+        self.measure(Scenario::Chain, |r| {
+            let peer = Some(peer_b_from_c.as_str());
+            let node = c.insert(r.start_node(s, setup, &tun, 2, nc, peer)?);
+            let ac = Ends {
+                from: na,
+                to: nc,
+                addr: setup.keys[2].1.to_string(),
+                v6: true,
+            };
+            wait_reachable(&ac, &mut [&mut a, &mut b, node], OVERLAY_WAIT)?;
+            let x = iperf(&ac, r.plan.secs, &[])?;
+            r.record_tcp(Metric::Chain, &x);
+            Ok(())
+        })?;
+
+        a.alive()?;
+        b.alive()?;
+        peaks[0] = peaks[0].max(a.peak_rss()?);
+        peaks[1] = peaks[1].max(b.peak_rss()?);
+        detail.peak_rss_mb = vec![peaks[0], peaks[1]];
+        if let Some(c) = &c {
+            peaks[2] = peaks[2].max(c.peak_rss()?);
+            detail.peak_rss_mb.push(peaks[2]);
+        }
+        self.res
+            .push(Metric::RssPeak, peaks.iter().copied().fold(0.0, f64::max));
+        self.res.reps.push(detail);
+        // Stopped in order (SIGTERM, then waited for), so the next subject finds no TUN left.
+        for mut n in [Some(a), Some(b), c].into_iter().flatten() {
+            n.proc.stop(Duration::from_secs(5));
+        }
+        Ok(())
+    }
+
+    fn start_node(
+        &self,
+        s: &Subject,
+        setup: &NodeSetup,
+        tun: &str,
+        i: usize,
+        ns: &str,
+        peer: Option<&str>,
+    ) -> anyhow::Result<Node> {
+        let name = ["a", "b", "c"][i];
+        let bin = s.bin.as_ref().ok_or_else(|| anyhow!("no binary"))?;
+        let key = setup.keys[i].0.as_os_str();
+        let mut args: Vec<&OsStr> = vec![OsStr::new("--key-file"), key];
+        if let Some(p) = peer {
+            args.extend([OsStr::new("--peers"), OsStr::new(p)]);
+        }
+        args.extend(
+            [
+                "--disable-peer-discovery",
+                "--tun-name",
+                tun,
+                "--api-addr",
+                API_ADDR,
+            ]
+            .map(OsStr::new),
+        );
+        if setup.disable_quic {
+            args.push(OsStr::new("--disable-quic"));
+        }
+        args.extend(s.flags.iter().map(OsStr::new));
+        let log = self
+            .work
+            .join(format!("{}-rep{}-{name}.log", tun, self.rep));
+        let mut node = Node {
+            name,
+            proc: Proc::spawn(Some(ns), bin, &args, Some(&log))?,
+            pid: 0,
+        };
+        node.pid = node.proc.pid();
+        // `ip netns exec` execs the node in place; figures are read from /proc/<pid> only once
+        // the pid is the node's.
+        let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let pid = node.pid;
+        let is_node = wait_for(Duration::from_secs(10), || {
+            node.proc.exited().is_some()
+                || exe(pid).is_some_and(|p| {
+                    p == setup.exe
+                        || p.to_string_lossy().trim_end_matches(" (deleted)")
+                            == setup.exe.to_string_lossy()
+                })
+        })?;
+        node.alive()?;
+        if !is_node {
+            bail!(
+                "node {name}: pid {pid} runs {:?}, not {}",
+                exe(pid),
+                setup.exe.display()
+            );
+        }
+        Ok(node)
+    }
+
+    fn record_tcp(&mut self, m: Metric, x: &Iperf) {
+        self.res.push(m, x.gbps);
+        self.progress(&format!("{} {:.2} Gbit/s", m.label(), x.gbps));
+    }
+
+    fn tcp4(&mut self, ab: &Ends) -> anyhow::Result<()> {
+        let x = iperf(ab, self.plan.secs, &["-P", "4"])?;
+        self.record_tcp(Metric::Tcp4, &x);
+        Ok(())
+    }
+
+    fn udp(&mut self, ab: &Ends) -> anyhow::Result<Iperf> {
+        let x = iperf(ab, self.plan.secs, &["-u", "-l", "1200", "-b", "0"])?;
+        self.res.push(Metric::Udp, x.gbps);
+        let loss = x.lost_pct.unwrap_or(0.0);
+        self.res.push(Metric::UdpLoss, loss);
+        self.progress(&format!(
+            "udp 1200 B {:.2} Gbit/s received, {loss:.1}% lost",
+            x.gbps
+        ));
+        Ok(x)
+    }
+
+    fn rtt(&mut self, ab: &Ends) -> anyhow::Result<()> {
+        let idle = ping(ab, 100, "0.01")?;
+        self.res.push(Metric::RttIdle, idle);
+        // The bulk flow outlasts the pings by 2 s; they start once its data connection is up.
+        let secs = self.plan.secs;
+        let port = next_port();
+        let _server = iperf_server(ab.to, port)?;
+        let json = self.work.join(format!("load-{port}.json"));
+        let (p, t) = (port.to_string(), (secs + 2).to_string());
+        let logfile = json.to_string_lossy().into_owned();
+        let args = [
+            "-c",
+            &ab.addr,
+            "-p",
+            &p,
+            "-t",
+            &t,
+            "-J",
+            "--logfile",
+            &logfile,
+        ]
+        .map(OsStr::new);
+        let mut flow = Proc::spawn(Some(ab.from), "iperf3", &args, None)?;
+        let dport = format!(":{port}");
+        let up = wait_for(Duration::from_secs(10), || {
+            flow.exited().is_some()
+                || lab::run_ok(
+                    Some(ab.from),
+                    "ss",
+                    &["-Htn", "state", "established", "dport", "=", &dport],
+                    Duration::from_secs(5),
+                )
+                .is_ok_and(|o| o.lines().count() >= 2)
+        })?;
+        if !up || flow.exited().is_some() {
+            bail!(
+                "the bulk flow did not start: {}",
+                std::fs::read_to_string(&json).unwrap_or_default().trim()
+            );
+        }
+        let loaded = ping(ab, (secs * 50).max(50), "0.02")?;
+        let status = flow.wait_timeout(Duration::from_secs(u64::from(secs) + 17))?;
+        let report = std::fs::read_to_string(&json).unwrap_or_default();
+        let _ = std::fs::remove_file(&json);
+        let bulk = parse_iperf(&report)
+            .map_err(|e| anyhow!("the bulk flow under the pings failed ({status}): {e}"))?;
+        self.res.push(Metric::RttLoad, loaded);
+        self.progress(&format!(
+            "rtt {idle:.3} ms idle, {loaded:.3} ms under a {:.2} Gbit/s tcp flow",
+            bulk.gbps
+        ));
+        Ok(())
+    }
+}
+
+/// Waits until `ends.from` gets an echo reply from `ends.addr`, failing early when a node dies.
+fn wait_reachable(ends: &Ends, nodes: &mut [&mut Node], timeout: Duration) -> anyhow::Result<()> {
+    let mut dead = None;
+    let ok = wait_for(timeout, || {
+        if let Some(e) = nodes.iter_mut().find_map(|n| n.alive().err()) {
+            dead = Some(e);
+            return true;
+        }
+        ping_once(ends)
+    })?;
+    if let Some(e) = dead {
+        return Err(e);
+    }
+    if !ok {
+        let logs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("node {} log ends:\n{}", n.name, n.proc.log_tail(5)))
+            .collect();
+        bail!(
+            "{} not reachable from {} over the overlay within {timeout:?}\n{}",
+            ends.addr,
+            ns_tag(ends.from),
+            logs.join("\n")
+        );
+    }
+    Ok(())
+}
+
+fn ns_tag(ns: &str) -> &str {
+    ns.rsplit('-').next().unwrap_or(ns)
+}
+
+fn ping_args<'a>(ends: &'a Ends, count: &'a str, interval: &'a str) -> Vec<&'a str> {
+    let mut a = Vec::new();
+    if ends.v6 {
+        a.push("-6");
+    }
+    a.extend(["-q", "-c", count, "-i", interval, "-W", "1", &ends.addr]);
+    a
+}
+
+fn ping_once(ends: &Ends) -> bool {
+    lab::run(
+        Some(ends.from),
+        "ping",
+        &ping_args(ends, "1", "1"),
+        Duration::from_secs(5),
+    )
+    .is_ok_and(|o| o.status.success())
+}
+
+/// The average RTT of `count` echoes `interval` seconds apart, ms.
+fn ping(ends: &Ends, count: u32, interval: &str) -> anyhow::Result<f64> {
+    let c = count.to_string();
+    let timeout = Duration::from_secs(u64::from(count) / 10 + 30);
+    let out = lab::run(
+        Some(ends.from),
+        "ping",
+        &ping_args(ends, &c, interval),
+        timeout,
+    )?;
+    let p =
+        parse_ping(&out.stdout).map_err(|e| anyhow!("ping {}: {e}; {}", ends.addr, out.why()))?;
+    Ok(p.avg_ms)
+}
+
+static PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A fresh iperf3 port for every measurement (5301…6300, cycling).
+fn next_port() -> u16 {
+    5301 + PORT.fetch_add(1, Ordering::Relaxed) % 1000
+}
+
+/// A one-shot iperf3 server in `ns`, once it listens.
+fn iperf_server(ns: &str, port: u16) -> anyhow::Result<Proc> {
+    let p = port.to_string();
+    let mut server = Proc::spawn(
+        Some(ns),
+        "iperf3",
+        &["-s", "-1", "-p", &p].map(OsStr::new),
+        None,
+    )?;
+    let sport = format!(":{port}");
+    let listening = wait_for(Duration::from_secs(10), || {
+        server.exited().is_some()
+            || lab::run_ok(
+                Some(ns),
+                "ss",
+                &["-Hltn", "sport", "=", &sport],
+                Duration::from_secs(5),
+            )
+            .is_ok_and(|o| !o.trim().is_empty())
+    })?;
+    if let Some(st) = server.exited() {
+        bail!("iperf3 server in {} exited: {st}", ns_tag(ns));
+    }
+    if !listening {
+        bail!("iperf3 server in {} does not listen on {port}", ns_tag(ns));
+    }
+    Ok(server)
+}
+
+/// One iperf3 client run from `ends.from` to the server at `ends.addr`, `secs` long.
+fn iperf(ends: &Ends, secs: u32, extra: &[&str]) -> anyhow::Result<Iperf> {
+    let port = next_port();
+    let mut server = iperf_server(ends.to, port)?;
+    let (p, t) = (port.to_string(), secs.to_string());
+    let mut args = vec!["-c", &ends.addr, "-p", &p, "-t", &t, "-J"];
+    args.extend_from_slice(extra);
+    let timeout = Duration::from_secs(u64::from(secs) + 15);
+    let out = lab::run(Some(ends.from), "iperf3", &args, timeout)?;
+    let x = parse_iperf(&out.stdout).map_err(|e| {
+        let err = out.stderr.trim();
+        if err.is_empty() {
+            e
+        } else {
+            anyhow!("{e}; {}", lab::last_lines(err, 3))
+        }
+    })?;
+    // The one-shot server ends with the test; a stuck one is killed on drop.
+    let _ = server.wait_timeout(Duration::from_secs(5));
+    Ok(x)
+}
+
+/// Sets [`lab::STOP`] on SIGINT or SIGTERM. The handlers are installed before this returns, so
+/// no signal can kill the bench once the lab exists; a thread waits for them.
+fn watch_signals() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal watcher")?;
+    let (mut int, mut term) = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
+    std::thread::Builder::new()
+        .name("bench-signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            eprintln!("hypha bench: interrupted, cleaning up …");
+            lab::STOP.store(true, Ordering::Relaxed);
+        })?;
+    Ok(())
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn load_average() -> [f64; 3] {
+    let text = read_trimmed("/proc/loadavg");
+    let mut it = text
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap_or(f64::NAN));
+    [
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+        it.next().unwrap_or(f64::NAN),
+    ]
+}
+
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc_date(secs)
+}
+
+/// `YYYY-MM-DD HH:MM UTC` for seconds since the epoch (proleptic Gregorian calendar).
+fn utc_date(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (hh, mm) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Civil date from days since 1970-01-01, counting in 400-year eras that start on 1 March.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02} UTC")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        use clap::Parser;
+        let cli =
+            crate::cli::Cli::try_parse_from(["hypha", "bench"].iter().chain(extra.iter()).copied())
+                .unwrap();
+        match cli.command {
+            Some(crate::cli::Command::Bench(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let a = args(&[]);
+        assert_eq!((a.runs, a.secs, a.json), (5, 5, false));
+        assert!(a.compare.is_empty() && a.only.is_empty() && a.chart.is_none());
+        let a = args(&[
+            "--compare",
+            "/x/a",
+            "--compare",
+            "/y/b",
+            "--only",
+            "veth,tcp1",
+        ]);
+        assert_eq!(a.compare.len(), 2);
+        assert_eq!(a.only, ["veth", "tcp1"]);
+    }
+
+    #[test]
+    fn bad_numbers_are_refused() {
+        use clap::Parser;
+        for bad in [&["--runs", "0"][..], &["--secs", "0"], &["--runs", "x"]] {
+            let argv = ["hypha", "bench"].iter().chain(bad.iter()).copied();
+            assert!(crate::cli::Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn compare_labels_are_unique() {
+        let s = subjects(
+            Path::new("/bin/hypha"),
+            &[
+                PathBuf::from("/opt/mycelium"),
+                PathBuf::from("/usr/bin/hypha"),
+            ],
+        );
+        let labels: Vec<&str> = s.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["veth", "hypha", "hypha --no-offload", "mycelium", "hypha-2"]
+        );
+        assert_eq!(s[2].command().unwrap(), "/bin/hypha --no-offload");
+        assert_eq!(s[0].command(), None);
+    }
+
+    #[test]
+    fn only_selects_subjects_and_scenarios() {
+        let all = || subjects(Path::new("/bin/hypha"), &[PathBuf::from("/opt/mycelium")]);
+        let (s, sc) = select(&[], all()).unwrap();
+        assert_eq!((s.len(), sc.len()), (4, 5));
+        let only = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let (s, sc) = select(&only(&["hypha", "udp", "veth"]), all()).unwrap();
+        assert_eq!(
+            s.iter().map(|s| s.role).collect::<Vec<_>>(),
+            [Role::Veth, Role::Hypha]
+        );
+        assert_eq!(sc, [Scenario::Udp]);
+        let (s, sc) = select(&only(&["mycelium"]), all()).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(sc.len(), 5);
+        let (s, _) = select(&only(&["compare", "no-offload"]), all()).unwrap();
+        assert_eq!(s.len(), 2);
+        let e = select(&only(&["tcp9"]), all()).unwrap_err().to_string();
+        assert!(e.contains("'tcp9'") && e.contains("mycelium"), "{e}");
+    }
+
+    #[test]
+    fn binaries_are_checked_before_anything_else() {
+        let e = Plan::new(&args(&["--binary", "/nonexistent/hypha"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--binary /nonexistent/hypha"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "not a program").unwrap();
+        let plain = plain.to_str().unwrap();
+        let e = Plan::new(&args(&["--compare", plain]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("--compare {plain}: not an executable")),
+            "{e}"
+        );
+        let e = Plan::new(&args(&["--compare", dir.path().to_str().unwrap()]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not an executable"), "{e}");
+        let e = Plan::new(&args(&["--binary", "/bin/sh", "--only", "nope"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'nope'"), "{e}");
+        let e = Plan::new(&args(&[
+            "--binary",
+            "/bin/sh",
+            "--chart",
+            "/no/such/dir/c.png",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no such directory"), "{e}");
+    }
+
+    #[test]
+    fn plan_needs_root() {
+        let r = Plan::new(&args(&["--binary", "/bin/sh"]));
+        if lab::is_root() {
+            let p = r.unwrap();
+            assert_eq!(p.subjects.len(), 3);
+            assert!(p.metrics().contains(&Metric::RssPeak));
+        } else {
+            assert!(r.unwrap_err().to_string().contains("as root"));
+        }
+    }
+
+    #[test]
+    fn inspect_output_gives_the_address() {
+        let a = overlay_address(r#"{"publicKey":"ab","address":"5e3:1::1"}"#).unwrap();
+        assert_eq!(a, "5e3:1::1".parse::<Ipv6Addr>().unwrap());
+        // Pretty-printed, as some nodes print it.
+        assert!(overlay_address("{\n  \"address\": \"400::1\"\n}\n").is_ok());
+        assert!(overlay_address(r#"{"address":"10.0.0.1"}"#).is_err());
+        assert!(overlay_address("Address: 400::1").is_err());
+    }
+
+    #[test]
+    fn dates_are_utc() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_date(1_764_104_400), "2025-11-25 21:00 UTC");
+        assert_eq!(utc_date(951_782_400 + 3_660), "2000-02-29 01:01 UTC");
+    }
+
+    #[test]
+    fn ping_arguments_follow_the_family() {
+        let e = Ends {
+            from: "a",
+            to: "b",
+            addr: "400::1".into(),
+            v6: true,
+        };
+        assert_eq!(
+            ping_args(&e, "5", "0.01"),
+            ["-6", "-q", "-c", "5", "-i", "0.01", "-W", "1", "400::1"]
+        );
+        let e = Ends { v6: false, ..e };
+        assert_eq!(ping_args(&e, "1", "1")[0], "-q");
+    }
+}

@@ -1,0 +1,696 @@
+//! The bench's results: samples per subject and metric, their medians and ratios to raw veth, the
+//! targets, and their three renderings (the table, the JSON, the chart).
+
+use serde::Serialize;
+
+use super::chart;
+use super::measure::median;
+
+/// Everything the bench reports, one value per sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    Tcp1,
+    Tcp4,
+    Chain,
+    Udp,
+    UdpLoss,
+    RttIdle,
+    RttLoad,
+    CpuPerGbit,
+    CpuPerGbitSum,
+    GbitPerCpu,
+    RssUdp,
+    RssPeak,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 12] = [
+        Metric::Tcp1,
+        Metric::Tcp4,
+        Metric::Chain,
+        Metric::Udp,
+        Metric::UdpLoss,
+        Metric::RttIdle,
+        Metric::RttLoad,
+        Metric::CpuPerGbit,
+        Metric::CpuPerGbitSum,
+        Metric::GbitPerCpu,
+        Metric::RssUdp,
+        Metric::RssPeak,
+    ];
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Metric::Tcp1 => "tcp1_gbps",
+            Metric::Tcp4 => "tcp4_gbps",
+            Metric::Chain => "chain_gbps",
+            Metric::Udp => "udp_gbps",
+            Metric::UdpLoss => "udp_loss_pct",
+            Metric::RttIdle => "rtt_idle_ms",
+            Metric::RttLoad => "rtt_load_ms",
+            Metric::CpuPerGbit => "cpu_s_per_gbit",
+            Metric::CpuPerGbitSum => "cpu_s_per_gbit_all_nodes",
+            Metric::GbitPerCpu => "gbit_per_cpu_s",
+            Metric::RssUdp => "rss_udp_mb",
+            Metric::RssPeak => "rss_peak_mb",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::Tcp1 => "tcp, 1 stream",
+            Metric::Tcp4 => "tcp, 4 streams",
+            Metric::Chain => "tcp, 3-node chain",
+            Metric::Udp => "udp, 1200 B",
+            Metric::UdpLoss => "udp loss",
+            Metric::RttIdle => "rtt idle",
+            Metric::RttLoad => "rtt under bulk tcp",
+            Metric::CpuPerGbit => "node CPU, busiest",
+            Metric::CpuPerGbitSum => "node CPU, all nodes",
+            Metric::GbitPerCpu => "Gbit per node-CPU-s",
+            Metric::RssUdp => "peak RSS, udp flood",
+            Metric::RssPeak => "peak RSS, whole run",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::Tcp1 | Metric::Tcp4 | Metric::Chain | Metric::Udp => "Gbit/s",
+            Metric::UdpLoss => "%",
+            Metric::RttIdle | Metric::RttLoad => "ms",
+            Metric::CpuPerGbit | Metric::CpuPerGbitSum => "s/Gbit",
+            Metric::GbitPerCpu => "Gbit/CPU-s",
+            Metric::RssUdp | Metric::RssPeak => "MB",
+        }
+    }
+
+    /// Throughputs are shown as a fraction of raw veth's.
+    pub fn has_ratio(self) -> bool {
+        matches!(
+            self,
+            Metric::Tcp1 | Metric::Tcp4 | Metric::Chain | Metric::Udp
+        )
+    }
+
+    /// Measured on the node processes: raw veth has none.
+    pub fn nodes_only(self) -> bool {
+        matches!(
+            self,
+            Metric::CpuPerGbit
+                | Metric::CpuPerGbitSum
+                | Metric::GbitPerCpu
+                | Metric::RssUdp
+                | Metric::RssPeak
+        )
+    }
+
+    fn decimals(self) -> usize {
+        match self {
+            Metric::RttIdle | Metric::RttLoad | Metric::CpuPerGbit | Metric::CpuPerGbitSum => 3,
+            Metric::UdpLoss | Metric::RssUdp | Metric::RssPeak => 1,
+            _ => 2,
+        }
+    }
+
+    pub fn format(self, v: f64) -> String {
+        format!("{v:.*}", self.decimals())
+    }
+}
+
+/// What a subject is, for ratios and targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// The veth pairs without any overlay: the physical reference.
+    Veth,
+    /// hypha with offloads: the subject the targets are about.
+    Hypha,
+    HyphaNoOffload,
+    Compare,
+}
+
+/// One subject's samples, filled in as the repetitions run.
+#[derive(Clone, Debug)]
+pub struct SubjectResult {
+    pub label: String,
+    pub role: Role,
+    /// The node command line (binary and subject flags); `None` for raw veth.
+    pub command: Option<String>,
+    samples: Vec<Vec<f64>>,
+    /// Which metrics this run was asked to measure for this subject.
+    wanted: Vec<bool>,
+    pub errors: Vec<String>,
+    pub reps: Vec<RepDetail>,
+}
+
+/// Per-node figures of one repetition (overlay subjects), for the JSON.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RepDetail {
+    pub rep: u32,
+    /// CPU seconds of nodes A and B during the single-stream run.
+    pub tcp1_cpu_s: Option<[f64; 2]>,
+    /// Gbit received during the single-stream run.
+    pub tcp1_gbit: Option<f64>,
+    /// Peak RSS of nodes A and B during the UDP flood, MB.
+    pub udp_rss_mb: Option<[f64; 2]>,
+    /// Peak RSS of nodes A, B, C over the whole repetition, MB.
+    pub peak_rss_mb: Vec<f64>,
+}
+
+impl SubjectResult {
+    pub fn new(label: String, role: Role, command: Option<String>, wanted: &[Metric]) -> Self {
+        SubjectResult {
+            label,
+            role,
+            command,
+            samples: vec![Vec::new(); Metric::ALL.len()],
+            wanted: Metric::ALL
+                .iter()
+                .map(|m| wanted.contains(m) && !(role == Role::Veth && m.nodes_only()))
+                .collect(),
+            errors: Vec::new(),
+            reps: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, m: Metric, v: f64) {
+        self.samples[m as usize].push(v);
+    }
+
+    pub fn samples(&self, m: Metric) -> &[f64] {
+        &self.samples[m as usize]
+    }
+
+    pub fn wanted(&self, m: Metric) -> bool {
+        self.wanted[m as usize]
+    }
+
+    pub fn median(&self, m: Metric) -> Option<f64> {
+        median(self.samples(m))
+    }
+}
+
+/// The bench's targets, all about hypha with offloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Tcp1VsVeth,
+    CpuEfficiency,
+    ChainVsTwoNodes,
+    UdpVsVeth,
+    RttUnderLoad,
+    RssUnderUdp,
+}
+
+impl Target {
+    pub const ALL: [Target; 6] = [
+        Target::Tcp1VsVeth,
+        Target::CpuEfficiency,
+        Target::ChainVsTwoNodes,
+        Target::UdpVsVeth,
+        Target::RttUnderLoad,
+        Target::RssUnderUdp,
+    ];
+
+    /// The table row the target is shown on.
+    pub fn metric(self) -> Metric {
+        match self {
+            Target::Tcp1VsVeth => Metric::Tcp1,
+            Target::CpuEfficiency => Metric::GbitPerCpu,
+            Target::ChainVsTwoNodes => Metric::Chain,
+            Target::UdpVsVeth => Metric::Udp,
+            Target::RttUnderLoad => Metric::RttLoad,
+            Target::RssUnderUdp => Metric::RssUdp,
+        }
+    }
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Target::Tcp1VsVeth => "tcp1_vs_veth",
+            Target::CpuEfficiency => "gbit_per_cpu_s",
+            Target::ChainVsTwoNodes => "chain_vs_tcp1",
+            Target::UdpVsVeth => "udp_vs_veth",
+            Target::RttUnderLoad => "rtt_load_ms",
+            Target::RssUnderUdp => "rss_udp_mb",
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            Target::Tcp1VsVeth => ">= 0.35x veth",
+            Target::CpuEfficiency => ">= 4 Gbit/CPU-s",
+            Target::ChainVsTwoNodes => ">= 0.90x 2-node",
+            Target::UdpVsVeth => ">= 0.90x veth",
+            Target::RttUnderLoad => "<= 1 ms",
+            Target::RssUnderUdp => "<= 32 MB",
+        }
+    }
+
+    fn threshold(self) -> (f64, bool) {
+        // (bound, true when the value must be at least the bound)
+        match self {
+            Target::Tcp1VsVeth => (0.35, true),
+            Target::CpuEfficiency => (4.0, true),
+            Target::ChainVsTwoNodes | Target::UdpVsVeth => (0.90, true),
+            Target::RttUnderLoad => (1.0, false),
+            Target::RssUnderUdp => (32.0, false),
+        }
+    }
+
+    /// The figure the target judges, from the medians: a ratio or the metric itself.
+    fn value(self, subjects: &[SubjectResult]) -> Option<f64> {
+        let hypha = subjects.iter().find(|s| s.role == Role::Hypha)?;
+        let veth = subjects.iter().find(|s| s.role == Role::Veth);
+        let vs_veth = |m: Metric| ratio(hypha.median(m)?, veth?.median(m)?);
+        match self {
+            Target::Tcp1VsVeth => vs_veth(Metric::Tcp1),
+            Target::UdpVsVeth => vs_veth(Metric::Udp),
+            Target::ChainVsTwoNodes => {
+                ratio(hypha.median(Metric::Chain)?, hypha.median(Metric::Tcp1)?)
+            }
+            Target::CpuEfficiency | Target::RttUnderLoad | Target::RssUnderUdp => {
+                hypha.median(self.metric())
+            }
+        }
+    }
+
+    pub fn judge(self, subjects: &[SubjectResult]) -> TargetReport {
+        let (bound, at_least) = self.threshold();
+        let value = self.value(subjects);
+        TargetReport {
+            id: self.id(),
+            target: self.text(),
+            threshold: bound,
+            value,
+            pass: value.map(|v| if at_least { v >= bound } else { v <= bound }),
+        }
+    }
+}
+
+/// `a / b` when `b` is a positive number.
+pub fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
+}
+
+/// The run's circumstances, for the header line and the JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct Meta {
+    pub date: String,
+    pub kernel: String,
+    pub cpus: usize,
+    pub load_average: [f64; 3],
+    pub runs: u32,
+    pub secs: u32,
+    pub binary: String,
+    pub scenarios: Vec<&'static str>,
+}
+
+impl Meta {
+    pub fn header(&self) -> String {
+        format!(
+            "hypha bench  {}  Linux {}  {} CPUs  load {:.2} {:.2} {:.2}  median of {} run{} x {} s",
+            self.date,
+            self.kernel,
+            self.cpus,
+            self.load_average[0],
+            self.load_average[1],
+            self.load_average[2],
+            self.runs,
+            if self.runs == 1 { "" } else { "s" },
+            self.secs
+        )
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub meta: Meta,
+    pub subjects: Vec<SubjectReport>,
+    pub targets: Vec<TargetReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SubjectReport {
+    pub label: String,
+    pub role: Role,
+    pub command: Option<String>,
+    /// True when nothing at all could be measured.
+    pub failed: bool,
+    pub errors: Vec<String>,
+    pub metrics: Vec<MetricReport>,
+    pub reps: Vec<RepDetail>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MetricReport {
+    pub id: &'static str,
+    pub unit: &'static str,
+    pub median: Option<f64>,
+    pub ratio_to_veth: Option<f64>,
+    pub samples: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TargetReport {
+    pub id: &'static str,
+    pub target: &'static str,
+    pub threshold: f64,
+    pub value: Option<f64>,
+    pub pass: Option<bool>,
+}
+
+impl Report {
+    pub fn new(meta: Meta, subjects: &[SubjectResult]) -> Report {
+        let veth = subjects.iter().find(|s| s.role == Role::Veth);
+        let out = subjects
+            .iter()
+            .map(|s| SubjectReport {
+                label: s.label.clone(),
+                role: s.role,
+                command: s.command.clone(),
+                failed: Metric::ALL.iter().all(|&m| s.samples(m).is_empty()),
+                errors: s.errors.clone(),
+                metrics: Metric::ALL
+                    .iter()
+                    .filter(|&&m| s.wanted(m))
+                    .map(|&m| MetricReport {
+                        id: m.id(),
+                        unit: m.unit(),
+                        median: s.median(m),
+                        ratio_to_veth: m
+                            .has_ratio()
+                            .then(|| ratio(s.median(m)?, veth?.median(m)?))
+                            .flatten(),
+                        samples: s.samples(m).to_vec(),
+                    })
+                    .collect(),
+                reps: s.reps.clone(),
+            })
+            .collect();
+        Report {
+            meta,
+            subjects: out,
+            targets: Target::ALL.iter().map(|t| t.judge(subjects)).collect(),
+        }
+    }
+}
+
+/// The table: a row per metric, a column per subject (median, and its ratio to veth for
+/// throughputs), and the target column judging hypha with offloads. Failures are listed below.
+pub fn table(meta: &Meta, subjects: &[SubjectResult]) -> String {
+    let veth = subjects.iter().find(|s| s.role == Role::Veth);
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut head = vec!["".to_owned(), "unit".to_owned()];
+    head.extend(subjects.iter().map(|s| s.label.clone()));
+    head.push("target (hypha)".to_owned());
+    rows.push(head);
+    for m in Metric::ALL {
+        if !subjects.iter().any(|s| s.wanted(m)) {
+            continue;
+        }
+        let mut row = vec![m.label().to_owned(), m.unit().to_owned()];
+        for s in subjects {
+            row.push(cell(m, s, veth));
+        }
+        let judged: Vec<String> = Target::ALL
+            .iter()
+            .filter(|t| t.metric() == m)
+            .map(|t| {
+                let r = t.judge(subjects);
+                let verdict = match r.pass {
+                    Some(true) => "PASS",
+                    Some(false) => "FAIL",
+                    None => "n/a",
+                };
+                match (
+                    r.value,
+                    t.metric().has_ratio() || *t == Target::ChainVsTwoNodes,
+                ) {
+                    (Some(v), true) => format!("{} {:.2}x {verdict}", t.text(), v),
+                    _ => format!("{} {verdict}", t.text()),
+                }
+            })
+            .collect();
+        row.push(judged.join("; "));
+        rows.push(row);
+    }
+    let ncol = rows[0].len();
+    let widths: Vec<usize> = (0..ncol)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = meta.header();
+    out.push('\n');
+    for (i, r) in rows.iter().enumerate() {
+        let mut line = String::new();
+        for (c, text) in r.iter().enumerate() {
+            let pad = widths[c] - text.chars().count();
+            if c == 0 || c == 1 || c == ncol - 1 {
+                line.push_str(text);
+                line.push_str(&" ".repeat(pad));
+            } else {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(text);
+            }
+            line.push_str("  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+        if i == 0 {
+            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (ncol - 1)));
+            out.push('\n');
+        }
+    }
+    let mut notes = Vec::new();
+    for s in subjects {
+        if let Some(cmd) = &s.command {
+            notes.push(format!("{}: {cmd}", s.label));
+        }
+    }
+    for s in subjects {
+        for e in &s.errors {
+            notes.push(format!("{} failed: {}", s.label, e.replace('\n', "\n    ")));
+        }
+    }
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn cell(m: Metric, s: &SubjectResult, veth: Option<&SubjectResult>) -> String {
+    if !s.wanted(m) {
+        return "-".to_owned();
+    }
+    let Some(v) = s.median(m) else {
+        return if s.errors.is_empty() { "-" } else { "failed" }.to_owned();
+    };
+    let mut text = m.format(v);
+    if m.has_ratio() && s.role != Role::Veth {
+        if let Some(r) = veth.and_then(|veth| ratio(v, veth.median(m)?)) {
+            text.push_str(&format!(" ({r:.2}x)"));
+        }
+    }
+    text
+}
+
+/// The chart: throughput, RTT, CPU per Gbit and peak RSS panels, a series per subject.
+pub fn chart(meta: &Meta, subjects: &[SubjectResult]) -> chart::Chart {
+    let panel = |title: &str, unit: &str, metrics: &[(Metric, &str)]| chart::Panel {
+        title: title.to_owned(),
+        unit: unit.to_owned(),
+        categories: metrics.iter().map(|(_, c)| (*c).to_owned()).collect(),
+        series: subjects
+            .iter()
+            .map(|s| chart::Series {
+                name: s.label.clone(),
+                values: metrics.iter().map(|(m, _)| s.median(*m)).collect(),
+            })
+            .collect(),
+    };
+    chart::Chart {
+        title: "hypha bench".to_owned(),
+        subtitle: meta
+            .header()
+            .trim_start_matches("hypha bench")
+            .trim()
+            .to_owned(),
+        panels: vec![
+            panel(
+                "Throughput",
+                "Gbit/s",
+                &[
+                    (Metric::Tcp1, "tcp 1 stream"),
+                    (Metric::Tcp4, "tcp 4 streams"),
+                    (Metric::Chain, "tcp 3-node chain"),
+                    (Metric::Udp, "udp 1200 B"),
+                ],
+            ),
+            panel(
+                "Ping RTT",
+                "ms",
+                &[
+                    (Metric::RttIdle, "idle"),
+                    (Metric::RttLoad, "under bulk tcp"),
+                ],
+            ),
+            panel(
+                "Node CPU per Gbit",
+                "s/Gbit",
+                &[
+                    (Metric::CpuPerGbit, "busiest node"),
+                    (Metric::CpuPerGbitSum, "all nodes"),
+                ],
+            ),
+            panel(
+                "Peak RSS per node",
+                "MB",
+                &[
+                    (Metric::RssUdp, "udp flood"),
+                    (Metric::RssPeak, "whole run"),
+                ],
+            ),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        Meta {
+            date: "2026-11-25 21:00 UTC".into(),
+            kernel: "6.18".into(),
+            cpus: 2,
+            load_average: [0.5, 0.25, 1.0],
+            runs: 3,
+            secs: 5,
+            binary: "/bin/hypha".into(),
+            scenarios: vec!["tcp1"],
+        }
+    }
+
+    fn subjects() -> Vec<SubjectResult> {
+        let all = Metric::ALL;
+        let mut veth = SubjectResult::new("veth".into(), Role::Veth, None, &all);
+        let mut hypha = SubjectResult::new("hypha".into(), Role::Hypha, Some("hypha".into()), &all);
+        for v in [10.0, 20.0, 30.0] {
+            veth.push(Metric::Tcp1, v);
+            veth.push(Metric::Udp, v / 10.0);
+            hypha.push(Metric::Tcp1, v / 2.0);
+            hypha.push(Metric::Chain, v / 2.0 * 0.8);
+            hypha.push(Metric::Udp, v / 10.0);
+        }
+        hypha.push(Metric::RttLoad, 0.4);
+        hypha.push(Metric::RssUdp, 40.0);
+        hypha.push(Metric::GbitPerCpu, 4.0);
+        let mut broken =
+            SubjectResult::new("other".into(), Role::Compare, Some("/x/other".into()), &all);
+        broken
+            .errors
+            .push("rep 1: node a exited\nlast log line".into());
+        vec![veth, hypha, broken]
+    }
+
+    #[test]
+    fn targets_judge_hypha_against_veth() {
+        let s = subjects();
+        let r: Vec<TargetReport> = Target::ALL.iter().map(|t| t.judge(&s)).collect();
+        let get = |id: &str| r.iter().find(|t| t.id == id).unwrap();
+        assert_eq!(get("tcp1_vs_veth").value, Some(0.5));
+        assert_eq!(get("tcp1_vs_veth").pass, Some(true));
+        assert_eq!(get("chain_vs_tcp1").pass, Some(false));
+        assert_eq!(get("udp_vs_veth").value, Some(1.0));
+        assert_eq!(get("rtt_load_ms").pass, Some(true));
+        assert_eq!(get("rss_udp_mb").pass, Some(false));
+        assert_eq!(get("gbit_per_cpu_s").pass, Some(true));
+    }
+
+    #[test]
+    fn ratio_needs_a_positive_reference() {
+        assert_eq!(ratio(1.0, 4.0), Some(0.25));
+        assert_eq!(ratio(1.0, 0.0), None);
+        assert_eq!(ratio(f64::NAN, 1.0), None);
+    }
+
+    #[test]
+    fn table_shows_medians_ratios_targets_and_failures() {
+        let t = table(&meta(), &subjects());
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("hypha bench  2026-11-25"), "{t}");
+        assert!(
+            lines[1].contains("veth") && lines[1].contains("target (hypha)"),
+            "{t}"
+        );
+        let tcp1 = lines
+            .iter()
+            .find(|l| l.starts_with("tcp, 1 stream"))
+            .unwrap();
+        assert!(tcp1.contains("20.00"), "{tcp1}");
+        assert!(tcp1.contains("10.00 (0.50x)"), "{tcp1}");
+        assert!(tcp1.contains("failed"), "{tcp1}");
+        assert!(tcp1.contains(">= 0.35x veth 0.50x PASS"), "{tcp1}");
+        let rss = lines
+            .iter()
+            .find(|l| l.starts_with("peak RSS, udp"))
+            .unwrap();
+        assert!(rss.contains("40.0") && rss.contains("FAIL"), "{rss}");
+        // veth has no nodes: a dash, not a failure.
+        assert!(rss.contains(" - "), "{rss}");
+        assert!(
+            t.contains("other failed: rep 1: node a exited\n    last log line"),
+            "{t}"
+        );
+        // Columns line up: every row of the table is as wide as the rule under the header.
+        let rule = lines[2].len();
+        assert!(lines[2].chars().all(|c| c == '-'));
+        assert!(lines[3..]
+            .iter()
+            .take_while(|l| !l.is_empty())
+            .all(|l| l.chars().count() <= rule));
+    }
+
+    #[test]
+    fn json_holds_samples_medians_and_targets() {
+        let r = Report::new(meta(), &subjects());
+        let v = serde_json::to_value(&r).unwrap();
+        let hypha = &v["subjects"][1];
+        assert_eq!(hypha["role"], "hypha");
+        let tcp1 = &hypha["metrics"][0];
+        assert_eq!(tcp1["id"], "tcp1_gbps");
+        assert_eq!(tcp1["samples"], serde_json::json!([5.0, 10.0, 15.0]));
+        assert_eq!(tcp1["median"], 10.0);
+        assert_eq!(tcp1["ratio_to_veth"], 0.5);
+        assert_eq!(v["subjects"][2]["failed"], true);
+        assert_eq!(v["subjects"][0]["failed"], false);
+        // Raw veth lists no node metrics.
+        let ids: Vec<&str> = v["subjects"][0]["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert!(
+            !ids.contains(&"rss_udp_mb") && ids.contains(&"udp_gbps"),
+            "{ids:?}"
+        );
+        assert_eq!(v["targets"].as_array().unwrap().len(), Target::ALL.len());
+    }
+
+    #[test]
+    fn chart_has_a_series_per_subject() {
+        let c = chart(&meta(), &subjects());
+        assert_eq!(c.panels.len(), 4);
+        for p in &c.panels {
+            assert_eq!(p.series.len(), 3);
+            for s in &p.series {
+                assert_eq!(s.values.len(), p.categories.len());
+            }
+        }
+        assert_eq!(c.panels[0].series[1].values[0], Some(10.0));
+        assert_eq!(c.panels[3].series[0].values[0], None);
+    }
+}

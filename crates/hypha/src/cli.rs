@@ -190,6 +190,7 @@ the JSON with --json, which keeps every sample). Everything is removed on exit a
 
 /// Options of `hypha bench`.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Bench options")]
 pub struct BenchArgs {
     /// Repetitions of every measurement (the table shows medians)
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]

@@ -275,7 +275,15 @@ impl Plan {
                 bail!("--compare {}: not an executable file", c.display());
             }
         }
-        let (subjects, scenarios) = select(&args.only, subjects(&binary, &args.compare))?;
+        let (mut subjects, scenarios) = select(&args.only, subjects(&binary, &args.compare))?;
+        // Labels keep the names given; the nodes run the files those names resolve to, so that
+        // `/proc/<pid>/exe` can be checked against them.
+        for s in &mut subjects {
+            if let Some(bin) = &mut s.bin {
+                *bin = std::fs::canonicalize(&*bin)
+                    .with_context(|| format!("cannot resolve {}", bin.display()))?;
+            }
+        }
         if let Some(chart) = &args.chart {
             let dir = chart.parent().filter(|d| !d.as_os_str().is_empty());
             if dir.is_some_and(|d| !d.is_dir()) {
@@ -428,8 +436,7 @@ struct NodeSetup {
 
 impl NodeSetup {
     fn new(bin: &Path, work: &Path, subject: usize) -> anyhow::Result<NodeSetup> {
-        let exe = std::fs::canonicalize(bin)
-            .with_context(|| format!("cannot resolve {}", bin.display()))?;
+        let exe = bin.to_path_buf();
         let help = lab::run(None, bin, &["--help"], Duration::from_secs(20))?;
         let disable_quic = help.stdout.contains("--disable-quic");
         let mut keys = Vec::new();

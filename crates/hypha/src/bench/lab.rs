@@ -411,8 +411,21 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
     run_ok(None, "ip", args, Duration::from_secs(10))
 }
 
-/// Deletes `hyb-<pid>-*` namespaces whose bench process is gone (left by a SIGKILLed run).
+/// Deletes `hyb-<pid>-*` namespaces whose bench process is gone (left by a SIGKILLed run), and
+/// kills what still runs in them (its nodes and iperf3s outlive it).
 fn sweep_stale() {
+    // Its scratch directory too.
+    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("hypha-bench-")
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
         return;
     };
@@ -420,6 +433,13 @@ fn sweep_stale() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(pid) = stale_owner(&name) {
             if !Path::new(&format!("/proc/{pid}")).exists() {
+                let pids = ip(&["netns", "pids", &name]).unwrap_or_default();
+                for p in pids
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
                 let _ = ip(&["netns", "del", &name]);
             }
         }

@@ -200,7 +200,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub secs: u32,
 
-    /// Print the results as JSON (every sample included) instead of the table
+    /// Print the results as JSON (every sample included) instead of the table (which then goes
+    /// to stderr with the progress lines)
     #[arg(long)]
     pub json: bool,
 

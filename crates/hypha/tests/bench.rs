@@ -86,6 +86,8 @@ fn short_run_measures_every_subject_and_cleans_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{}\n{stderr}", out.status);
     assert_eq!(leftovers(pid), Vec::<String>::new());
+    // With --json the table goes to stderr, the JSON alone to stdout.
+    assert!(stderr.contains("target (hypha)"), "{stderr}");
 
     let v: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));

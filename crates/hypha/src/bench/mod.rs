@@ -60,7 +60,8 @@
 //! hypha with offloads: one TCP stream ≥ 0.35 × raw veth; ≥ 4 Gbit per node-CPU-second; the
 //! chain ≥ 0.90 × its 2-node figure; UDP ≥ 0.90 × raw veth's; RTT under bulk TCP ≤ 1 ms; peak RSS
 //! per node ≤ 32 MB under the UDP flood. Progress lines go to stderr; stdout holds the table, or
-//! with `--json` the same results with every sample; `--chart FILE` draws the medians as a PNG.
+//! with `--json` the same results with every sample (the table then goes to stderr);
+//! `--chart FILE` draws the medians as a PNG.
 
 pub mod chart;
 mod lab;
@@ -400,6 +401,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         eprintln!("chart written to {}", path.display());
     }
     if args.json {
+        // The table still goes to the person watching; stdout is the JSON alone.
+        eprint!("\n{}", report::table(&meta, &results));
         let r = Report::new(meta, &results);
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -506,6 +506,7 @@ pub(crate) fn inbound(
     body: &mut [u8],
     out: &mut Outbox,
     tun_out: &mut TunBatch,
+    in_place: &mut InPlace,
 ) {
     let for_us = ctx.own_subnet.contains_addr(dst);
     // Every node, the destination included, requires hop limit >= 2 and decrements it.
@@ -518,7 +519,7 @@ pub(crate) fn inbound(
     }
     let hop = hop_limit - 1;
     if for_us {
-        deliver(ctx, table, hop, src, dst, body, tun_out);
+        deliver(ctx, table, hop, src, dst, body, tun_out, in_place);
         return;
     }
     match table.fib.lookup(dst) {
@@ -546,7 +547,52 @@ pub(crate) fn inbound(
     }
 }
 
+/// Packets for the TUN that stay where they were opened, in the link reader's buffer: their
+/// addresses and lengths, in buffer order. The reader writes them out from there after the
+/// batch, without copying them.
+#[derive(Default)]
+pub(crate) struct InPlace {
+    pub spans: Vec<(usize, usize)>,
+}
+
+impl InPlace {
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    fn push(&mut self, packet: &[u8]) {
+        self.spans.push((packet.as_ptr() as usize, packet.len()));
+    }
+
+    /// The recorded packets as slices of `buf` (the buffer they were opened in). Spans outside
+    /// `buf` or out of order are skipped, never trusted.
+    pub fn slices<'a>(&self, buf: &'a mut [u8], out: &mut Vec<&'a mut [u8]>) {
+        let base = buf.as_ptr() as usize;
+        let total = buf.len();
+        let mut rest: &'a mut [u8] = buf;
+        let mut consumed = 0usize;
+        for &(addr, len) in &self.spans {
+            let Some(at) = addr.checked_sub(base) else {
+                continue;
+            };
+            if at < consumed || at + len > total {
+                continue;
+            }
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(at - consumed);
+            let (packet, tail) = tail.split_at_mut(len);
+            out.push(packet);
+            rest = tail;
+            consumed = at + len;
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.spans.clear();
+    }
+}
+
 /// A frame for our /64: open it with the sender's key and hand the packet to the TUN.
+#[allow(clippy::too_many_arguments)]
 fn deliver(
     ctx: &mut Inbound<'_>,
     table: &DataTable,
@@ -555,6 +601,7 @@ fn deliver(
     dst: Ipv6Addr,
     body: &mut [u8],
     tun_out: &mut TunBatch,
+    in_place: &mut InPlace,
 ) {
     let Some(cipher) = table
         .fib
@@ -582,7 +629,10 @@ fn deliver(
     }
     match plain[1] {
         INNER_TYPE_L3 if plain.len() >= 4 + IPV6_HEADER_LEN => {
-            deliver_l3(&mut plain[4..], hop, tun_out);
+            let packet = &mut plain[4..];
+            // The destination writes the decremented outer hop limit into the packet (§3.2).
+            packet[7] = hop;
+            in_place.push(packet);
             bump(&ctx.counters.frames_delivered);
         }
         INNER_TYPE_OOB_ICMP => {

@@ -17,19 +17,24 @@ use wire::babel::{Subnet, Tlv};
 use wire::frame::{self, Frame, FrameReader};
 
 use crate::datapath::{self, DataCounters, DataTable, Inbound, Need, Outbox, RefreshTracker};
-use crate::datapath::{FrameBatch, LinkTx, TunBatch};
+use crate::datapath::{FrameBatch, InPlace, LinkTx, TunBatch};
+use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
+use tun::{Tun, Writer as TunWriter};
 
 /// A write that makes no progress for this long means the peer stalled: drop it.
 const WRITE_STALL: Duration = Duration::from_secs(30);
 /// Upper bound of bytes gathered into one write.
-const MAX_WRITE: usize = 512 * 1024;
+const MAX_WRITE: usize = 256 * 1024;
 /// Upper bound of data batches gathered into one write (one `iovec` each).
 const MAX_BATCHES_PER_WRITE: usize = 64;
 /// Control TLVs waiting for the writer; beyond this they are dropped and counted.
 pub(crate) const CONTROL_QUEUE: usize = 1024;
-/// Data batches waiting for the writer; beyond this senders wait (back-pressure).
-pub(crate) const DATA_QUEUE: usize = 32;
+/// Data batches waiting for the writer; beyond this senders wait (back-pressure). Short, because
+/// every queued byte delays the packets behind it.
+pub(crate) const DATA_QUEUE: usize = 4;
+/// Unsent bytes the kernel may hold for a peer socket before it stops reporting it writable.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
 /// The read buffer: room for several full-size frames per read.
 const READ_BUFFER: usize = 256 * 1024;
 
@@ -60,6 +65,10 @@ pub(crate) struct LinkContext {
     pub needs: mpsc::Sender<Need>,
     pub events: mpsc::Sender<LinkEvent>,
     pub tun: Option<mpsc::Sender<TunBatch>>,
+    /// The device itself: each link reader writes the packets it opened straight from its read
+    /// buffer (one coalesced batch per socket read).
+    pub tun_dev: Option<Arc<Tun>>,
+    pub histograms: Arc<TunHistograms>,
     pub own_subnet: Subnet,
 }
 
@@ -82,6 +91,10 @@ impl LinkHandles {
 /// Starts the tasks of a connected stream.
 pub(crate) fn spawn(id: LinkId, stream: tokio::net::TcpStream, ctx: LinkContext) -> LinkHandles {
     let _ = stream.set_nodelay(true);
+    // Keep the socket's unsent backlog short: what the kernel has not sent yet waits in our
+    // queues instead, where it back-pressures the TUN rather than delaying every packet behind
+    // megabytes of bulk data (bufferbloat).
+    let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
     let (rd, wr) = stream.into_split();
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
@@ -241,6 +254,9 @@ async fn read_loop(
     let mut refresh = RefreshTracker::default();
     let mut outbox = Outbox::default();
     let mut tun_batch = TunBatch::default();
+    let mut in_place = InPlace::default();
+    let mut tun_writer = ctx.tun_dev.as_deref().map(TunWriter::new);
+    let mut drop_log = LogLimiter::new(Duration::from_secs(10));
     let mut tlvs: Vec<Tlv> = Vec::new();
     let mut skipped_logged = 0u32;
     loop {
@@ -280,6 +296,7 @@ async fn read_loop(
                         body,
                         &mut outbox,
                         &mut tun_batch,
+                        &mut in_place,
                     )
                 }
                 Ok(Some(Frame::Control(tlv))) => tlvs.push(tlv),
@@ -295,6 +312,15 @@ async fn read_loop(
             }
         }
         drop(table);
+        if !in_place.is_empty() {
+            write_in_place(
+                ctx,
+                &mut reader,
+                &mut in_place,
+                &mut tun_writer,
+                &mut drop_log,
+            );
+        }
         if data_frames > 0 {
             stats
                 .rx_data_frames
@@ -314,6 +340,28 @@ async fn read_loop(
         }
         flush(ctx, &mut outbox, &mut tun_batch).await;
     }
+}
+
+/// Writes the packets opened in the read buffer to the TUN, coalesced, straight from there.
+fn write_in_place(
+    ctx: &LinkContext,
+    reader: &mut FrameReader,
+    in_place: &mut InPlace,
+    writer: &mut Option<TunWriter>,
+    drop_log: &mut LogLimiter,
+) {
+    let (Some(tun), Some(wr)) = (ctx.tun_dev.as_deref(), writer.as_mut()) else {
+        ctx.counters
+            .drop_no_tun
+            .fetch_add(in_place.spans.len() as u64, Ordering::Relaxed);
+        in_place.clear();
+        return;
+    };
+    let mut packets: Vec<&mut [u8]> = Vec::with_capacity(in_place.spans.len());
+    in_place.slices(reader.buffer_mut(), &mut packets);
+    let report = tun.write_batch(wr, &mut packets);
+    crate::tunio::record_write(&report, &ctx.histograms, &ctx.counters, drop_log);
+    in_place.clear();
 }
 
 /// Hands the batches built from one read to the TUN writer and the next hops.

@@ -159,6 +159,8 @@ impl Node {
             needs: needs_tx.clone(),
             events: events_tx,
             tun: tun.as_ref().map(|_| tun_tx.clone()),
+            tun_dev: tun.clone(),
+            histograms: histograms.clone(),
             own_subnet,
         };
         let mut owner = Owner::new(

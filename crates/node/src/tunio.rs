@@ -25,7 +25,7 @@ use crate::ratelimit::LogLimiter;
 /// How often the reader looks at the stop flag while the TUN is idle.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Batches for the TUN writer queued at most; beyond this peers' readers wait.
-pub(crate) const TUN_QUEUE: usize = 64;
+pub(crate) const TUN_QUEUE: usize = 8;
 /// At most one log line per this interval for a repeating TUN error.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Packets per `write_batch` call at most.
@@ -86,7 +86,7 @@ pub(crate) fn start(
 /// for a few 64 KiB super-packets, or a burst of small packets read without waiting in between.
 const BATCH_SEGMENTS: usize = 128;
 /// Frame bytes gathered at most before the batch is handed on.
-const BATCH_BYTES: usize = 192 * 1024;
+const BATCH_BYTES: usize = 128 * 1024;
 
 fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop: &AtomicBool) {
     let mut rd = Reader::new();
@@ -190,22 +190,32 @@ fn write_loop(
             b.split_into(&mut packets);
         }
         let report = tun.write_batch(&mut wr, &mut packets);
-        histograms
-            .write_packets
-            .observe_many(report.syscalls as u64, report.written as u64);
-        counters
-            .tun_packets_out
-            .fetch_add(report.written as u64, Ordering::Relaxed);
-        if report.dropped > 0 {
-            if let Some(n) = drop_log.allow(Instant::now()) {
-                warn!(
-                    "TUN write dropped {} packets (the device's drop counters say why; \
-                     {n} more such batches since the last report)",
-                    report.dropped
-                );
-            }
-        }
+        record_write(&report, histograms, counters, &mut drop_log);
         drop(packets);
         pending.clear();
+    }
+}
+
+/// Counts one `write_batch` (histogram, packets out) and reports drops, rate-limited.
+pub(crate) fn record_write(
+    report: &tun::WriteReport,
+    histograms: &TunHistograms,
+    counters: &DataCounters,
+    drop_log: &mut LogLimiter,
+) {
+    histograms
+        .write_packets
+        .observe_many(report.syscalls as u64, report.written as u64);
+    counters
+        .tun_packets_out
+        .fetch_add(report.written as u64, Ordering::Relaxed);
+    if report.dropped > 0 {
+        if let Some(n) = drop_log.allow(Instant::now()) {
+            warn!(
+                "TUN write dropped {} packets (the device's drop counters say why; \
+                 {n} more such batches since the last report)",
+                report.dropped
+            );
+        }
     }
 }

@@ -286,6 +286,14 @@ impl FrameReader {
         &mut self.buf[self.end..]
     }
 
+    /// The whole buffer, frames already returned included: bodies opened in place by
+    /// [`FrameReader::next_frame_mut`] stay where they are until the next
+    /// [`FrameReader::read_space`], so a caller can hand them on from here without copying
+    /// (locating them by their address relative to this slice's start).
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
     /// Marks `n` bytes of [`FrameReader::read_space`] as filled (clamped to the space there was).
     pub fn commit(&mut self, n: usize) {
         self.end = (self.end + n).min(self.buf.len());

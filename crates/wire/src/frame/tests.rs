@@ -654,3 +654,38 @@ fn data_header_in_place_refuses_what_does_not_fit() {
     ));
     assert!(head.iter().all(|&b| b == 0x55));
 }
+
+#[test]
+fn bodies_opened_in_place_are_found_in_the_buffer_afterwards() {
+    let mut stream = Vec::new();
+    let src: Ipv6Addr = SRC.parse().unwrap();
+    for i in 0..3u8 {
+        encode_data(&mut stream, 64, src, src, &[i; 100]).unwrap();
+    }
+    // Offsets computed by the reader itself.
+    let mut r = FrameReader::new();
+    r.push(&stream);
+    let mut spans = Vec::new();
+    loop {
+        let span = match r.next_frame_mut().unwrap() {
+            Some(Frame::Data { body, .. }) => {
+                body[1] = 0xEE;
+                (body.as_ptr() as usize, body.len())
+            }
+            Some(other) => panic!("expected data, got {other:?}"),
+            None => break,
+        };
+        spans.push(span);
+    }
+    let base = r.buffer_mut().as_ptr() as usize;
+    for (i, &(addr, len)) in spans.iter().enumerate() {
+        let at = addr - base;
+        let buf = r.buffer_mut();
+        assert_eq!(buf[at], i as u8);
+        assert_eq!(buf[at + 1], 0xEE);
+        assert_eq!(len, 100);
+        let part = &r.buffer_mut()[at..at + len];
+        let part_ptr = part.as_ptr() as usize;
+        assert_eq!(part_ptr, addr);
+    }
+}

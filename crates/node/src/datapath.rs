@@ -752,3 +752,195 @@ fn deliver_oob_icmp(
     tun_out.ends.push(tun_out.data.len());
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::Identity;
+    use crypto::SecretKey;
+    use routing::NextHop;
+    use wire::babel::RouterId;
+    use wire::frame::{Frame, FrameReader};
+
+    struct Fixture {
+        table: DataTable,
+        a: Identity,
+        b: Identity,
+        c: Identity,
+        needs_rx: mpsc::Receiver<Need>,
+        needs_tx: mpsc::Sender<Need>,
+        counters: DataCounters,
+    }
+
+    /// Node A with routes to B's /64 over link 1 and to C's /64 over link 2.
+    fn fixture() -> Fixture {
+        let a = Identity::new(SecretKey::from_bytes([1; 32]));
+        let b = Identity::new(SecretKey::from_bytes([2; 32]));
+        let c = Identity::new(SecretKey::from_bytes([3; 32]));
+        let hop = |id: &Identity, link| NextHop {
+            link: LinkId(link),
+            router_id: RouterId::new(id.public_key(), [0; 6]),
+        };
+        let fib = ForwardingTable::from_routes(
+            a.subnet(),
+            &[(b.subnet(), hop(&b, 1)), (c.subnet(), hop(&c, 2))],
+        );
+        let mut table = DataTable::empty(Arc::new(fib));
+        for (id, link) in [(&b, 1), (&c, 2)] {
+            let (tx, rx) = mpsc::channel(1);
+            std::mem::forget(rx);
+            table.links.insert(LinkId(link), LinkTx { data: tx });
+            table
+                .ciphers
+                .insert(id.public_key(), a.cipher_for(&id.public_key()).unwrap());
+        }
+        let (needs_tx, needs_rx) = mpsc::channel(16);
+        Fixture {
+            table,
+            a,
+            b,
+            c,
+            needs_rx,
+            needs_tx,
+            counters: DataCounters::default(),
+        }
+    }
+
+    fn packet(src: Ipv6Addr, dst: Ipv6Addr, hop: u8, fill: u8, len: usize) -> Vec<u8> {
+        let mut p = vec![fill; IPV6_HEADER_LEN + len];
+        p[..8].copy_from_slice(&[0x60, 0, 0, 0, (len >> 8) as u8, len as u8, 17, hop]);
+        p[8..24].copy_from_slice(&src.octets());
+        p[24..40].copy_from_slice(&dst.octets());
+        p
+    }
+
+    fn put(sink: &mut FrameSink, p: &[u8]) {
+        sink.segment(p.len()).unwrap().copy_from_slice(p);
+    }
+
+    /// Decodes a batch and opens every frame with `receiver`'s key for `sender`.
+    fn open_all(bytes: &[u8], receiver: &Identity, sender: &Identity) -> Vec<(u8, Vec<u8>)> {
+        let cipher = receiver.cipher_for(&sender.public_key()).unwrap();
+        let mut r = FrameReader::with_capacity(bytes.len() + 1);
+        assert_eq!(r.push(bytes), bytes.len());
+        let mut out = Vec::new();
+        while let Some(f) = r.next_frame_mut().unwrap() {
+            let Frame::Data {
+                hop_limit, body, ..
+            } = f
+            else {
+                panic!("expected a data frame");
+            };
+            let plain = cipher.open_in_place(body).unwrap();
+            assert_eq!(&plain[..4], &INNER_L3);
+            out.push((hop_limit, plain[4..].to_vec()));
+        }
+        assert_eq!(r.buffered(), 0, "the batch ends on a frame boundary");
+        out
+    }
+
+    #[test]
+    fn segments_are_sealed_in_place_and_others_copied_or_held() {
+        let mut f = fixture();
+        let (a, b, c) = (f.a.address(), f.b.address(), f.c.address());
+        let unknown: Ipv6Addr = "4ff:1:2:3::9".parse().unwrap();
+        let to_b1 = packet(a, b, 64, 0x11, 1300);
+        let to_b2 = packet(a, b, 2, 0x22, 10);
+        let to_nowhere = packet(a, unknown, 64, 0x33, 100);
+        let to_c = packet(a, c, 64, 0x44, 500);
+        let to_b3 = packet(a, b, 64, 0x55, 1);
+        let mut sink = FrameSink::new(4096);
+        for p in [&to_b1, &to_b2, &to_nowhere, &to_c, &to_b3] {
+            put(&mut sink, p);
+        }
+        let mut refresh = RefreshTracker::default();
+        let mut ctx = Outbound {
+            own_subnet: f.a.subnet(),
+            own_addr: a,
+            counters: &f.counters,
+            needs: &f.needs_tx,
+            refresh: &mut refresh,
+            now: Instant::now(),
+        };
+        let mut outbox = Outbox::default();
+        let mut icmp = TunBatch::default();
+        let (link, batch) = sink
+            .seal(&mut ctx, &f.table, &mut outbox, &mut icmp)
+            .expect("frames for link 1");
+        assert_eq!(link, LinkId(1));
+        assert_eq!(batch.frames, 3);
+        let got = open_all(&batch.bytes, &f.b, &f.a);
+        assert_eq!(
+            got,
+            vec![(63, to_b1.clone()), (1, to_b2.clone()), (63, to_b3.clone())]
+        );
+        // C's packet went to link 2's buffer, sealed for C.
+        let others: Vec<_> = outbox.drain().collect();
+        assert_eq!(others.len(), 1);
+        assert_eq!(others[0].0, LinkId(2));
+        assert_eq!(others[0].1.frames, 1);
+        assert_eq!(open_all(&others[0].1.bytes, &f.c, &f.a), vec![(63, to_c)]);
+        // The unknown destination is held by the owner until a route is known.
+        let mut held = Vec::new();
+        while let Ok(n) = f.needs_rx.try_recv() {
+            if let Need::Pending(p) = n {
+                held.push(p);
+            }
+        }
+        assert_eq!(held, vec![to_nowhere]);
+        assert!(icmp.is_empty());
+        assert_eq!(f.counters.frames_sent.load(Ordering::Relaxed), 4);
+        // The sink is ready for the next batch.
+        assert_eq!(sink.segments(), 0);
+        assert_eq!(sink.bytes(), 0);
+    }
+
+    #[test]
+    fn a_batch_with_nothing_to_send_returns_nothing_and_answers_errors() {
+        let mut f = fixture();
+        let a = f.a.address();
+        let mut sink = FrameSink::new(1024);
+        // Hop limit 1: "time exceeded" back into the TUN; not IPv6: dropped.
+        put(&mut sink, &packet(a, f.b.address(), 1, 0, 8));
+        put(&mut sink, &[0x45; 60]);
+        let mut refresh = RefreshTracker::default();
+        let mut ctx = Outbound {
+            own_subnet: f.a.subnet(),
+            own_addr: a,
+            counters: &f.counters,
+            needs: &f.needs_tx,
+            refresh: &mut refresh,
+            now: Instant::now(),
+        };
+        let mut outbox = Outbox::default();
+        let mut icmp = TunBatch::default();
+        assert!(sink
+            .seal(&mut ctx, &f.table, &mut outbox, &mut icmp)
+            .is_none());
+        assert!(outbox.is_empty());
+        assert_eq!(icmp.len(), 1);
+        assert_eq!(f.counters.drop_hop_limit.load(Ordering::Relaxed), 1);
+        assert_eq!(f.counters.drop_not_ipv6.load(Ordering::Relaxed), 1);
+        assert!(f.needs_rx.try_recv().is_err());
+        assert_eq!(sink.bytes(), 0);
+    }
+
+    #[test]
+    fn in_place_spans_become_slices_and_strays_are_skipped() {
+        let mut buf: Vec<u8> = (0..100u8).collect();
+        let mut spans = InPlace::default();
+        {
+            let (head, tail) = buf.split_at(50);
+            spans.push(&head[10..20]);
+            spans.push(&tail[0..5]);
+            spans.push(&head[0..5]); // out of order: skipped
+        }
+        let stray = [9u8; 3];
+        spans.push(&stray);
+        let mut out = Vec::new();
+        spans.slices(&mut buf, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].to_vec(), (10..20u8).collect::<Vec<_>>());
+        assert_eq!(out[1].to_vec(), (50..55u8).collect::<Vec<_>>());
+    }
+}

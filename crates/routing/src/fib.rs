@@ -90,6 +90,16 @@ impl ForwardingTable {
         }
     }
 
+    /// A table holding exactly `routes` (each subnet's key owner is its next hop's router), for
+    /// simulators, benchmarks and tests of a data path without a running routing core.
+    pub fn from_routes(own_subnet: Subnet, routes: &[(Subnet, NextHop)]) -> ForwardingTable {
+        let entries = routes
+            .iter()
+            .map(|&(s, nh)| (s, Some(nh), Some(nh.router_id)))
+            .collect();
+        ForwardingTable::build(1, own_subnet, entries)
+    }
+
     /// Increases by one at every rebuild.
     pub fn generation(&self) -> u64 {
         self.generation

@@ -3,7 +3,9 @@
 mod common;
 
 use std::io::Write;
-use std::net::{Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{linked_pair, transfer, Node};
@@ -96,6 +98,94 @@ fn diamond(death: Death) {
     );
     // A new connection succeeds on the surviving branch.
     transfer(&ns[0], &ns[3], d.addr, 5011, 32 << 20);
+}
+
+/// A peer that stops reading (SIGSTOP) while A floods it must not hold up A's traffic to its other
+/// peer: A waits a bounded time for the stalled link, then drops (and counts) what it cannot take,
+/// long before the stalled connection itself is given up (30 s write stall, 43 s dead timer).
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn a_stalled_peer_does_not_hold_up_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns: Vec<Netns> = ["sta", "stb", "stc"]
+        .iter()
+        .map(|t| Netns::new(t).unwrap())
+        .collect();
+    let (ab, _) = linked_pair(&ns[0], &ns[1], 36);
+    let (ac, _) = linked_pair(&ns[0], &ns[2], 37);
+    let quiet = "--disable-peer-discovery";
+    let a = Node::start(&ns[0], dir.path(), "a", &[quiet]);
+    let b = Node::start(
+        &ns[1],
+        dir.path(),
+        "b",
+        &[quiet, "--peers", &format!("tcp://{ab}:9651")],
+    );
+    let c = Node::start(
+        &ns[2],
+        dir.path(),
+        "c",
+        &[quiet, "--peers", &format!("tcp://{ac}:9651")],
+    );
+    a.wait(ROUTE_WAIT, "a reaches b", |n| n.ping_once(b.addr));
+    a.wait(ROUTE_WAIT, "a reaches c", |n| n.ping_once(c.addr));
+
+    let c_pid = c.pid().expect("c runs").to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-STOP", &c_pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    // Flood C from A until told to stop: C's socket fills, then A's queue for C.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = ns[0]
+        .spawn_thread({
+            let stop = stop.clone();
+            let to = SocketAddr::from((c.addr, 9));
+            move || -> std::io::Result<u64> {
+                let sock = UdpSocket::bind("[::]:0")?;
+                let payload = [0x5au8; 1200];
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if sock.send_to(&payload, to).is_ok() {
+                        sent += 1;
+                    }
+                }
+                Ok(sent)
+            }
+        })
+        .unwrap();
+    let queue_full = |n: &Node| {
+        n.json(&["stats", "--json"])["data"]["dropQueueFull"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    a.wait(ROUTE_WAIT, "a drops what the stalled c cannot take", |n| {
+        queue_full(n) > 0
+    });
+
+    // Meanwhile A's traffic to B flows: a byte-identical transfer and pings, flood still going.
+    transfer(&ns[0], &ns[1], b.addr, 5020, 16 << 20);
+    assert!(a.ping_once(b.addr), "b answers during the flood");
+    // ... and it did not wait for the stalled link to be given up: C is still a live peer of A.
+    let peers = a.json(&["peers", "list", "--json"]);
+    let c_alive = peers.as_array().unwrap().iter().any(|p| {
+        p["endpoint"]["addr"]["socket"]
+            .as_str()
+            .is_some_and(|s| s.contains(&ac) || s.contains("198.18.37."))
+            && p["connectionState"] == "alive"
+    });
+    stop.store(true, Ordering::Relaxed);
+    let sent = flood.join().unwrap().unwrap().unwrap();
+    assert!(sent > 0);
+    assert!(
+        c_alive,
+        "the transfer waited until the stalled peer was dropped: {peers}"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &c_pid])
+        .status();
 }
 
 fn attack(ns: &Netns, target: SocketAddr, bytes: Vec<u8>) {

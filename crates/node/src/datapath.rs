@@ -42,6 +42,70 @@ pub(crate) struct LinkTx {
     pub data: mpsc::Sender<FrameBatch>,
 }
 
+/// How long a sender waits for room in a link's full queue before it treats the link as stalled.
+/// Until that link takes a batch again, its batches are dropped (counted as `queue_full`) instead
+/// of waited for, so one peer that stopped reading cannot hold up the TUN reader, or a relay's
+/// reader, for everybody else. A healthy link drains a batch in well under a millisecond here.
+pub(crate) const LINK_STALL_WAIT: Duration = Duration::from_millis(50);
+
+/// The links a sender found stalled (see [`LINK_STALL_WAIT`]).
+#[derive(Default)]
+pub(crate) struct Stalled {
+    links: Vec<LinkId>,
+}
+
+impl Stalled {
+    pub fn contains(&self, link: LinkId) -> bool {
+        self.links.contains(&link)
+    }
+
+    pub fn mark(&mut self, link: LinkId) {
+        if !self.contains(link) {
+            self.links.push(link);
+        }
+    }
+
+    pub fn clear(&mut self, link: LinkId) {
+        self.links.retain(|&l| l != link);
+    }
+}
+
+/// Queues a batch for a link without waiting. `None`: queued, or dropped and counted (link gone,
+/// or known stalled and still full). `Some(batch)`: the queue is full and the link was not known
+/// stalled — the caller waits up to [`LINK_STALL_WAIT`] for room (blocking or async) and marks the
+/// link stalled if the time runs out.
+pub(crate) fn offer_batch(
+    tx: &mpsc::Sender<FrameBatch>,
+    link: LinkId,
+    batch: FrameBatch,
+    stalled: &mut Stalled,
+    counters: &DataCounters,
+) -> Option<FrameBatch> {
+    match tx.try_send(batch) {
+        Ok(()) => {
+            stalled.clear(link);
+            None
+        }
+        Err(mpsc::error::TrySendError::Closed(b)) => {
+            counters
+                .drop_no_route
+                .fetch_add(u64::from(b.frames), Ordering::Relaxed);
+            None
+        }
+        Err(mpsc::error::TrySendError::Full(b)) => {
+            if stalled.contains(link) {
+                counters
+                    .drop_queue_full
+                    .fetch_add(u64::from(b.frames), Ordering::Relaxed);
+                None
+            } else {
+                // The caller waits (bounded) for room.
+                Some(b)
+            }
+        }
+    }
+}
+
 /// Encoded data frames for one link, and how many: the writer counts frames per peer without
 /// parsing its buffers again.
 #[derive(Default, Debug)]
@@ -923,6 +987,40 @@ mod tests {
         assert_eq!(f.counters.drop_not_ipv6.load(Ordering::Relaxed), 1);
         assert!(f.needs_rx.try_recv().is_err());
         assert_eq!(sink.bytes(), 0);
+    }
+
+    fn batch(frames: u32) -> FrameBatch {
+        FrameBatch {
+            bytes: vec![0; 10],
+            frames,
+        }
+    }
+
+    #[test]
+    fn a_full_link_is_waited_for_until_found_stalled_then_skipped_until_it_drains() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let counters = DataCounters::default();
+        let mut stalled = Stalled::default();
+        let link = LinkId(7);
+        assert!(offer_batch(&tx, link, batch(1), &mut stalled, &counters).is_none());
+        // Full, not known stalled: handed back for a bounded wait.
+        let back = offer_batch(&tx, link, batch(2), &mut stalled, &counters).unwrap();
+        assert_eq!(back.frames, 2);
+        stalled.mark(link);
+        // Known stalled and still full: dropped and counted, no wait.
+        assert!(offer_batch(&tx, link, batch(3), &mut stalled, &counters).is_none());
+        assert_eq!(counters.drop_queue_full.load(Ordering::Relaxed), 3);
+        // Another link is not affected.
+        assert!(!stalled.contains(LinkId(8)));
+        // Once it drains, it takes batches again and is no longer stalled.
+        assert_eq!(rx.try_recv().unwrap().frames, 1);
+        assert!(offer_batch(&tx, link, batch(4), &mut stalled, &counters).is_none());
+        assert!(!stalled.contains(link));
+        assert_eq!(rx.try_recv().unwrap().frames, 4);
+        // A closed link: counted as no route.
+        drop(rx);
+        assert!(offer_batch(&tx, link, batch(5), &mut stalled, &counters).is_none());
+        assert_eq!(counters.drop_no_route.load(Ordering::Relaxed), 5);
     }
 
     #[test]

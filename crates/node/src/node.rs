@@ -204,6 +204,7 @@ impl Node {
                         own_subnet,
                         own_addr,
                         histograms: histograms.clone(),
+                        runtime: tokio::runtime::Handle::current(),
                     },
                     tun_tx,
                     tun_rx,

@@ -16,9 +16,9 @@ use tracing::{error, warn};
 use tun::{Reader, Tun, Writer};
 use wire::babel::Subnet;
 
-use crate::datapath::RefreshTracker;
 use crate::datapath::TunBatch;
 use crate::datapath::{self, DataCounters, DataTable, FrameSink, Need, Outbound, Outbox};
+use crate::datapath::{RefreshTracker, Stalled, LINK_STALL_WAIT};
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
 
@@ -53,6 +53,8 @@ pub(crate) struct TunIoConfig {
     pub own_subnet: Subnet,
     pub own_addr: Ipv6Addr,
     pub histograms: Arc<TunHistograms>,
+    /// The node's runtime: the reader thread waits on it (with a timeout) for room in a link queue.
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// Starts the reader and writer threads. `to_tun` carries packets for the TUN (from peers and
@@ -97,6 +99,8 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
     let mut errors = 0u32;
     let mut poll_log = LogLimiter::new(ERROR_LOG_EVERY);
     let mut read_log = LogLimiter::new(ERROR_LOG_EVERY);
+    let mut stall_log = LogLimiter::new(ERROR_LOG_EVERY);
+    let mut stalled = Stalled::default();
     while !stop.load(Ordering::Relaxed) {
         match tun.wait_readable(Some(IDLE_POLL)) {
             Ok(true) => {}
@@ -148,9 +152,38 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
             let main = sink.seal(&mut ctx, &table, &mut outbox, &mut icmp);
             // The batch's frames leave as one batch per next hop.
             for (link, batch) in main.into_iter().chain(outbox.drain()) {
-                if let Some(tx) = table.links.get(&link) {
-                    if tx.data.blocking_send(batch).is_err() {
-                        datapath::bump(&cfg.counters.drop_no_route);
+                let Some(tx) = table.links.get(&link) else {
+                    continue;
+                };
+                let Some(batch) =
+                    datapath::offer_batch(&tx.data, link, batch, &mut stalled, &cfg.counters)
+                else {
+                    continue;
+                };
+                // The queue is full: wait for the writer (back-pressure), but not for long.
+                let frames = u64::from(batch.frames);
+                // The timer must be made inside the runtime's context: an async block defers it.
+                let wait =
+                    async { tokio::time::timeout(LINK_STALL_WAIT, tx.data.send(batch)).await };
+                match cfg.runtime.block_on(wait) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        cfg.counters
+                            .drop_no_route
+                            .fetch_add(frames, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        stalled.mark(link);
+                        cfg.counters
+                            .drop_queue_full
+                            .fetch_add(frames, Ordering::Relaxed);
+                        if let Some(n) = stall_log.allow(Instant::now()) {
+                            warn!(
+                                link = link.0,
+                                "peer link stalled: dropping its packets until it drains \
+                                 ({n} more since the last report)"
+                            );
+                        }
                     }
                 }
             }

@@ -878,6 +878,24 @@ mod tests {
         p
     }
 
+    /// Seals the sink as node A's TUN reader would: the main batch, the other next hops' batches
+    /// and the ICMPv6 errors for the TUN.
+    fn seal(f: &Fixture, sink: &mut FrameSink) -> (Option<(LinkId, FrameBatch)>, Outbox, TunBatch) {
+        let mut refresh = RefreshTracker::default();
+        let mut ctx = Outbound {
+            own_subnet: f.a.subnet(),
+            own_addr: f.a.address(),
+            counters: &f.counters,
+            needs: &f.needs_tx,
+            refresh: &mut refresh,
+            now: Instant::now(),
+        };
+        let mut outbox = Outbox::default();
+        let mut icmp = TunBatch::default();
+        let main = sink.seal(&mut ctx, &f.table, &mut outbox, &mut icmp);
+        (main, outbox, icmp)
+    }
+
     fn put(sink: &mut FrameSink, p: &[u8]) {
         sink.segment(p.len()).unwrap().copy_from_slice(p);
     }
@@ -917,20 +935,8 @@ mod tests {
         for p in [&to_b1, &to_b2, &to_nowhere, &to_c, &to_b3] {
             put(&mut sink, p);
         }
-        let mut refresh = RefreshTracker::default();
-        let mut ctx = Outbound {
-            own_subnet: f.a.subnet(),
-            own_addr: a,
-            counters: &f.counters,
-            needs: &f.needs_tx,
-            refresh: &mut refresh,
-            now: Instant::now(),
-        };
-        let mut outbox = Outbox::default();
-        let mut icmp = TunBatch::default();
-        let (link, batch) = sink
-            .seal(&mut ctx, &f.table, &mut outbox, &mut icmp)
-            .expect("frames for link 1");
+        let (main, mut outbox, icmp) = seal(&f, &mut sink);
+        let (link, batch) = main.expect("frames for link 1");
         assert_eq!(link, LinkId(1));
         assert_eq!(batch.frames, 3);
         let got = open_all(&batch.bytes, &f.b, &f.a);
@@ -967,20 +973,8 @@ mod tests {
         // Hop limit 1: "time exceeded" back into the TUN; not IPv6: dropped.
         put(&mut sink, &packet(a, f.b.address(), 1, 0, 8));
         put(&mut sink, &[0x45; 60]);
-        let mut refresh = RefreshTracker::default();
-        let mut ctx = Outbound {
-            own_subnet: f.a.subnet(),
-            own_addr: a,
-            counters: &f.counters,
-            needs: &f.needs_tx,
-            refresh: &mut refresh,
-            now: Instant::now(),
-        };
-        let mut outbox = Outbox::default();
-        let mut icmp = TunBatch::default();
-        assert!(sink
-            .seal(&mut ctx, &f.table, &mut outbox, &mut icmp)
-            .is_none());
+        let (main, outbox, icmp) = seal(&f, &mut sink);
+        assert!(main.is_none());
         assert!(outbox.is_empty());
         assert_eq!(icmp.len(), 1);
         assert_eq!(f.counters.drop_hop_limit.load(Ordering::Relaxed), 1);

@@ -11,35 +11,55 @@ use crate::process::{wait_until, ChildGuard};
 pub struct Report {
     /// Receiver-side throughput (bits per second), the number that counts.
     pub received_bps: f64,
+    /// Bytes that arrived.
+    pub received_bytes: f64,
     /// Sender-side throughput.
     pub sent_bps: f64,
     /// TCP retransmissions reported by the sender (0 for UDP).
     pub retransmits: u64,
+    /// Datagrams lost, percent (UDP reports only).
+    pub lost_percent: Option<f64>,
 }
 
-/// Parses the `end` section of an `iperf3 --json` client report (TCP).
+/// Parses the `end` section of an `iperf3 --json` client report: `end.sum_received` (TCP, and UDP
+/// in current iperf3), else `end.sum` (older UDP reports: the sender's rate with the server's loss,
+/// so what arrived is what was not lost).
 pub fn parse_json(text: &str) -> io::Result<Report> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(io::Error::other)?;
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| io::Error::other(format!("iperf3 gave no JSON report ({e})")))?;
     if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
         return Err(io::Error::other(format!("iperf3: {e}")));
     }
     let end = &v["end"];
-    let num = |path: &[&str]| -> Option<f64> {
-        let mut cur = end;
-        for p in path {
-            cur = cur.get(*p)?;
-        }
-        cur.as_f64()
-    };
-    let received_bps = num(&["sum_received", "bits_per_second"])
-        .or_else(|| num(&["sum", "bits_per_second"]))
-        .ok_or_else(|| io::Error::other("iperf3 JSON without end.sum_received"))?;
-    let sent_bps = num(&["sum_sent", "bits_per_second"]).unwrap_or(received_bps);
-    let retransmits = num(&["sum_sent", "retransmits"]).unwrap_or(0.0) as u64;
+    let num = |sum: &str, key: &str| end.get(sum)?.get(key)?.as_f64();
+    let udp = num("sum", "lost_percent").is_some() || num("sum_received", "lost_percent").is_some();
+    let (received_bps, received_bytes, lost) =
+        if let Some(bps) = num("sum_received", "bits_per_second") {
+            let lost = num("sum_received", "lost_percent").or_else(|| num("sum", "lost_percent"));
+            (bps, num("sum_received", "bytes").unwrap_or(0.0), lost)
+        } else if let (Some(bps), Some(lost)) =
+            (num("sum", "bits_per_second"), num("sum", "lost_percent"))
+        {
+            let keep = (1.0 - lost / 100.0).max(0.0);
+            (
+                bps * keep,
+                num("sum", "bytes").unwrap_or(0.0) * keep,
+                Some(lost),
+            )
+        } else {
+            return Err(io::Error::other("iperf3 report without end.sum_received"));
+        };
+    if !received_bps.is_finite() || received_bps < 0.0 {
+        return Err(io::Error::other(format!(
+            "iperf3 reported a throughput of {received_bps} bit/s"
+        )));
+    }
     Ok(Report {
         received_bps,
-        sent_bps,
-        retransmits,
+        received_bytes,
+        sent_bps: num("sum_sent", "bits_per_second").unwrap_or(received_bps),
+        retransmits: num("sum_sent", "retransmits").unwrap_or(0.0) as u64,
+        lost_percent: if udp { lost } else { None },
     })
 }
 

@@ -1,7 +1,7 @@
 //! What the bench reads: iperf3's `--json` report, ping's summary, a process's CPU time and peak
 //! RSS from `/proc`, and the median of samples. Pure functions over text, plus thin readers.
 
-use anyhow::{anyhow, bail};
+use anyhow::anyhow;
 
 /// One iperf3 client run, as the receiver saw it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -14,48 +14,13 @@ pub struct Iperf {
     pub lost_pct: Option<f64>,
 }
 
-/// Parses an `iperf3 -c … --json` report: `end.sum_received` (TCP, and UDP since iperf3 3.x),
-/// else `end.sum` (older UDP reports, where the client holds the server's loss figures).
+/// Parses an `iperf3 -c … --json` report (see [`testbed::iperf3::parse_json`] for the shapes).
 pub fn parse_iperf(text: &str) -> anyhow::Result<Iperf> {
-    let v: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| anyhow!("iperf3 gave no JSON report ({e})"))?;
-    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        bail!("iperf3: {e}");
-    }
-    let end = &v["end"];
-    let num = |sum: &str, key: &str| {
-        end.get(sum)
-            .and_then(|s| s.get(key))
-            .and_then(|x| x.as_f64())
-    };
-    let udp = end.get("sum").and_then(|s| s.get("lost_percent")).is_some()
-        || end
-            .get("sum_received")
-            .and_then(|s| s.get("lost_percent"))
-            .is_some();
-    let (bps, bytes, lost) = if let Some(bps) = num("sum_received", "bits_per_second") {
-        let lost = num("sum_received", "lost_percent").or_else(|| num("sum", "lost_percent"));
-        (bps, num("sum_received", "bytes").unwrap_or(0.0), lost)
-    } else if let (Some(bps), Some(lost)) =
-        (num("sum", "bits_per_second"), num("sum", "lost_percent"))
-    {
-        // Only the sender's rate: what arrived is what was not lost.
-        let keep = (1.0 - lost / 100.0).max(0.0);
-        (
-            bps * keep,
-            num("sum", "bytes").unwrap_or(0.0) * keep,
-            Some(lost),
-        )
-    } else {
-        bail!("iperf3 report without end.sum_received");
-    };
-    if !bps.is_finite() || bps < 0.0 {
-        bail!("iperf3 reported a throughput of {bps} bit/s");
-    }
+    let r = testbed::iperf3::parse_json(text).map_err(|e| anyhow!("{e}"))?;
     Ok(Iperf {
-        gbps: bps / 1e9,
-        bytes,
-        lost_pct: if udp { lost } else { None },
+        gbps: r.received_bps / 1e9,
+        bytes: r.received_bytes,
+        lost_pct: r.lost_percent,
     })
 }
 

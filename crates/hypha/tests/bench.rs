@@ -2,7 +2,7 @@
 //! exercised by the same binary), its JSON and chart, and the cleanup — after a normal run, after
 //! Ctrl-C, and when the arguments are refused. Root only, except the refusals.
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -71,16 +71,18 @@ fn positive_median(subject: &Value, id: &str) -> f64 {
 fn short_run_measures_every_subject_and_cleans_up() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("c.png");
-    let child = Command::new(BIN)
-        .args(["bench", "--runs", "1", "--secs", "1", "--json", "--chart"])
-        .arg(&png)
-        .arg("--compare")
-        .arg(BIN)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let png_arg = png.to_str().unwrap();
+    let child = bench(&[
+        "--runs",
+        "1",
+        "--secs",
+        "1",
+        "--json",
+        "--chart",
+        png_arg,
+        "--compare",
+        BIN,
+    ]);
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -145,21 +147,7 @@ fn short_run_measures_every_subject_and_cleans_up() {
 #[test]
 #[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
 fn ctrl_c_stops_the_nodes_and_removes_the_namespaces() {
-    let child = Command::new(BIN)
-        .args([
-            "bench",
-            "--runs",
-            "3",
-            "--secs",
-            "30",
-            "--only",
-            "hypha,tcp1",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = bench(&["--runs", "3", "--secs", "30", "--only", "hypha,tcp1"]);
     let pid = child.id();
     let mut guard = ChildGuard::new(child);
     // Interrupt once the nodes run.
@@ -190,15 +178,20 @@ fn ctrl_c_stops_the_nodes_and_removes_the_namespaces() {
     assert_eq!(leftovers(pid), Vec::<String>::new());
 }
 
-fn refused(args: &[&str], expect: &str) {
-    let child = Command::new(BIN)
+/// `hypha bench ARGS`, output captured.
+fn bench(args: &[&str]) -> Child {
+    Command::new(BIN)
         .arg("bench")
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+fn refused(args: &[&str], expect: &str) {
+    let child = bench(args);
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");

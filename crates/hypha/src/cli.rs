@@ -165,6 +165,9 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// One node of the bench's forwarding floor (started by `hypha bench`)
+    #[command(hide = true)]
+    BenchFloor(FloorArgs),
     /// Benchmark the data path (root): raw veth, hypha with and without offloads, and other nodes
     /// (--compare), in network namespaces with iperf3 and ping; prints one table
     #[command(long_about = BENCH_ABOUT)]
@@ -182,7 +185,9 @@ bulk TCP flow runs, node CPU seconds per Gbit during the single stream (/proc/PI
 node's peak RSS during the UDP flood (/proc/PID/status VmHWM).
 
 Subjects: raw veth without any overlay (the physical reference, routed through B for the chain),
-hypha with offloads, hypha --no-offload, and every --compare binary that takes mycelium's flags.
+hypha with offloads, hypha --no-offload, the forwarding floor (whole TUN reads over plain TCP: no
+crypto, no 1400-byte packets; what any TUN + TCP overlay costs at least), and every --compare
+binary that takes mycelium's flags.
 Subjects are interleaved within each repetition and nodes start fresh for every repetition. The
 table shows the median of --runs repetitions, throughput as a ratio to raw veth, and the targets
 for hypha with offloads with PASS/FAIL. Progress goes to stderr; stdout holds only the table (or
@@ -214,7 +219,7 @@ pub struct BenchArgs {
     pub compare: Vec<PathBuf>,
 
     /// Only these subjects and/or scenarios, comma-separated. Subjects: veth, hypha, no-offload,
-    /// compare (all --compare binaries) or a compare binary's file name; scenarios: tcp1, tcp4,
+    /// floor, compare (all --compare binaries) or a compare binary's file name; scenarios: tcp1, tcp4,
     /// chain, udp, rtt. CPU figures come with tcp1, the UDP-flood RSS with udp.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub only: Vec<String>,
@@ -222,6 +227,26 @@ pub struct BenchArgs {
     /// The hypha binary to run in the namespaces [default: this one]
     #[arg(long, value_name = "PATH")]
     pub binary: Option<PathBuf>,
+}
+
+/// Options of `hypha bench-floor`, the bench's bare TUN + TCP forwarder (see `bench::floor`).
+#[derive(Args, Debug, Clone)]
+pub struct FloorArgs {
+    /// TUN device to create
+    #[arg(long)]
+    pub tun: String,
+    /// Overlay address of this node (a /64 on the TUN)
+    #[arg(long)]
+    pub addr: std::net::Ipv6Addr,
+    /// Accept peers on this address (repeatable)
+    #[arg(long)]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Connect to a peer at this address (repeatable)
+    #[arg(long)]
+    pub connect: Vec<std::net::SocketAddr>,
+    /// Plain TUN path: no vnet header, one packet per read
+    #[arg(long)]
+    pub no_offload: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -239,6 +239,19 @@ impl Tun {
         sys::poll_one(&self.fd, libc::POLLIN, ms)
     }
 
+    /// One raw `read()`: the vnet header (when the device has one) followed by the packet or
+    /// super-packet, exactly as the kernel hands them over; nothing is parsed or counted. For
+    /// tools that carry packets opaquely (the bench's forwarding floor); a node uses [`Tun::read`].
+    pub fn read_raw(&self, buf: &mut [u8]) -> io::Result<usize> {
+        crate::io::retry_eintr(|| sys::read(self, buf))
+    }
+
+    /// One raw `write()` of what [`Tun::read_raw`] returned (vnet header included when the
+    /// device has one); nothing is parsed or counted.
+    pub fn write_raw(&self, buf: &[u8]) -> io::Result<usize> {
+        crate::io::retry_eintr(|| sys::write(self, buf))
+    }
+
     /// The interface index in the caller's network namespace.
     pub fn ifindex(&self) -> io::Result<u32> {
         let sock = sys::ioctl_socket(libc::AF_INET)?;

@@ -16,9 +16,13 @@
 //! * `veth`: no overlay; iperf3 and ping between the underlay addresses — the physical reference.
 //! * `hypha`: the hypha binary (this one, or `--binary`) with offloads.
 //! * `hypha --no-offload`: the same binary on the plain TUN path.
+//! * `floor`: the forwarding floor ([`floor`], `hypha bench-floor`): whole TUN reads carried over
+//!   plain TCP with no crypto, no 1400-byte packets and no routing protocol — what every user-space
+//!   TUN + TCP overlay pays at least on this machine. The target column shows its figure beside
+//!   hypha's, so a target the floor misses too is visibly beyond the machine, not beyond hypha.
 //! * one per `--compare PATH`, labelled with the file name: any node that takes mycelium's flags.
 //!
-//! Every node gets its own key file (`--key-file K generate-keys`; its overlay address from
+//! Every node (the floor's aside, which get fixed addresses fd00:f100::a/b/c) gets its own key file (`--key-file K generate-keys`; its overlay address from
 //! `inspect --json`) and runs as `BIN --key-file K [--peers tcp://…:9651] --disable-peer-discovery
 //! --tun-name hyb<n> --api-addr 127.0.0.1:18989` plus `--disable-quic` when the binary's `--help`
 //! lists it. B dials nobody; A dials B, C dials B: A and C only reach each other through B. Nodes
@@ -64,6 +68,7 @@
 //! `--chart FILE` draws the medians as a PNG.
 
 pub mod chart;
+pub mod floor;
 mod lab;
 mod measure;
 mod report;
@@ -180,6 +185,12 @@ fn subjects(binary: &Path, compare: &[PathBuf]) -> Vec<Subject> {
             bin: Some(binary.to_path_buf()),
             flags: vec!["--no-offload"],
         },
+        Subject {
+            label: "floor".into(),
+            role: Role::Floor,
+            bin: Some(binary.to_path_buf()),
+            flags: vec!["bench-floor"],
+        },
     ];
     for c in compare {
         let base = c
@@ -222,6 +233,7 @@ fn select(only: &[String], all: Vec<Subject>) -> anyhow::Result<(Vec<Subject>, V
                 "veth" => s.role == Role::Veth,
                 "hypha" => s.role == Role::Hypha,
                 "no-offload" => s.role == Role::HyphaNoOffload,
+                "floor" => s.role == Role::Floor,
                 "compare" => s.role == Role::Compare,
                 _ => s.role == Role::Compare && s.label == name,
             })
@@ -234,7 +246,7 @@ fn select(only: &[String], all: Vec<Subject>) -> anyhow::Result<(Vec<Subject>, V
                 .map(|s| s.label.as_str())
                 .collect();
             bail!(
-                "--only: unknown name '{name}' (subjects: veth, hypha, no-offload, compare{}{}; \
+                "--only: unknown name '{name}' (subjects: veth, hypha, no-offload, floor, compare{}{}; \
                  scenarios: tcp1, tcp4, chain, udp, rtt)",
                 if compares.is_empty() { "" } else { ", " },
                 compares.join(", ")
@@ -358,7 +370,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 nodes.push(None);
                 continue;
             };
-            match NodeSetup::new(bin, &work.0, i) {
+            let setup = if s.role == Role::Floor {
+                Ok(NodeSetup::floor(bin))
+            } else {
+                NodeSetup::new(bin, &work.0, i)
+            };
+            match setup {
                 Ok(n) => nodes.push(Some(n)),
                 Err(e) => {
                     check_stop()?;
@@ -457,6 +474,18 @@ impl NodeSetup {
             disable_quic,
             exe,
         })
+    }
+}
+
+impl NodeSetup {
+    /// The forwarding floor's nodes: no keys, fixed addresses in one /64.
+    fn floor(bin: &Path) -> NodeSetup {
+        let addr = |x: u16| Ipv6Addr::new(0xfd00, 0xf100, 0, 0, 0, 0, 0, x);
+        NodeSetup {
+            keys: [0xa, 0xb, 0xc].map(|x| (PathBuf::new(), addr(x))),
+            disable_quic: false,
+            exe: bin.to_path_buf(),
+        }
     }
 }
 
@@ -692,24 +721,42 @@ impl Rep<'_> {
         let name = ["a", "b", "c"][i];
         let bin = s.bin.as_ref().ok_or_else(|| anyhow!("no binary"))?;
         let key = setup.keys[i].0.as_os_str();
-        let mut args: Vec<&OsStr> = vec![OsStr::new("--key-file"), key];
-        if let Some(p) = peer {
-            args.extend([OsStr::new("--peers"), OsStr::new(p)]);
+        let addr = setup.keys[i].1.to_string();
+        let listen = [AB.1, BC.0].map(|ip| format!("{ip}:{NODE_PORT}"));
+        let mut args: Vec<&OsStr> = Vec::new();
+        if s.role == Role::Floor {
+            args.extend(s.flags.iter().map(OsStr::new));
+            args.extend(["--tun", tun, "--addr", &addr].map(OsStr::new));
+            match peer {
+                Some(p) => {
+                    args.extend(["--connect", p.trim_start_matches("tcp://")].map(OsStr::new))
+                }
+                None => {
+                    for l in &listen {
+                        args.extend(["--listen", l].map(OsStr::new));
+                    }
+                }
+            }
+        } else {
+            args.extend([OsStr::new("--key-file"), key]);
+            if let Some(p) = peer {
+                args.extend([OsStr::new("--peers"), OsStr::new(p)]);
+            }
+            args.extend(
+                [
+                    "--disable-peer-discovery",
+                    "--tun-name",
+                    tun,
+                    "--api-addr",
+                    API_ADDR,
+                ]
+                .map(OsStr::new),
+            );
+            if setup.disable_quic {
+                args.push(OsStr::new("--disable-quic"));
+            }
+            args.extend(s.flags.iter().map(OsStr::new));
         }
-        args.extend(
-            [
-                "--disable-peer-discovery",
-                "--tun-name",
-                tun,
-                "--api-addr",
-                API_ADDR,
-            ]
-            .map(OsStr::new),
-        );
-        if setup.disable_quic {
-            args.push(OsStr::new("--disable-quic"));
-        }
-        args.extend(s.flags.iter().map(OsStr::new));
         let log = self
             .work
             .join(format!("{}-rep{}-{name}.log", tun, self.rep));
@@ -1068,9 +1115,17 @@ mod tests {
         let labels: Vec<&str> = s.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(
             labels,
-            ["veth", "hypha", "hypha --no-offload", "mycelium", "hypha-2"]
+            [
+                "veth",
+                "hypha",
+                "hypha --no-offload",
+                "floor",
+                "mycelium",
+                "hypha-2"
+            ]
         );
         assert_eq!(s[2].command().unwrap(), "/bin/hypha --no-offload");
+        assert_eq!(s[3].command().unwrap(), "/bin/hypha bench-floor");
         assert_eq!(s[0].command(), None);
     }
 
@@ -1078,7 +1133,7 @@ mod tests {
     fn only_selects_subjects_and_scenarios() {
         let all = || subjects(Path::new("/bin/hypha"), &[PathBuf::from("/opt/mycelium")]);
         let (s, sc) = select(&[], all()).unwrap();
-        assert_eq!((s.len(), sc.len()), (4, 5));
+        assert_eq!((s.len(), sc.len()), (5, 5));
         let only = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let (s, sc) = select(&only(&["hypha", "udp", "veth"]), all()).unwrap();
         assert_eq!(
@@ -1091,6 +1146,8 @@ mod tests {
         assert_eq!(sc.len(), 5);
         let (s, _) = select(&only(&["compare", "no-offload"]), all()).unwrap();
         assert_eq!(s.len(), 2);
+        let (s, _) = select(&only(&["floor"]), all()).unwrap();
+        assert_eq!(s.iter().map(|s| s.role).collect::<Vec<_>>(), [Role::Floor]);
         let e = select(&only(&["tcp9"]), all()).unwrap_err().to_string();
         assert!(e.contains("'tcp9'") && e.contains("mycelium"), "{e}");
     }
@@ -1136,7 +1193,7 @@ mod tests {
         let r = Plan::new(&args(&["--binary", "/bin/sh"]));
         if lab::is_root() {
             let p = r.unwrap();
-            assert_eq!(p.subjects.len(), 3);
+            assert_eq!(p.subjects.len(), 4);
             assert!(p.metrics().contains(&Metric::RssPeak));
         } else {
             assert!(r.unwrap_err().to_string().contains("as root"));

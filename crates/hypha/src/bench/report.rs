@@ -126,6 +126,8 @@ pub enum Role {
     /// hypha with offloads: the subject the targets are about.
     Hypha,
     HyphaNoOffload,
+    /// The bare TUN + TCP forwarder (`bench::floor`): what any such overlay pays at least.
+    Floor,
     Compare,
 }
 
@@ -256,32 +258,46 @@ impl Target {
         }
     }
 
-    /// The figure the target judges, from the medians: a ratio or the metric itself.
-    fn value(self, subjects: &[SubjectResult]) -> Option<f64> {
-        let hypha = subjects.iter().find(|s| s.role == Role::Hypha)?;
+    /// The figure the target judges for the subject with `role`, from the medians: a ratio or
+    /// the metric itself.
+    fn value(self, role: Role, subjects: &[SubjectResult]) -> Option<f64> {
+        let subject = subjects.iter().find(|s| s.role == role)?;
         let veth = subjects.iter().find(|s| s.role == Role::Veth);
-        let vs_veth = |m: Metric| ratio(hypha.median(m)?, veth?.median(m)?);
+        let vs_veth = |m: Metric| ratio(subject.median(m)?, veth?.median(m)?);
         match self {
             Target::Tcp1VsVeth => vs_veth(Metric::Tcp1),
             Target::UdpVsVeth => vs_veth(Metric::Udp),
-            Target::ChainVsTwoNodes => {
-                ratio(hypha.median(Metric::Chain)?, hypha.median(Metric::Tcp1)?)
-            }
+            Target::ChainVsTwoNodes => ratio(
+                subject.median(Metric::Chain)?,
+                subject.median(Metric::Tcp1)?,
+            ),
             Target::CpuEfficiency | Target::RttUnderLoad | Target::RssUnderUdp => {
-                hypha.median(self.metric())
+                subject.median(self.metric())
             }
         }
     }
 
-    pub fn judge(self, subjects: &[SubjectResult]) -> TargetReport {
+    fn passes(self, v: f64) -> bool {
         let (bound, at_least) = self.threshold();
-        let value = self.value(subjects);
+        if at_least {
+            v >= bound
+        } else {
+            v <= bound
+        }
+    }
+
+    /// Judges hypha with offloads; the floor's figure for the same target is reported beside it.
+    pub fn judge(self, subjects: &[SubjectResult]) -> TargetReport {
+        let value = self.value(Role::Hypha, subjects);
+        let floor = self.value(Role::Floor, subjects);
         TargetReport {
             id: self.id(),
             target: self.text(),
-            threshold: bound,
+            threshold: self.threshold().0,
             value,
-            pass: value.map(|v| if at_least { v >= bound } else { v <= bound }),
+            pass: value.map(|v| self.passes(v)),
+            floor,
+            floor_pass: floor.map(|v| self.passes(v)),
         }
     }
 }
@@ -356,6 +372,9 @@ pub struct TargetReport {
     pub threshold: f64,
     pub value: Option<f64>,
     pub pass: Option<bool>,
+    /// The same figure for the forwarding floor, when it ran.
+    pub floor: Option<f64>,
+    pub floor_pass: Option<bool>,
 }
 
 impl Report {
@@ -421,13 +440,15 @@ pub fn table(meta: &Meta, subjects: &[SubjectResult]) -> String {
                     Some(false) => "FAIL",
                     None => "n/a",
                 };
-                match (
-                    r.value,
-                    t.metric().has_ratio() || *t == Target::ChainVsTwoNodes,
-                ) {
+                let is_ratio = t.metric().has_ratio() || *t == Target::ChainVsTwoNodes;
+                let mut text = match (r.value, is_ratio) {
                     (Some(v), true) => format!("{} {:.2}x {verdict}", t.text(), v),
                     _ => format!("{} {verdict}", t.text()),
+                };
+                if let (Some(f), true) = (r.floor, is_ratio) {
+                    text.push_str(&format!(" (floor {f:.2}x)"));
                 }
+                text
             })
             .collect();
         row.push(judged.join("; "));
@@ -607,6 +628,35 @@ mod tests {
         assert_eq!(get("rtt_load_ms").pass, Some(true));
         assert_eq!(get("rss_udp_mb").pass, Some(false));
         assert_eq!(get("gbit_per_cpu_s").pass, Some(true));
+    }
+
+    #[test]
+    fn targets_report_the_floor_beside_hypha() {
+        let mut s = subjects();
+        assert_eq!(Target::Tcp1VsVeth.judge(&s).floor, None);
+        let mut floor = SubjectResult::new(
+            "floor".into(),
+            Role::Floor,
+            Some("hypha bench-floor".into()),
+            &Metric::ALL,
+        );
+        for v in [3.0, 6.0, 9.0] {
+            floor.push(Metric::Tcp1, v);
+            floor.push(Metric::Chain, v / 2.0);
+        }
+        floor.push(Metric::RttLoad, 1.5);
+        s.push(floor);
+        let tcp1 = Target::Tcp1VsVeth.judge(&s);
+        assert_eq!((tcp1.value, tcp1.pass), (Some(0.5), Some(true)));
+        assert_eq!((tcp1.floor, tcp1.floor_pass), (Some(0.3), Some(false)));
+        let chain = Target::ChainVsTwoNodes.judge(&s);
+        assert_eq!((chain.floor, chain.floor_pass), (Some(0.5), Some(false)));
+        let rtt = Target::RttUnderLoad.judge(&s);
+        assert_eq!((rtt.floor, rtt.floor_pass), (Some(1.5), Some(false)));
+        assert_eq!(Target::UdpVsVeth.judge(&s).floor, None);
+        let t = table(&meta(), &s);
+        let line = t.lines().find(|l| l.starts_with("tcp, 1 stream")).unwrap();
+        assert!(line.contains("0.50x PASS (floor 0.30x)"), "{line}");
     }
 
     #[test]

@@ -22,10 +22,11 @@
 //!   hypha's, so a target the floor misses too is visibly beyond the machine, not beyond hypha.
 //! * one per `--compare PATH`, labelled with the file name: any node that takes mycelium's flags.
 //!
-//! Every node (the floor's aside, which get fixed addresses fd00:f100::a/b/c) gets its own key file (`--key-file K generate-keys`; its overlay address from
+//! Every node gets its own key file (`--key-file K generate-keys`; its overlay address from
 //! `inspect --json`) and runs as `BIN --key-file K [--peers tcp://…:9651] --disable-peer-discovery
 //! --tun-name hyb<n> --api-addr 127.0.0.1:18989` plus `--disable-quic` when the binary's `--help`
-//! lists it. B dials nobody; A dials B, C dials B: A and C only reach each other through B. Nodes
+//! lists it. Floor nodes run as `BIN bench-floor --tun hyb<n> --addr fd00:f100::a|b|c` with
+//! `--connect` (A, C) or `--listen` on both of B's underlay addresses, the same port. B dials nobody; A dials B, C dials B: A and C only reach each other through B. Nodes
 //! run through `ip netns exec`, which execs the binary in place, so the child's pid is the node's
 //! (checked through `/proc/<pid>/exe` before any figure is read from `/proc/<pid>`).
 //!

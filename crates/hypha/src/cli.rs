@@ -186,8 +186,9 @@ node's peak RSS during the UDP flood (/proc/PID/status VmHWM).
 
 Subjects: raw veth without any overlay (the physical reference, routed through B for the chain),
 hypha with offloads, hypha --no-offload, the forwarding floor (whole TUN reads over plain TCP: no
-crypto, no 1400-byte packets; what any TUN + TCP overlay costs at least), and every --compare
-binary that takes mycelium's flags.
+crypto, no 1400-byte packets; what any TUN + TCP overlay costs at least), the floor with AES-GCM
+over every 1400 bytes (floor+aes: what any node of this protocol costs at least), and every
+--compare binary that takes mycelium's flags.
 Subjects are interleaved within each repetition and nodes start fresh for every repetition. The
 table shows the median of --runs repetitions, throughput as a ratio to raw veth, and the targets
 for hypha with offloads with PASS/FAIL. Progress goes to stderr; stdout holds only the table (or
@@ -219,7 +220,7 @@ pub struct BenchArgs {
     pub compare: Vec<PathBuf>,
 
     /// Only these subjects and/or scenarios, comma-separated. Subjects: veth, hypha, no-offload,
-    /// floor, compare (all --compare binaries) or a compare binary's file name; scenarios: tcp1, tcp4,
+    /// floor, floor+aes, compare (all --compare binaries) or a compare binary's file name; scenarios: tcp1, tcp4,
     /// chain, udp, rtt. CPU figures come with tcp1, the UDP-flood RSS with udp.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub only: Vec<String>,
@@ -247,6 +248,9 @@ pub struct FloorArgs {
     /// Plain TUN path: no vnet header, one packet per read
     #[arg(long)]
     pub no_offload: bool,
+    /// Also seal every packet with AES-256-GCM in 1400-byte pieces, and open it at the far end
+    #[arg(long)]
+    pub seal: bool,
 }
 
 #[derive(Subcommand, Debug)]

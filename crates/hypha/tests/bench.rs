@@ -104,7 +104,14 @@ fn short_run_measures_every_subject_and_cleans_up() {
         .collect();
     assert_eq!(
         labels,
-        ["veth", "hypha", "hypha --no-offload", "floor", "hypha-2"]
+        [
+            "veth",
+            "hypha",
+            "hypha --no-offload",
+            "floor",
+            "floor+aes",
+            "hypha-2"
+        ]
     );
     for s in subjects {
         assert_eq!(s["failed"], false, "{s}");
@@ -142,9 +149,9 @@ fn short_run_measures_every_subject_and_cleans_up() {
     let targets = v["targets"].as_array().unwrap();
     assert_eq!(targets.len(), 6);
     assert!(
-        targets
+        targets.iter().all(|t| ["value", "floor", "sealed_floor"]
             .iter()
-            .all(|t| t["value"].as_f64().is_some() && t["floor"].as_f64().is_some()),
+            .all(|k| t[k].as_f64().is_some())),
         "{targets:?}"
     );
 

@@ -18,8 +18,11 @@
 //! * `hypha --no-offload`: the same binary on the plain TUN path.
 //! * `floor`: the forwarding floor ([`floor`], `hypha bench-floor`): whole TUN reads carried over
 //!   plain TCP with no crypto, no 1400-byte packets and no routing protocol — what every user-space
-//!   TUN + TCP overlay pays at least on this machine. The target column shows its figure beside
-//!   hypha's, so a target the floor misses too is visibly beyond the machine, not beyond hypha.
+//!   TUN + TCP overlay pays at least on this machine.
+//! * `floor+aes`: the same plus AES-256-GCM over every 1400 bytes, opened and checked at the far
+//!   end (`bench-floor --seal`) — what every node of this protocol pays at least. The target
+//!   column shows both floors' figures beside hypha's, so a target the floors miss as well is
+//!   visibly beyond the machine, not beyond hypha.
 //! * one per `--compare PATH`, labelled with the file name: any node that takes mycelium's flags.
 //!
 //! Every node gets its own key file (`--key-file K generate-keys`; its overlay address from
@@ -192,6 +195,12 @@ fn subjects(binary: &Path, compare: &[PathBuf]) -> Vec<Subject> {
             bin: Some(binary.to_path_buf()),
             flags: vec!["bench-floor"],
         },
+        Subject {
+            label: "floor+aes".into(),
+            role: Role::SealedFloor,
+            bin: Some(binary.to_path_buf()),
+            flags: vec!["bench-floor", "--seal"],
+        },
     ];
     for c in compare {
         let base = c
@@ -235,6 +244,7 @@ fn select(only: &[String], all: Vec<Subject>) -> anyhow::Result<(Vec<Subject>, V
                 "hypha" => s.role == Role::Hypha,
                 "no-offload" => s.role == Role::HyphaNoOffload,
                 "floor" => s.role == Role::Floor,
+                "floor+aes" => s.role == Role::SealedFloor,
                 "compare" => s.role == Role::Compare,
                 _ => s.role == Role::Compare && s.label == name,
             })
@@ -247,7 +257,7 @@ fn select(only: &[String], all: Vec<Subject>) -> anyhow::Result<(Vec<Subject>, V
                 .map(|s| s.label.as_str())
                 .collect();
             bail!(
-                "--only: unknown name '{name}' (subjects: veth, hypha, no-offload, floor, compare{}{}; \
+                "--only: unknown name '{name}' (subjects: veth, hypha, no-offload, floor, floor+aes, compare{}{}; \
                  scenarios: tcp1, tcp4, chain, udp, rtt)",
                 if compares.is_empty() { "" } else { ", " },
                 compares.join(", ")
@@ -371,7 +381,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 nodes.push(None);
                 continue;
             };
-            let setup = if s.role == Role::Floor {
+            let setup = if s.role.is_floor() {
                 Ok(NodeSetup::floor(bin))
             } else {
                 NodeSetup::new(bin, &work.0, i)
@@ -725,7 +735,7 @@ impl Rep<'_> {
         let addr = setup.keys[i].1.to_string();
         let listen = [AB.1, BC.0].map(|ip| format!("{ip}:{NODE_PORT}"));
         let mut args: Vec<&OsStr> = Vec::new();
-        if s.role == Role::Floor {
+        if s.role.is_floor() {
             args.extend(s.flags.iter().map(OsStr::new));
             args.extend(["--tun", tun, "--addr", &addr].map(OsStr::new));
             match peer {
@@ -1121,12 +1131,14 @@ mod tests {
                 "hypha",
                 "hypha --no-offload",
                 "floor",
+                "floor+aes",
                 "mycelium",
                 "hypha-2"
             ]
         );
         assert_eq!(s[2].command().unwrap(), "/bin/hypha --no-offload");
         assert_eq!(s[3].command().unwrap(), "/bin/hypha bench-floor");
+        assert_eq!(s[4].command().unwrap(), "/bin/hypha bench-floor --seal");
         assert_eq!(s[0].command(), None);
     }
 
@@ -1134,7 +1146,7 @@ mod tests {
     fn only_selects_subjects_and_scenarios() {
         let all = || subjects(Path::new("/bin/hypha"), &[PathBuf::from("/opt/mycelium")]);
         let (s, sc) = select(&[], all()).unwrap();
-        assert_eq!((s.len(), sc.len()), (5, 5));
+        assert_eq!((s.len(), sc.len()), (6, 5));
         let only = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let (s, sc) = select(&only(&["hypha", "udp", "veth"]), all()).unwrap();
         assert_eq!(
@@ -1147,8 +1159,11 @@ mod tests {
         assert_eq!(sc.len(), 5);
         let (s, _) = select(&only(&["compare", "no-offload"]), all()).unwrap();
         assert_eq!(s.len(), 2);
-        let (s, _) = select(&only(&["floor"]), all()).unwrap();
-        assert_eq!(s.iter().map(|s| s.role).collect::<Vec<_>>(), [Role::Floor]);
+        let (s, _) = select(&only(&["floor+aes", "floor"]), all()).unwrap();
+        assert_eq!(
+            s.iter().map(|s| s.role).collect::<Vec<_>>(),
+            [Role::Floor, Role::SealedFloor]
+        );
         let e = select(&only(&["tcp9"]), all()).unwrap_err().to_string();
         assert!(e.contains("'tcp9'") && e.contains("mycelium"), "{e}");
     }
@@ -1194,7 +1209,7 @@ mod tests {
         let r = Plan::new(&args(&["--binary", "/bin/sh"]));
         if lab::is_root() {
             let p = r.unwrap();
-            assert_eq!(p.subjects.len(), 4);
+            assert_eq!(p.subjects.len(), 5);
             assert!(p.metrics().contains(&Metric::RssPeak));
         } else {
             assert!(r.unwrap_err().to_string().contains("as root"));

@@ -128,7 +128,16 @@ pub enum Role {
     HyphaNoOffload,
     /// The bare TUN + TCP forwarder (`bench::floor`): what any such overlay pays at least.
     Floor,
+    /// The same with AES-256-GCM over every 1400 bytes: what any node of the protocol pays.
+    SealedFloor,
     Compare,
+}
+
+impl Role {
+    /// A `hypha bench-floor` subject.
+    pub fn is_floor(self) -> bool {
+        matches!(self, Role::Floor | Role::SealedFloor)
+    }
 }
 
 /// One subject's samples, filled in as the repetitions run.
@@ -277,6 +286,15 @@ impl Target {
         }
     }
 
+    /// A judged figure as the table shows it: a ratio with its `x`, else the metric's format.
+    fn show(self, v: f64) -> String {
+        if self.metric().has_ratio() || self == Target::ChainVsTwoNodes {
+            format!("{v:.2}x")
+        } else {
+            self.metric().format(v)
+        }
+    }
+
     fn passes(self, v: f64) -> bool {
         let (bound, at_least) = self.threshold();
         if at_least {
@@ -286,10 +304,11 @@ impl Target {
         }
     }
 
-    /// Judges hypha with offloads; the floor's figure for the same target is reported beside it.
+    /// Judges hypha with offloads; the floors' figures for the same target are reported beside.
     pub fn judge(self, subjects: &[SubjectResult]) -> TargetReport {
         let value = self.value(Role::Hypha, subjects);
         let floor = self.value(Role::Floor, subjects);
+        let sealed_floor = self.value(Role::SealedFloor, subjects);
         TargetReport {
             id: self.id(),
             target: self.text(),
@@ -298,6 +317,8 @@ impl Target {
             pass: value.map(|v| self.passes(v)),
             floor,
             floor_pass: floor.map(|v| self.passes(v)),
+            sealed_floor,
+            sealed_floor_pass: sealed_floor.map(|v| self.passes(v)),
         }
     }
 }
@@ -372,9 +393,11 @@ pub struct TargetReport {
     pub threshold: f64,
     pub value: Option<f64>,
     pub pass: Option<bool>,
-    /// The same figure for the forwarding floor, when it ran.
+    /// The same figure for the forwarding floor, and for the floor with AES-GCM, when they ran.
     pub floor: Option<f64>,
     pub floor_pass: Option<bool>,
+    pub sealed_floor: Option<f64>,
+    pub sealed_floor_pass: Option<bool>,
 }
 
 impl Report {
@@ -440,13 +463,16 @@ pub fn table(meta: &Meta, subjects: &[SubjectResult]) -> String {
                     Some(false) => "FAIL",
                     None => "n/a",
                 };
-                let is_ratio = t.metric().has_ratio() || *t == Target::ChainVsTwoNodes;
-                let mut text = match (r.value, is_ratio) {
-                    (Some(v), true) => format!("{} {:.2}x {verdict}", t.text(), v),
-                    _ => format!("{} {verdict}", t.text()),
+                let mut text = match r.value {
+                    Some(v) => format!("{} {} {verdict}", t.text(), t.show(v)),
+                    None => format!("{} {verdict}", t.text()),
                 };
-                if let (Some(f), true) = (r.floor, is_ratio) {
-                    text.push_str(&format!(" (floor {f:.2}x)"));
+                let floors: Vec<String> = [("floor", r.floor), ("floor+aes", r.sealed_floor)]
+                    .into_iter()
+                    .filter_map(|(name, v)| Some(format!("{name} {}", t.show(v?))))
+                    .collect();
+                if !floors.is_empty() {
+                    text.push_str(&format!(" ({})", floors.join(", ")));
                 }
                 text
             })
@@ -657,6 +683,8 @@ mod tests {
         let t = table(&meta(), &s);
         let line = t.lines().find(|l| l.starts_with("tcp, 1 stream")).unwrap();
         assert!(line.contains("0.50x PASS (floor 0.30x)"), "{line}");
+        let line = t.lines().find(|l| l.starts_with("rtt under")).unwrap();
+        assert!(line.contains("<= 1 ms 0.400 PASS (floor 1.500)"), "{line}");
     }
 
     #[test]

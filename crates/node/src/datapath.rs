@@ -438,7 +438,9 @@ const MAX_SINK_SEGMENT: usize = wire::frame::MAX_DATA_BODY - INNER_L3.len() - SI
 /// out as a train of data frames (`header ‖ inner header ‖ segment ‖ tag and nonce`), so sealing
 /// and framing happen in place and the buffer goes to the link writer as it is.
 pub(crate) struct FrameSink {
+    /// Recycled memory, not zeroed again for every batch; the first `len` bytes are in use.
     buf: Vec<u8>,
+    len: usize,
     /// Frame start and segment length of each segment.
     spans: Vec<(usize, usize)>,
     capacity: usize,
@@ -447,7 +449,8 @@ pub(crate) struct FrameSink {
 impl FrameSink {
     pub fn new(capacity: usize) -> FrameSink {
         FrameSink {
-            buf: crate::pool::take(capacity),
+            buf: crate::pool::take_dirty(capacity),
+            len: 0,
             spans: Vec::with_capacity(256),
             capacity,
         }
@@ -458,7 +461,7 @@ impl FrameSink {
     }
 
     pub fn bytes(&self) -> usize {
-        self.buf.len()
+        self.len
     }
 
     /// Routes and seals every segment. Frames for the first next hop stay in place and are
@@ -519,26 +522,31 @@ impl FrameSink {
             bump(&ctx.counters.frames_sent);
         }
         self.spans.clear();
-        self.buf.truncate(kept_end);
+        self.len = 0;
         let link = main?;
-        let bytes = std::mem::replace(&mut self.buf, crate::pool::take(self.capacity));
+        let mut bytes = std::mem::replace(&mut self.buf, crate::pool::take_dirty(self.capacity));
+        bytes.truncate(kept_end);
         Some((link, FrameBatch { bytes, frames }))
     }
 
     /// Forgets the segments, keeping the buffer.
     pub fn clear(&mut self) {
         self.spans.clear();
-        self.buf.clear();
+        self.len = 0;
     }
 }
 
 impl SegmentSink for FrameSink {
     fn segment(&mut self, len: usize) -> Option<&mut [u8]> {
-        let start = self.buf.len();
+        let start = self.len;
         let seg_at = start + SINK_HEADROOM;
-        // Zero-filling the fresh bytes is the price of writing segments straight into the frame
-        // buffer without unsafe code; it touches the cache lines the split writes next anyway.
-        self.buf.resize(seg_at + len + SINK_TAILROOM, 0);
+        let end = seg_at + len + SINK_TAILROOM;
+        // Safe code has to initialise memory before the split writes into it; a recycled buffer
+        // comes back at its last length, so only bytes no earlier batch reached are zeroed.
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        self.len = end;
         self.spans.push((start, len));
         Some(&mut self.buf[seg_at..seg_at + len])
     }
@@ -963,6 +971,29 @@ mod tests {
         // The sink is ready for the next batch.
         assert_eq!(sink.segments(), 0);
         assert_eq!(sink.bytes(), 0);
+    }
+
+    #[test]
+    fn a_recycled_buffer_leaves_nothing_of_its_old_contents() {
+        let f = fixture();
+        let (a, b) = (f.a.address(), f.b.address());
+        let unknown: Ipv6Addr = "4ff:1:2:3::9".parse().unwrap();
+        let mut sink = FrameSink::new(4096);
+        // As a recycled batch comes back: full of an earlier batch's bytes.
+        sink.buf = vec![0xAA; 8192];
+        let p1 = packet(a, b, 64, 0x11, 700);
+        let p2 = packet(a, b, 64, 0x22, 3);
+        for p in [&p1, &packet(a, unknown, 64, 0x33, 100), &p2] {
+            put(&mut sink, p);
+        }
+        let (main, _, _) = seal(&f, &mut sink);
+        let (_, batch) = main.unwrap();
+        // Every byte of every frame was written: the headers' reserved bytes are zero, the batch
+        // ends on the last frame, and the frames open to the packets.
+        assert_eq!(batch.bytes[..4], [1, 0, 0, 0]);
+        assert_eq!(batch.bytes[wire::frame::OUTER_HEADER_LEN], 0);
+        assert!(!batch.bytes.windows(8).any(|w| w == [0xAA; 8]));
+        assert_eq!(open_all(&batch.bytes, &f.b, &f.a), vec![(63, p1), (63, p2)]);
     }
 
     #[test]

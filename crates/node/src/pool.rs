@@ -27,6 +27,16 @@ pub(crate) fn take(capacity: usize) -> Vec<u8> {
     }
 }
 
+/// A buffer with room for `capacity` bytes that keeps its contents: a recycled one still holds
+/// what its last user left, so a writer that fills it at offsets (growing it only where it is too
+/// short) zeroes only the bytes no earlier batch reached.
+pub(crate) fn take_dirty(capacity: usize) -> Vec<u8> {
+    let recycled = POOL.lock().ok().and_then(|mut p| p.pop());
+    let mut b = recycled.unwrap_or_default();
+    b.reserve(capacity.saturating_sub(b.len()));
+    b
+}
+
 /// Returns a buffer for reuse (or frees it when the pool is full or the buffer oversized).
 pub(crate) fn give(buf: Vec<u8>) {
     if buf.capacity() == 0 || buf.capacity() > MAX_POOLED_CAPACITY {
@@ -53,6 +63,14 @@ mod tests {
         let b = take(2000);
         assert!(b.is_empty());
         assert!(b.capacity() >= 2000);
+    }
+
+    #[test]
+    fn dirty_buffers_have_room() {
+        give(vec![9; 5000]);
+        // Other tests share the pool: whatever comes back has the room asked for.
+        let b = take_dirty(300_000);
+        assert!(b.capacity() >= 300_000 && b.len() <= b.capacity());
     }
 
     #[test]

@@ -63,6 +63,8 @@ const MAX_TAGS: usize = (MAX_READ / CHUNK + 1) * TAG;
 const MAX_RECORD: usize = SEAL_HEAD + MAX_READ + MAX_TAGS;
 /// `--seal`'s key: public — the floor does the work of a secure channel without being one.
 const KEY: &[u8; 32] = b"hypha bench floor: not a secret!";
+/// How long a new connection has to say hello.
+const HELLO_WAIT: Duration = Duration::from_secs(5);
 /// How long `--connect` keeps trying.
 const CONNECT_WAIT: Duration = Duration::from_secs(20);
 
@@ -335,6 +337,8 @@ impl Floor {
     /// Exchanges hellos on a new connection, registers the peer and reads from it until it fails.
     fn serve(self: &Arc<Self>, stream: TcpStream) -> io::Result<()> {
         stream.set_nodelay(true)?;
+        // A connection that never says hello must not hold up the acceptor.
+        stream.set_read_timeout(Some(HELLO_WAIT))?;
         let mut hello = [0u8; LEN + 16];
         hello[..LEN].copy_from_slice(&16u32.to_be_bytes());
         hello[LEN..].copy_from_slice(&self.own.octets());
@@ -343,6 +347,7 @@ impl Floor {
         if hello[..LEN] != 16u32.to_be_bytes() {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "no hello"));
         }
+        stream.set_read_timeout(None)?;
         let addr = Ipv6Addr::from(<[u8; 16]>::try_from(&hello[LEN..]).unwrap_or([0; 16]));
         let peer = Arc::new(Peer {
             addr,

@@ -28,9 +28,9 @@
 //! Every node gets its own key file (`--key-file K generate-keys`; its overlay address from
 //! `inspect --json`) and runs as `BIN --key-file K [--peers tcp://…:9651] --disable-peer-discovery
 //! --tun-name hyb<n> --api-addr 127.0.0.1:18989` plus `--disable-quic` when the binary's `--help`
-//! lists it. Floor nodes run as `BIN bench-floor --tun hyb<n> --addr fd00:f100::a|b|c` with
-//! `--connect` (A, C) or `--listen` on both of B's underlay addresses, the same port. B dials nobody; A dials B, C dials B: A and C only reach each other through B. Nodes
-//! run through `ip netns exec`, which execs the binary in place, so the child's pid is the node's
+//! lists it. B dials nobody; A dials B, C dials B: A and C only reach each other through B. Floor
+//! nodes run as `BIN bench-floor --tun hyb<n> --addr fd00:f100::a|b|c` with `--connect` (A, C) or
+//! `--listen` on both of B's underlay addresses, the same port. Nodes run through `ip netns exec`, which execs the binary in place, so the child's pid is the node's
 //! (checked through `/proc/<pid>/exe` before any figure is read from `/proc/<pid>`).
 //!
 //! # One repetition of one subject
@@ -257,8 +257,8 @@ fn select(only: &[String], all: Vec<Subject>) -> anyhow::Result<(Vec<Subject>, V
                 .map(|s| s.label.as_str())
                 .collect();
             bail!(
-                "--only: unknown name '{name}' (subjects: veth, hypha, no-offload, floor, floor+aes, compare{}{}; \
-                 scenarios: tcp1, tcp4, chain, udp, rtt)",
+                "--only: unknown name '{name}' (subjects: veth, hypha, no-offload, floor, \
+                 floor+aes, compare{}{}; scenarios: tcp1, tcp4, chain, udp, rtt)",
                 if compares.is_empty() { "" } else { ", " },
                 compares.join(", ")
             );
@@ -459,6 +459,7 @@ impl Drop for WorkDir {
 
 /// Key files and overlay addresses of one subject's three nodes, and how its binary is called.
 struct NodeSetup {
+    /// Key file and overlay address of A, B and C (floor nodes: no key file, an empty path).
     keys: [(PathBuf, Ipv6Addr); 3],
     disable_quic: bool,
     /// The binary as `/proc/<pid>/exe` will show it.
@@ -486,10 +487,8 @@ impl NodeSetup {
             exe,
         })
     }
-}
 
-impl NodeSetup {
-    /// The forwarding floor's nodes: no keys, fixed addresses in one /64.
+    /// The forwarding floor's nodes: no key files, fixed addresses in one /64.
     fn floor(bin: &Path) -> NodeSetup {
         let addr = |x: u16| Ipv6Addr::new(0xfd00, 0xf100, 0, 0, 0, 0, 0, x);
         NodeSetup {

@@ -672,9 +672,23 @@ mod tests {
         }
         floor.push(Metric::RttLoad, 1.5);
         s.push(floor);
+        let mut sealed = SubjectResult::new(
+            "floor+aes".into(),
+            Role::SealedFloor,
+            Some("hypha bench-floor --seal".into()),
+            &Metric::ALL,
+        );
+        sealed.push(Metric::Tcp1, 2.0);
         let tcp1 = Target::Tcp1VsVeth.judge(&s);
         assert_eq!((tcp1.value, tcp1.pass), (Some(0.5), Some(true)));
         assert_eq!((tcp1.floor, tcp1.floor_pass), (Some(0.3), Some(false)));
+        assert_eq!(tcp1.sealed_floor, None);
+        s.push(sealed);
+        let tcp1 = Target::Tcp1VsVeth.judge(&s);
+        assert_eq!(
+            (tcp1.sealed_floor, tcp1.sealed_floor_pass),
+            (Some(0.1), Some(false))
+        );
         let chain = Target::ChainVsTwoNodes.judge(&s);
         assert_eq!((chain.floor, chain.floor_pass), (Some(0.5), Some(false)));
         let rtt = Target::RttUnderLoad.judge(&s);
@@ -682,7 +696,10 @@ mod tests {
         assert_eq!(Target::UdpVsVeth.judge(&s).floor, None);
         let t = table(&meta(), &s);
         let line = t.lines().find(|l| l.starts_with("tcp, 1 stream")).unwrap();
-        assert!(line.contains("0.50x PASS (floor 0.30x)"), "{line}");
+        assert!(
+            line.contains("0.50x PASS (floor 0.30x, floor+aes 0.10x)"),
+            "{line}"
+        );
         let line = t.lines().find(|l| l.starts_with("rtt under")).unwrap();
         assert!(line.contains("<= 1 ms 0.400 PASS (floor 1.500)"), "{line}");
     }

@@ -300,8 +300,8 @@ impl Floor {
                 match self.route(buf.get(rec.start + head..rec.end).unwrap_or_default()) {
                     Next::Peer(p) if run.as_ref().is_some_and(|(q, _)| Arc::ptr_eq(q, &p)) => {}
                     next => {
-                        if let Some((q, from)) = run.take() {
-                            self.send(&q, &buf[from..start]);
+                        if let Some((q, run_start)) = run.take() {
+                            self.send(&q, &buf[run_start..start]);
                         }
                         match next {
                             Next::Tun => {
@@ -322,8 +322,8 @@ impl Floor {
                 }
                 start += LEN + len;
             }
-            if let Some((q, from)) = run.take() {
-                self.send(&q, &buf[from..start]);
+            if let Some((q, run_start)) = run.take() {
+                self.send(&q, &buf[run_start..start]);
             }
             if start == end {
                 (start, end) = (0, 0);

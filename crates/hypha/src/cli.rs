@@ -168,8 +168,9 @@ pub enum Command {
     /// One node of the bench's forwarding floor (started by `hypha bench`)
     #[command(hide = true)]
     BenchFloor(FloorArgs),
-    /// Benchmark the data path (root): raw veth, hypha with and without offloads, and other nodes
-    /// (--compare), in network namespaces with iperf3 and ping; prints one table
+    /// Benchmark the data path (root): raw veth, hypha with and without offloads, the forwarding
+    /// floors and other nodes (--compare), in network namespaces with iperf3 and ping; prints one
+    /// table
     #[command(long_about = BENCH_ABOUT)]
     Bench(BenchArgs),
 }

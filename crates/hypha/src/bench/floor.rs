@@ -195,7 +195,7 @@ impl Floor {
         else {
             return Next::Drop;
         };
-        let dst = Ipv6Addr::from(<[u8; 16]>::try_from(dst).unwrap_or([0; 16]));
+        let dst = ipv6_at(dst);
         if dst == self.own {
             return Next::Tun;
         }
@@ -348,7 +348,7 @@ impl Floor {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "no hello"));
         }
         stream.set_read_timeout(None)?;
-        let addr = Ipv6Addr::from(<[u8; 16]>::try_from(&hello[LEN..]).unwrap_or([0; 16]));
+        let addr = ipv6_at(&hello[LEN..]);
         let peer = Arc::new(Peer {
             addr,
             tx: Mutex::new(stream.try_clone()?),
@@ -365,6 +365,13 @@ impl Floor {
         });
         Ok(())
     }
+}
+
+/// The IPv6 address in the first 16 bytes of `b` (`::` when it is shorter).
+fn ipv6_at(b: &[u8]) -> Ipv6Addr {
+    b.get(..16)
+        .and_then(|a| <[u8; 16]>::try_from(a).ok())
+        .map_or(Ipv6Addr::UNSPECIFIED, Ipv6Addr::from)
 }
 
 fn connect(to: SocketAddr) -> anyhow::Result<TcpStream> {

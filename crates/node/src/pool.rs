@@ -12,27 +12,31 @@ const MAX_POOLED: usize = 48;
 /// Larger buffers are freed instead of kept.
 const MAX_POOLED_CAPACITY: usize = 384 * 1024;
 
-static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+type Pool = Mutex<Vec<Vec<u8>>>;
+
+static POOL: Pool = Mutex::new(Vec::new());
 
 /// An empty buffer with at least `capacity` bytes of room: a recycled one when there is one.
 pub(crate) fn take(capacity: usize) -> Vec<u8> {
-    let recycled = POOL.lock().ok().and_then(|mut p| p.pop());
-    match recycled {
-        Some(mut b) => {
-            b.clear();
-            b.reserve(capacity);
-            b
-        }
-        None => Vec::with_capacity(capacity),
-    }
+    let mut b = dirty_from(&POOL, 0);
+    b.clear();
+    b.reserve(capacity);
+    b
 }
 
 /// A buffer with room for `capacity` bytes that keeps its contents: a recycled one still holds
 /// what its last user left, so a writer that fills it at offsets (growing it only where it is too
 /// short) zeroes only the bytes no earlier batch reached.
 pub(crate) fn take_dirty(capacity: usize) -> Vec<u8> {
-    let recycled = POOL.lock().ok().and_then(|mut p| p.pop());
-    let mut b = recycled.unwrap_or_default();
+    dirty_from(&POOL, capacity)
+}
+
+fn dirty_from(pool: &Pool, capacity: usize) -> Vec<u8> {
+    let mut b = pool
+        .lock()
+        .ok()
+        .and_then(|mut p| p.pop())
+        .unwrap_or_default();
     b.reserve(capacity.saturating_sub(b.len()));
     b
 }
@@ -66,11 +70,14 @@ mod tests {
     }
 
     #[test]
-    fn dirty_buffers_have_room() {
-        give(vec![9; 5000]);
-        // Other tests share the pool: whatever comes back has the room asked for.
-        let b = take_dirty(300_000);
-        assert!(b.capacity() >= 300_000 && b.len() <= b.capacity());
+    fn dirty_buffers_keep_their_contents_and_have_room() {
+        let pool: Pool = Mutex::new(vec![vec![9; 5000]]);
+        let b = dirty_from(&pool, 300_000);
+        assert_eq!(b, vec![9; 5000]);
+        assert!(b.capacity() >= 300_000);
+        // An empty pool gives a fresh, empty buffer with the room.
+        let b = dirty_from(&pool, 1000);
+        assert!(b.is_empty() && b.capacity() >= 1000);
     }
 
     #[test]

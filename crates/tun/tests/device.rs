@@ -207,3 +207,65 @@ fn blocking_device_reads_a_datagram() {
     }
     assert!(found);
 }
+
+/// `read_raw` hands over the vnet header and the packet untouched, and `write_raw` takes them
+/// back: a datagram read raw, turned around (addresses and ports swapped, which leaves every
+/// checksum valid) and written raw reaches the socket that sent it.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn raw_reads_and_writes_carry_the_vnet_header_and_packet() {
+    use std::net::UdpSocket;
+    use std::time::Duration;
+
+    let ns = Netns::new("tunraw").unwrap();
+    let local: Ipv6Addr = "fd00:c::1".parse().unwrap();
+    let tun = ns
+        .run(|| -> std::io::Result<Tun> {
+            let tun = Tun::open(&Config::new("hyt9"))?;
+            tun.add_ipv6(local, 64)?;
+            tun.up()?;
+            Ok(tun)
+        })
+        .unwrap()
+        .unwrap();
+    let hdr = tun.capabilities().vnet_hdr_len;
+    assert_eq!(hdr, 10);
+    common::topology::wait_ipv6_ready(ns.name(), "hyt9").unwrap();
+    let sock = ns.run(|| UdpSocket::bind((local, 0))).unwrap().unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sock.send_to(b"raw", ("fd00:c::2", 9)).unwrap();
+
+    let mut buf = vec![0u8; 70_000];
+    let mut got = None;
+    // Other packets (router solicitations, MLD reports) may come first.
+    for _ in 0..20 {
+        assert!(
+            tun.wait_readable(Some(Duration::from_secs(10))).unwrap(),
+            "nothing to read"
+        );
+        let n = tun.read_raw(&mut buf).unwrap();
+        let p = &buf[..n];
+        if n == hdr + 51 && p[hdr] >> 4 == 6 && p[hdr + 6] == 17 && &p[hdr + 48..] == b"raw" {
+            got = Some(p.to_vec());
+            break;
+        }
+    }
+    let mut p = got.expect("the datagram, read raw");
+    let ip = hdr;
+    let (src, dst) = (ip + 8..ip + 24, ip + 24..ip + 40);
+    let a = p[src.clone()].to_vec();
+    p.copy_within(dst.clone(), src.start);
+    p[dst].copy_from_slice(&a);
+    let udp = ip + 40;
+    let sport = [p[udp], p[udp + 1]];
+    p.copy_within(udp + 2..udp + 4, udp);
+    p[udp + 2..udp + 4].copy_from_slice(&sport);
+    assert_eq!(tun.write_raw(&p).unwrap(), p.len());
+
+    let mut back = [0u8; 16];
+    let (n, from) = sock.recv_from(&mut back).unwrap();
+    assert_eq!(&back[..n], b"raw");
+    assert_eq!(from.ip(), "fd00:c::2".parse::<Ipv6Addr>().unwrap());
+    assert_eq!(from.port(), 9);
+}

@@ -106,6 +106,34 @@ pub(crate) fn offer_batch(
     }
 }
 
+/// Waits up to [`LINK_STALL_WAIT`] for room for a batch [`offer_batch`] handed back. A link that
+/// went away counts the frames as unroutable; one that stays full is marked stalled and the
+/// frames count as `queue_full`. Returns true when the link was just marked stalled. Async, so
+/// that the timer is created inside the runtime whether the caller awaits it or blocks on it.
+pub(crate) async fn wait_for_room(
+    tx: &mpsc::Sender<FrameBatch>,
+    link: LinkId,
+    batch: FrameBatch,
+    stalled: &mut Stalled,
+    counters: &DataCounters,
+) -> bool {
+    let frames = u64::from(batch.frames);
+    match tokio::time::timeout(LINK_STALL_WAIT, tx.send(batch)).await {
+        Ok(Ok(())) => false,
+        Ok(Err(_)) => {
+            counters.drop_no_route.fetch_add(frames, Ordering::Relaxed);
+            false
+        }
+        Err(_) => {
+            stalled.mark(link);
+            counters
+                .drop_queue_full
+                .fetch_add(frames, Ordering::Relaxed);
+            true
+        }
+    }
+}
+
 /// Encoded data frames for one link, and how many: the writer counts frames per peer without
 /// parsing its buffers again.
 #[derive(Default, Debug)]
@@ -1046,6 +1074,39 @@ mod tests {
         drop(rx);
         assert!(offer_batch(&tx, link, batch(5), &mut stalled, &counters).is_none());
         assert_eq!(counters.drop_no_route.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn waiting_for_room_sends_or_marks_the_link_stalled() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let counters = DataCounters::default();
+        let mut stalled = Stalled::default();
+        let link = LinkId(7);
+        tx.try_send(batch(1)).unwrap();
+        // Nobody drains the full queue: stalled after the bounded wait, frames counted.
+        assert!(rt.block_on(wait_for_room(&tx, link, batch(2), &mut stalled, &counters)));
+        assert!(stalled.contains(link));
+        assert_eq!(counters.drop_queue_full.load(Ordering::Relaxed), 2);
+        // Room appears: the batch goes through, nothing counted.
+        assert_eq!(rx.try_recv().unwrap().frames, 1);
+        assert!(!rt.block_on(wait_for_room(&tx, link, batch(4), &mut stalled, &counters)));
+        assert_eq!(rx.try_recv().unwrap().frames, 4);
+        assert_eq!(counters.drop_queue_full.load(Ordering::Relaxed), 2);
+        // The link went away: counted as no route, not as stalled.
+        drop(rx);
+        assert!(!rt.block_on(wait_for_room(
+            &tx,
+            LinkId(8),
+            batch(5),
+            &mut stalled,
+            &counters
+        )));
+        assert_eq!(counters.drop_no_route.load(Ordering::Relaxed), 5);
+        assert!(!stalled.contains(LinkId(8)));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use wire::babel::{Subnet, Tlv};
 use wire::frame::{self, Frame, FrameReader};
 
 use crate::datapath::{self, DataCounters, DataTable, Inbound, Need, Outbox, RefreshTracker};
-use crate::datapath::{FrameBatch, InPlace, LinkTx, Stalled, TunBatch, LINK_STALL_WAIT};
+use crate::datapath::{FrameBatch, InPlace, LinkTx, Stalled, TunBatch};
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
 use tun::{Tun, Writer as TunWriter};
@@ -409,21 +409,7 @@ async fn flush(
             };
             // Forwarding waits for a full next hop, but a stalled one must not hold up this
             // peer's traffic to everybody else.
-            let frames = u64::from(buf.frames);
-            match tokio::time::timeout(LINK_STALL_WAIT, tx.send(buf)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => {
-                    ctx.counters
-                        .drop_no_route
-                        .fetch_add(frames, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    stalled.mark(link);
-                    ctx.counters
-                        .drop_queue_full
-                        .fetch_add(frames, Ordering::Relaxed);
-                }
-            }
+            datapath::wait_for_room(&tx, link, buf, stalled, &ctx.counters).await;
         }
     }
 }

@@ -18,7 +18,7 @@ use wire::babel::Subnet;
 
 use crate::datapath::TunBatch;
 use crate::datapath::{self, DataCounters, DataTable, FrameSink, Need, Outbound, Outbox};
-use crate::datapath::{RefreshTracker, Stalled, LINK_STALL_WAIT};
+use crate::datapath::{RefreshTracker, Stalled};
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
 
@@ -161,29 +161,15 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
                     continue;
                 };
                 // The queue is full: wait for the writer (back-pressure), but not for long.
-                let frames = u64::from(batch.frames);
-                // The timer must be made inside the runtime's context: an async block defers it.
                 let wait =
-                    async { tokio::time::timeout(LINK_STALL_WAIT, tx.data.send(batch)).await };
-                match cfg.runtime.block_on(wait) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        cfg.counters
-                            .drop_no_route
-                            .fetch_add(frames, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        stalled.mark(link);
-                        cfg.counters
-                            .drop_queue_full
-                            .fetch_add(frames, Ordering::Relaxed);
-                        if let Some(n) = stall_log.allow(Instant::now()) {
-                            warn!(
-                                link = link.0,
-                                "peer link stalled: dropping its packets until it drains \
-                                 ({n} more since the last report)"
-                            );
-                        }
+                    datapath::wait_for_room(&tx.data, link, batch, &mut stalled, &cfg.counters);
+                if cfg.runtime.block_on(wait) {
+                    if let Some(n) = stall_log.allow(Instant::now()) {
+                        warn!(
+                            link = link.0,
+                            "peer link stalled: dropping its packets until it drains \
+                             ({n} more since the last report)"
+                        );
                     }
                 }
             }

@@ -217,24 +217,16 @@ fn raw_reads_and_writes_carry_the_vnet_header_and_packet() {
     use std::net::UdpSocket;
     use std::time::Duration;
 
+    use common::topology::{tun_in, A4, A6, B6};
+
     let ns = Netns::new("tunraw").unwrap();
-    let local: Ipv6Addr = "fd00:c::1".parse().unwrap();
-    let tun = ns
-        .run(|| -> std::io::Result<Tun> {
-            let tun = Tun::open(&Config::new("hyt9"))?;
-            tun.add_ipv6(local, 64)?;
-            tun.up()?;
-            Ok(tun)
-        })
-        .unwrap()
-        .unwrap();
+    let tun = tun_in(ns.name(), "hyt9", true, A6, A4).unwrap();
     let hdr = tun.capabilities().vnet_hdr_len;
     assert_eq!(hdr, 10);
-    common::topology::wait_ipv6_ready(ns.name(), "hyt9").unwrap();
-    let sock = ns.run(|| UdpSocket::bind((local, 0))).unwrap().unwrap();
+    let sock = ns.run(|| UdpSocket::bind((A6, 0))).unwrap().unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    sock.send_to(b"raw", ("fd00:c::2", 9)).unwrap();
+    sock.send_to(b"raw", (B6, 9)).unwrap();
 
     let mut buf = vec![0u8; 70_000];
     let mut got = None;
@@ -266,6 +258,6 @@ fn raw_reads_and_writes_carry_the_vnet_header_and_packet() {
     let mut back = [0u8; 16];
     let (n, from) = sock.recv_from(&mut back).unwrap();
     assert_eq!(&back[..n], b"raw");
-    assert_eq!(from.ip(), "fd00:c::2".parse::<Ipv6Addr>().unwrap());
+    assert_eq!(from.ip(), B6);
     assert_eq!(from.port(), 9);
 }

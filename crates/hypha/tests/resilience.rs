@@ -77,12 +77,7 @@ fn diamond(death: Death) {
     match death {
         Death::Killed => victim.kill(),
         Death::Silent => {
-            let pid = victim.pid().expect("victim runs").to_string();
-            let st = std::process::Command::new("kill")
-                .args(["-STOP", &pid])
-                .status()
-                .unwrap();
-            assert!(st.success());
+            signal(victim, "-STOP");
         }
     }
     // Dead timer 43 s plus the 10 s check period, plus slack.
@@ -130,12 +125,7 @@ fn a_stalled_peer_does_not_hold_up_the_others() {
     a.wait(ROUTE_WAIT, "a reaches b", |n| n.ping_once(b.addr));
     a.wait(ROUTE_WAIT, "a reaches c", |n| n.ping_once(c.addr));
 
-    let c_pid = c.pid().expect("c runs").to_string();
-    let st = std::process::Command::new("kill")
-        .args(["-STOP", &c_pid])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    signal(&c, "-STOP");
 
     // Flood C from A until told to stop: C's socket fills, then A's queue for C.
     let stop = Arc::new(AtomicBool::new(false));
@@ -187,9 +177,17 @@ fn a_stalled_peer_does_not_hold_up_the_others() {
         c_alive,
         "the transfer waited until the stalled peer was dropped: {peers}"
     );
-    let _ = std::process::Command::new("kill")
-        .args(["-CONT", &c_pid])
-        .status();
+    signal(&c, "-CONT");
+}
+
+/// Sends a signal (`kill`'s spelling, e.g. "-STOP") to a node's process.
+fn signal(node: &Node, sig: &str) {
+    let pid = node.pid().expect("the node runs").to_string();
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig} {pid}: {st}");
 }
 
 fn attack(ns: &Netns, target: SocketAddr, bytes: Vec<u8>) {

@@ -9,6 +9,7 @@
 # moved (/proc/PID/stat) and A's peak RSS. Binaries alternate, so a noisy machine hits all alike.
 # Everything it creates is removed on exit. Needs root, iproute2, iperf3, ping, python3.
 set -eu
+. "$(dirname "$0")/lib/pair.sh"
 
 ROUNDS=$1
 shift
@@ -43,34 +44,14 @@ trap cleanup EXIT INT TERM
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-ip netns add "$A"
-ip netns add "$B"
-ip link add hyab-a netns "$A" type veth peer name hyab-b netns "$B"
-ip -n "$A" addr add 198.18.90.1/24 dev hyab-a
-ip -n "$B" addr add 198.18.90.2/24 dev hyab-b
-for ns in "$A" "$B"; do ip -n "$ns" link set lo up; done
-ip -n "$A" link set hyab-a up
-ip -n "$B" link set hyab-b up
+pair_net hyab 198.18.90
 
 for r in $(seq "$ROUNDS"); do
     for BIN in $BINS; do
         rm -f "$DIR"/*
-        "$BIN" -k "$DIR/a.key" generate-keys --force >/dev/null
-        "$BIN" -k "$DIR/b.key" generate-keys --force >/dev/null
-        ADDR_B=$("$BIN" -k "$DIR/b.key" inspect --json | sed -n 's/.*"address": *"\([^"]*\)".*/\1/p')
-        # `ip netns exec` execs the program, so $! is the node's pid.
-        ip netns exec "$A" "$BIN" -k "$DIR/a.key" --disable-peer-discovery $FLAGS 2>"$DIR/a.log" &
-        PA=$!
-        ip netns exec "$B" "$BIN" -k "$DIR/b.key" --disable-peer-discovery \
-            --peers tcp://198.18.90.1:9651 $FLAGS 2>"$DIR/b.log" &
-        PB=$!
-        PIDS="$PA $PB"
-        i=0
-        until ip netns exec "$A" ping -6 -c 1 -W 1 "$ADDR_B" >/dev/null 2>&1; do
-            i=$((i + 1))
-            [ $i -lt 100 ] || { echo "no overlay route with $BIN" >&2; exit 1; }
-            sleep 0.1
-        done
+        # shellcheck disable=SC2086 # FLAGS is a list of flags
+        pair_start "$BIN" "$DIR" 198.18.90 $FLAGS
+        pair_wait 10 || { echo "with $BIN" >&2; exit 1; }
         ip netns exec "$B" iperf3 -s -1 >/dev/null 2>&1 &
         SRV=$!
         i=0

@@ -10,6 +10,7 @@
 # a.perf.data (sender) and b.perf.data (receiver), iperf3.json, stats-{a,b}-{before,after}.json
 # and the node logs. Everything it creates is removed on exit.
 set -eu
+. "$(dirname "$0")/lib/pair.sh"
 
 BIN=${BIN:-target/profiling/hypha}
 OFFLOAD=""
@@ -37,37 +38,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-ip netns add "$A"
-ip netns add "$B"
-ip link add hyprof-a netns "$A" type veth peer name hyprof-b netns "$B"
-ip -n "$A" addr add 198.18.70.1/24 dev hyprof-a
-ip -n "$B" addr add 198.18.70.2/24 dev hyprof-b
-for ns in "$A" "$B"; do
-    ip -n "$ns" link set lo up
-done
-ip -n "$A" link set hyprof-a up
-ip -n "$B" link set hyprof-b up
-
-"$BIN" -k "$OUT/a.key" generate-keys --force >/dev/null
-"$BIN" -k "$OUT/b.key" generate-keys --force >/dev/null
-addr_of() { "$BIN" -k "$1" inspect --json | sed -n 's/.*"address": *"\([^"]*\)".*/\1/p'; }
-ADDR_B=$(addr_of "$OUT/b.key")
-
-# `ip netns exec` execs the program, so $! is the node's pid.
-ip netns exec "$A" "$BIN" -k "$OUT/a.key" --disable-peer-discovery $OFFLOAD 2>"$OUT/a.log" &
-PID_A=$!
-PIDS="$PID_A"
-ip netns exec "$B" "$BIN" -k "$OUT/b.key" --disable-peer-discovery $OFFLOAD \
-    --peers tcp://198.18.70.1:9651 2>"$OUT/b.log" &
-PID_B=$!
-PIDS="$PIDS $PID_B"
-
-i=0
-until ip netns exec "$A" ping -6 -c 1 -W 1 "$ADDR_B" >/dev/null 2>&1; do
-    i=$((i + 1))
-    [ $i -lt 30 ] || { echo "no route from A to B in 30 s; see $OUT/a.log" >&2; exit 1; }
-    sleep 1
-done
+pair_net hyprof 198.18.70
+# shellcheck disable=SC2086 # OFFLOAD is empty or one flag
+pair_start "$BIN" "$OUT" 198.18.70 $OFFLOAD
+pair_wait 30 || { echo "see $OUT/a.log" >&2; exit 1; }
 
 ip netns exec "$B" iperf3 -s -1 -B "$ADDR_B" >/dev/null 2>&1 &
 PIDS="$PIDS $!"
@@ -79,9 +53,9 @@ ip netns exec "$B" "$BIN" stats --json >"$OUT/stats-b-before.json"
 ip netns exec "$A" iperf3 -c "$ADDR_B" -t $((SECS + 2)) -J >"$OUT/iperf3.json" &
 IPERF=$!
 sleep 1
-perf record -F "$FREQ" --call-graph dwarf,16384 -p "$PID_A" -o "$OUT/a.perf.data" -- sleep "$SECS" 2>"$OUT/perf-a.log" &
+perf record -F "$FREQ" --call-graph dwarf,16384 -p "$PA" -o "$OUT/a.perf.data" -- sleep "$SECS" 2>"$OUT/perf-a.log" &
 PERF_A=$!
-perf record -F "$FREQ" --call-graph dwarf,16384 -p "$PID_B" -o "$OUT/b.perf.data" -- sleep "$SECS" 2>"$OUT/perf-b.log" &
+perf record -F "$FREQ" --call-graph dwarf,16384 -p "$PB" -o "$OUT/b.perf.data" -- sleep "$SECS" 2>"$OUT/perf-b.log" &
 PERF_B=$!
 wait "$PERF_A" "$PERF_B" "$IPERF"
 

@@ -209,6 +209,21 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
         d.drop_no_tun,
         d.malformed_control
     );
+    let _ = writeln!(
+        o,
+        "refused inner source {}, inner destination {}, inner not ipv6 {}, forged icmp {}, \
+         icmp over rate {} (not sent {}), sender without key {}; waiting traffic dropped full {}, \
+         expired {}",
+        d.refused_inner_source,
+        d.refused_inner_destination,
+        d.refused_inner_not_ipv6,
+        d.refused_icmp_forged,
+        d.refused_icmp_rate,
+        d.icmp_rate_limited,
+        d.refused_sender,
+        d.drop_pending_full,
+        d.drop_pending_expired
+    );
     match &s.tun {
         Some(t) => {
             let _ = writeln!(

@@ -15,8 +15,10 @@ use tokio::sync::mpsc;
 use wire::babel::Subnet;
 use wire::frame::{write_data_header, DataSlot, DATA_FRAME_OVERHEAD};
 use wire::icmp::{self, IcmpError};
+use wire::ip::ipv6::Ipv6Packet;
 
 use crate::keys::{self, Cipher};
+use crate::ratelimit::TokenBucket;
 
 /// IPv6 fixed header length.
 const IPV6_HEADER_LEN: usize = 40;
@@ -179,6 +181,23 @@ pub struct DataCounters {
     pub icmp_generated: AtomicU64,
     pub icmp_received: AtomicU64,
     pub malformed_control: AtomicU64,
+    /// Opened packets refused before the TUN: not IPv6, a source outside the sender's subnet, a
+    /// destination outside our /64.
+    pub refused_inner_not_ipv6: AtomicU64,
+    pub refused_inner_source: AtomicU64,
+    pub refused_inner_destination: AtomicU64,
+    /// Out-of-band ICMP errors refused: the quoted packet was not ours to the claimed original
+    /// destination, or the link sent more than its rate.
+    pub refused_icmp_forged: AtomicU64,
+    pub refused_icmp_rate: AtomicU64,
+    /// Out-of-band ICMP errors not generated because the link's rate was used up.
+    pub icmp_rate_limited: AtomicU64,
+    /// Frames for us from a sender that cannot have a key: outside `400::/7`, or inside our /64.
+    pub refused_sender: AtomicU64,
+    /// Traffic waiting in the owner for a route or key, dropped when its bounds were reached or
+    /// when it waited past its deadline.
+    pub drop_pending_full: AtomicU64,
+    pub drop_pending_expired: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64) {
@@ -202,6 +221,73 @@ pub(crate) struct InboundFrame {
     pub hop: u8,
     pub src: Ipv6Addr,
     pub body: Vec<u8>,
+    /// The link it came in on: its share of the waiting room is charged.
+    pub link: LinkId,
+}
+
+/// Why an opened packet does not go to the TUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum InnerRefusal {
+    NotIpv6,
+    /// Its source lies outside the subnet whose key opened it: someone else's address.
+    Source,
+    /// Its destination lies outside our /64: a host address the overlay must not reach.
+    Destination,
+}
+
+impl InnerRefusal {
+    pub fn count(self, c: &DataCounters) {
+        bump(match self {
+            InnerRefusal::NotIpv6 => &c.refused_inner_not_ipv6,
+            InnerRefusal::Source => &c.refused_inner_source,
+            InnerRefusal::Destination => &c.refused_inner_destination,
+        });
+    }
+}
+
+/// The checks every opened packet passes before it is written to the TUN: an IPv6 packet whose
+/// source lies in `sender` (the subnet whose key opened it: the key authenticates that subnet and
+/// nothing else) and whose destination lies in our own /64. Honest senders never fail them;
+/// without them any peer that announces a key could write packets with any addresses into the
+/// host.
+pub(crate) fn check_inner(packet: &[u8], sender: Subnet, own: Subnet) -> Result<(), InnerRefusal> {
+    if packet.len() < IPV6_HEADER_LEN {
+        return Err(InnerRefusal::NotIpv6);
+    }
+    let ip = Ipv6Packet::new_unchecked(packet);
+    if ip.version() != 6 {
+        return Err(InnerRefusal::NotIpv6);
+    }
+    if !sender.contains_addr(ip.src_addr()) {
+        return Err(InnerRefusal::Source);
+    }
+    if !own.contains_addr(ip.dst_addr()) {
+        return Err(InnerRefusal::Destination);
+    }
+    Ok(())
+}
+
+/// Work a peer can make us do at packet rate, limited per link.
+#[derive(Debug)]
+pub(crate) struct LinkBudgets {
+    /// Out-of-band ICMP errors from this link written to the TUN.
+    pub icmp_in: TokenBucket,
+    /// Out-of-band ICMP errors sent about this link's frames.
+    pub icmp_out: TokenBucket,
+}
+
+/// Out-of-band ICMP errors a link may bring in, or cause, per second (and in a burst): plenty to
+/// tell a host that a path failed, far too few to disturb it.
+pub(crate) const ICMP_PER_SEC: u32 = 100;
+pub(crate) const ICMP_BURST: u32 = 100;
+
+impl Default for LinkBudgets {
+    fn default() -> LinkBudgets {
+        LinkBudgets {
+            icmp_in: TokenBucket::new(ICMP_PER_SEC, ICMP_BURST),
+            icmp_out: TokenBucket::new(ICMP_PER_SEC, ICMP_BURST),
+        }
+    }
 }
 
 /// A batch of IP packets for the TUN: one buffer, packet boundaries alongside.
@@ -589,9 +675,12 @@ fn queue_pending(ctx: &mut Outbound<'_>, packet: &[u8]) {
 /// Everything the inbound (peer → TUN / onwards) side needs besides the table.
 pub(crate) struct Inbound<'a> {
     pub own_subnet: Subnet,
+    /// The link the frames came in on.
+    pub link: LinkId,
     pub counters: &'a DataCounters,
     pub needs: &'a mpsc::Sender<Need>,
     pub refresh: &'a mut RefreshTracker,
+    pub budgets: &'a mut LinkBudgets,
     pub now: Instant,
 }
 
@@ -703,16 +792,19 @@ fn deliver(
     tun_out: &mut TunBatch,
     in_place: &mut InPlace,
 ) {
-    let Some(cipher) = table
-        .fib
-        .source_key(src)
-        .and_then(|k| table.ciphers.get(&k))
-    else {
+    let sender = table.fib.source(src);
+    let Some((sender, cipher)) = sender.and_then(|(s, k)| Some((s, table.ciphers.get(&k)?))) else {
+        if !may_have_key(src, ctx.own_subnet) {
+            // No route query can ever give it a key: refuse it now rather than let it wait.
+            bump(&ctx.counters.refused_sender);
+            return;
+        }
         // Keep it while the sender's route is looked up (bounded by the owner).
         let frame = InboundFrame {
             hop,
             src,
             body: body.to_vec(),
+            link: ctx.link,
         };
         if ctx.needs.try_send(Need::PendingInbound(frame)).is_err() {
             bump(&ctx.counters.drop_no_key);
@@ -728,45 +820,73 @@ fn deliver(
         return;
     }
     match plain[1] {
-        INNER_TYPE_L3 if plain.len() >= 4 + IPV6_HEADER_LEN => {
+        INNER_TYPE_L3 => {
             let packet = &mut plain[4..];
+            if let Err(why) = check_inner(packet, sender, ctx.own_subnet) {
+                why.count(ctx.counters);
+                return;
+            }
             // The destination writes the decremented outer hop limit into the packet (§3.2).
             packet[7] = hop;
             in_place.push(packet);
             bump(&ctx.counters.frames_delivered);
         }
         INNER_TYPE_OOB_ICMP => {
-            if deliver_oob_icmp(table, hop, src, dst, &mut plain[4..], tun_out) {
-                bump(&ctx.counters.icmp_received);
-            } else {
-                bump(&ctx.counters.drop_inner);
+            if !ctx.budgets.icmp_in.take(ctx.now) {
+                bump(&ctx.counters.refused_icmp_rate);
+                return;
+            }
+            match deliver_oob_icmp(
+                table,
+                ctx.own_subnet,
+                hop,
+                src,
+                dst,
+                &mut plain[4..],
+                tun_out,
+            ) {
+                Ok(()) => bump(&ctx.counters.icmp_received),
+                Err(OobRefusal::Forged) => bump(&ctx.counters.refused_icmp_forged),
+                Err(OobRefusal::Malformed) => bump(&ctx.counters.drop_inner),
             }
         }
         _ => bump(&ctx.counters.drop_inner),
     }
 }
 
-/// Hands a decrypted IPv6 packet to the TUN batch. The destination writes the decremented outer
-/// hop limit into the packet (spec §3.2).
-pub(crate) fn deliver_l3(packet: &mut [u8], hop: u8, tun_out: &mut TunBatch) {
-    packet[7] = hop;
-    tun_out.push(packet);
+/// Whether a frame from `src` can ever be opened: only senders inside `400::/7` and outside our
+/// own /64 have keys a route query could find.
+pub(crate) fn may_have_key(src: Ipv6Addr, own: Subnet) -> bool {
+    routing::overlay().contains_addr(src) && !own.contains_addr(src)
 }
 
-/// Opens a frame kept by the owner until its sender's key was known; delivers it if it is an
-/// IPv6 packet.
+/// Opens a frame kept by the owner until its sender's key was known (`sender` is the subnet
+/// that key is for) and delivers it if it is an IPv6 packet that passes [`check_inner`].
+/// Counts what it refuses.
 pub(crate) fn deliver_pending(
     cipher: &Cipher,
+    sender: Subnet,
+    own: Subnet,
     frame: &mut InboundFrame,
     tun_out: &mut TunBatch,
+    counters: &DataCounters,
 ) -> bool {
     let Ok(plain) = cipher.open_in_place(&mut frame.body) else {
+        bump(&counters.drop_decrypt);
         return false;
     };
-    if plain.len() < 4 + IPV6_HEADER_LEN || plain[0] != 1 || plain[1] != INNER_TYPE_L3 {
+    if plain.len() < 4 || plain[0] != 1 || plain[1] != INNER_TYPE_L3 {
+        bump(&counters.drop_inner);
         return false;
     }
-    deliver_l3(&mut plain[4..], frame.hop, tun_out);
+    let packet = &mut plain[4..];
+    if let Err(why) = check_inner(packet, sender, own) {
+        why.count(counters);
+        return false;
+    }
+    // The destination writes the decremented outer hop limit into the packet (spec §3.2).
+    packet[7] = frame.hop;
+    tun_out.push(packet);
     true
 }
 
@@ -786,6 +906,10 @@ fn oob_icmp(
     let Lookup::Route(nh) = table.fib.lookup(orig_src) else {
         return;
     };
+    if !ctx.budgets.icmp_out.take(ctx.now) {
+        bump(&ctx.counters.icmp_rate_limited);
+        return;
+    }
     if !table.links.contains_key(&nh.link) {
         return;
     }
@@ -816,41 +940,57 @@ fn oob_icmp(
     }
 }
 
+/// Why a received out-of-band ICMP error is not written to the TUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OobRefusal {
+    /// Not the shape of an OOB ICMP payload, or a quote that does not open.
+    Malformed,
+    /// The quoted packet is not one we sent to the original destination it names: whoever made
+    /// it could otherwise fail any flow of ours (the original destination is the sender's choice,
+    /// and the quote opens with the key we share with it).
+    Forged,
+}
+
 /// Receiving an OOB ICMP (spec §3.8): decrypt the quoted body with the key of the original
-/// destination and write a plain ICMPv6 error about our own packet to the TUN.
+/// destination and write a plain ICMPv6 error about our own packet to the TUN — only if the quote
+/// is a packet from our /64 to that original destination.
 fn deliver_oob_icmp(
     table: &DataTable,
+    own: Subnet,
     hop: u8,
     outer_src: Ipv6Addr,
     outer_dst: Ipv6Addr,
     payload: &mut [u8],
     tun_out: &mut TunBatch,
-) -> bool {
+) -> Result<(), OobRefusal> {
     if payload.len() < 64 || payload.len() > 1296 {
-        return false;
+        return Err(OobRefusal::Malformed);
     }
     let orig_dst = addr_at(payload, 0);
     let (ty, code) = (payload[56], payload[57]);
-    let Some(kind) = IcmpError::from_type_code(ty, code) else {
-        return false;
-    };
-    let Some(cipher) = table
+    let kind = IcmpError::from_type_code(ty, code).ok_or(OobRefusal::Malformed)?;
+    let cipher = table
         .fib
         .source_key(orig_dst)
         .and_then(|k| table.ciphers.get(&k))
-    else {
-        return false;
-    };
-    let Ok(inner) = cipher.open_in_place(&mut payload[64..]) else {
-        return false;
-    };
+        .ok_or(OobRefusal::Malformed)?;
+    let inner = cipher
+        .open_in_place(&mut payload[64..])
+        .map_err(|_| OobRefusal::Malformed)?;
     if inner.len() < 4 + IPV6_HEADER_LEN || inner[0] != 1 || inner[1] != INNER_TYPE_L3 {
-        return false;
+        return Err(OobRefusal::Malformed);
     }
     let original = &inner[4..];
+    let quoted = Ipv6Packet::new_unchecked(original);
+    if quoted.version() != 6
+        || !own.contains_addr(quoted.src_addr())
+        || quoted.dst_addr() != orig_dst
+    {
+        return Err(OobRefusal::Forged);
+    }
     icmp::build_error(&mut tun_out.data, outer_src, outer_dst, hop, kind, original);
     tun_out.ends.push(tun_out.data.len());
-    true
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1126,5 +1266,327 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].to_vec(), (10..20u8).collect::<Vec<_>>());
         assert_eq!(out[1].to_vec(), (50..55u8).collect::<Vec<_>>());
+    }
+
+    /// A frame body as `from` seals it for `to`: inner header `[1, kind, 0, 0]`, then `payload`.
+    fn body_for(from: &Identity, to: &Identity, kind: u8, payload: &[u8]) -> Vec<u8> {
+        let cipher = from.cipher_for(&to.public_key()).unwrap();
+        let mut body = vec![1, kind, 0, 0];
+        body.extend_from_slice(payload);
+        cipher.seal_append(&mut body, 0).unwrap();
+        body
+    }
+
+    /// What node A does with one data frame that arrives on `link`: the packets it would write
+    /// to the TUN (opened in place or built).
+    struct Received {
+        tun: Vec<Vec<u8>>,
+    }
+
+    fn receive(
+        f: &Fixture,
+        budgets: &mut LinkBudgets,
+        now: Instant,
+        link: u64,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        mut body: Vec<u8>,
+    ) -> Received {
+        let mut refresh = RefreshTracker::default();
+        let mut ctx = Inbound {
+            own_subnet: f.a.subnet(),
+            link: LinkId(link),
+            counters: &f.counters,
+            needs: &f.needs_tx,
+            refresh: &mut refresh,
+            budgets,
+            now,
+        };
+        let (mut outbox, mut tun_out, mut in_place) =
+            (Outbox::default(), TunBatch::default(), InPlace::default());
+        inbound(
+            &mut ctx,
+            &f.table,
+            64,
+            src,
+            dst,
+            &mut body,
+            &mut outbox,
+            &mut tun_out,
+            &mut in_place,
+        );
+        let mut tun: Vec<Vec<u8>> = Vec::new();
+        let mut spans = Vec::new();
+        in_place.slices(&mut body, &mut spans);
+        tun.extend(spans.iter().map(|p| p.to_vec()));
+        let mut built = Vec::new();
+        tun_out.split_into(&mut built);
+        tun.extend(built.iter().map(|p| p.to_vec()));
+        Received { tun }
+    }
+
+    fn count(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn opened_packets_reach_the_tun_only_from_the_senders_subnet_to_ours() {
+        let f = fixture();
+        let mut budgets = LinkBudgets::default();
+        let (a, b, c) = (f.a.address(), f.b.address(), f.c.address());
+        let b_host = Ipv6Addr::from(u128::from(b) ^ 0xff);
+        let host_veth: Ipv6Addr = "fd00::a".parse().unwrap();
+        let a_host = Ipv6Addr::from(u128::from(a) ^ 0x5);
+        // From B, sealed with B's key: its own address or another host of its /64, to any host
+        // of our /64, is delivered with the hop limit the frame arrived with, less one.
+        for (src, dst) in [(b, a), (b_host, a_host)] {
+            let p = packet(src, dst, 64, 0x11, 20);
+            let got = receive(
+                &f,
+                &mut budgets,
+                Instant::now(),
+                1,
+                b,
+                a,
+                body_for(&f.b, &f.a, 0, &p),
+            );
+            let mut want = p.clone();
+            want[7] = 63;
+            assert_eq!(got.tun, vec![want]);
+        }
+        assert_eq!(count(&f.counters.frames_delivered), 2);
+        // C's address (or one outside the overlay) inside a frame B sealed: refused.
+        for src in [c, "fd00::99".parse().unwrap()] {
+            let p = packet(src, a, 64, 0x22, 20);
+            let got = receive(
+                &f,
+                &mut budgets,
+                Instant::now(),
+                1,
+                b,
+                a,
+                body_for(&f.b, &f.a, 0, &p),
+            );
+            assert!(
+                got.tun.is_empty(),
+                "a packet from {src} sealed by B was delivered"
+            );
+        }
+        assert_eq!(count(&f.counters.refused_inner_source), 2);
+        // A destination outside our /64 (an address of the host's other interfaces, or B's):
+        // refused.
+        for dst in [host_veth, b] {
+            let p = packet(b, dst, 64, 0x33, 20);
+            let got = receive(
+                &f,
+                &mut budgets,
+                Instant::now(),
+                1,
+                b,
+                a,
+                body_for(&f.b, &f.a, 0, &p),
+            );
+            assert!(got.tun.is_empty(), "a packet to {dst} was delivered");
+        }
+        assert_eq!(count(&f.counters.refused_inner_destination), 2);
+        // Not IPv6: an IPv4 header, or fewer than 40 bytes.
+        let mut v4 = packet(b, a, 64, 0x44, 20);
+        v4[0] = 0x45;
+        for p in [v4, vec![0x60; 39]] {
+            let got = receive(
+                &f,
+                &mut budgets,
+                Instant::now(),
+                1,
+                b,
+                a,
+                body_for(&f.b, &f.a, 0, &p),
+            );
+            assert!(got.tun.is_empty());
+        }
+        assert_eq!(count(&f.counters.refused_inner_not_ipv6), 2);
+        assert_eq!(count(&f.counters.frames_delivered), 2);
+    }
+
+    #[test]
+    fn check_inner_is_bounded_by_the_senders_subnet_not_its_slash_64() {
+        let own = Subnet::new("400:1::".parse().unwrap(), 64).unwrap();
+        let narrow = Subnet::new("4ff:2::".parse().unwrap(), 96).unwrap();
+        let p = |src: &str, dst: &str| packet(src.parse().unwrap(), dst.parse().unwrap(), 9, 0, 0);
+        assert_eq!(check_inner(&p("4ff:2::1", "400:1::1"), narrow, own), Ok(()));
+        assert_eq!(
+            check_inner(&p("4ff:2::1:0:0:1", "400:1::1"), narrow, own),
+            Err(InnerRefusal::Source)
+        );
+        assert_eq!(
+            check_inner(&p("4ff:2::1", "400:1:0:1::1"), narrow, own),
+            Err(InnerRefusal::Destination)
+        );
+    }
+
+    #[test]
+    fn frames_from_senders_that_can_have_no_key_are_refused_not_held() {
+        let mut f = fixture();
+        let mut budgets = LinkBudgets::default();
+        let a = f.a.address();
+        let a_other = Ipv6Addr::from(u128::from(a) ^ 0x77);
+        let unknown: Ipv6Addr = "4ff:1:2:3::9".parse().unwrap();
+        for src in [
+            "fd00::99".parse().unwrap(),
+            "2001:db8::1".parse().unwrap(),
+            a_other,
+        ] {
+            let got = receive(&f, &mut budgets, Instant::now(), 1, src, a, vec![0u8; 200]);
+            assert!(got.tun.is_empty());
+        }
+        assert_eq!(count(&f.counters.refused_sender), 3);
+        assert!(
+            f.needs_rx.try_recv().is_err(),
+            "nothing handed to the owner"
+        );
+        // An overlay sender without a route yet is held, tagged with its link.
+        receive(
+            &f,
+            &mut budgets,
+            Instant::now(),
+            2,
+            unknown,
+            a,
+            vec![0u8; 200],
+        );
+        match f.needs_rx.try_recv() {
+            Ok(Need::PendingInbound(frame)) => {
+                assert_eq!(
+                    (frame.src, frame.link, frame.body.len()),
+                    (unknown, LinkId(2), 200)
+                );
+            }
+            other => panic!("expected a held frame, got {other:?}"),
+        }
+    }
+
+    /// The OOB ICMP payload an intermediate node at `from` sends about a dropped packet whose
+    /// still-sealed body is `quote`.
+    fn oob_payload(from: Ipv6Addr, to: Ipv6Addr, orig_dst: Ipv6Addr, quote: &[u8]) -> Vec<u8> {
+        let mut payload = orig_dst.octets().to_vec();
+        icmp::build_error(&mut payload, from, to, 64, IcmpError::SourcePolicy, quote);
+        payload
+    }
+
+    #[test]
+    fn oob_icmp_is_delivered_only_about_our_own_packets_to_the_claimed_destination() {
+        let f = fixture();
+        let mut budgets = LinkBudgets::default();
+        let (a, b, c) = (f.a.address(), f.b.address(), f.c.address());
+        let b_net = f.b.subnet().addr();
+        // B claims one of A's packets to B was dropped: B shares the quote's key, so it can forge
+        // any such quote, but only about A's flows to B itself — and those it may refuse anyway.
+        let ours = packet(a, b, 64, 0x11, 30);
+        let quote = body_for(&f.a, &f.b, 0, &ours);
+        let got = receive(
+            &f,
+            &mut budgets,
+            Instant::now(),
+            1,
+            b_net,
+            a,
+            body_for(&f.b, &f.a, 2, &oob_payload(b_net, a, b, &quote)),
+        );
+        assert_eq!(got.tun.len(), 1, "a genuine error about our packet to B");
+        let err = Ipv6Packet::new_unchecked(&got.tun[0][..]);
+        assert_eq!((err.src_addr(), err.dst_addr()), (b_net, a));
+        assert_eq!(&err.payload()[8..8 + ours.len()], &ours[..]);
+        assert_eq!(count(&f.counters.icmp_received), 1);
+        // Forged: a packet of ours to C, or one that was never ours, quoted as if dropped on the
+        // way to B.
+        let c_host = Ipv6Addr::from(u128::from(c) ^ 1);
+        for quoted in [packet(a, c, 64, 0x22, 30), packet(c_host, b, 64, 0x33, 30)] {
+            let quote = body_for(&f.a, &f.b, 0, &quoted);
+            let got = receive(
+                &f,
+                &mut budgets,
+                Instant::now(),
+                1,
+                b_net,
+                a,
+                body_for(&f.b, &f.a, 2, &oob_payload(b_net, a, b, &quote)),
+            );
+            assert!(got.tun.is_empty(), "a forged error reached the TUN");
+        }
+        assert_eq!(count(&f.counters.refused_icmp_forged), 2);
+        assert_eq!(count(&f.counters.icmp_received), 1);
+    }
+
+    #[test]
+    fn oob_icmp_from_one_link_is_rate_limited() {
+        let f = fixture();
+        let mut budgets = LinkBudgets::default();
+        let (a, b) = (f.a.address(), f.b.address());
+        let b_net = f.b.subnet().addr();
+        let ours = packet(a, b, 64, 0x11, 30);
+        let oob = || {
+            let quote = body_for(&f.a, &f.b, 0, &ours);
+            body_for(&f.b, &f.a, 2, &oob_payload(b_net, a, b, &quote))
+        };
+        let t0 = Instant::now();
+        let delivered: usize = (0..ICMP_BURST + 50)
+            .map(|_| receive(&f, &mut budgets, t0, 1, b_net, a, oob()).tun.len())
+            .sum();
+        assert_eq!(delivered, ICMP_BURST as usize);
+        assert_eq!(count(&f.counters.refused_icmp_rate), 50);
+        // Another link has its own budget; this one refills at its rate.
+        let mut other = LinkBudgets::default();
+        assert_eq!(receive(&f, &mut other, t0, 2, b_net, a, oob()).tun.len(), 1);
+        let later = t0 + Duration::from_millis(100);
+        let delivered: usize = (0..50)
+            .map(|_| {
+                receive(&f, &mut budgets, later, 1, b_net, a, oob())
+                    .tun
+                    .len()
+            })
+            .sum();
+        assert_eq!(delivered, (ICMP_PER_SEC / 10) as usize);
+    }
+
+    #[test]
+    fn oob_icmp_generation_is_rate_limited_per_link() {
+        let f = fixture();
+        let mut budgets = LinkBudgets::default();
+        let (b, c) = (f.b.address(), f.c.address());
+        // Frames from B to C with hop limit 1 at A: each would be answered with a time exceeded
+        // error sealed for B.
+        let mut answered = 0;
+        let t0 = Instant::now();
+        for _ in 0..(ICMP_BURST + 50) {
+            let mut refresh = RefreshTracker::default();
+            let mut ctx = Inbound {
+                own_subnet: f.a.subnet(),
+                link: LinkId(1),
+                counters: &f.counters,
+                needs: &f.needs_tx,
+                refresh: &mut refresh,
+                budgets: &mut budgets,
+                now: t0,
+            };
+            let mut outbox = Outbox::default();
+            let mut body = vec![0u8; 100];
+            inbound(
+                &mut ctx,
+                &f.table,
+                1,
+                b,
+                c,
+                &mut body,
+                &mut outbox,
+                &mut TunBatch::default(),
+                &mut InPlace::default(),
+            );
+            answered += outbox
+                .drain()
+                .map(|(_, b)| b.frames as usize)
+                .sum::<usize>();
+        }
+        assert_eq!(answered, ICMP_BURST as usize);
+        assert_eq!(count(&f.counters.icmp_rate_limited), 50);
     }
 }

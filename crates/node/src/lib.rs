@@ -13,6 +13,7 @@ mod keys;
 mod link;
 mod node;
 mod owner;
+mod pending;
 mod pool;
 mod ratelimit;
 mod tunio;

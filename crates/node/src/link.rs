@@ -17,7 +17,7 @@ use wire::babel::{Subnet, Tlv};
 use wire::frame::{self, Frame, FrameReader};
 
 use crate::datapath::{self, DataCounters, DataTable, Inbound, Need, Outbox, RefreshTracker};
-use crate::datapath::{FrameBatch, InPlace, LinkTx, Stalled, TunBatch};
+use crate::datapath::{FrameBatch, InPlace, LinkBudgets, LinkTx, Stalled, TunBatch};
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
 use tun::{Tun, Writer as TunWriter};
@@ -255,6 +255,7 @@ async fn read_loop(
     let mut outbox = Outbox::default();
     let mut tun_batch = TunBatch::default();
     let mut in_place = InPlace::default();
+    let mut budgets = LinkBudgets::default();
     let mut stalled = Stalled::default();
     let mut tun_writer = ctx.tun_dev.as_deref().map(TunWriter::new);
     let mut drop_log = LogLimiter::new(Duration::from_secs(10));
@@ -273,9 +274,11 @@ async fn read_loop(
         let table = ctx.table.load();
         let mut inb = Inbound {
             own_subnet: ctx.own_subnet,
+            link: id,
             counters: &ctx.counters,
             needs: &ctx.needs,
             refresh: &mut refresh,
+            budgets: &mut budgets,
             now: Instant::now(),
         };
         let mut data_frames = 0u64;

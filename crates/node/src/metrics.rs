@@ -171,6 +171,20 @@ data_stats! {
     icmp_generated,
     icmp_received,
     malformed_control,
+    /// Opened packets refused before the TUN, by reason.
+    refused_inner_not_ipv6,
+    refused_inner_source,
+    refused_inner_destination,
+    /// Out-of-band ICMP errors refused: forged quote, over the link's rate.
+    refused_icmp_forged,
+    refused_icmp_rate,
+    /// Out-of-band ICMP errors not sent: over the link's rate.
+    icmp_rate_limited,
+    /// Frames from senders that can have no key (outside 400::/7, or inside our /64).
+    refused_sender,
+    /// Traffic waiting for a route or key: dropped at its bounds, or past its deadline.
+    drop_pending_full,
+    drop_pending_expired,
 }
 
 /// The TUN device's counters and the data path's histograms of it.
@@ -486,6 +500,24 @@ impl Collector for StatsCollector {
                 ("inner", d.drop_inner),
                 ("queue_full", d.drop_queue_full),
                 ("no_tun", d.drop_no_tun),
+            ]
+            .map(|(r, v)| ([("reason", r)], v)),
+        )?;
+        family(
+            e,
+            "hypha_data_refusals",
+            "Data path input refused as unsafe or over its limits, by reason",
+            Counter,
+            [
+                ("inner_not_ipv6", d.refused_inner_not_ipv6),
+                ("inner_source", d.refused_inner_source),
+                ("inner_destination", d.refused_inner_destination),
+                ("icmp_forged", d.refused_icmp_forged),
+                ("icmp_rate", d.refused_icmp_rate),
+                ("icmp_out_rate", d.icmp_rate_limited),
+                ("sender_without_key", d.refused_sender),
+                ("pending_full", d.drop_pending_full),
+                ("pending_expired", d.drop_pending_expired),
             ]
             .map(|(r, v)| ([("reason", r)], v)),
         )?;

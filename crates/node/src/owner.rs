@@ -2,7 +2,7 @@
 //! waiting for routes and the key cache. Everything else talks to it with messages; it publishes
 //! what the data path needs as an immutable [`DataTable`] snapshot.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use crate::endpoint::Endpoint;
 use crate::keys::{Cipher, Identity};
 use crate::link::{self, LinkContext, LinkEvent, LinkHandles, LinkStats};
 use crate::metrics::{DataStats, PeerStats, RoutingStats, Stats, TunHistograms, TunStats};
+use crate::pending::{self, Pending};
 
 /// Redial period of static and discovered peers (spec §1.3).
 const REDIAL_EVERY: Duration = Duration::from_secs(5);
@@ -34,13 +35,30 @@ const REDIAL_EVERY: Duration = Duration::from_secs(5);
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Discovered peers are forgotten after this many failed dials in a row.
 const DISCOVERED_MAX_FAILURES: u32 = 3;
-/// Packets waiting for a route: per destination /64 and in total. Far below mycelium's limits
-/// (10k / 1M), which would let one flood hold gigabytes.
-const PENDING_PER_SUBNET: usize = 128;
-const PENDING_TOTAL: usize = 4096;
-/// Frames from senders whose key is not known yet: per sender /64 and in total.
-const PENDING_IN_PER_SUBNET: usize = 64;
-const PENDING_IN_TOTAL: usize = 1024;
+/// Packets from the TUN waiting for a route: per destination /64 and in total. Far below
+/// mycelium's limits (10k / 1M), which would let one flood hold gigabytes. They wait no longer
+/// than a route query may take.
+const PENDING: pending::Limits = pending::Limits {
+    per_subnet: 128,
+    per_subnet_bytes: 256 * 1024,
+    total: 4096,
+    total_bytes: 8 << 20,
+    per_link_bytes: usize::MAX,
+    deadline: routing::consts::QUERY_TIMEOUT,
+};
+/// Frames from senders whose key is not known yet: per sender /64, per link they came in on (so
+/// that a flooding peer cannot take the room a new honest sender's first packets need), and in
+/// total.
+const PENDING_IN: pending::Limits = pending::Limits {
+    per_subnet: 64,
+    per_subnet_bytes: 256 * 1024,
+    total: 1024,
+    total_bytes: 4 << 20,
+    per_link_bytes: 1 << 20,
+    deadline: routing::consts::QUERY_TIMEOUT,
+};
+/// How often waiting traffic is checked against its deadline.
+const PENDING_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Messages to the owner from the rest of the node.
 #[derive(Debug)]
@@ -79,11 +97,10 @@ pub(crate) struct Owner {
     links: FxHashMap<LinkId, LinkEntry>,
     next_link: u64,
     ciphers: FxHashMap<[u8; 32], Option<Cipher>>,
-    pending: HashMap<Subnet, VecDeque<Vec<u8>>>,
-    pending_total: usize,
+    /// Packets from the TUN waiting for a route, by destination /64.
+    pending: Pending<Vec<u8>>,
     /// Frames for us whose sender's key is not known yet, by the sender's /64.
-    pending_in: HashMap<Subnet, VecDeque<InboundFrame>>,
-    pending_in_total: usize,
+    pending_in: Pending<InboundFrame>,
     table: Arc<ArcSwap<DataTable>>,
     link_ctx: LinkContext,
     counters: Arc<DataCounters>,
@@ -131,10 +148,8 @@ impl Owner {
             links: FxHashMap::default(),
             next_link: 1,
             ciphers: FxHashMap::default(),
-            pending: HashMap::new(),
-            pending_total: 0,
-            pending_in: HashMap::new(),
-            pending_in_total: 0,
+            pending: Pending::new(PENDING),
+            pending_in: Pending::new(PENDING_IN),
             table,
             link_ctx,
             counters,
@@ -166,6 +181,8 @@ impl Owner {
         tokio::pin!(shutdown);
         let mut redial = tokio::time::interval(REDIAL_EVERY);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(PENDING_SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .router
@@ -179,6 +196,7 @@ impl Owner {
                     self.router.handle_timeout(now);
                 }
                 _ = redial.tick() => self.redial(),
+                _ = sweep.tick() => self.expire_pending(),
                 Some(ev) = inputs.link_events.recv() => self.on_link_event(ev),
                 Some(m) = inputs.msgs.recv() => self.on_msg(m),
                 Some(n) = inputs.needs.recv() => self.on_need(n),
@@ -352,20 +370,25 @@ impl Owner {
         match n {
             Need::Route(dst) => self.router.request_route(dst, now),
             Need::PendingInbound(frame) => {
+                let own = self.router.own_subnet();
+                if !datapath::may_have_key(frame.src, own) {
+                    bump(&self.counters.refused_sender);
+                    return;
+                }
                 let subnet = Subnet::slash64(frame.src);
-                if self.router.lookup_source_key(frame.src).is_some() {
+                if self.router.lookup_source(frame.src).is_some() {
                     // The key arrived after the data path looked.
                     self.deliver_pending_in(vec![frame]);
                     return;
                 }
                 self.router.request_route(frame.src, now);
-                let q = self.pending_in.entry(subnet).or_default();
-                if self.pending_in_total >= PENDING_IN_TOTAL || q.len() >= PENDING_IN_PER_SUBNET {
-                    bump(&self.counters.drop_no_key);
-                    return;
+                let (bytes, link) = (frame.body.len(), frame.link);
+                let queued = self
+                    .pending_in
+                    .push(subnet, frame, bytes, Some(link), Instant::now());
+                if queued.is_err() {
+                    bump(&self.counters.drop_pending_full);
                 }
-                q.push_back(frame);
-                self.pending_in_total += 1;
             }
             Need::Pending(packet) => {
                 if packet.len() < 40 {
@@ -379,19 +402,32 @@ impl Owner {
                     return;
                 }
                 self.router.request_route(dst, now);
-                if self.pending_total >= PENDING_TOTAL {
+                let bytes = packet.len();
+                if self
+                    .pending
+                    .push(subnet, packet, bytes, None, Instant::now())
+                    .is_err()
+                {
                     bump(&self.counters.drop_queue_full);
-                    return;
                 }
-                let q = self.pending.entry(subnet).or_default();
-                if q.len() >= PENDING_PER_SUBNET {
-                    bump(&self.counters.drop_queue_full);
-                    return;
-                }
-                q.push_back(packet);
-                self.pending_total += 1;
             }
         }
+    }
+
+    /// Drops what waited past its deadline: the route query was never answered (or never sent,
+    /// when the query table was full). Packets from the TUN are answered with "no route".
+    fn expire_pending(&mut self) {
+        let now = Instant::now();
+        let mut failed = Vec::new();
+        self.pending.expire(now, |p| failed.push(p));
+        if !failed.is_empty() {
+            self.fail_pending(failed);
+        }
+        let mut expired = 0u64;
+        self.pending_in.expire(now, |_| expired += 1);
+        self.counters
+            .drop_pending_expired
+            .fetch_add(expired, Ordering::Relaxed);
     }
 
     /// Seals and sends packets that waited for a route.
@@ -428,8 +464,9 @@ impl Owner {
     /// Opens and delivers frames that waited for their sender's key.
     fn deliver_pending_in(&mut self, frames: Vec<InboundFrame>) {
         let mut batch = TunBatch::default();
+        let own = self.router.own_subnet();
         for mut f in frames {
-            let Some(key) = self.router.lookup_source_key(f.src) else {
+            let Some((sender, key)) = self.router.lookup_source(f.src) else {
                 bump(&self.counters.drop_no_key);
                 continue;
             };
@@ -437,10 +474,9 @@ impl Owner {
                 bump(&self.counters.drop_no_key);
                 continue;
             };
-            if datapath::deliver_pending(&cipher, &mut f, &mut batch) {
+            let counters = &self.counters;
+            if datapath::deliver_pending(&cipher, sender, own, &mut f, &mut batch, counters) {
                 bump(&self.counters.frames_delivered);
-            } else {
-                bump(&self.counters.drop_decrypt);
             }
         }
         if batch.is_empty() {
@@ -642,13 +678,13 @@ impl Owner {
                     info!(%subnet, "route acquired");
                     // Publish first so the keys exist, then release the queue.
                     self.publish();
-                    if let Some(q) = self.pending.remove(&subnet) {
-                        self.pending_total -= q.len();
-                        self.send_pending(subnet, q.into_iter().collect());
+                    let q = self.pending.take(&subnet);
+                    if !q.is_empty() {
+                        self.send_pending(subnet, q);
                     }
-                    if let Some(q) = self.pending_in.remove(&subnet) {
-                        self.pending_in_total -= q.len();
-                        self.deliver_pending_in(q.into_iter().collect());
+                    let q = self.pending_in.take(&subnet);
+                    if !q.is_empty() {
+                        self.deliver_pending_in(q);
                     }
                 }
                 Event::RouteLost(subnet) => {
@@ -658,16 +694,14 @@ impl Owner {
                 Event::QueryTimedOut(subnet) => {
                     self.route_counts.queries_timed_out += 1;
                     debug!(%subnet, "route query timed out");
-                    if let Some(q) = self.pending.remove(&subnet) {
-                        self.pending_total -= q.len();
+                    let q = self.pending.take(&subnet);
+                    if !q.is_empty() {
                         self.fail_pending(q);
                     }
-                    if let Some(q) = self.pending_in.remove(&subnet) {
-                        self.pending_in_total -= q.len();
-                        self.counters
-                            .drop_no_key
-                            .fetch_add(q.len() as u64, Ordering::Relaxed);
-                    }
+                    let q = self.pending_in.take(&subnet);
+                    self.counters
+                        .drop_no_key
+                        .fetch_add(q.len() as u64, Ordering::Relaxed);
                 }
             }
             // Sends caused by handling events.
@@ -692,7 +726,7 @@ impl Owner {
     }
 
     /// Answers packets whose route query timed out with "no route".
-    fn fail_pending(&mut self, q: VecDeque<Vec<u8>>) {
+    fn fail_pending(&mut self, q: Vec<Vec<u8>>) {
         let Some(tun) = &self.link_ctx.tun else {
             return;
         };

@@ -1,5 +1,6 @@
-//! Rate-limited logging for errors that can repeat at packet rate: the first occurrence is
-//! logged, then at most one line per interval that says how many were not.
+//! Rate limits: logging for errors that can repeat at packet rate (the first occurrence is
+//! logged, then at most one line per interval that says how many were not), and a token bucket
+//! for work a peer can ask for at packet rate.
 
 use std::time::{Duration, Instant};
 
@@ -36,9 +37,58 @@ impl LogLimiter {
     }
 }
 
+/// A token bucket: `burst` tokens at most, refilled at `per_sec`. One per task or link, no locks.
+#[derive(Debug)]
+pub(crate) struct TokenBucket {
+    per_sec: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub const fn new(per_sec: u32, burst: u32) -> TokenBucket {
+        TokenBucket {
+            per_sec: per_sec as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: None,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let refill = now.saturating_duration_since(last).as_secs_f64() * self.per_sec;
+            self.tokens = (self.tokens + refill).min(self.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let mut b = TokenBucket::new(10, 5);
+        let t0 = Instant::now();
+        assert_eq!((0..20).filter(|_| b.take(t0)).count(), 5);
+        // 10 per second: one token every 100 ms, never more than the burst.
+        assert!(!b.take(t0 + Duration::from_millis(50)));
+        assert!(b.take(t0 + Duration::from_millis(160)));
+        assert!(!b.take(t0 + Duration::from_millis(170)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..20).filter(|_| b.take(later)).count(), 5);
+    }
 
     #[test]
     fn first_then_one_per_interval_with_the_suppressed_count() {

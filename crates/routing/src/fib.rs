@@ -115,9 +115,14 @@ impl ForwardingTable {
     }
 
     fn longest(&self, a: Ipv6Addr) -> Option<&Slot> {
-        self.plens
-            .iter()
-            .find_map(|&p| Subnet::new(a, p).and_then(|s| self.map.get(&s)))
+        self.longest_entry(a).map(|(_, slot)| slot)
+    }
+
+    fn longest_entry(&self, a: Ipv6Addr) -> Option<(Subnet, &Slot)> {
+        self.plens.iter().find_map(|&p| {
+            let s = Subnet::new(a, p)?;
+            self.map.get(&s).map(|slot| (s, slot))
+        })
     }
 
     /// Destination lookup. Never says `Resolving`: queries live in the core.
@@ -137,5 +142,12 @@ impl ForwardingTable {
     /// Public key of the sender of a packet from `src` (longest match over all routes).
     pub fn source_key(&self, src: Ipv6Addr) -> Option<[u8; 32]> {
         self.longest(src)?.key_owner.map(|r| r.public_key())
+    }
+
+    /// The subnet a packet from `src` comes from (longest match) and the public key of its owner:
+    /// what that key authenticates is that subnet, and only that subnet.
+    pub fn source(&self, src: Ipv6Addr) -> Option<(Subnet, [u8; 32])> {
+        let (s, slot) = self.longest_entry(src)?;
+        Some((s, slot.key_owner?.public_key()))
     }
 }

@@ -706,13 +706,19 @@ impl Router {
 
     /// The public key for packets from `src`: longest match over all routes, selected or not.
     pub fn lookup_source_key(&self, src: Ipv6Addr) -> Option<[u8; 32]> {
+        self.lookup_source(src).map(|(_, k)| k)
+    }
+
+    /// The subnet a packet from `src` comes from (longest match over all routes) and the public
+    /// key that authenticates it.
+    pub fn lookup_source(&self, src: Ipv6Addr) -> Option<(Subnet, [u8; 32])> {
         let s = self.longest_route_match(src)?;
         let list = self.routes.get(&s)?;
         let sel = list
             .selected
             .and_then(|l| list.entries.iter().find(|e| e.link == l));
         sel.or_else(|| list.entries.iter().find(|e| !e.metric.is_infinite()))
-            .map(|e| e.router_id.public_key())
+            .map(|e| (s, e.router_id.public_key()))
     }
 
     /// Next hop of the selected route for exactly `subnet`.

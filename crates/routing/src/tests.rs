@@ -229,12 +229,18 @@ fn lookups_and_snapshot() {
     assert!(snap.generation() > first.generation());
     assert_eq!(snap.lookup(a5), want);
     assert_eq!(snap.source_key(a5), Some([5; 32]));
+    assert_eq!(snap.source(a5), Some((s5, [5; 32])));
+    assert_eq!(snap.source(derive_address(&[9; 32])), None);
     assert_eq!(snap.lookup(derive_address(&[0; 32])), Lookup::Local);
     assert!(r.forwarding_table_if_changed().is_none());
     assert!(r.queried_subnets(Time::ZERO).is_empty());
     assert_eq!(
         r.lookup_source_key(Ipv6Addr::from(u128::from(s5.addr()) | 7)),
         Some([5; 32])
+    );
+    assert_eq!(
+        r.lookup_source(Ipv6Addr::from(u128::from(s5.addr()) | 7)),
+        Some((s5, [5; 32]))
     );
 }
 

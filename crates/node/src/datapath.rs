@@ -4,7 +4,7 @@
 //! one buffer per next hop. Lookups read an immutable [`DataTable`] snapshot, without locks.
 
 use std::net::Ipv6Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -198,7 +198,15 @@ pub struct DataCounters {
     /// when it waited past its deadline.
     pub drop_pending_full: AtomicU64,
     pub drop_pending_expired: AtomicU64,
+    /// Bytes of frames handed to the owner to wait for their sender's key and not yet taken by
+    /// it (a gauge, not exported): bounds what a flood can park in the channel before the
+    /// owner's own bounds apply.
+    pub pending_in_flight: AtomicUsize,
 }
+
+/// Most bytes of frames on their way to the owner to wait for a key (see
+/// [`DataCounters::pending_in_flight`]).
+pub(crate) const PENDING_IN_FLIGHT_MAX: usize = 4 << 20;
 
 pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
@@ -799,7 +807,14 @@ fn deliver(
             bump(&ctx.counters.refused_sender);
             return;
         }
-        // Keep it while the sender's route is looked up (bounded by the owner).
+        // Keep it while the sender's route is looked up (bounded here while on its way, and by
+        // the owner while it waits).
+        let in_flight = &ctx.counters.pending_in_flight;
+        if in_flight.fetch_add(body.len(), Ordering::Relaxed) + body.len() > PENDING_IN_FLIGHT_MAX {
+            in_flight.fetch_sub(body.len(), Ordering::Relaxed);
+            bump(&ctx.counters.drop_pending_full);
+            return;
+        }
         let frame = InboundFrame {
             hop,
             src,
@@ -807,7 +822,8 @@ fn deliver(
             link: ctx.link,
         };
         if ctx.needs.try_send(Need::PendingInbound(frame)).is_err() {
-            bump(&ctx.counters.drop_no_key);
+            in_flight.fetch_sub(body.len(), Ordering::Relaxed);
+            bump(&ctx.counters.drop_pending_full);
         }
         return;
     };
@@ -1463,6 +1479,26 @@ mod tests {
             }
             other => panic!("expected a held frame, got {other:?}"),
         }
+        assert_eq!(count_usize(&f.counters.pending_in_flight), 200);
+        // Until the owner takes them, frames on their way are bounded in bytes.
+        f.counters.pending_in_flight.store(0, Ordering::Relaxed);
+        for _ in 0..15 {
+            receive(
+                &f,
+                &mut budgets,
+                Instant::now(),
+                2,
+                unknown,
+                a,
+                vec![0u8; 300_000],
+            );
+        }
+        assert_eq!(count(&f.counters.drop_pending_full), 2);
+        assert_eq!(count_usize(&f.counters.pending_in_flight), 13 * 300_000);
+    }
+
+    fn count_usize(c: &AtomicUsize) -> usize {
+        c.load(Ordering::Relaxed)
     }
 
     /// The OOB ICMP payload an intermediate node at `from` sends about a dropped packet whose

@@ -43,6 +43,7 @@ const PENDING: pending::Limits = pending::Limits {
     per_subnet_bytes: 256 * 1024,
     total: 4096,
     total_bytes: 8 << 20,
+    per_link: usize::MAX,
     per_link_bytes: usize::MAX,
     deadline: routing::consts::QUERY_TIMEOUT,
 };
@@ -54,6 +55,7 @@ const PENDING_IN: pending::Limits = pending::Limits {
     per_subnet_bytes: 256 * 1024,
     total: 1024,
     total_bytes: 4 << 20,
+    per_link: 256,
     per_link_bytes: 1 << 20,
     deadline: routing::consts::QUERY_TIMEOUT,
 };
@@ -370,6 +372,9 @@ impl Owner {
         match n {
             Need::Route(dst) => self.router.request_route(dst, now),
             Need::PendingInbound(frame) => {
+                self.counters
+                    .pending_in_flight
+                    .fetch_sub(frame.body.len(), Ordering::Relaxed);
                 let own = self.router.own_subnet();
                 if !datapath::may_have_key(frame.src, own) {
                     bump(&self.counters.refused_sender);

@@ -20,7 +20,9 @@ pub(crate) struct Limits {
     pub per_subnet_bytes: usize,
     pub total: usize,
     pub total_bytes: usize,
-    /// Bytes one link's traffic may hold (frames from peers; `None` for the TUN's packets).
+    /// Entries and bytes one link's traffic may hold (frames from peers; the TUN's packets have
+    /// no link).
+    pub per_link: usize,
     pub per_link_bytes: usize,
     pub deadline: Duration,
 }
@@ -53,7 +55,8 @@ struct PerSubnet<T> {
 pub(crate) struct Pending<T> {
     limits: Limits,
     subnets: FxHashMap<Subnet, PerSubnet<T>>,
-    links: FxHashMap<LinkId, usize>,
+    /// Entries and bytes held per link.
+    links: FxHashMap<LinkId, (usize, usize)>,
     len: usize,
     bytes: usize,
 }
@@ -95,7 +98,8 @@ impl<T> Pending<T> {
             return Err(Full::Total);
         }
         if let Some(link) = link {
-            if self.links.get(&link).copied().unwrap_or(0) + bytes > l.per_link_bytes {
+            let (n, b) = self.links.get(&link).copied().unwrap_or((0, 0));
+            if n >= l.per_link || b + bytes > l.per_link_bytes {
                 return Err(Full::Link);
             }
         }
@@ -118,7 +122,9 @@ impl<T> Pending<T> {
         });
         q.bytes += bytes;
         if let Some(link) = link {
-            *self.links.entry(link).or_default() += bytes;
+            let (n, b) = self.links.entry(link).or_default();
+            *n += 1;
+            *b += bytes;
         }
         self.len += 1;
         self.bytes += bytes;
@@ -172,9 +178,10 @@ impl<T> Pending<T> {
         self.len -= 1;
         self.bytes -= e.bytes;
         if let Some(link) = e.link {
-            if let Some(b) = self.links.get_mut(&link) {
+            if let Some((n, b)) = self.links.get_mut(&link) {
+                *n -= 1;
                 *b -= e.bytes;
-                if *b == 0 {
+                if *n == 0 {
                     self.links.remove(&link);
                 }
             }
@@ -192,6 +199,7 @@ mod tests {
         per_subnet_bytes: 2500,
         total: 8,
         total_bytes: 6000,
+        per_link: 5,
         per_link_bytes: 3000,
         deadline: Duration::from_secs(15),
     };
@@ -235,6 +243,13 @@ mod tests {
         // Taking the flood's entries gives its share back.
         assert_eq!(p.take(&subnet(0)), vec![0]);
         assert_eq!(p.push(subnet(50), 50, 1000, flood, t), Ok(()));
+        // The share is in entries too: small frames cannot take the whole count.
+        let mut p = Pending::new(LIMITS);
+        let small = (0..8u16)
+            .filter(|&i| p.push(subnet(i), i, 1, flood, t).is_ok())
+            .count();
+        assert_eq!(small, 5);
+        assert_eq!(p.push(subnet(100), 0, 1, Some(LinkId(2)), t), Ok(()));
     }
 
     #[test]
@@ -296,7 +311,10 @@ mod tests {
         for i in 0..3 {
             p.push(subnet(1), i, 800, Some(LinkId(7)), t).unwrap();
         }
-        assert_eq!(p.push(subnet(2), 9, 1000, Some(LinkId(7)), t), Err(Full::Link));
+        assert_eq!(
+            p.push(subnet(2), 9, 1000, Some(LinkId(7)), t),
+            Err(Full::Link)
+        );
         assert_eq!(p.take(&subnet(1)), vec![0, 1, 2]);
         assert!(p.take(&subnet(1)).is_empty());
         assert_eq!((p.len(), p.bytes()), (0, 0));

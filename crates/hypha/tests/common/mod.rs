@@ -2,6 +2,8 @@
 //! inspected through the CLI (which exercises the admin API too).
 #![allow(dead_code)]
 
+pub mod rogue;
+
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

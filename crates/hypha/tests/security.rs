@@ -207,7 +207,7 @@ fn frames_waiting_for_a_key_cannot_fill_the_node() {
     let mut burst = Vec::new();
     for i in 0..2200u32 {
         let src = if i < 1100 {
-            Ipv6Addr::new(0xfd00, 0x62, 0, 0, 0, 0, (i >> 16) as u16, i as u16)
+            Ipv6Addr::new(0xfd00, 0x62, (i >> 16) as u16, i as u16, 0, 0, 0, 1)
         } else {
             Ipv6Addr::new(0x4ff, 0x62, (i >> 16) as u16, i as u16, 0, 0, 0, 1)
         };

@@ -12,13 +12,14 @@ use offload::SegmentSink;
 use routing::{ForwardingTable, LinkId, Lookup};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
+use tracing::warn;
 use wire::babel::Subnet;
 use wire::frame::{write_data_header, DataSlot, DATA_FRAME_OVERHEAD};
 use wire::icmp::{self, IcmpError};
 use wire::ip::ipv6::Ipv6Packet;
 
 use crate::keys::{self, Cipher};
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{LogLimiter, TokenBucket};
 
 /// IPv6 fixed header length.
 const IPV6_HEADER_LEN: usize = 40;
@@ -282,6 +283,20 @@ pub(crate) struct LinkBudgets {
     pub icmp_in: TokenBucket,
     /// Out-of-band ICMP errors sent about this link's frames.
     pub icmp_out: TokenBucket,
+    /// Warnings about refused input from this link.
+    pub refusals_log: LogLimiter,
+}
+
+impl LinkBudgets {
+    /// Logs (rate-limited) that input from this link was refused.
+    fn warn_refused(&mut self, link: LinkId, now: Instant, what: &str, src: Ipv6Addr) {
+        if let Some(more) = self.refusals_log.allow(now) {
+            warn!(
+                link = link.0,
+                "refused {what} (sender {src}); {more} more refusals since the last report"
+            );
+        }
+    }
 }
 
 /// Out-of-band ICMP errors a link may bring in, or cause, per second (and in a burst): plenty to
@@ -294,6 +309,7 @@ impl Default for LinkBudgets {
         LinkBudgets {
             icmp_in: TokenBucket::new(ICMP_PER_SEC, ICMP_BURST),
             icmp_out: TokenBucket::new(ICMP_PER_SEC, ICMP_BURST),
+            refusals_log: LogLimiter::new(Duration::from_secs(10)),
         }
     }
 }
@@ -840,6 +856,12 @@ fn deliver(
             let packet = &mut plain[4..];
             if let Err(why) = check_inner(packet, sender, ctx.own_subnet) {
                 why.count(ctx.counters);
+                let what = match why {
+                    InnerRefusal::NotIpv6 => "a packet that is not IPv6",
+                    InnerRefusal::Source => "a packet from outside the sender's subnet",
+                    InnerRefusal::Destination => "a packet to outside our /64",
+                };
+                ctx.budgets.warn_refused(ctx.link, ctx.now, what, src);
                 return;
             }
             // The destination writes the decremented outer hop limit into the packet (§3.2).
@@ -862,7 +884,11 @@ fn deliver(
                 tun_out,
             ) {
                 Ok(()) => bump(&ctx.counters.icmp_received),
-                Err(OobRefusal::Forged) => bump(&ctx.counters.refused_icmp_forged),
+                Err(OobRefusal::Forged) => {
+                    bump(&ctx.counters.refused_icmp_forged);
+                    let what = "an ICMP error about a packet we did not send to its destination";
+                    ctx.budgets.warn_refused(ctx.link, ctx.now, what, src);
+                }
                 Err(OobRefusal::Malformed) => bump(&ctx.counters.drop_inner),
             }
         }

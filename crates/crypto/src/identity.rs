@@ -79,9 +79,47 @@ impl SecretKey {
             path: path.to_path_buf(),
             kind: KeyFileErrorKind::Io(e),
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(err)?;
+        create_parent(path).map_err(err)?;
+        self.write_new(path).map_err(err)
+    }
+
+    /// Writes the raw 32 bytes to `path` with mode 0600, replacing a file that is there, creating
+    /// parent directories. Atomic: the key goes to a new temporary file in the same directory,
+    /// is synced, and is renamed over `path`, so a crash leaves the old key or the new one, never
+    /// a torn or empty file.
+    pub fn save_replacing(&self, path: &Path) -> Result<(), KeyFileError> {
+        let err = |e| KeyFileError {
+            path: path.to_path_buf(),
+            kind: KeyFileErrorKind::Io(e),
+        };
+        let dir = create_parent(path).map_err(err)?;
+        let name = path.file_name().ok_or_else(|| {
+            err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the path names no file",
+            ))
+        })?;
+        // A fresh random name, opened with `create_new`: never a file someone else prepared.
+        let mut tag = [0u8; 8];
+        getrandom::fill(&mut tag).map_err(|e| KeyFileError {
+            path: path.to_path_buf(),
+            kind: KeyFileErrorKind::Random(e),
+        })?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{:016x}.tmp", u64::from_ne_bytes(tag)));
+        let tmp = dir.join(tmp_name);
+        let written = self.write_new(&tmp).and_then(|()| fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(err(e));
         }
+        // The rename itself is durable once the directory is synced.
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)
+    }
+
+    /// Creates `path` (which must not exist) with mode 0600 and writes the key into it, synced.
+    fn write_new(&self, path: &Path) -> io::Result<()> {
         let mut opts = fs::OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -89,9 +127,9 @@ impl SecretKey {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts.open(path).map_err(err)?;
-        f.write_all(&self.to_bytes()[..]).map_err(err)?;
-        f.sync_all().map_err(err)
+        let mut f = opts.open(path)?;
+        f.write_all(&self.to_bytes()[..])?;
+        f.sync_all()
     }
 
     /// Loads `path`, or generates and saves a new key there if it does not exist.
@@ -110,6 +148,17 @@ impl SecretKey {
             }
             other => other,
         }
+    }
+}
+
+/// Creates the directory `path` goes in; returns it (`.` for a bare file name).
+fn create_parent(path: &Path) -> io::Result<&Path> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => {
+            fs::create_dir_all(dir)?;
+            Ok(dir)
+        }
+        None => Ok(Path::new(".")),
     }
 }
 
@@ -151,14 +200,9 @@ impl fmt::Display for KeyFileError {
     }
 }
 
-impl std::error::Error for KeyFileError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            KeyFileErrorKind::Io(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+// The message already ends with the cause (`key file P: <io error>`), so no `source()`: a caller
+// that prints the chain (`{:#}`) would name the cause twice. `kind` keeps the error to match on.
+impl std::error::Error for KeyFileError {}
 
 /// An X25519 public key. Displays and parses as 64 hex digits (lowercase on output).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -334,6 +334,50 @@ fn key_file_created_with_mode_0600_and_reloaded() {
 }
 
 #[test]
+fn save_replacing_overwrites_atomically_with_mode_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys/priv_key.bin");
+    let old = SecretKey::from_bytes(seq(0));
+    old.save(&path).unwrap();
+    // World-readable before: the replacement must not inherit that.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let new = SecretKey::from_bytes(seq(1));
+    new.save_replacing(&path).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap()[..], new.to_bytes()[..]);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("priv_key.bin")]);
+    // Also where nothing was before, parent directories included.
+    let fresh = dir.path().join("a/b/k.bin");
+    new.save_replacing(&fresh).unwrap();
+    assert_eq!(
+        SecretKey::load(&fresh).unwrap().public_key(),
+        new.public_key()
+    );
+}
+
+#[test]
+fn key_file_errors_name_the_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.bin");
+    SecretKey::from_bytes(seq(0)).save(&path).unwrap();
+    let e = SecretKey::from_bytes(seq(1)).save(&path).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!("key file {}: ", path.display())),
+        "{msg}"
+    );
+    assert_eq!(msg.matches("(os error").count(), 1, "{msg}");
+    // Printed as a chain, the cause does not come back a second time.
+    assert!(std::error::Error::source(&e).is_none());
+}
+
+#[test]
 fn key_file_reads_first_32_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("key.bin");

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use node::api::ApiAccess;
 use serde::Deserialize;
 
 pub const DEFAULT_TCP_PORT: u16 = 9651;
@@ -113,6 +114,12 @@ pub struct NodeArgs {
     /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9100
     #[arg(long = "metrics-api-address")]
     pub metrics_api_address: Option<SocketAddr>,
+
+    /// A host name the admin API and metrics endpoint also answer to (repeatable). By default
+    /// they answer only to IP addresses and `localhost`, which keeps DNS-rebinding web pages out;
+    /// list only names whose DNS you control
+    #[arg(long = "api-allowed-host", value_name = "NAME")]
+    pub api_allowed_host: Vec<String>,
 
     /// Accepted for compatibility; not supported
     #[arg(long = "firewall-mark")]
@@ -314,6 +321,7 @@ pub struct FileConfig {
     pub quic_listen_port: Option<u16>,
     pub jsonrpc_addr: Option<SocketAddr>,
     pub metrics_api_address: Option<SocketAddr>,
+    pub api_allowed_host: Option<Vec<String>>,
     pub firewall_mark: Option<u32>,
     pub update_workers: Option<usize>,
 }
@@ -347,6 +355,8 @@ pub struct Settings {
     pub peer_discovery_port: u16,
     pub peer_discovery_interface: Vec<String>,
     pub metrics_api_address: Option<SocketAddr>,
+    /// Host names the API answers to besides IP literals and `localhost`.
+    pub api_access: ApiAccess,
     /// Flags given that hypha accepts but does not implement, for a log line each.
     pub unsupported: Vec<&'static str>,
 }
@@ -425,6 +435,13 @@ impl Cli {
         if tun_name.is_empty() || tun_name.len() > 15 || tun_name.contains(['/', ' ', '\0']) {
             bail!("invalid --tun-name '{tun_name}': 1 to 15 characters, no '/', space or NUL");
         }
+        let api_hosts = if n.api_allowed_host.is_empty() {
+            f.api_allowed_host.unwrap_or_default()
+        } else {
+            n.api_allowed_host.clone()
+        };
+        let api_access = ApiAccess::with_host_names(&api_hosts)
+            .map_err(|e| anyhow::anyhow!("invalid --api-allowed-host {e}"))?;
         let debug = self.debug || f.debug.unwrap_or(false);
         let silent = self.silent || f.silent.unwrap_or(false);
         if debug && silent {
@@ -466,6 +483,7 @@ impl Cli {
                 n.peer_discovery_interface.clone()
             },
             metrics_api_address: n.metrics_api_address.or(f.metrics_api_address),
+            api_access,
             unsupported,
         })
     }
@@ -541,5 +559,33 @@ mod tests {
             .merge(FileConfig::default())
             .unwrap_err();
         assert!(e.to_string().contains("--tun-name"), "{e}");
+        let e = cli(&["--api-allowed-host", "node1.lan:9100"])
+            .merge(FileConfig::default())
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid --api-allowed-host 'node1.lan:9100' is not a host name \
+             (letters, digits, '-' and '_' in dot-separated labels, no port)"
+        );
+    }
+
+    #[test]
+    fn api_allowed_hosts_from_flags_or_file() {
+        let s = cli(&[]).merge(FileConfig::default()).unwrap();
+        assert_eq!(s.api_access, ApiAccess::default());
+        let f = FileConfig::parse("api_allowed_host = [\"prom.lan\"]\n").unwrap();
+        let s = cli(&[]).merge(f).unwrap();
+        assert_eq!(
+            s.api_access,
+            ApiAccess::with_host_names(["prom.lan"]).unwrap()
+        );
+        let f = FileConfig::parse("api_allowed_host = [\"prom.lan\"]\n").unwrap();
+        let s = cli(&["--api-allowed-host", "a.lan", "--api-allowed-host", "B.lan"])
+            .merge(f)
+            .unwrap();
+        assert_eq!(
+            s.api_access,
+            ApiAccess::with_host_names(["a.lan", "b.lan"]).unwrap()
+        );
     }
 }

@@ -262,6 +262,12 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
         r.routes_acquired,
         r.routes_lost
     );
+    let a = &s.api;
+    let _ = writeln!(
+        o,
+        "api     refused: host {}, origin {}, content type {}",
+        a.refused_host, a.refused_origin, a.refused_content_type
+    );
     o
 }
 
@@ -1049,7 +1055,8 @@ mod tests {
 
     #[test]
     fn stats_text_and_rates() {
-        let a = sample_stats(4096);
+        let mut a = sample_stats(4096);
+        a.api.refused_origin = 2;
         let text = stats_text(&a, None);
         assert!(text.starts_with("uptime 1m 05s\n"), "{text}");
         assert!(
@@ -1062,6 +1069,10 @@ mod tests {
         assert!(text.contains("decrypt 1,"), "{text}");
         assert!(text.contains("tun     none (--no-tun)"), "{text}");
         assert!(text.contains("routing selected 1,"), "{text}");
+        assert!(
+            text.contains("api     refused: host 0, origin 2, content type 0\n"),
+            "{text}"
+        );
         assert!(!text.contains("/s"), "{text}");
         // 2 s later, 2 MB more sent: 1 MB/s, 1024 data frames per 2 s.
         let b = sample_stats(4096 + 2_000_000);

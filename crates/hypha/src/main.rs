@@ -78,8 +78,8 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
             Err(e) => bail!("invalid peer '{p}': {e}"),
         }
     }
-    let secret = crypto::SecretKey::load_or_create(&s.key_file)
-        .with_context(|| format!("key file {}", s.key_file.display()))?;
+    // The key file's errors name the file and the cause; no context to add.
+    let secret = crypto::SecretKey::load_or_create(&s.key_file)?;
     let cfg = NodeConfig {
         secret,
         listen: Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, s.tcp_listen_port))),
@@ -94,6 +94,7 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
         }),
         api_addr: Some(s.api_addr),
         metrics_addr: s.metrics_api_address,
+        api_access: s.api_access.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -126,9 +127,7 @@ fn inspect(key_file: &Path, pubkey: Option<String>, json: bool) -> anyhow::Resul
         Some(hex) => hex
             .parse::<crypto::PublicKey>()
             .map_err(|e| anyhow::anyhow!("invalid public key '{hex}': {e}"))?,
-        None => crypto::SecretKey::load(key_file)
-            .with_context(|| format!("key file {}", key_file.display()))?
-            .public_key(),
+        None => crypto::SecretKey::load(key_file)?.public_key(),
     };
     let hex = key.to_string();
     let addr = key.address();
@@ -152,9 +151,11 @@ fn generate_keys(key_file: &Path, force: bool) -> anyhow::Result<()> {
         );
     }
     let secret = crypto::SecretKey::generate().context("cannot get random bytes for a key")?;
-    secret
-        .save(key_file)
-        .with_context(|| format!("key file {}", key_file.display()))?;
+    if force {
+        secret.save_replacing(key_file)?;
+    } else {
+        secret.save(key_file)?;
+    }
     let key = secret.public_key();
     println!("Key file: {}", key_file.display());
     println!("Public key: {key}");

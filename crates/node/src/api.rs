@@ -4,6 +4,11 @@
 //! Handlers hold only a [`Control`] handle: every answer comes from the tasks that own the state,
 //! through a request message. Every error is a JSON body `{"error":"..."}` with a status code that
 //! says whose fault it was: 4xx for the caller's input, 503 when the node is shutting down.
+//!
+//! Before any handler, [`guard`] refuses what a web page in a local browser could send: foreign
+//! `Host` names (DNS rebinding), foreign origins, and bodies not declared JSON.
+
+mod guard;
 
 use std::future::Future;
 use std::io;
@@ -22,6 +27,7 @@ use wire::babel::Metric;
 
 use crate::control::{Control, NodeGone, PeerInfo, PeerOpError, RouteInfo, RouteKind};
 use crate::endpoint::Endpoint;
+pub use guard::{ApiAccess, ApiCounters};
 
 /// How long in-flight requests may take to finish once shutdown is signalled.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -78,8 +84,10 @@ async fn ask<T>(answer: impl Future<Output = Result<T, NodeGone>>) -> ApiResult<
     }
 }
 
-/// The routes of the admin API, for [`serve`] or for driving in tests.
-pub fn router(control: Control) -> Router {
+/// The routes of the admin API, for [`serve_router`] or for driving in tests, behind the
+/// [`guard`] checks (which answer to the names in `access`).
+pub fn router(control: Control, access: &ApiAccess) -> Router {
+    let guard = guard::Guard::new("admin API", access, control.api_counters());
     Router::new()
         .route("/api/v1/admin", get(admin))
         .route("/api/v1/admin/peers", get(peers).post(add_peer))
@@ -95,25 +103,30 @@ pub fn router(control: Control) -> Router {
         .route("/api/v1/pubkey/{ip}", get(pubkey))
         .fallback(not_found)
         .with_state(control)
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
 }
 
 /// The metrics endpoint: `GET /metrics` in the OpenMetrics text format (Prometheus reads it).
-/// Served on its own address so it can be exposed to a scraper without the admin API.
-pub fn metrics_router(control: Control) -> Router {
+/// Served on its own address so it can be exposed to a scraper without the admin API; behind the
+/// same [`guard`] checks.
+pub fn metrics_router(control: Control, access: &ApiAccess) -> Router {
+    let guard = guard::Guard::new("metrics endpoint", access, control.api_counters());
     Router::new()
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(control)
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
 }
 
-/// Serves the admin API on `listener` until `shutdown` resolves. Requests in flight then get
-/// [`SHUTDOWN_GRACE`] to finish; a client that holds its connection longer is cut off.
+/// Serves the admin API on `listener` until `shutdown` resolves, answering to loopback names and
+/// IP literals only ([`ApiAccess::default`]). Requests in flight then get [`SHUTDOWN_GRACE`] to
+/// finish; a client that holds its connection longer is cut off.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     control: Control,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    serve_router(listener, router(control), shutdown).await
+    serve_router(listener, router(control, &ApiAccess::default()), shutdown).await
 }
 
 /// [`serve`] for any set of routes (the admin API or [`metrics_router`]).
@@ -204,7 +217,7 @@ struct AddPeerBody {
     endpoint: String,
 }
 
-/// Parses a JSON body without insisting on a `Content-Type` header (curl users forget it).
+/// Parses a JSON body (the [`guard`] has made sure it was declared `application/json`).
 /// Malformed JSON is 400; well-formed JSON of the wrong shape is 422.
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| {
@@ -481,22 +494,38 @@ mod tests {
         addr
     }
 
-    /// A deliberately small HTTP/1.1 client: one request per connection, `Content-Length` bodies.
+    /// A deliberately small HTTP/1.1 client: one request per connection, `Content-Length` bodies,
+    /// sent as the CLI sends them (`Host` is the address, JSON bodies say so).
     async fn call(
         addr: std::net::SocketAddr,
         method: &str,
         path: &str,
         body: Option<&str>,
     ) -> (u16, String) {
+        let host = addr.to_string();
+        let mut headers = vec![("Host", host.as_str())];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        call_with(addr, method, path, &headers, body).await
+    }
+
+    /// [`call`] with exactly these headers (no `Host` unless given) and an optional body.
+    async fn call_with(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, String) {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-        if let Some(b) = body {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-                b.len()
-            ));
-        } else {
-            req.push_str("\r\n");
+        let mut req = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        match body {
+            Some(b) => req.push_str(&format!("Content-Length: {}\r\n\r\n{b}", b.len())),
+            None => req.push_str("\r\n"),
         }
         s.write_all(req.as_bytes()).await.unwrap();
         let mut resp = Vec::new();
@@ -509,6 +538,28 @@ mod tests {
         );
         let status = head.split(' ').nth(1).unwrap().parse().unwrap();
         (status, body.to_owned())
+    }
+
+    /// Serves the metrics endpoint for `fake` on a loopback port; returns the address.
+    async fn start_metrics(mut f: Fake) -> std::net::SocketAddr {
+        let (tx, mut rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                f.handle(r);
+            }
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let m = listener.local_addr().unwrap();
+        let app = metrics_router(Control::new(info(), tx), &ApiAccess::default());
+        tokio::spawn(serve_router(listener, app, std::future::pending()));
+        m
+    }
+
+    /// How many peers the node lists, asked the honest way.
+    async fn peer_count(a: std::net::SocketAddr) -> usize {
+        let (st, list) = call(a, "GET", "/api/v1/admin/peers", None).await;
+        assert_eq!(st, 200, "{list}");
+        parse(&list).as_array().unwrap().len()
     }
 
     fn parse(body: &str) -> serde_json::Value {
@@ -525,17 +576,7 @@ mod tests {
         assert_eq!(v["routing"]["selectedRoutes"], 1);
         assert_eq!(v["tun"], serde_json::Value::Null);
 
-        let (tx, mut rx) = mpsc::channel(8);
-        let mut f = fake();
-        tokio::spawn(async move {
-            while let Some(r) = rx.recv().await {
-                f.handle(r);
-            }
-        });
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let m = listener.local_addr().unwrap();
-        let app = metrics_router(Control::new(info(), tx));
-        tokio::spawn(serve_router(listener, app, std::future::pending()));
+        let m = start_metrics(fake()).await;
         let (st, text) = call(m, "GET", "/metrics", None).await;
         assert_eq!(st, 200);
         assert_eq!(
@@ -820,5 +861,331 @@ mod tests {
         }));
         stop_tx.send(()).unwrap();
         task.await.unwrap().unwrap();
+    }
+
+    // ---- Cross-site requests and DNS rebinding (issue 12, finding 7)
+
+    /// A web page can POST `text/plain` cross-site without a CORS preflight; it used to add a
+    /// static peer (204).
+    #[tokio::test]
+    async fn cross_site_text_plain_post_cannot_add_a_peer() {
+        let a = start(Some(fake())).await;
+        let host = a.to_string();
+        let (st, body) = call_with(
+            a,
+            "POST",
+            "/api/v1/admin/peers",
+            &[
+                ("Host", &host),
+                ("Origin", "http://evil.example"),
+                ("Content-Type", "text/plain;charset=UTF-8"),
+            ],
+            Some(r#"{"endpoint":"tcp://198.18.9.10:9651"}"#),
+        )
+        .await;
+        assert_eq!(st, 403, "{body}");
+        assert!(parse(&body)["error"].as_str().unwrap().contains("Origin"));
+        assert_eq!(peer_count(a).await, 2);
+    }
+
+    /// An HTML form can POST `application/x-www-form-urlencoded` whose body is JSON (a field
+    /// named `{"endpoint":...,"x":"` with value `"}`); it used to make the node dial port 22.
+    #[tokio::test]
+    async fn form_post_cannot_add_a_peer() {
+        let a = start(Some(fake())).await;
+        let host = a.to_string();
+        let body = r#"{"endpoint":"tcp://198.18.9.10:22","x":"="}"#;
+        for ct in [
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("text/plain"),
+            Some("application/jsonx"),
+            None,
+        ] {
+            let mut headers = vec![("Host", host.as_str())];
+            if let Some(ct) = ct {
+                headers.push(("Content-Type", ct));
+            }
+            let (st, resp) =
+                call_with(a, "POST", "/api/v1/admin/peers", &headers, Some(body)).await;
+            assert_eq!(st, 415, "{ct:?}: {resp}");
+            assert!(
+                parse(&resp)["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("application/json"),
+                "{resp}"
+            );
+        }
+        assert_eq!(peer_count(a).await, 2);
+    }
+
+    /// DNS rebinding: a page on `rebind.evil.example` whose name now resolves to 127.0.0.1 is
+    /// same-origin with the API as far as the browser knows; only the Host header gives it away.
+    #[tokio::test]
+    async fn dns_rebinding_host_cannot_use_the_api() {
+        let a = start(Some(fake())).await;
+        for host in [
+            "rebind.evil.example:8989",
+            "rebind.evil.example",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example:8989",
+            "sub.localhost",
+            "[::1",
+        ] {
+            let (st, body) =
+                call_with(a, "GET", "/api/v1/admin/peers", &[("Host", host)], None).await;
+            assert_eq!(st, 403, "{host}: {body}");
+            assert!(!body.contains("198.18.0.6"), "{host}: {body}");
+            assert!(parse(&body)["error"].as_str().unwrap().contains("Host"));
+            let (st, body) = call_with(
+                a,
+                "POST",
+                "/api/v1/admin/peers",
+                &[
+                    ("Host", host),
+                    ("Origin", &format!("http://{host}")),
+                    ("Content-Type", "application/json"),
+                ],
+                Some(r#"{"endpoint":"tcp://198.18.9.10:9651"}"#),
+            )
+            .await;
+            assert_eq!(st, 403, "{host}: {body}");
+        }
+        assert_eq!(peer_count(a).await, 2);
+    }
+
+    /// The metrics endpoint answers to the same Host names only: its peer labels and counters
+    /// are no business of a rebinding page.
+    #[tokio::test]
+    async fn dns_rebinding_host_cannot_read_metrics() {
+        let m = start_metrics(fake()).await;
+        let (st, body) = call_with(
+            m,
+            "GET",
+            "/metrics",
+            &[("Host", "rebind.evil.example:9100")],
+            None,
+        )
+        .await;
+        assert_eq!(st, 403, "{body}");
+        assert!(!body.contains("hypha_"), "{body}");
+        let (st, body) = call_with(
+            m,
+            "GET",
+            "/metrics",
+            &[("Host", "127.0.0.1:9100"), ("Sec-Fetch-Site", "cross-site")],
+            None,
+        )
+        .await;
+        assert_eq!(st, 403, "{body}");
+        let (st, _) = call(m, "GET", "/metrics", None).await;
+        assert_eq!(st, 200);
+    }
+
+    /// A cross-site request that carries no Origin (a no-cors GET, an `<img>`) still carries
+    /// the browser's fetch metadata.
+    #[tokio::test]
+    async fn cross_site_fetch_metadata_is_refused() {
+        let a = start(Some(fake())).await;
+        let host = a.to_string();
+        for site in ["cross-site", "same-site"] {
+            let (st, body) = call_with(
+                a,
+                "GET",
+                "/api/v1/admin/peers",
+                &[("Host", &host), ("Sec-Fetch-Site", site)],
+                None,
+            )
+            .await;
+            assert_eq!(st, 403, "{site}: {body}");
+            assert!(!body.contains("198.18.0.6"), "{body}");
+        }
+        // A foreign Origin on a GET, too (a CORS fetch would otherwise still reach the node).
+        let (st, _) = call_with(
+            a,
+            "GET",
+            "/api/v1/admin/peers",
+            &[("Host", &host), ("Origin", "http://localhost:3000")],
+            None,
+        )
+        .await;
+        assert_eq!(st, 403);
+        let (st, _) = call_with(
+            a,
+            "DELETE",
+            "/api/v1/admin/peers/tcp%3A%2F%2F198.18.0.6%3A9651",
+            &[("Host", &host), ("Origin", "null")],
+            None,
+        )
+        .await;
+        assert_eq!(st, 403);
+        assert_eq!(peer_count(a).await, 2);
+    }
+
+    /// What the CLI, curl, Prometheus and the API's own origin send keeps working.
+    #[tokio::test]
+    async fn honest_clients_are_not_refused() {
+        let a = start(Some(fake())).await;
+        let port = a.port();
+        let hosts = [
+            format!("127.0.0.1:{port}"),
+            "127.0.0.1".to_owned(),
+            format!("localhost:{port}"),
+            format!("[::1]:{port}"),
+            // The API bound to a LAN address is reached by that address.
+            "198.18.0.1:8989".to_owned(),
+        ];
+        for host in &hosts {
+            let (st, body) =
+                call_with(a, "GET", "/api/v1/admin/peers", &[("Host", host)], None).await;
+            assert_eq!(st, 200, "{host}: {body}");
+        }
+        // HTTP/1.0 without Host: not a browser.
+        let mut s = TcpStream::connect(a).await.unwrap();
+        s.write_all(b"GET /api/v1/admin HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await.unwrap();
+        assert!(resp.starts_with(b"HTTP/1.0 200"), "{resp:?}");
+
+        let host = a.to_string();
+        let own = format!("http://{host}");
+        for (i, (ct, extra)) in [
+            ("application/json", vec![]),
+            ("application/json; charset=utf-8", vec![]),
+            ("application/json", vec![("Origin", own.as_str())]),
+            ("application/json", vec![("Sec-Fetch-Site", "same-origin")]),
+            ("application/json", vec![("Sec-Fetch-Site", "none")]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut headers = vec![("Host", host.as_str()), ("Content-Type", ct)];
+            headers.extend(extra);
+            let body = format!(r#"{{"endpoint":"tcp://198.18.0.{}:9651"}}"#, 100 + i);
+            let (st, resp) =
+                call_with(a, "POST", "/api/v1/admin/peers", &headers, Some(&body)).await;
+            assert_eq!(st, 204, "{headers:?}: {resp}");
+        }
+        assert_eq!(peer_count(a).await, 7);
+        // DELETE needs no type.
+        let (st, _) = call_with(
+            a,
+            "DELETE",
+            "/api/v1/admin/peers/tcp%3A%2F%2F198.18.0.100%3A9651",
+            &[("Host", &host)],
+            None,
+        )
+        .await;
+        assert_eq!(st, 204);
+    }
+
+    /// A name the operator allowed reaches the API and the metrics endpoint; others still not.
+    #[tokio::test]
+    async fn allowed_host_names_reach_both_endpoints() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut f = fake();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                f.handle(r);
+            }
+        });
+        let control = Control::new(info(), tx);
+        let access = ApiAccess::with_host_names(["prometheus-target.lan"]).unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        tokio::spawn(serve_router(
+            l,
+            router(control.clone(), &access),
+            std::future::pending(),
+        ));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let m = l.local_addr().unwrap();
+        tokio::spawn(serve_router(
+            l,
+            metrics_router(control, &access),
+            std::future::pending(),
+        ));
+        let ok = [("Host", "Prometheus-Target.lan:9100")];
+        let (st, _) = call_with(m, "GET", "/metrics", &ok, None).await;
+        assert_eq!(st, 200);
+        let (st, _) = call_with(a, "GET", "/api/v1/admin", &ok, None).await;
+        assert_eq!(st, 200);
+        let (st, _) = call_with(m, "GET", "/metrics", &[("Host", "other.lan")], None).await;
+        assert_eq!(st, 403);
+    }
+
+    /// Every refusal is counted by reason, in the stats JSON and in `/metrics`, one set of
+    /// counters for both endpoints.
+    #[tokio::test]
+    async fn refusals_are_counted_by_reason() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut f = fake();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                f.handle(r);
+            }
+        });
+        let control = Control::new(info(), tx);
+        let access = ApiAccess::default();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        tokio::spawn(serve_router(
+            l,
+            router(control.clone(), &access),
+            std::future::pending(),
+        ));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let m = l.local_addr().unwrap();
+        tokio::spawn(serve_router(
+            l,
+            metrics_router(control, &access),
+            std::future::pending(),
+        ));
+        let host = a.to_string();
+        let evil = [("Host", "rebind.evil.example")];
+        call_with(a, "GET", "/api/v1/admin/stats", &evil, None).await;
+        call_with(m, "GET", "/metrics", &evil, None).await;
+        call_with(
+            a,
+            "GET",
+            "/api/v1/admin",
+            &[("Host", &host), ("Origin", "http://evil.example")],
+            None,
+        )
+        .await;
+        let body = Some(r#"{"endpoint":"tcp://198.18.9.10:22"}"#);
+        for ct in ["text/plain", "application/x-www-form-urlencoded"] {
+            let (st, _) = call_with(
+                a,
+                "POST",
+                "/api/v1/admin/peers",
+                &[("Host", &host), ("Content-Type", ct)],
+                body,
+            )
+            .await;
+            assert_eq!(st, 415);
+        }
+        let (st, body) = call(a, "GET", "/api/v1/admin/stats", None).await;
+        assert_eq!(st, 200);
+        assert_eq!(
+            parse(&body)["api"],
+            json!({"refusedHost": 2, "refusedOrigin": 1, "refusedContentType": 2})
+        );
+        let (st, text) = call(m, "GET", "/metrics", None).await;
+        assert_eq!(st, 200);
+        for (reason, n) in [("host", 2.0), ("origin", 1.0), ("content_type", 2.0)] {
+            assert_eq!(
+                crate::metrics::sample(
+                    &text,
+                    "hypha_api_refused_total",
+                    &format!("reason=\"{reason}\"")
+                ),
+                Some(n),
+                "{reason}"
+            );
+        }
     }
 }

@@ -3,13 +3,15 @@
 //! peer table behind a lock; each request is a message with a reply channel.
 
 use std::net::Ipv6Addr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use wire::babel::{Metric, Subnet};
 
+use crate::api::ApiCounters;
 use crate::endpoint::Endpoint;
-use crate::metrics::Stats;
+use crate::metrics::{ApiStats, Stats};
 
 /// How we came to know a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -130,11 +132,22 @@ impl std::error::Error for NodeGone {}
 pub struct Control {
     info: NodeInfo,
     tx: mpsc::Sender<Request>,
+    /// Counted by the API's own checks, which run before any request reaches the owner tasks.
+    api: Arc<ApiCounters>,
 }
 
 impl Control {
     pub fn new(info: NodeInfo, tx: mpsc::Sender<Request>) -> Control {
-        Control { info, tx }
+        Control {
+            info,
+            tx,
+            api: Arc::default(),
+        }
+    }
+
+    /// The refusal counters of the API and metrics endpoint served with this handle.
+    pub fn api_counters(&self) -> Arc<ApiCounters> {
+        self.api.clone()
     }
 
     pub fn info(&self) -> &NodeInfo {
@@ -170,8 +183,11 @@ impl Control {
         self.ask(Request::Queried).await
     }
 
+    /// The owner tasks' snapshot, with the API's own counters filled in.
     pub async fn stats(&self) -> Result<Stats, NodeGone> {
-        self.ask(Request::Stats).await
+        let mut s = self.ask(Request::Stats).await?;
+        s.api = ApiStats::from_counters(&self.api);
+        Ok(s)
     }
 
     pub async fn pubkey_of(&self, ip: Ipv6Addr) -> Result<Option<[u8; 32]>, NodeGone> {

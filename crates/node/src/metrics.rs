@@ -120,6 +120,32 @@ pub struct Stats {
     /// `None` without a TUN device.
     pub tun: Option<TunStats>,
     pub routing: RoutingStats,
+    /// Absent from an older node's answer.
+    #[serde(default)]
+    pub api: ApiStats,
+}
+
+/// Requests the admin API and the metrics endpoint refused before any handler, by reason
+/// ([`ApiCounters`](crate::api::ApiCounters)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiStats {
+    /// `Host` not an IP literal, `localhost` or an allowed name (DNS rebinding).
+    pub refused_host: u64,
+    /// A foreign `Origin` or `Sec-Fetch-Site` (a cross-site request).
+    pub refused_origin: u64,
+    /// A body not declared `application/json`.
+    pub refused_content_type: u64,
+}
+
+impl ApiStats {
+    pub fn from_counters(c: &crate::api::ApiCounters) -> ApiStats {
+        ApiStats {
+            refused_host: c.refused_host.load(Relaxed),
+            refused_origin: c.refused_origin.load(Relaxed),
+            refused_content_type: c.refused_content_type.load(Relaxed),
+        }
+    }
 }
 
 /// One peer's link.
@@ -673,6 +699,19 @@ impl Collector for StatsCollector {
             ]
             .map(|(k, v)| ([("type", k)], v)),
         )?;
+        let a = &s.api;
+        family(
+            e,
+            "hypha_api_refused",
+            "Admin API and metrics requests refused by reason (cross-site, DNS rebinding)",
+            Counter,
+            [
+                ("host", a.refused_host),
+                ("origin", a.refused_origin),
+                ("content_type", a.refused_content_type),
+            ]
+            .map(|(r, v)| ([("reason", r)], v)),
+        )?;
         Ok(())
     }
 }
@@ -748,6 +787,10 @@ mod tests {
                 selected_routes: 2,
                 route_requests_sent: 4,
                 ..RoutingStats::default()
+            },
+            api: ApiStats {
+                refused_origin: 6,
+                ..ApiStats::default()
             },
         }
     }
@@ -849,6 +892,14 @@ mod tests {
             Some(4.0)
         );
         assert_eq!(sample(&text, "hypha_uptime_seconds", ""), Some(12.0));
+        assert_eq!(
+            sample(&text, "hypha_api_refused_total", "reason=\"origin\""),
+            Some(6.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_api_refused_total", "reason=\"content_type\""),
+            Some(0.0)
+        );
     }
 
     #[test]
@@ -919,6 +970,15 @@ mod tests {
         let s = stats();
         let j = serde_json::to_string(&s).unwrap();
         assert!(j.contains("\"connectionState\":\"alive\""), "{j}");
+        assert!(
+            j.contains("\"api\":{\"refusedHost\":0,\"refusedOrigin\":6,"),
+            "{j}"
+        );
         assert_eq!(serde_json::from_str::<Stats>(&j).unwrap(), s);
+        // A node without the API counters still parses.
+        let mut v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        v.as_object_mut().unwrap().remove("api");
+        let old: Stats = serde_json::from_value(v).unwrap();
+        assert_eq!(old.api, ApiStats::default());
     }
 }

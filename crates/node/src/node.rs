@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub api_addr: Option<SocketAddr>,
     /// Where to serve Prometheus metrics (`GET /metrics`); `None` serves none.
     pub metrics_addr: Option<SocketAddr>,
+    /// Host names the API and metrics endpoint answer to besides IP literals and `localhost`.
+    pub api_access: crate::api::ApiAccess,
 }
 
 /// A running node.
@@ -221,16 +223,16 @@ impl Node {
         };
         let control = Control::new(info, req_tx);
         if let Some(l) = api_listener {
-            let control = control.clone();
+            let app = crate::api::router(control.clone(), &cfg.api_access);
             let stop = wait_shutdown(shutdown_rx.clone());
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::api::serve(l, control, stop).await {
+                if let Err(e) = crate::api::serve_router(l, app, stop).await {
                     warn!("admin API stopped: {e}");
                 }
             }));
         }
         if let Some(l) = metrics_listener {
-            let app = crate::api::metrics_router(control.clone());
+            let app = crate::api::metrics_router(control.clone(), &cfg.api_access);
             let stop = wait_shutdown(shutdown_rx.clone());
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = crate::api::serve_router(l, app, stop).await {

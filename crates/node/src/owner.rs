@@ -620,6 +620,8 @@ impl Owner {
         Stats {
             uptime: self.epoch.elapsed().as_secs(),
             peers,
+            // Counted outside the owner; `Control::stats` fills them in.
+            api: Default::default(),
             data: DataStats::from_counters(&self.counters),
             tun: self
                 .tun_metrics

@@ -125,6 +125,13 @@ fuzz_target!(|data: &[u8]| {
         max_snr_waiters: 4,
         max_transmits: 64,
         max_events: 16,
+        queries_reserved_own: 1,
+        max_queries_per_link: 2,
+        link_query_rate: 1,
+        link_query_burst: 2,
+        max_flapping: 4,
+        flap_threshold: 2,
+        ..Limits::default()
     };
     cfg.record_selection_changes = true;
     let mut now = Time::ZERO;
@@ -152,7 +159,13 @@ fuzz_target!(|data: &[u8]| {
             }
             4 => {
                 let Some(k) = b.u8() else { break };
-                r.request_route(derive_address(&key(k)), now);
+                // The top bit: an address seen in traffic from `link` rather than our own.
+                let a = derive_address(&key(k & 0x7f));
+                if k & 0x80 == 0 {
+                    r.request_route(a, now);
+                } else {
+                    r.request_route_for_link(a, id, now);
+                }
             }
             _ => {
                 let Some(t) = tlv(&mut b) else { break };

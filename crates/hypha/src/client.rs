@@ -262,6 +262,18 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
         r.routes_acquired,
         r.routes_lost
     );
+    let _ = writeln!(
+        o,
+        "limits  queries refused: rate {}, link share {}, table full {}; wildcard dumps deferred \
+         {}; updates held to the minimum {}, damped {}; flapping subnets not tracked {}",
+        r.queries_refused_rate,
+        r.queries_refused_share,
+        r.queries_refused_table_full,
+        r.wildcard_dumps_deferred,
+        r.updates_short_hold,
+        r.updates_damped,
+        r.flap_table_full
+    );
     let a = &s.api;
     let _ = writeln!(
         o,

@@ -216,8 +216,11 @@ pub(crate) fn bump(c: &AtomicU64) {
 /// What the data path asks of the owner task.
 #[derive(Debug)]
 pub(crate) enum Need {
-    /// A destination (or a sender) is in use: query or refresh its route.
+    /// A destination of ours is in use: query or refresh its route.
     Route(Ipv6Addr),
+    /// A destination of a frame a link asked us to forward: query or refresh its route,
+    /// charged to that link's share of the query table.
+    RouteFor(Ipv6Addr, LinkId),
     /// A packet from the TUN waits for a route to its destination.
     Pending(Vec<u8>),
     /// A frame for us from a sender whose route (and so key) we don't know yet.
@@ -738,7 +741,7 @@ pub(crate) fn inbound(
     match table.fib.lookup(dst) {
         Lookup::Route(nh) if table.links.contains_key(&nh.link) => {
             if ctx.refresh.due(dst, ctx.now) {
-                let _ = ctx.needs.try_send(Need::Route(dst));
+                let _ = ctx.needs.try_send(Need::RouteFor(dst, ctx.link));
             }
             let buf = out.buf(nh.link);
             let slot = DataSlot::begin(buf);
@@ -754,7 +757,7 @@ pub(crate) fn inbound(
         _ => {
             bump(&ctx.counters.drop_no_route);
             if ctx.refresh.due(dst, ctx.now) {
-                let _ = ctx.needs.try_send(Need::Route(dst));
+                let _ = ctx.needs.try_send(Need::RouteFor(dst, ctx.link));
             }
         }
     }

@@ -279,6 +279,27 @@ pub struct RoutingStats {
     pub ihu_received: u64,
     pub updates_received: u64,
     pub seqno_requests_received: u64,
+    /// Route queries a peer caused (RouteRequests to forward, traffic from unknown senders)
+    /// refused by a limit: the peer's rate, its share of the query table, the table (all but
+    /// the room kept for our own queries) full.
+    #[serde(default)]
+    pub queries_refused_rate: u64,
+    #[serde(default)]
+    pub queries_refused_share: u64,
+    #[serde(default)]
+    pub queries_refused_table_full: u64,
+    /// Wildcard RouteRequests within a peer's dump hold-off (answered by one later dump).
+    #[serde(default)]
+    pub wildcard_dumps_deferred: u64,
+    /// Updates whose interval gave a hold time below the minimum (raised to it).
+    #[serde(default)]
+    pub updates_short_hold: u64,
+    /// Triggered updates held back for subnets damped for flapping.
+    #[serde(default)]
+    pub updates_damped: u64,
+    /// Flapping subnets not remembered for damping (its table full).
+    #[serde(default)]
+    pub flap_table_full: u64,
 }
 
 /// Renders `stats` in the OpenMetrics text format (which Prometheus scrapes as-is).
@@ -699,6 +720,22 @@ impl Collector for StatsCollector {
             ]
             .map(|(k, v)| ([("type", k)], v)),
         )?;
+        family(
+            e,
+            "hypha_routing_limited",
+            "Routing inputs a limit refused, deferred, damped or clamped, by reason",
+            Counter,
+            [
+                ("query_rate", r.queries_refused_rate),
+                ("query_share", r.queries_refused_share),
+                ("query_table_full", r.queries_refused_table_full),
+                ("wildcard_deferred", r.wildcard_dumps_deferred),
+                ("short_hold", r.updates_short_hold),
+                ("damped", r.updates_damped),
+                ("flap_table_full", r.flap_table_full),
+            ]
+            .map(|(k, v)| ([("reason", k)], v)),
+        )?;
         let a = &s.api;
         family(
             e,
@@ -786,6 +823,7 @@ mod tests {
             routing: RoutingStats {
                 selected_routes: 2,
                 route_requests_sent: 4,
+                queries_refused_rate: 5,
                 ..RoutingStats::default()
             },
             api: ApiStats {
@@ -890,6 +928,14 @@ mod tests {
         assert_eq!(
             sample(&text, "hypha_route_requests_sent_total", ""),
             Some(4.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_routing_limited_total",
+                "reason=\"query_rate\""
+            ),
+            Some(5.0)
         );
         assert_eq!(sample(&text, "hypha_uptime_seconds", ""), Some(12.0));
         assert_eq!(

@@ -111,6 +111,7 @@ pub(crate) struct Owner {
     tun_metrics: Option<(Arc<tun::Tun>, Arc<TunHistograms>)>,
     /// What the shell counts of the routing core's work (the core counts what it receives).
     route_counts: RouteCounts,
+    route_log: RouteLog,
 }
 
 /// Routing activity seen by the owner: transmitted requests and the core's events.
@@ -120,6 +121,61 @@ struct RouteCounts {
     queries_timed_out: u64,
     acquired: u64,
     lost: u64,
+}
+
+/// Route changes are summarised at INFO at most this often (each is logged at debug): a peer
+/// that floods or flaps routes must not turn into one INFO line per route on every node.
+const ROUTE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Route changes not yet reported at INFO.
+#[derive(Default)]
+struct RouteLog {
+    acquired: u64,
+    lost: u64,
+    /// The last subnet that changed, named when it is the only change in a report.
+    subnet: Option<Subnet>,
+    reported: Option<Instant>,
+}
+
+/// One INFO report of route changes.
+#[derive(Debug, PartialEq)]
+enum RouteReport {
+    Acquired(Subnet),
+    Lost(Subnet),
+    Changed { acquired: u64, lost: u64 },
+}
+
+impl RouteLog {
+    fn note(&mut self, subnet: Subnet, acquired: bool) {
+        if acquired {
+            self.acquired += 1;
+        } else {
+            self.lost += 1;
+        }
+        self.subnet = Some(subnet);
+    }
+
+    /// What to report now: nothing if nothing changed or the last report is too recent. A
+    /// change after a quiet spell is reported at once.
+    fn due(&mut self, now: Instant) -> Option<RouteReport> {
+        if self.acquired + self.lost == 0
+            || self
+                .reported
+                .is_some_and(|t| now.saturating_duration_since(t) < ROUTE_LOG_EVERY)
+        {
+            return None;
+        }
+        self.reported = Some(now);
+        let (acquired, lost) = (
+            std::mem::take(&mut self.acquired),
+            std::mem::take(&mut self.lost),
+        );
+        Some(match (acquired, lost, self.subnet.take()) {
+            (1, 0, Some(s)) => RouteReport::Acquired(s),
+            (0, 1, Some(s)) => RouteReport::Lost(s),
+            _ => RouteReport::Changed { acquired, lost },
+        })
+    }
 }
 
 /// The inputs of the owner loop.
@@ -158,6 +214,7 @@ impl Owner {
             msgs_tx,
             tun_metrics: None,
             route_counts: RouteCounts::default(),
+            route_log: RouteLog::default(),
         };
         for e in static_peers {
             o.peers.insert(e, Peer::new(PeerKind::Static));
@@ -371,6 +428,7 @@ impl Owner {
         let now = self.now();
         match n {
             Need::Route(dst) => self.router.request_route(dst, now),
+            Need::RouteFor(dst, link) => self.router.request_route_for_link(dst, link, now),
             Need::PendingInbound(frame) => {
                 self.counters
                     .pending_in_flight
@@ -386,7 +444,9 @@ impl Owner {
                     self.deliver_pending_in(vec![frame]);
                     return;
                 }
-                self.router.request_route(frame.src, now);
+                // A query the sender's link caused: charged to that link's share.
+                self.router
+                    .request_route_for_link(frame.src, frame.link, now);
                 let (bytes, link) = (frame.body.len(), frame.link);
                 let queued = self
                     .pending_in
@@ -641,6 +701,13 @@ impl Owner {
                 ihu_received: c.ihu_rx,
                 updates_received: c.update_rx,
                 seqno_requests_received: c.seqno_request_rx,
+                queries_refused_rate: c.query_rate_limited,
+                queries_refused_share: c.query_link_share_full,
+                queries_refused_table_full: c.query_table_full,
+                wildcard_dumps_deferred: c.wildcard_dump_deferred,
+                updates_short_hold: c.update_short_hold,
+                updates_damped: c.update_damped,
+                flap_table_full: c.flap_table_full,
             },
         }
     }
@@ -682,7 +749,8 @@ impl Owner {
                 Event::LinkDead(id) => self.close_link(id, "no IHU for 43 s"),
                 Event::RouteAcquired(subnet) => {
                     self.route_counts.acquired += 1;
-                    info!(%subnet, "route acquired");
+                    self.route_log.note(subnet, true);
+                    debug!(%subnet, "route acquired");
                     // Publish first so the keys exist, then release the queue.
                     self.publish();
                     let q = self.pending.take(&subnet);
@@ -696,7 +764,8 @@ impl Owner {
                 }
                 Event::RouteLost(subnet) => {
                     self.route_counts.lost += 1;
-                    info!(%subnet, "route lost");
+                    self.route_log.note(subnet, false);
+                    debug!(%subnet, "route lost");
                 }
                 Event::QueryTimedOut(subnet) => {
                     self.route_counts.queries_timed_out += 1;
@@ -718,6 +787,14 @@ impl Owner {
         }
         if self.router.forwarding_table_if_changed().is_some() {
             self.publish();
+        }
+        match self.route_log.due(Instant::now()) {
+            Some(RouteReport::Acquired(subnet)) => info!(%subnet, "route acquired"),
+            Some(RouteReport::Lost(subnet)) => info!(%subnet, "route lost"),
+            Some(RouteReport::Changed { acquired, lost }) => {
+                info!(acquired, lost, "routes changed since the last report")
+            }
+            None => {}
         }
     }
 
@@ -827,4 +904,50 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_changes_are_summarised_not_logged_one_by_one() {
+        let s = |n: u8| {
+            Subnet::slash64(std::net::Ipv6Addr::new(
+                0x400 + u16::from(n),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1,
+            ))
+        };
+        let t0 = Instant::now();
+        let mut log = RouteLog::default();
+        assert_eq!(log.due(t0), None);
+        // A change after a quiet spell is reported at once, by name.
+        log.note(s(1), true);
+        assert_eq!(log.due(t0), Some(RouteReport::Acquired(s(1))));
+        // 400 changes (a flapping peer) within the next 10 s: one count line at the end.
+        for i in 0..200 {
+            log.note(s(2), true);
+            log.note(s(2), false);
+            assert_eq!(log.due(t0 + Duration::from_millis(i * 40)), None);
+        }
+        assert_eq!(
+            log.due(t0 + ROUTE_LOG_EVERY),
+            Some(RouteReport::Changed {
+                acquired: 200,
+                lost: 200
+            })
+        );
+        assert_eq!(log.due(t0 + 3 * ROUTE_LOG_EVERY), None);
+        log.note(s(3), false);
+        assert_eq!(
+            log.due(t0 + 3 * ROUTE_LOG_EVERY),
+            Some(RouteReport::Lost(s(3)))
+        );
+    }
 }

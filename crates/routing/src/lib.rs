@@ -24,7 +24,14 @@
 //!   cache (checked first) makes the 4 s per-peer skip redundant;
 //! * requests for IPv4, link-local or shorter-than-/64 prefixes (and wildcard SeqNoRequests)
 //!   are counted and ignored instead of being marked as queried or forwarded; a wildcard
-//!   RouteRequest gets the full dump as specified.
+//!   RouteRequest gets the full dump as specified, but at most once per hold-off per link
+//!   (requests within it get one dump at its end);
+//! * the query table is shared out: each link may cause a bounded number of queries at a
+//!   bounded rate (its own RouteRequests apart from those it relays), and some room is kept
+//!   for the node's own queries, so one peer cannot stop everyone else's route lookups;
+//! * a finite route is held at least a minimum time whatever interval its Update carries
+//!   (mycelium sends interval 0 only in retractions), and a subnet that keeps flapping has its
+//!   triggered updates damped (see [`Limits`]).
 //!
 //! [`sim`] joins many routers over virtual links with a virtual clock and a seeded RNG, for
 //! tests, the `simreport` example and benchmarks.

@@ -65,6 +65,38 @@ pub struct Limits {
     pub max_sources: usize,
     /// Subnets being queried at once.
     pub max_queries: usize,
+    /// Slots of the query table only the node's own queries ([`Router::request_route`]) may
+    /// take: queries caused by a link stop at `max_queries - queries_reserved_own`.
+    pub queries_reserved_own: usize,
+    /// A link's share of the query table: how many live queries it may have caused, in each
+    /// of two classes kept apart so that a flood an honest neighbour relays cannot crowd out
+    /// its own queries: its own RouteRequests (generation 0), and the RouteRequests it relays
+    /// (generation 1 and up) together with the queries its traffic causes
+    /// ([`Router::request_route_for_link`]).
+    pub max_queries_per_link: usize,
+    /// Sustained rate (per second) at which a link may start queries, in each class; 0 turns
+    /// the limit off.
+    pub link_query_rate: u32,
+    /// Queries a link may start at once in each class before [`Limits::link_query_rate`]
+    /// applies.
+    pub link_query_burst: u32,
+    /// Least time between two answers to wildcard RouteRequests (full-table dumps) on one link.
+    /// The first is answered at once; requests within the hold-off get one dump at its end.
+    pub wildcard_dump_holdoff: Duration,
+    /// Least hold time of a finite route, whatever interval its Update carries (0 would make it
+    /// expire at once).
+    pub min_route_hold: Duration,
+    /// Flap damping: a subnet with more flaps than this within [`Limits::flap_window`] is
+    /// damped. A flap is a triggered update for a route acquired or lost, a new source or a
+    /// worse metric (a better one is convergence, not counted); flaps less than a second apart
+    /// count once. 0 turns damping off.
+    pub flap_threshold: u32,
+    pub flap_window: Duration,
+    /// A damped subnet's triggered updates are held back until it has not flapped for this
+    /// long; then its current state (route or retraction) goes out once.
+    pub flap_damping: Duration,
+    /// Subnets whose recent instability is remembered for damping.
+    pub max_flapping: usize,
     /// Subnets in the RouteRequest dedup cache.
     pub max_rr_cache: usize,
     /// (router-id, subnet, seqno) keys in the SeqNoRequest dedup cache.
@@ -84,6 +116,16 @@ impl Default for Limits {
             max_subnets: 1 << 18,
             max_sources: 1 << 19,
             max_queries: 1 << 14,
+            queries_reserved_own: 1 << 10,
+            max_queries_per_link: 512,
+            link_query_rate: 50,
+            link_query_burst: 400,
+            wildcard_dump_holdoff: Duration::from_secs(60),
+            min_route_hold: Duration::from_millis(3500),
+            flap_threshold: 6,
+            flap_window: Duration::from_secs(60),
+            flap_damping: Duration::from_secs(60),
+            max_flapping: 1 << 14,
             max_rr_cache: 1 << 14,
             max_seqno_cache: 1 << 16,
             max_snr_waiters: 1 << 14,
@@ -172,7 +214,22 @@ pub struct Counters {
     pub route_request_generation_limit: u64,
     /// RouteRequest not forwarded to a peer that got the same one recently.
     pub route_request_dedup: u64,
+    /// Query not started: the table is full (for a query caused by a link: all but the slots
+    /// reserved for our own queries are taken).
     pub query_table_full: u64,
+    /// Query caused by a link not started: that link's share of the query table is full.
+    pub query_link_share_full: u64,
+    /// Query caused by a link not started: that link's rate was exceeded.
+    pub query_rate_limited: u64,
+    /// Wildcard RouteRequest not answered at once: within the link's dump hold-off (all such
+    /// requests of one hold-off are answered by one dump at its end).
+    pub wildcard_dump_deferred: u64,
+    /// Finite Update whose interval gave a hold time below the minimum (raised to it).
+    pub update_short_hold: u64,
+    /// Triggered update held back because its subnet is damped for flapping.
+    pub update_damped: u64,
+    /// Subnet that started to flap but could not be remembered for damping (table full).
+    pub flap_table_full: u64,
     pub rr_cache_full: u64,
     pub seqno_request_bad_prefix: u64,
     pub seqno_request_hop_zero: u64,
@@ -201,6 +258,10 @@ enum Timer {
     SourceGc,
     Expiry(Subnet, LinkId),
     Query(Subnet),
+    /// End of a link's wildcard-dump hold-off with a dump pending.
+    Dump(LinkId),
+    /// A damped subnet may be quiet long enough.
+    Undamp(Subnet),
 }
 
 #[derive(Debug)]
@@ -213,6 +274,72 @@ struct Link {
     next_hello: Time,
     /// Subnets with an entry from this link, so link-down costs O(its routes).
     subnets: rustc_hash::FxHashSet<Subnet>,
+    /// Queries caused by its own RouteRequests, and by those it relays and its traffic: kept
+    /// apart so that a flood an honest neighbour relays does not crowd out its own queries.
+    own_queries: Quota,
+    relayed_queries: Quota,
+    /// When the last wildcard dump went to it, and whether a request waits for the next.
+    last_dump: Option<Time>,
+    dump_pending: bool,
+}
+
+/// A token bucket in its virtual-scheduling form (GCRA): a theoretical arrival time that each
+/// admitted event pushes `1/rate` later, refused when it runs more than `burst` events ahead.
+/// Integer microseconds, no clock: `now` comes in.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bucket {
+    tat: Time,
+}
+
+impl Bucket {
+    fn admit(&mut self, rate: u32, burst: u32, now: Time) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let step = (1_000_000 / u64::from(rate)).max(1);
+        let ahead = step.saturating_mul(u64::from(burst.max(1) - 1));
+        let tat = self.tat.max(now);
+        if tat.as_micros() - now.as_micros() > ahead {
+            return false;
+        }
+        self.tat = Time::from_micros(tat.as_micros().saturating_add(step));
+        true
+    }
+}
+
+/// One class of queries a link causes: how many are live (its share of the query table) and
+/// how fast new ones may come.
+#[derive(Clone, Copy, Debug, Default)]
+struct Quota {
+    live: usize,
+    rate: Bucket,
+}
+
+/// A subnet being queried: when the query times out, and who it is charged to.
+#[derive(Clone, Copy, Debug)]
+struct Query {
+    expires: Time,
+    by: Charge,
+}
+
+/// Flaps of one subnet closer together than this count once: after a failure Babel explores
+/// alternative paths, and a route's metric may go up and down several times within a fraction
+/// of a second before it settles. Flapping faster than this is damped all the same (each
+/// second of it counts).
+const FLAP_COALESCE: Duration = Duration::from_secs(1);
+
+/// Flap-damping memory of a subnet that flapped twice within the window.
+#[derive(Clone, Copy, Debug)]
+struct Flap {
+    window_start: Time,
+    /// The last flap counted.
+    last: Time,
+    /// Flaps in the current window.
+    count: u32,
+    /// While damped: until when (pushed later by every flap meanwhile).
+    damped_until: Option<Time>,
+    /// An update was held back: the current state goes out when damping ends.
+    pending: bool,
 }
 
 impl Link {
@@ -241,6 +368,8 @@ struct RouteList {
     sel_rid: RouterId,
     sel_metric: Metric,
     refresh_sent: Option<Time>,
+    /// When the subnet last flapped (for flap damping).
+    last_trigger: Option<Time>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -361,6 +490,17 @@ enum Targets {
     Advertisers,
 }
 
+/// Who a query is charged to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Charge {
+    /// The node itself (may use the reserved slots).
+    Own,
+    /// A neighbour's own RouteRequest (generation 0).
+    Neighbour(LinkId),
+    /// A RouteRequest the neighbour relays, or traffic that arrived from it.
+    Relayed(LinkId),
+}
+
 /// The routing state machine of one node.
 ///
 /// # Call order
@@ -374,8 +514,9 @@ enum Targets {
 ///    [`handle_link_down`](Router::handle_link_down) when it closed,
 ///    [`handle_tlv`](Router::handle_tlv) for every decoded control TLV,
 ///    [`request_route`](Router::request_route) when the data path needs a destination (also
-///    for destinations in use, every few seconds: that is how routes near expiry are refreshed),
-///    and [`handle_timeout`](Router::handle_timeout) when the deadline returned by
+///    for destinations in use, every few seconds: that is how routes near expiry are refreshed)
+///    for the node's own traffic, [`request_route_for_link`](Router::request_route_for_link)
+///    for an address in traffic that arrived on a link, and [`handle_timeout`](Router::handle_timeout) when the deadline returned by
 ///    [`poll_timeout`](Router::poll_timeout) has passed.
 /// 3. Then drain [`poll_transmit`](Router::poll_transmit) (send each TLV on its link, one TLV
 ///    per babel packet) and [`poll_event`](Router::poll_event) (close links reported dead, release
@@ -393,8 +534,11 @@ pub struct Router {
     route_plens: PlenIndex,
     entry_count: usize,
     sources: FxHashMap<(Subnet, RouterId), Fd>,
-    queries: FxHashMap<Subnet, Time>,
+    queries: FxHashMap<Subnet, Query>,
     query_plens: PlenIndex,
+    /// Queries charged to links (live or gone), against `max_queries - queries_reserved_own`.
+    link_queries: usize,
+    flaps: FxHashMap<Subnet, Flap>,
     rr_cache: FxHashMap<Subnet, Vec<(LinkId, u8, Time)>>,
     seqno_cache: FxHashMap<(RouterId, Subnet, SeqNo), Time>,
     snr_waiters: FxHashMap<Subnet, Vec<Waiter>>,
@@ -446,6 +590,8 @@ impl Router {
             sources: FxHashMap::default(),
             queries: FxHashMap::default(),
             query_plens: PlenIndex::default(),
+            link_queries: 0,
+            flaps: FxHashMap::default(),
             rr_cache: FxHashMap::default(),
             seqno_cache: FxHashMap::default(),
             snr_waiters: FxHashMap::default(),
@@ -503,6 +649,10 @@ impl Router {
                 hello_seqno: SeqNo(0),
                 next_hello: now,
                 subnets: Default::default(),
+                own_queries: Quota::default(),
+                relayed_queries: Quota::default(),
+                last_dump: None,
+                dump_pending: false,
             },
         );
         self.timers.push(Reverse((now, Timer::Hello(link))));
@@ -557,10 +707,33 @@ impl Router {
         self.compact_timers_if_needed();
     }
 
-    /// The data path needs `dst`. Starts a query (RouteRequest for `dst/64` to every peer) if
-    /// nothing is known, asks for a new seqno if only unselected routes exist, and refreshes a
-    /// selected route that expires within 15 s. Cheap when there is nothing to do.
+    /// The data path needs `dst` for the node's own traffic (from the TUN). Starts a query
+    /// (RouteRequest for `dst/64` to every peer) if nothing is known, asks for a new seqno if
+    /// only unselected routes exist, and refreshes a selected route that expires within 15 s.
+    /// Cheap when there is nothing to do. A new query may use the whole query table, including
+    /// the slots reserved for the node's own queries ([`Limits::queries_reserved_own`]).
     pub fn request_route(&mut self, dst: Ipv6Addr, now: Time) {
+        self.request(dst, None, now);
+    }
+
+    /// As [`Router::request_route`], for an address seen in traffic that arrived on `link` (the
+    /// source of a frame whose sender is unknown, the destination of a frame to relay). A new
+    /// query is charged to `link`: it counts against the link's share of the query table
+    /// ([`Limits::max_queries_per_link`]) and its rate for relayed queries
+    /// ([`Limits::link_query_rate`], [`Limits::link_query_burst`]), never uses the slots
+    /// reserved for our own queries, and is refused and counted (`query_link_share_full`,
+    /// `query_rate_limited`, `query_table_full`) beyond them. Refreshes and seqno requests for
+    /// known subnets are not charged (they have their own per-subnet limits). A link the core
+    /// does not know (already closed) starts nothing and is counted as `unknown_link`.
+    pub fn request_route_for_link(&mut self, dst: Ipv6Addr, link: LinkId, now: Time) {
+        if !self.links.contains_key(&link) {
+            self.counters.unknown_link += 1;
+            return;
+        }
+        self.request(dst, Some(link), now);
+    }
+
+    fn request(&mut self, dst: Ipv6Addr, by: Option<LinkId>, now: Time) {
         if !overlay().contains_addr(dst) || self.cfg.own_subnet.contains_addr(dst) {
             return;
         }
@@ -595,7 +768,8 @@ impl Router {
         if self.queries.contains_key(&subnet) {
             return;
         }
-        if self.mark_queried(subnet, now) {
+        let charge = by.map_or(Charge::Own, Charge::Relayed);
+        if self.mark_queried(subnet, charge, now) {
             self.send_rr_to_all(subnet, 0, None, now);
         }
     }
@@ -741,7 +915,7 @@ impl Router {
         let mut v: Vec<_> = self
             .queries
             .iter()
-            .map(|(s, t)| (*s, t.saturating_since(now)))
+            .map(|(s, q)| (*s, q.expires.saturating_since(now)))
             .collect();
         v.sort_unstable();
         v
@@ -780,6 +954,7 @@ impl Router {
             (self.transmits.len() <= l.max_transmits, "transmits"),
             (self.events.len() <= l.max_events, "events"),
             (self.changes.len() <= l.max_subnets, "changes"),
+            (self.flaps.len() <= l.max_flapping, "flap memory"),
         ];
         for (ok, what) in checks {
             if !ok {
@@ -817,7 +992,27 @@ impl Router {
         if entries != self.entry_count {
             return Err("entry count mismatch".into());
         }
-        let timers_bound = 4 * (self.entry_count + self.links.len() + self.queries.len()) + 64;
+        let charged = self
+            .queries
+            .values()
+            .filter(|q| q.by != Charge::Own)
+            .count();
+        if charged != self.link_queries {
+            return Err("charged query count mismatch".into());
+        }
+        for (id, link) in &self.links {
+            let own = Charge::Neighbour(*id);
+            let relayed = Charge::Relayed(*id);
+            for (charge, quota) in [(own, link.own_queries), (relayed, link.relayed_queries)] {
+                let n = self.queries.values().filter(|q| q.by == charge).count();
+                if n != quota.live || n > l.max_queries_per_link {
+                    return Err(format!("{charge:?}: query count wrong or over its share"));
+                }
+            }
+        }
+        let timers_bound = 4
+            * (self.entry_count + 2 * self.links.len() + self.queries.len() + self.flaps.len())
+            + 64;
         if self.timers.len() > timers_bound {
             return Err(format!("timer heap {} > {timers_bound}", self.timers.len()));
         }
@@ -949,7 +1144,14 @@ impl Router {
         let hold = if u.metric.is_infinite() {
             RETRACTED_HOLD
         } else {
-            hold_time(u.interval)
+            // Mycelium sends interval 0 only in retractions; a finite route that expires at once
+            // would be acquired and lost (two triggered updates) per Update received.
+            let min = self.cfg.limits.min_route_hold;
+            let hold = hold_time(u.interval);
+            if hold < min {
+                self.counters.update_short_hold += 1;
+            }
+            hold.max(min)
         };
         let expires = now + hold;
         let new_entry = Entry {
@@ -978,6 +1180,7 @@ impl Router {
                         sel_rid: u.router_id,
                         sel_metric: Metric::INFINITE,
                         refresh_sent: None,
+                        last_trigger: None,
                     },
                 );
                 self.route_plens.add(subnet.prefix_len());
@@ -1149,16 +1352,18 @@ impl Router {
             (None, None) => {}
             (None, Some((link, rid, seqno, total))) => {
                 self.selection_changed(subnet);
-                if self.queries.remove(&subnet).is_some() {
-                    self.query_plens.remove(subnet.prefix_len());
-                }
+                self.end_query(subnet);
                 self.event(Event::RouteAcquired(subnet));
-                self.send_route(subnet, rid, seqno, total, None, Some(link), now);
+                if !self.damped(subnet, true, now) {
+                    self.send_route(subnet, rid, seqno, total, None, Some(link), now);
+                }
             }
             (Some((_, old_rid, _)), None) => {
                 self.selection_changed(subnet);
                 self.event(Event::RouteLost(subnet));
-                self.send_retraction(subnet, None);
+                if !self.damped(subnet, true, now) {
+                    self.send_retraction(subnet, None);
+                }
                 self.originate_snr(subnet, old_rid, Targets::Advertisers, now);
             }
             (Some((old_link, old_rid, old_metric)), Some((link, rid, seqno, total))) => {
@@ -1169,9 +1374,119 @@ impl Router {
                 }
                 let diff = old_metric.0.abs_diff(total.0);
                 if old_rid != rid || diff > BIG_METRIC_CHANGE {
-                    self.send_route(subnet, rid, seqno, total, None, Some(link), now);
+                    // A better metric from the same source is how routes converge (link costs
+                    // settle, shorter paths answer later): not counted as a flap.
+                    let flap = old_rid != rid || total > old_metric;
+                    if !self.damped(subnet, flap, now) {
+                        self.send_route(subnet, rid, seqno, total, None, Some(link), now);
+                    }
                 }
             }
+        }
+    }
+
+    /// Flap damping. Called for each triggered update `subnet` is due to send (`flap`: it is
+    /// one that counts, see [`Limits::flap_threshold`]); true if it must be held back.
+    ///
+    /// A subnet is remembered once it flaps twice within `flap_window` (a route acquired and
+    /// lost again soon, a source or metric that keeps changing); stable routes, however many,
+    /// cost no memory. One with more than `flap_threshold` flaps in a window is damped: all its
+    /// triggered updates are held back until it has not flapped for `flap_damping`, and then
+    /// its current state (the selected route, or a retraction) goes out once. Replies to
+    /// requests and dumps are never held back and selection is unchanged, so routing stays
+    /// correct (a held-back update is one the neighbours missed, which the protocol tolerates:
+    /// feasibility depends only on what we did advertise), while a flapping source gets a
+    /// bounded number of updates out of us however long it flaps.
+    fn damped(&mut self, subnet: Subnet, flap: bool, now: Time) -> bool {
+        let lim = &self.cfg.limits;
+        if lim.flap_threshold == 0 {
+            return false;
+        }
+        let list = self.routes.get_mut(&subnet);
+        let remembered = self.flaps.get(&subnet);
+        let previous = match remembered {
+            Some(f) => Some(f.last),
+            None => list.as_ref().and_then(|l| l.last_trigger),
+        };
+        let counted = flap && previous.is_none_or(|t| now.saturating_since(t) >= FLAP_COALESCE);
+        if counted {
+            if let Some(l) = list {
+                l.last_trigger = Some(now);
+            }
+            let recent = previous.is_some_and(|t| now.saturating_since(t) < lim.flap_window);
+            if remembered.is_none() && recent {
+                if self.flaps.len() >= lim.max_flapping {
+                    self.counters.flap_table_full += 1;
+                    return false;
+                }
+                // The window opens here; the previous flap is counted in it too.
+                let f = Flap {
+                    window_start: now,
+                    last: now,
+                    count: 1,
+                    damped_until: None,
+                    pending: false,
+                };
+                self.flaps.insert(subnet, f);
+            }
+        }
+        let Some(f) = self.flaps.get_mut(&subnet) else {
+            return false;
+        };
+        if let Some(until) = f.damped_until {
+            if counted {
+                f.last = now;
+                f.damped_until = Some(until.max(now + lim.flap_damping));
+            }
+            f.pending = true;
+            self.counters.update_damped += 1;
+            return true;
+        }
+        if !counted {
+            return false;
+        }
+        f.last = now;
+        if now.saturating_since(f.window_start) >= lim.flap_window {
+            f.window_start = now;
+            f.count = 0;
+        }
+        f.count = f.count.saturating_add(1);
+        if f.count <= lim.flap_threshold {
+            return false;
+        }
+        let until = now + lim.flap_damping;
+        f.damped_until = Some(until);
+        f.pending = true;
+        self.counters.update_damped += 1;
+        self.timers.push(Reverse((until, Timer::Undamp(subnet))));
+        true
+    }
+
+    /// Ends damping once the subnet has been quiet for `flap_damping`, and sends what was held
+    /// back: the current state, to every link but the next hop.
+    fn on_undamp_timer(&mut self, subnet: Subnet, now: Time) {
+        let Some(f) = self.flaps.get_mut(&subnet) else {
+            return;
+        };
+        let Some(until) = f.damped_until else {
+            return;
+        };
+        if until > now {
+            // Pushed later by updates held back meanwhile.
+            self.timers.push(Reverse((until, Timer::Undamp(subnet))));
+            return;
+        }
+        f.damped_until = None;
+        f.window_start = now;
+        f.count = 0;
+        if !std::mem::take(&mut f.pending) {
+            return;
+        }
+        match self.selected(&subnet) {
+            Some((link, rid, seqno, metric)) => {
+                self.send_route(subnet, rid, seqno, metric, None, Some(link), now);
+            }
+            None => self.send_retraction(subnet, None),
         }
     }
 
@@ -1352,19 +1667,76 @@ impl Router {
         None
     }
 
-    fn mark_queried(&mut self, subnet: Subnet, now: Time) -> bool {
+    /// Marks `subnet` as queried for 15 s, charged to `charge`; false (counted) if a limit
+    /// refuses it. A link's query needs room in its share and outside the reserve, then a
+    /// token of its rate (taken last, so a refusal for room costs none).
+    fn mark_queried(&mut self, subnet: Subnet, charge: Charge, now: Time) -> bool {
         if self.queries.contains_key(&subnet) {
             return true;
         }
-        if self.queries.len() >= self.cfg.limits.max_queries {
+        let lim = &self.cfg.limits;
+        let room = match charge {
+            Charge::Own => lim.max_queries,
+            _ => lim.max_queries.saturating_sub(lim.queries_reserved_own),
+        };
+        if self.queries.len() >= room {
             self.counters.query_table_full += 1;
             return false;
         }
-        let t = now + QUERY_TIMEOUT;
-        self.queries.insert(subnet, t);
+        let (share, rate, burst) = (
+            lim.max_queries_per_link,
+            lim.link_query_rate,
+            lim.link_query_burst,
+        );
+        if let Some(quota) = self.quota(charge) {
+            if quota.live >= share {
+                self.counters.query_link_share_full += 1;
+                return false;
+            }
+            if !quota.rate.admit(rate, burst, now) {
+                self.counters.query_rate_limited += 1;
+                return false;
+            }
+            quota.live += 1;
+            self.link_queries += 1;
+        } else if charge != Charge::Own {
+            self.counters.unknown_link += 1;
+            return false;
+        }
+        let expires = now + QUERY_TIMEOUT;
+        self.queries.insert(
+            subnet,
+            Query {
+                expires,
+                by: charge,
+            },
+        );
         self.query_plens.add(subnet.prefix_len());
-        self.timers.push(Reverse((t, Timer::Query(subnet))));
+        self.timers.push(Reverse((expires, Timer::Query(subnet))));
         true
+    }
+
+    /// The quota a link's query is charged to (`None` for our own, or a link gone).
+    fn quota(&mut self, charge: Charge) -> Option<&mut Quota> {
+        match charge {
+            Charge::Own => None,
+            Charge::Neighbour(l) => self.links.get_mut(&l).map(|l| &mut l.own_queries),
+            Charge::Relayed(l) => self.links.get_mut(&l).map(|l| &mut l.relayed_queries),
+        }
+    }
+
+    /// Ends the query for `subnet` (answered or timed out) and frees its charge.
+    fn end_query(&mut self, subnet: Subnet) {
+        let Some(q) = self.queries.remove(&subnet) else {
+            return;
+        };
+        self.query_plens.remove(subnet.prefix_len());
+        if q.by != Charge::Own {
+            self.link_queries = self.link_queries.saturating_sub(1);
+        }
+        if let Some(quota) = self.quota(q.by) {
+            quota.live = quota.live.saturating_sub(1);
+        }
     }
 
     /// Sends RouteRequest(`generation`, `subnet`) to every link except `except`, skipping links
@@ -1420,7 +1792,7 @@ impl Router {
     fn on_route_request(&mut self, link: LinkId, rr: &RouteRequest, now: Time) {
         self.counters.route_request_rx += 1;
         let p = match rr.prefix {
-            Prefix::Wildcard => return self.dump(link, now),
+            Prefix::Wildcard => return self.on_wildcard_request(link, now),
             Prefix::V6(p) if p.prefix_len() >= 64 && overlay().contains(&p) => p,
             _ => {
                 self.counters.route_request_bad_prefix += 1;
@@ -1449,9 +1821,50 @@ impl Router {
             self.counters.route_request_generation_limit += 1;
             return;
         }
-        if self.mark_queried(p, now) {
+        let charge = if rr.generation == 0 {
+            Charge::Neighbour(link)
+        } else {
+            Charge::Relayed(link)
+        };
+        if self.mark_queried(p, charge, now) {
             self.send_rr_to_all(p, rr.generation + 1, Some(link), now);
         }
+    }
+
+    /// A wildcard request is answered with a dump at once if the link's last dump is at least
+    /// the hold-off ago; otherwise one dump goes out when the hold-off ends, however many
+    /// requests came meanwhile (the requester still gets the whole table, at most once per
+    /// hold-off: 13 bytes must not buy the table again and again).
+    fn on_wildcard_request(&mut self, link: LinkId, now: Time) {
+        let holdoff = self.cfg.limits.wildcard_dump_holdoff;
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let ready = l.last_dump.map_or(now, |t| t + holdoff);
+        if ready <= now {
+            l.last_dump = Some(now);
+            l.dump_pending = false;
+            self.dump(link, now);
+            return;
+        }
+        self.counters.wildcard_dump_deferred += 1;
+        if !l.dump_pending {
+            l.dump_pending = true;
+            self.timers.push(Reverse((ready, Timer::Dump(link))));
+        }
+    }
+
+    fn on_dump_timer(&mut self, link: LinkId, now: Time) {
+        let holdoff = self.cfg.limits.wildcard_dump_holdoff;
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        if !l.dump_pending || l.last_dump.is_some_and(|t| t + holdoff > now) {
+            return;
+        }
+        l.dump_pending = false;
+        l.last_dump = Some(now);
+        self.dump(link, now);
     }
 
     /// Reply to a wildcard request: our /64 and every selected route not via the requester.
@@ -1662,12 +2075,13 @@ impl Router {
             }
             Timer::Expiry(subnet, link) => self.on_expiry(subnet, link, now),
             Timer::Query(subnet) => {
-                if self.queries.get(&subnet).is_some_and(|t| *t <= now) {
-                    self.queries.remove(&subnet);
-                    self.query_plens.remove(subnet.prefix_len());
+                if self.queries.get(&subnet).is_some_and(|q| q.expires <= now) {
+                    self.end_query(subnet);
                     self.event(Event::QueryTimedOut(subnet));
                 }
             }
+            Timer::Dump(link) => self.on_dump_timer(link, now),
+            Timer::Undamp(subnet) => self.on_undamp_timer(subnet, now),
         }
     }
 
@@ -1678,6 +2092,10 @@ impl Router {
         });
         self.seqno_cache
             .retain(|_, t| now.saturating_since(*t) < SEQNO_CACHE_TTL);
+        let window = self.cfg.limits.flap_window;
+        self.flaps.retain(|_, f| {
+            f.damped_until.is_some() || now.saturating_since(f.window_start) < window
+        });
         let mut count = 0;
         self.snr_waiters.retain(|_, v| {
             v.retain(|w| w.expires > now);
@@ -1721,7 +2139,8 @@ impl Router {
 
     /// Rebuilds the timer heap from the state when stale entries pile up, so it stays bounded.
     fn compact_timers_if_needed(&mut self) {
-        let live = self.entry_count + self.links.len() + self.queries.len() + 4;
+        let live =
+            self.entry_count + 2 * self.links.len() + self.queries.len() + self.flaps.len() + 4;
         if self.timers.len() <= 2 * live + 64 {
             return;
         }
@@ -1730,11 +2149,21 @@ impl Router {
         v.push(Reverse((self.next_announce, Timer::Announce)));
         v.push(Reverse((self.next_housekeeping, Timer::Housekeeping)));
         v.push(Reverse((self.next_source_gc, Timer::SourceGc)));
+        let holdoff = self.cfg.limits.wildcard_dump_holdoff;
         for (id, l) in &self.links {
             v.push(Reverse((l.next_hello, Timer::Hello(*id))));
+            if l.dump_pending {
+                let t = l.last_dump.map_or(Time::ZERO, |t| t + holdoff);
+                v.push(Reverse((t, Timer::Dump(*id))));
+            }
         }
-        for (s, t) in &self.queries {
-            v.push(Reverse((*t, Timer::Query(*s))));
+        for (s, f) in &self.flaps {
+            if let Some(t) = f.damped_until {
+                v.push(Reverse((t, Timer::Undamp(*s))));
+            }
+        }
+        for (s, q) in &self.queries {
+            v.push(Reverse((q.expires, Timer::Query(*s))));
         }
         for (s, list) in self.routes.iter_mut() {
             for e in list.entries.iter_mut() {

@@ -322,6 +322,36 @@ impl Sim {
         self.settle(n);
     }
 
+    /// Node `n` sends `tlv` on link `l` as if its router had sent it: lets a test play a hostile
+    /// or broken peer. Ignored if the link is down or `n` is not one of its ends.
+    pub fn inject(&mut self, n: usize, l: usize, tlv: Tlv) {
+        let Some(link) = self.links.get_mut(l) else {
+            return;
+        };
+        if !link.up || (link.a != n && link.b != n) {
+            return;
+        }
+        let t = self.now + link.latency;
+        let d = usize::from(link.a != n);
+        self.enqueue(l, d, t, tlv);
+    }
+
+    /// Puts `tlv` in flight on link `l` in direction `d`, arriving at `t`.
+    fn enqueue(&mut self, l: usize, d: usize, t: Time, tlv: Tlv) {
+        let link = &mut self.links[l];
+        link.fifo[d].push_back((t, tlv));
+        if link.head[d].is_none() {
+            link.head[d] = Some(t);
+            self.push(
+                t,
+                Ev::Arrive {
+                    link: l as u32,
+                    dir: d as u8,
+                },
+            );
+        }
+    }
+
     /// Node `n` wants to reach node `dst` (the data path asks for a route).
     pub fn request(&mut self, n: usize, dst: usize) {
         let a = self.nodes[dst].address;
@@ -498,18 +528,7 @@ impl Sim {
                 }
                 let t = self.now + link.latency;
                 let d = usize::from(link.a != n);
-                let link = &mut self.links[l];
-                link.fifo[d].push_back((t, tlv));
-                if link.head[d].is_none() {
-                    link.head[d] = Some(t);
-                    self.push(
-                        t,
-                        Ev::Arrive {
-                            link: l as u32,
-                            dir: d as u8,
-                        },
-                    );
-                }
+                self.enqueue(l, d, t, tlv);
             }
             while let Some(ev) = self.nodes[n].router.poll_event() {
                 match ev {

@@ -322,3 +322,294 @@ fn answered_route_requests_are_counted() {
     assert_eq!(r.counters().route_request_rx, 3);
     assert_eq!(r.counters().route_request_answered, 2);
 }
+
+/// Drains `r`, answering its Hellos with IHUs (peers that stay alive), and returns what it sent.
+fn answer_hellos(r: &mut Router, now: Time) -> Vec<(LinkId, Tlv)> {
+    let out = drain(r);
+    for (l, t) in &out {
+        if matches!(t, Tlv::Hello(_)) {
+            let ihu = Ihu {
+                rx_cost: Metric(1),
+                interval: 6000,
+                address: None,
+            };
+            r.handle_tlv(*l, &Tlv::Ihu(ihu), now);
+        }
+    }
+    out
+}
+
+fn random_route_request(rng: &mut crate::sim::SimRng) -> Tlv {
+    let mut a = [0u8; 16];
+    rng.fill(&mut a);
+    a[0] = 0x04 | (a[0] & 1); // inside 400::/7
+    Tlv::RouteRequest(wire::babel::RouteRequest {
+        generation: 0,
+        prefix: Prefix::V6(Subnet::slash64(a.into())),
+    })
+}
+
+fn route_request(generation: u8, subnet: Subnet) -> Tlv {
+    Tlv::RouteRequest(wire::babel::RouteRequest {
+        generation,
+        prefix: Prefix::V6(subnet),
+    })
+}
+
+/// Route requests in `out` as (link, generation, subnet).
+fn requests(out: &[(LinkId, Tlv)]) -> Vec<(LinkId, u8, Subnet)> {
+    out.iter()
+        .filter_map(|(l, t)| match t {
+            Tlv::RouteRequest(rr) => match rr.prefix {
+                Prefix::V6(s) => Some((*l, rr.generation, s)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// Issue 12, finding 3: one link flooding RouteRequests for random /64s (17,000 at once, then
+/// 1,500/s) used to fill the whole query table, so that no query of the node itself or of any
+/// other peer could start.
+#[test]
+fn a_link_flooding_route_requests_gets_only_its_share_of_the_query_table() {
+    let mut r = router();
+    for l in [L1, L2, L3] {
+        r.handle_link_up(l, 10, Time::ZERO).unwrap();
+    }
+    drain(&mut r);
+    let mut rng = crate::sim::SimRng::new(12);
+    for _ in 0..17_000 {
+        let rr = random_route_request(&mut rng);
+        r.handle_tlv(L1, &rr, Time::ZERO);
+    }
+    let mut forwarded = requests(&drain(&mut r)).len();
+    for tick in 1..=3000 {
+        let t = Time::from_millis(10 * tick);
+        for _ in 0..15 {
+            let rr = random_route_request(&mut rng);
+            r.handle_tlv(L1, &rr, t);
+        }
+        r.handle_timeout(t);
+        forwarded += requests(&drain(&mut r)).len();
+        events(&mut r);
+    }
+    let now = secs(30);
+
+    // Our own query starts and goes to every peer.
+    let own = derive_address(&[7; 32]);
+    let own_subnet = Subnet::slash64(own);
+    r.request_route(own, now);
+    assert_eq!(r.lookup(own), Lookup::Resolving);
+    let sent = requests(&drain(&mut r));
+    assert_eq!(sent, [L1, L2, L3].map(|l| (l, 0, own_subnet)).to_vec());
+
+    // Another peer's own request and one it relays are marked and forwarded.
+    let (s8, s9) = (ident(8).1, ident(9).1);
+    r.handle_tlv(L2, &route_request(0, s8), now);
+    r.handle_tlv(L2, &route_request(3, s9), now);
+    let sent = requests(&drain(&mut r));
+    assert!(
+        sent.contains(&(L3, 1, s8)) && sent.contains(&(L3, 4, s9)),
+        "{sent:?}"
+    );
+    assert_eq!(r.lookup(derive_address(&[8; 32])), Lookup::Resolving);
+
+    // Traffic from the flooding link starts no query; traffic from another link does.
+    let (a10, a11) = (derive_address(&[10; 32]), derive_address(&[11; 32]));
+    r.request_route_for_link(a10, L1, now);
+    r.request_route_for_link(a11, L2, now);
+    assert_eq!(
+        r.lookup(a10),
+        Lookup::Resolving,
+        "L1's relayed class is apart"
+    );
+    for n in 12..=200u8 {
+        r.request_route_for_link(derive_address(&[n; 32]), L1, now);
+    }
+    r.request_route_for_link(a11, L2, now);
+    assert_eq!(r.lookup(a11), Lookup::Resolving);
+
+    // The flood held at most its share, and we forwarded what its rate allows.
+    let queried = r.queried_subnets(now).len();
+    assert!(queried <= 2 * 512 + 8, "{queried} subnets queried");
+    assert!(
+        forwarded <= 2 * (400 + 50 * 30),
+        "{forwarded} requests forwarded"
+    );
+    let c = r.counters();
+    assert_eq!(c.route_request_rx, 17_000 + 3000 * 15 + 2);
+    assert!(
+        c.query_rate_limited > 0 && c.query_link_share_full > 0,
+        "{c:?}"
+    );
+    assert_eq!(c.query_table_full, 0);
+    r.check_invariants().unwrap();
+}
+
+/// Issue 12, finding 5: every 13-byte wildcard RouteRequest used to return the whole table.
+#[test]
+fn wildcard_requests_get_at_most_one_dump_per_holdoff() {
+    let mut r = router();
+    r.handle_link_up(L1, 10, Time::ZERO).unwrap();
+    r.handle_link_up(L2, 10, Time::ZERO).unwrap();
+    for n in 1..=50 {
+        r.handle_tlv(L2, &update(n, 1, 100), Time::ZERO);
+    }
+    drain(&mut r);
+    events(&mut r);
+    let wildcard = Tlv::RouteRequest(wire::babel::RouteRequest {
+        generation: 0,
+        prefix: Prefix::Wildcard,
+    });
+    // Ten wildcard requests a second on L1 for 150 s.
+    let first = Prefix::V6(ident(1).1);
+    let (mut dumps, mut updates) = (Vec::new(), 0);
+    for tick in 0..1500 {
+        let t = Time::from_millis(100 * tick);
+        r.handle_tlv(L1, &wildcard, t);
+        r.handle_timeout(t);
+        for (l, tlv) in answer_hellos(&mut r, t) {
+            if let (true, Tlv::Update(u)) = (l == L1, tlv) {
+                updates += 1;
+                if u.prefix == first {
+                    dumps.push(t);
+                }
+            }
+        }
+    }
+    // At once, then once at the end of each 60 s hold-off.
+    assert_eq!(
+        dumps.len(),
+        3,
+        "dumps at {:?}…",
+        &dumps[..dumps.len().min(5)]
+    );
+    assert_eq!(dumps, vec![secs(0), secs(60), secs(120)]);
+    assert_eq!(updates, 3 * 51, "our /64 and 50 routes per dump");
+    assert_eq!(r.counters().wildcard_dump_deferred, 1500 - 3);
+    // Requests in the hold-off are answered by one dump at its end.
+    r.handle_tlv(L1, &wildcard, secs(150));
+    assert!(drain(&mut r).is_empty());
+    let updates_to = |out: Vec<(LinkId, Tlv)>, link| {
+        out.iter()
+            .filter(|(l, t)| *l == link && matches!(t, Tlv::Update(_)))
+            .count()
+    };
+    r.handle_timeout(secs(180));
+    assert_eq!(updates_to(drain(&mut r), L1), 51);
+    // Another link's first request is answered at once (our /64: its routes all come from it).
+    r.handle_tlv(L2, &wildcard, secs(180));
+    assert_eq!(updates_to(drain(&mut r), L2), 1);
+    r.check_invariants().unwrap();
+}
+
+fn update_with_interval(from: u8, seqno: u16, metric: u16, interval: u16) -> Tlv {
+    let Tlv::Update(mut u) = update(from, seqno, metric) else {
+        unreachable!()
+    };
+    u.interval = interval;
+    Tlv::Update(u)
+}
+
+/// Updates for node 5's /64 in `out` sent on `link`.
+fn updates_for_5(out: &[(LinkId, Tlv)], link: LinkId) -> Vec<Update> {
+    let s5 = Prefix::V6(ident(5).1);
+    out.iter()
+        .filter_map(|(l, t)| match t {
+            Tlv::Update(u) if *l == link && u.prefix == s5 => Some(*u),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs `r`'s timers up to `until`, collecting what it sends (peers answer Hellos).
+fn run_until(r: &mut Router, until: Time, out: &mut Vec<(LinkId, Tlv)>) {
+    while let Some(t) = r.poll_timeout().filter(|t| *t <= until) {
+        r.handle_timeout(t);
+        out.extend(answer_hellos(r, t));
+        events(r);
+    }
+}
+
+/// Issue 12, finding 6: an Update with interval 0 used to expire at once.
+#[test]
+fn an_interval_zero_route_is_held_for_the_minimum_hold_time() {
+    let mut r = router();
+    r.handle_link_up(L1, 10, Time::ZERO).unwrap();
+    r.handle_link_up(L2, 10, Time::ZERO).unwrap();
+    let s5 = ident(5).1;
+    r.handle_tlv(L1, &update_with_interval(5, 1, 100, 0), Time::ZERO);
+    r.handle_timeout(Time::ZERO);
+    assert_eq!(r.selected_next_hop(&s5), Some(L1));
+    r.handle_timeout(Time::from_millis(3499));
+    assert_eq!(r.selected_next_hop(&s5), Some(L1));
+    r.handle_timeout(Time::from_millis(3500));
+    assert_eq!(r.selected_next_hop(&s5), None);
+    assert_eq!(r.counters().update_short_hold, 1);
+}
+
+/// Issue 12, finding 6: 200 interval-0 Updates made every neighbour get 400 Updates (acquired,
+/// lost, acquired, ...), and so on across the mesh.
+#[test]
+fn a_flapping_route_causes_a_bounded_number_of_updates() {
+    let mut r = router();
+    for l in [L1, L2, L3] {
+        r.handle_link_up(l, 10, Time::ZERO).unwrap();
+    }
+    let mut out = Vec::new();
+    // Each Update comes just after the previous one's minimum hold ran out.
+    for i in 0..200u16 {
+        let t = Time::from_millis(4000 * u64::from(i));
+        run_until(&mut r, t, &mut out);
+        r.handle_tlv(L1, &update_with_interval(5, i + 1, 100, 0), t);
+        out.extend(answer_hellos(&mut r, t));
+        events(&mut r);
+    }
+    let flapping = updates_for_5(&out, L2).len();
+    // Until well after damping ended.
+    run_until(&mut r, secs(4 * 200 + 200), &mut out);
+    let to_l2 = updates_for_5(&out, L2);
+    assert!(to_l2.len() <= 16, "{} updates to L2", to_l2.len());
+    assert_eq!(to_l2.len(), flapping + 1, "one catch-up after damping");
+    assert_eq!(updates_for_5(&out, L3).len(), to_l2.len());
+    // The catch-up tells the neighbours the truth: the route is gone.
+    assert!(to_l2.last().unwrap().metric.is_infinite());
+    assert_eq!(r.selected_next_hop(&ident(5).1), None);
+    let c = r.counters();
+    assert!(c.update_damped > 300, "{c:?}");
+    assert_eq!(c.update_short_hold, 200);
+    r.check_invariants().unwrap();
+}
+
+/// Issue 12, finding 6: a source whose metric keeps jumping is damped like one that comes and
+/// goes; the last state gets out once it calms down.
+#[test]
+fn a_route_whose_metric_keeps_jumping_is_damped() {
+    let mut r = router();
+    for l in [L1, L2] {
+        r.handle_link_up(l, 10, Time::ZERO).unwrap();
+    }
+    let mut out = Vec::new();
+    for i in 0..200u16 {
+        let t = Time::from_millis(2000 * u64::from(i));
+        run_until(&mut r, t, &mut out);
+        let metric = if i % 2 == 0 { 100 } else { 3000 };
+        r.handle_tlv(L1, &update(5, i + 1, metric), t);
+        out.extend(answer_hellos(&mut r, t));
+        events(&mut r);
+    }
+    run_until(&mut r, secs(2 * 200 + 200), &mut out);
+    let to_l2 = updates_for_5(&out, L2);
+    assert!(to_l2.len() <= 16, "{} updates to L2", to_l2.len());
+    // The last state: seqno 200, metric 3000 plus the link's cost at that time.
+    let last = to_l2.last().unwrap();
+    assert_eq!(last.seqno, SeqNo(200));
+    assert!(
+        last.metric > Metric(3000) && last.metric < Metric(4000),
+        "{last:?}"
+    );
+    assert_eq!(r.selected_next_hop(&ident(5).1), Some(L1));
+    r.check_invariants().unwrap();
+}

@@ -708,7 +708,8 @@ fn expiry_at_three_and_a_half_intervals_and_retracted_hold() {
         ),
         step(12_999, In::Timeout, vec![]),
         step(13_000, In::Timeout, vec![]),
-        // Interval 0 (mycelium's "not repeating" 6 ms): expires at once.
+        // Interval 0 (mycelium's "not repeating" 6 ms, which it sends only in retractions) in a
+        // finite update: held for the minimum hold time (3.5 s by default), not expired at once.
         step(
             14_000,
             In::Rx(1, update(6, rid(6), 1, 100, 0)),
@@ -717,8 +718,10 @@ fn expiry_at_three_and_a_half_intervals_and_retracted_hold() {
                 Out::Ev(Event::RouteAcquired(subnet(6))),
             ],
         ),
+        step(14_000, In::Timeout, vec![]),
+        step(17_499, In::Timeout, vec![]),
         step(
-            14_000,
+            17_500,
             In::Timeout,
             vec![
                 tx(1, retraction(6, 0, 0)),
@@ -729,7 +732,8 @@ fn expiry_at_three_and_a_half_intervals_and_retracted_hold() {
         ),
     ]);
     let r = run("expiry", s);
-    let held = r.fallback_routes(Time::from_millis(14_000));
+    assert_eq!(r.counters().update_short_hold, 1);
+    let held = r.fallback_routes(Time::from_millis(17_500));
     assert_eq!(held.len(), 1, "only 6's retracted entry is held: {held:?}");
     assert_eq!(held[0].subnet, subnet(6));
 }

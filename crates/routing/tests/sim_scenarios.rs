@@ -183,3 +183,72 @@ fn lossy_grid_stays_loop_free_and_reaches_everyone_with_retries() {
     assert!(sim.stats.tlvs_lost > 0, "the links did lose TLVs");
     assert!(sim.loops().is_empty(), "{:?}", sim.loops());
 }
+
+/// A RouteRequest for a random /64 in 400::/7.
+fn random_rr(sim: &mut Sim) -> wire::babel::Tlv {
+    use wire::babel::{Prefix, RouteRequest, Subnet, Tlv};
+    let mut a = [0u8; 16];
+    sim.rng().fill(&mut a);
+    a[0] = 0x04 | (a[0] & 1);
+    Tlv::RouteRequest(RouteRequest {
+        generation: 0,
+        prefix: Prefix::V6(Subnet::slash64(a.into())),
+    })
+}
+
+#[test]
+fn route_request_flood_from_one_client_leaves_a_new_node_reachable() {
+    // X–A–B–D, X a hostile client of A (issue 12, finding 3). The chain learns its routes first.
+    let mut sim = Sim::chain(7, 4);
+    let (x, a, d) = (0, 1, 3);
+    all_reach_all(&mut sim, secs(30));
+    let xa = sim.link_between(x, a).unwrap();
+    // 17,000 RouteRequests for random /64s at once, then 1,500/s for the rest of the test.
+    for _ in 0..17_000 {
+        let rr = random_rr(&mut sim);
+        sim.inject(x, xa, rr);
+    }
+    let flood = |sim: &mut Sim, d: Duration| {
+        let end = sim.now() + d;
+        while sim.now() < end {
+            for _ in 0..15 {
+                let rr = random_rr(sim);
+                sim.inject(x, xa, rr);
+            }
+            let t = sim.now() + Duration::from_millis(10);
+            sim.run_until(t);
+        }
+    };
+    flood(&mut sim, secs(30));
+    // A new node joins at D and wants to reach A, as a ping once a second would ask.
+    let n = sim.add_node();
+    sim.connect(n, d, Duration::from_millis(5), 0);
+    flood(&mut sim, secs(1));
+    let mut reached = false;
+    for _ in 0..5 {
+        sim.request(n, a);
+        flood(&mut sim, secs(1));
+        if sim.path(n, a).is_ok() && sim.path(a, n).is_ok() {
+            reached = true;
+            break;
+        }
+    }
+    assert!(
+        reached,
+        "new node cut off: {:?} / {:?}",
+        sim.path(n, a),
+        sim.path(a, n)
+    );
+    // The flood holds only the flooding link's share of each table along the chain.
+    let now = sim.now();
+    for node in [a, 2, d, n] {
+        let queried = sim.router(node).queried_subnets(now).len();
+        assert!(
+            queried <= 1024,
+            "node {node} holds {queried} queried subnets"
+        );
+    }
+    let c = sim.router(a).counters();
+    assert!(c.query_rate_limited + c.query_link_share_full > 0, "{c:?}");
+    assert!(sim.loops().is_empty(), "{:?}", sim.loops());
+}

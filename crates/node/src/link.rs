@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tracing::{debug, trace, warn};
-use wire::babel::{Subnet, Tlv};
+use wire::babel::{Metric, Prefix, RouterId, Subnet, Tlv};
 use wire::frame::{self, Frame, FrameReader};
 
 use crate::datapath::{self, DataCounters, DataTable, Inbound, Need, Outbox, RefreshTracker};
@@ -66,6 +66,13 @@ pub(crate) struct LinkStats {
     pub rx_buffer: AtomicU64,
 }
 
+/// Links the link layer closed by itself, by reason.
+#[derive(Default, Debug)]
+pub(crate) struct LinkRefusals {
+    /// The remote end was this node itself: it sent our own metric-0 Update for our /64.
+    pub self_link: AtomicU64,
+}
+
 /// Messages from link tasks to the owner.
 #[derive(Debug)]
 pub(crate) enum LinkEvent {
@@ -86,6 +93,9 @@ pub(crate) struct LinkContext {
     pub tun_dev: Option<Arc<Tun>>,
     pub histograms: Arc<TunHistograms>,
     pub own_subnet: Subnet,
+    /// Ours: a peer that announces our /64 at metric 0 under it is ourselves.
+    pub own_router_id: RouterId,
+    pub refusals: Arc<LinkRefusals>,
 }
 
 /// Handles the owner keeps for a running link.
@@ -352,6 +362,13 @@ async fn read_loop(
                         )
                     }
                     Ok(Some(Frame::Control(tlv))) => {
+                        if is_own_announcement(&tlv, &ctx.own_router_id, ctx.own_subnet) {
+                            datapath::bump(&ctx.refusals.self_link);
+                            return Err(
+                                "connected to ourselves (the peer sent our own announcement)"
+                                    .to_owned(),
+                            );
+                        }
                         tlvs.push(tlv);
                         if tlvs.len() >= CONTROL_CHUNK {
                             chunk_full = true;
@@ -421,6 +438,14 @@ fn idle_capacity(buffered: usize) -> usize {
     } else {
         buffered.max(frame::MAX_FRAME_LEN)
     }
+}
+
+/// Whether `tlv` is our own announcement: our /64 at metric 0 under our router-id. Only we send
+/// that (a neighbour relaying our route adds its link cost), so a link that brings it back is
+/// connected to this node itself.
+fn is_own_announcement(tlv: &Tlv, own: &RouterId, own_subnet: Subnet) -> bool {
+    matches!(tlv, Tlv::Update(u)
+        if u.router_id == *own && u.metric == Metric(0) && u.prefix == Prefix::V6(own_subnet))
 }
 
 /// Writes the packets opened in the read buffer to the TUN, coalesced, straight from there.
@@ -500,10 +525,14 @@ mod tests {
     use crate::datapath::DataTable;
     use routing::ForwardingTable;
     use tokio::net::{TcpListener, TcpStream};
-    use wire::babel::{Hello, SeqNo};
+    use wire::babel::{Hello, SeqNo, Update};
 
     fn own_subnet() -> Subnet {
         Subnet::new("4aa:1:2:3::".parse().unwrap(), 64).unwrap()
+    }
+
+    fn own_rid() -> RouterId {
+        RouterId::new([0xaa; 32], [1, 2, 3, 4, 5, 6])
     }
 
     /// A link context with no routes and no TUN; link events go to a channel of `events` slots.
@@ -520,8 +549,18 @@ mod tests {
             tun_dev: None,
             histograms: Arc::default(),
             own_subnet: own_subnet(),
+            own_router_id: own_rid(),
+            refusals: Arc::default(),
         };
         (ctx, events_rx, needs_rx)
+    }
+
+    /// The next event, within 10 s.
+    async fn next(events: &mut mpsc::Receiver<LinkEvent>) -> LinkEvent {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(ev)) => ev,
+            other => panic!("no link event: {other:?}"),
+        }
     }
 
     /// A connected loopback pair: (ours, the peer's).
@@ -631,5 +670,52 @@ mod tests {
         until(|| load(&stats.rx_buffer) == SMALL_READ_BUFFER as u64).await;
         h.abort();
         writer.join().unwrap();
+    }
+
+    /// Finding 9 of issue 12, defence in depth: a link that brings back our own announcement
+    /// (our /64 at metric 0 under our router-id) is connected to this node itself; it is closed
+    /// and counted. Our route relayed by a neighbour (at a metric that includes the neighbour's
+    /// link cost) keeps the link up.
+    #[tokio::test]
+    async fn a_link_to_ourselves_is_closed() {
+        use std::io::Write;
+        let (ctx, mut events, _needs) = context(16);
+        let refusals = ctx.refusals.clone();
+        let (ours, mut peer) = pair().await;
+        let own = Update {
+            flags: 0,
+            interval: 30000,
+            seqno: SeqNo(7),
+            metric: Metric(0),
+            prefix: Prefix::V6(own_subnet()),
+            router_id: own_rid(),
+        };
+        let relayed = Update {
+            metric: Metric(1010),
+            ..own
+        };
+        let mut first = Vec::new();
+        frame::encode_control(&mut first, &Tlv::Update(relayed)).unwrap();
+        first.extend_from_slice(&hellos(1));
+        let mut then = Vec::new();
+        frame::encode_control(&mut then, &Tlv::Update(own)).unwrap();
+        peer.write_all(&first).unwrap();
+        let h = spawn(LinkId(3), ours, ctx);
+        assert!(matches!(
+            next(&mut events).await,
+            LinkEvent::Tlv(LinkId(3), Tlv::Update(u)) if u == relayed
+        ));
+        assert!(matches!(
+            next(&mut events).await,
+            LinkEvent::Tlv(LinkId(3), Tlv::Hello(_))
+        ));
+        assert_eq!(load(&refusals.self_link), 0);
+        peer.write_all(&then).unwrap();
+        match next(&mut events).await {
+            LinkEvent::Closed(LinkId(3), why) => assert!(why.contains("ourselves"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(load(&refusals.self_link), 1);
+        h.abort();
     }
 }

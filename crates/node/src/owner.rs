@@ -23,16 +23,20 @@ use crate::control::{
 use crate::datapath::{
     self, bump, DataCounters, DataTable, FrameBatch, InboundFrame, Need, TunBatch,
 };
+use crate::discovery::{Admission, DiscoveryLimits};
 use crate::endpoint::Endpoint;
 use crate::keys::{Cipher, Identity};
 use crate::link::{self, LinkContext, LinkEvent, LinkHandles, LinkStats};
-use crate::metrics::{DataStats, PeerStats, RoutingStats, Stats, TunHistograms, TunStats};
+use crate::metrics::{
+    DataStats, PeerStats, PeeringStats, RoutingStats, Stats, TunHistograms, TunStats,
+};
 
 /// Redial period of static and discovered peers (spec §1.3).
 const REDIAL_EVERY: Duration = Duration::from_secs(5);
 /// A dial that takes longer than this failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Discovered peers are forgotten after this many failed dials in a row.
+/// Discovered peers are forgotten after this many failures in a row: dials that failed, or
+/// connections that closed before a control frame came.
 const DISCOVERED_MAX_FAILURES: u32 = 3;
 /// Packets waiting for a route: per destination /64 and in total. Far below mycelium's limits
 /// (10k / 1M), which would let one flood hold gigabytes.
@@ -92,6 +96,8 @@ pub(crate) struct Owner {
     tun_metrics: Option<(Arc<tun::Tun>, Arc<TunHistograms>)>,
     /// What the shell counts of the routing core's work (the core counts what it receives).
     route_counts: RouteCounts,
+    /// Which discovered endpoints may become peers.
+    discovery: Admission,
 }
 
 /// Routing activity seen by the owner: transmitted requests and the core's events.
@@ -141,11 +147,17 @@ impl Owner {
             msgs_tx,
             tun_metrics: None,
             route_counts: RouteCounts::default(),
+            discovery: Admission::new(DiscoveryLimits::default(), Arc::default()),
         };
         for e in static_peers {
             o.peers.insert(e, Peer::new(PeerKind::Static));
         }
         o
+    }
+
+    /// The gate for endpoints that link-local discovery reports (it counts into discovery's stats).
+    pub fn set_discovery(&mut self, admission: Admission) {
+        self.discovery = admission;
     }
 
     /// Lets stats requests include the TUN device's counters and the TUN threads' histograms.
@@ -225,7 +237,11 @@ impl Owner {
                 p.dialing = false;
                 match r {
                     Ok(stream) if p.link.is_none() => {
-                        p.failures = 0;
+                        // A discovered endpoint proves itself by a control frame, not by
+                        // accepting a connection (see `close_link`).
+                        if p.kind != PeerKind::LinkLocalDiscovery {
+                            p.failures = 0;
+                        }
                         self.start_link(e, stream);
                     }
                     Ok(_) => {}
@@ -237,6 +253,7 @@ impl Owner {
                         {
                             info!(peer = %e, "forgetting discovered peer after {} failed dials", p.failures);
                             self.peers.remove(&e);
+                            self.discovery.failed(e, Instant::now());
                         }
                     }
                 }
@@ -253,9 +270,16 @@ impl Owner {
                 self.start_link(e, stream);
             }
             OwnerMsg::Discovered(e) => {
-                if let std::collections::hash_map::Entry::Vacant(v) = self.peers.entry(e) {
+                if self.peers.contains_key(&e) {
+                    return;
+                }
+                if self
+                    .discovery
+                    .admit(&e, self.discovered_peers(), Instant::now())
+                {
                     info!(peer = %e, "discovered peer on the local link");
-                    v.insert(Peer::new(PeerKind::LinkLocalDiscovery));
+                    self.peers
+                        .insert(e, Peer::new(PeerKind::LinkLocalDiscovery));
                     self.redial();
                 }
             }
@@ -313,10 +337,13 @@ impl Owner {
         self.router.handle_link_down(id, now);
         info!(peer = %l.peer, link = id.0, "peer disconnected: {why}");
         let mut remove = false;
+        let mut forget = false;
         if let Some(p) = self.peers.get_mut(&l.peer) {
             if p.link == Some(id) {
                 p.link = None;
+                let mut proven = false;
                 if let Some(s) = p.stats.take() {
+                    proven = s.rx_control_frames.load(Ordering::Relaxed) > 0;
                     p.tx_done += s.tx_bytes.load(Ordering::Relaxed);
                     p.rx_done += s.rx_bytes.load(Ordering::Relaxed);
                     for (done, live) in p.frames_done.iter_mut().zip([
@@ -329,10 +356,20 @@ impl Owner {
                     }
                 }
                 remove = p.kind == PeerKind::Inbound;
+                if p.kind == PeerKind::LinkLocalDiscovery {
+                    // A service on a neighbour's port (or ourselves) accepts, but never speaks.
+                    p.failures = if proven { 0 } else { p.failures + 1 };
+                    forget = p.failures >= DISCOVERED_MAX_FAILURES;
+                }
             }
         }
         if remove {
             self.peers.remove(&l.peer);
+        }
+        if forget {
+            info!(peer = %l.peer, "forgetting discovered peer: {DISCOVERED_MAX_FAILURES} connections in a row closed before any control frame");
+            self.peers.remove(&l.peer);
+            self.discovery.failed(l.peer, Instant::now());
         }
         self.publish();
     }
@@ -545,6 +582,13 @@ impl Owner {
         }
     }
 
+    fn discovered_peers(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| p.kind == PeerKind::LinkLocalDiscovery)
+            .count()
+    }
+
     fn stats(&self) -> Stats {
         let now = self.now();
         let costs: FxHashMap<LinkId, u16> = self
@@ -599,6 +643,11 @@ impl Owner {
                 updates_received: c.update_rx,
                 seqno_requests_received: c.seqno_request_rx,
             },
+            peering: PeeringStats::new(
+                self.discovered_peers() as u64,
+                self.discovery.stats(),
+                &self.link_ctx.refusals,
+            ),
         }
     }
 

@@ -211,21 +211,26 @@ impl Owner {
             .map(|(e, _)| *e)
             .collect();
         for e in due {
-            if let Some(p) = self.peers.get_mut(&e) {
-                p.dialing = true;
-            }
-            let tx = self.msgs_tx.clone();
-            tokio::spawn(async move {
-                let r = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(e.addr)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect timed out",
-                    )),
-                };
-                let _ = tx.send(OwnerMsg::Dialed(e, r)).await;
-            });
+            self.dial(e);
         }
+    }
+
+    /// Starts one dial; the result comes back as [`OwnerMsg::Dialed`].
+    fn dial(&mut self, e: Endpoint) {
+        if let Some(p) = self.peers.get_mut(&e) {
+            p.dialing = true;
+        }
+        let tx = self.msgs_tx.clone();
+        tokio::spawn(async move {
+            let r = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(e.addr)).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )),
+            };
+            let _ = tx.send(OwnerMsg::Dialed(e, r)).await;
+        });
     }
 
     fn on_msg(&mut self, m: OwnerMsg) {
@@ -280,7 +285,9 @@ impl Owner {
                     info!(peer = %e, "discovered peer on the local link");
                     self.peers
                         .insert(e, Peer::new(PeerKind::LinkLocalDiscovery));
-                    self.redial();
+                    // Only this one: a beacon must not make the node redial every peer that is
+                    // down (that would bypass the rate limit on new discovered peers).
+                    self.dial(e);
                 }
             }
         }

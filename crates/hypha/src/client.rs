@@ -280,6 +280,22 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
         "api     refused: host {}, origin {}, content type {}",
         a.refused_host, a.refused_origin, a.refused_content_type
     );
+    let p = &s.peering;
+    let _ = writeln!(
+        o,
+        "peering discovered {}; beacons {} (ignored: own {}, own address {}, malformed {}); \
+         discovered refused: cap {}, rate {}, backoff {}; backed off {}; self-links closed {}",
+        p.discovered_peers,
+        p.beacons_received,
+        p.beacons_own,
+        p.beacons_own_address,
+        p.beacons_malformed,
+        p.discovered_refused_cap,
+        p.discovered_refused_rate,
+        p.discovered_refused_backoff,
+        p.discovered_backed_off,
+        p.self_links_closed
+    );
     o
 }
 
@@ -1062,6 +1078,8 @@ mod tests {
         s.data.tun_packets_in = tx / 1024;
         s.data.drop_decrypt = 1;
         s.routing.selected_routes = 1;
+        s.peering.beacons_own_address = 2;
+        s.peering.discovered_refused_cap = 5;
         s
     }
 
@@ -1085,6 +1103,8 @@ mod tests {
             text.contains("api     refused: host 0, origin 2, content type 0\n"),
             "{text}"
         );
+        assert!(text.contains("own address 2,"), "{text}");
+        assert!(text.contains("refused: cap 5,"), "{text}");
         assert!(!text.contains("/s"), "{text}");
         // 2 s later, 2 MB more sent: 1 MB/s, 1024 data frames per 2 s.
         let b = sample_stats(4096 + 2_000_000);

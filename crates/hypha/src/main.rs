@@ -91,6 +91,7 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
         discovery: (!s.disable_peer_discovery).then(|| DiscoverySettings {
             port: s.peer_discovery_port,
             interfaces: s.peer_discovery_interface.clone(),
+            ..DiscoverySettings::default()
         }),
         api_addr: Some(s.api_addr),
         metrics_addr: s.metrics_api_address,

@@ -21,7 +21,8 @@ pub enum PeerKind {
     Static,
     /// It connected to us; never redialled.
     Inbound,
-    /// Found by link-local discovery; redialled, forgotten after 3 failed dials in a row.
+    /// Found by link-local discovery; redialled, forgotten after 3 failures in a row (failed
+    /// dials, or connections closed before any control frame), then refused for a while.
     LinkLocalDiscovery,
 }
 

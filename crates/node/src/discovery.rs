@@ -10,8 +10,15 @@
 //! Discovery only reports endpoints; whether to dial them, and deduplication against known peers,
 //! is the caller's business. The beacon carries no proof of identity: it is a hint to dial, never
 //! trusted for anything else. A malformed packet is counted and dropped.
+//!
+//! Anyone on the link can send beacons, with any source address and port. So beacons from any of
+//! our own addresses (on any interface) or carrying our own key are ignored, and the node admits
+//! what discovery reports through an [`Admission`] gate: a cap on discovered peers, a rate limit
+//! on new ones, and a long back-off for an endpoint that did not turn out to be a peer (its dials
+//! failed, or its connections closed before a single control frame came). Each refusal is
+//! counted in [`DiscoveryStats`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
@@ -27,6 +34,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use wire::babel::RouterId;
 
 use crate::endpoint::Endpoint;
+use crate::ratelimit::LogLimiter;
 
 /// The default discovery port.
 pub const DEFAULT_PORT: u16 = 9650;
@@ -84,8 +92,10 @@ pub struct DiscoveryStats {
     pub send_errors: AtomicU64,
     /// Valid beacons from other nodes.
     pub beacons_received: AtomicU64,
-    /// Our own beacons (another socket of ours, or a looped-back copy).
+    /// Our own beacons (another socket of ours, or a looped-back copy), or beacons with our key.
     pub own_beacons: AtomicU64,
+    /// Beacons whose source is one of our own addresses (spoofed, or looped back).
+    pub own_address_beacons: AtomicU64,
     /// Packets that broke an acceptance rule.
     pub bad_packets: AtomicU64,
     /// Endpoints handed to the caller.
@@ -94,6 +104,14 @@ pub struct DiscoveryStats {
     pub interfaces: AtomicU64,
     /// Interface scans done.
     pub scans: AtomicU64,
+    /// Discovered endpoints the node refused: the cap on discovered peers was reached ...
+    pub refused_cap: AtomicU64,
+    /// ... too many new ones came too fast ...
+    pub refused_rate: AtomicU64,
+    /// ... or the endpoint is backing off after it failed.
+    pub refused_backoff: AtomicU64,
+    /// Discovered endpoints forgotten and put in back-off after failing.
+    pub backed_off: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -111,8 +129,10 @@ pub enum BeaconError {
     Magic,
     /// It announces TCP port 0, which cannot be dialled.
     ZeroPort,
-    /// It carries our own router-id.
+    /// It carries our own router-id, or our public key with another per-boot suffix.
     Own,
+    /// Its source is one of our own addresses.
+    OwnAddress,
 }
 
 impl std::fmt::Display for BeaconError {
@@ -123,6 +143,7 @@ impl std::fmt::Display for BeaconError {
             BeaconError::Magic => f.write_str("bad magic"),
             BeaconError::ZeroPort => f.write_str("announces TCP port 0"),
             BeaconError::Own => f.write_str("our own beacon"),
+            BeaconError::OwnAddress => f.write_str("sent from one of our own addresses"),
         }
     }
 }
@@ -139,11 +160,13 @@ pub fn encode_beacon(tcp_port: u16, router_id: &RouterId) -> [u8; BEACON_LEN] {
 }
 
 /// Applies the acceptance rules to a packet from `src`, and gives the endpoint to dial:
-/// `tcp://[src%scope]:port`.
+/// `tcp://[src%scope]:port`. `local` holds our own addresses (of every interface): a beacon from
+/// one of them would make us dial ourselves, whatever scope it came in on.
 pub fn parse_beacon(
     src: SocketAddr,
     bytes: &[u8],
     own: &RouterId,
+    local: &HashSet<Ipv6Addr>,
 ) -> Result<Endpoint, BeaconError> {
     let SocketAddr::V6(src) = src else {
         return Err(BeaconError::NotLinkLocal);
@@ -161,8 +184,12 @@ pub fn parse_beacon(
     if port == 0 {
         return Err(BeaconError::ZeroPort);
     }
-    if b[field::ROUTER_ID] == own.0 {
+    // The key is the node; the suffix only tells its boots apart.
+    if b[field::ROUTER_ID][..32] == own.public_key() {
         return Err(BeaconError::Own);
+    }
+    if local.contains(src.ip()) {
+        return Err(BeaconError::OwnAddress);
     }
     Ok(Endpoint::tcp(SocketAddr::V6(SocketAddrV6::new(
         *src.ip(),
@@ -226,34 +253,8 @@ fn list_addrs() -> io::Result<Vec<IfAddr>> {
     Ok(v)
 }
 
-/// Allows a log line once per period and counts what it held back, so that an error repeating
-/// every packet costs one line a minute.
-#[derive(Debug)]
-struct LogLimit {
-    next: Option<Instant>,
-    held: u64,
-}
-
-impl LogLimit {
-    const PERIOD: Duration = Duration::from_secs(60);
-
-    fn new() -> LogLimit {
-        LogLimit {
-            next: None,
-            held: 0,
-        }
-    }
-
-    /// `Some(lines held back since the last one)` when a line may be written now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
-        if self.next.is_some_and(|n| now < n) {
-            self.held += 1;
-            return None;
-        }
-        self.next = Some(now + Self::PERIOD);
-        Some(std::mem::take(&mut self.held))
-    }
-}
+/// At most one line a minute per repeating discovery error (the rest are counted in the next).
+const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Reports an endpoint at most once per period; the table is bounded.
 #[derive(Debug)]
@@ -279,6 +280,144 @@ impl Reported {
 
     fn record(&mut self, e: Endpoint, now: Instant) {
         self.last.insert(e, now);
+    }
+}
+
+/// What the node lets discovery add. Beacons are unauthenticated: without these, anyone on the
+/// link could make the node hold and dial any number of endpoints, on any port of its neighbours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiscoveryLimits {
+    /// Discovered peers held at once, connected or not; more are refused until one is forgotten.
+    pub max_peers: usize,
+    /// New discovered peers admitted in a row after a quiet period ...
+    pub new_peer_burst: u32,
+    /// ... and then one per this period.
+    pub new_peer_every: Duration,
+    /// How long an endpoint that failed is refused: 3 dials failed in a row, or 3 connections
+    /// closed in a row before a single control frame came (a service that is not a peer).
+    pub failed_backoff: Duration,
+}
+
+impl Default for DiscoveryLimits {
+    fn default() -> DiscoveryLimits {
+        DiscoveryLimits {
+            max_peers: 64,
+            new_peer_burst: 16,
+            new_peer_every: Duration::from_secs(2),
+            failed_backoff: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The node's gate for discovered endpoints (held by the owner, which knows its peer table):
+/// a cap, a token bucket for new ones, and the endpoints backing off after failing.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    limits: DiscoveryLimits,
+    stats: Arc<DiscoveryStats>,
+    tokens: u32,
+    refilled: std::time::Instant,
+    /// Endpoint → refused until.
+    backoff: HashMap<Endpoint, std::time::Instant>,
+    log: LogLimiter,
+}
+
+impl Admission {
+    /// Endpoints remembered in back-off; when full, the one whose back-off ends first goes.
+    const MAX_BACKOFF: usize = 1024;
+    /// Longer back-offs are cut to this (it keeps the deadline arithmetic far from overflow).
+    const LONGEST_BACKOFF: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    pub fn new(limits: DiscoveryLimits, stats: Arc<DiscoveryStats>) -> Admission {
+        Admission {
+            tokens: limits.new_peer_burst,
+            refilled: std::time::Instant::now(),
+            limits,
+            stats,
+            backoff: HashMap::new(),
+            log: LogLimiter::new(LOG_EVERY),
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<DiscoveryStats> {
+        &self.stats
+    }
+
+    /// Whether the new endpoint `e` may become a peer now, with `held` discovered peers already
+    /// there. Counts and logs (rate-limited) a refusal.
+    pub fn admit(&mut self, e: &Endpoint, held: usize, now: std::time::Instant) -> bool {
+        let refused = if self.backoff.get(e).is_some_and(|until| now < *until) {
+            Some((
+                &self.stats.refused_backoff,
+                "it failed before and is backing off",
+            ))
+        } else if held >= self.limits.max_peers {
+            Some((
+                &self.stats.refused_cap,
+                "the cap on discovered peers is reached",
+            ))
+        } else if !self.take_token(now) {
+            Some((
+                &self.stats.refused_rate,
+                "too many new discovered peers at once",
+            ))
+        } else {
+            None
+        };
+        let Some((counter, why)) = refused else {
+            self.backoff.remove(e);
+            return true;
+        };
+        bump(counter);
+        if let Some(held_back) = self.log.allow(now) {
+            tracing::info!(
+                peer = %e,
+                max_peers = self.limits.max_peers,
+                "discovered peer refused: {why} ({held_back} more refusals since the last report)"
+            );
+        }
+        false
+    }
+
+    fn take_token(&mut self, now: std::time::Instant) -> bool {
+        let burst = self.limits.new_peer_burst;
+        let every = self.limits.new_peer_every.max(Duration::from_millis(1));
+        let periods = now.saturating_duration_since(self.refilled).as_nanos() / every.as_nanos();
+        let missing = burst - self.tokens;
+        if periods >= u128::from(missing) {
+            self.tokens = burst;
+            self.refilled = now;
+        } else {
+            // `periods < missing`, so it fits; whole periods only, the rest counts toward the next.
+            let p = periods as u32;
+            self.tokens += p;
+            self.refilled += every * p;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+
+    /// `e` failed and is forgotten: refuse it for the back-off period.
+    pub fn failed(&mut self, e: Endpoint, now: std::time::Instant) {
+        if self.backoff.len() >= Self::MAX_BACKOFF && !self.backoff.contains_key(&e) {
+            self.backoff.retain(|_, until| now < *until);
+            if self.backoff.len() >= Self::MAX_BACKOFF {
+                if let Some(first) = self
+                    .backoff
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(e, _)| *e)
+                {
+                    self.backoff.remove(&first);
+                }
+            }
+        }
+        let backoff = self.limits.failed_backoff.min(Self::LONGEST_BACKOFF);
+        self.backoff.insert(e, now + backoff);
+        bump(&self.stats.backed_off);
     }
 }
 
@@ -331,11 +470,13 @@ pub async fn run_with(
             last: HashMap::new(),
             period: timing.beacon_interval,
         },
-        scan_log: LogLimit::new(),
-        join_log: LogLimit::new(),
-        send_log: LogLimit::new(),
-        recv_log: LogLimit::new(),
-        bad_log: LogLimit::new(),
+        local: HashSet::new(),
+        scan_log: LogLimiter::new(LOG_EVERY),
+        own_log: LogLimiter::new(LOG_EVERY),
+        join_log: LogLimiter::new(LOG_EVERY),
+        send_log: LogLimiter::new(LOG_EVERY),
+        recv_log: LogLimiter::new(LOG_EVERY),
+        bad_log: LogLimiter::new(LOG_EVERY),
     };
     tracing::info!(port = task.cfg.port, "link-local discovery started");
     task.rescan().await;
@@ -374,7 +515,7 @@ pub async fn run_with(
                     // ICMP-induced errors on UDP sockets are transient; a persistent one must not
                     // spin the loop.
                     recv_errors_in_row = recv_errors_in_row.saturating_add(1);
-                    if let Some(held) = task.recv_log.allow(Instant::now()) {
+                    if let Some(held) = task.recv_log.allow(std::time::Instant::now()) {
                         tracing::warn!(error = %e, held, "discovery: receive failed");
                     }
                     if recv_errors_in_row > 10 {
@@ -403,12 +544,15 @@ struct Task {
     stats: Arc<DiscoveryStats>,
     /// Interfaces the group is joined on: index → name, and whether the last beacon went out.
     joined: BTreeMap<u32, Joined>,
+    /// Every address of every interface, as of the last scan.
+    local: HashSet<Ipv6Addr>,
     reported: Reported,
-    scan_log: LogLimit,
-    join_log: LogLimit,
-    send_log: LogLimit,
-    recv_log: LogLimit,
-    bad_log: LogLimit,
+    scan_log: LogLimiter,
+    own_log: LogLimiter,
+    join_log: LogLimiter,
+    send_log: LogLimiter,
+    recv_log: LogLimiter,
+    bad_log: LogLimiter,
 }
 
 impl Task {
@@ -418,12 +562,16 @@ impl Task {
         let addrs = match list_addrs() {
             Ok(a) => a,
             Err(e) => {
-                if let Some(held) = self.scan_log.allow(Instant::now()) {
+                if let Some(held) = self.scan_log.allow(std::time::Instant::now()) {
                     tracing::warn!(error = %e, held, "discovery: cannot list interfaces");
                 }
                 return;
             }
         };
+        self.local = addrs
+            .iter()
+            .filter_map(|a| a.v6.map(|(ip, _)| ip))
+            .collect();
         let want = eligible(&addrs, &self.cfg.interfaces);
         let gone: Vec<u32> = self
             .joined
@@ -452,7 +600,7 @@ impl Task {
                     self.send_beacon(idx).await;
                 }
                 Err(e) => {
-                    if let Some(held) = self.join_log.allow(Instant::now()) {
+                    if let Some(held) = self.join_log.allow(std::time::Instant::now()) {
                         tracing::warn!(interface = %name, error = %e, held, "discovery: cannot join ff02::cafe");
                     }
                 }
@@ -475,7 +623,7 @@ impl Task {
             Ok(_) => bump(&self.stats.beacons_sent),
             Err(e) => {
                 bump(&self.stats.send_errors);
-                if let Some(held) = self.send_log.allow(Instant::now()) {
+                if let Some(held) = self.send_log.allow(std::time::Instant::now()) {
                     let name = self.joined.get(&idx).map_or("?", |j| j.name.as_str());
                     tracing::warn!(interface = %name, error = %e, held, "discovery: beacon not sent");
                 }
@@ -486,15 +634,27 @@ impl Task {
     /// Handles one datagram; `false` when nobody listens for discovered peers any more.
     fn handle(&mut self, src: SocketAddr, bytes: &[u8], found: &mpsc::Sender<Endpoint>) -> bool {
         let now = Instant::now();
-        let e = match parse_beacon(src, bytes, &self.cfg.router_id) {
+        let e = match parse_beacon(src, bytes, &self.cfg.router_id, &self.local) {
             Ok(e) => e,
             Err(BeaconError::Own) => {
                 bump(&self.stats.own_beacons);
                 return true;
             }
+            Err(BeaconError::OwnAddress) => {
+                bump(&self.stats.own_address_beacons);
+                if let Some(held) = self.own_log.allow(now.into_std()) {
+                    tracing::warn!(
+                        %src,
+                        held,
+                        "discovery: ignoring a beacon from one of our own addresses (it would \
+                         make us dial ourselves)"
+                    );
+                }
+                return true;
+            }
             Err(err) => {
                 bump(&self.stats.bad_packets);
-                if let Some(held) = self.bad_log.allow(now) {
+                if let Some(held) = self.bad_log.allow(now.into_std()) {
                     tracing::debug!(%src, error = %err, held, "discovery: packet ignored");
                 }
                 return true;
@@ -545,7 +705,7 @@ mod tests {
     #[test]
     fn accepted_beacon_gives_scoped_tcp_endpoint() {
         let b = encode_beacon(9651, &rid(1));
-        let e = parse_beacon(ll("fe80::1:2", 7), &b, &rid(2)).unwrap();
+        let e = parse_beacon(ll("fe80::1:2", 7), &b, &rid(2), &HashSet::new()).unwrap();
         assert_eq!(e.to_string(), "tcp://[fe80::1:2%7]:9651");
         assert_eq!(e, "tcp://[fe80::1:2%7]:9651".parse().unwrap());
     }
@@ -554,6 +714,8 @@ mod tests {
     fn acceptance_rules() {
         let own = rid(2);
         let b = encode_beacon(9651, &rid(1));
+        let none = HashSet::new();
+        let parse_beacon = |src, bytes: &[u8], own: &RouterId| parse_beacon(src, bytes, own, &none);
         assert_eq!(
             parse_beacon(ll("fe80::1", 3), &encode_beacon(9651, &own), &own),
             Err(BeaconError::Own)
@@ -589,10 +751,38 @@ mod tests {
             parse_beacon(src, &encode_beacon(0, &rid(1)), &own),
             Err(BeaconError::ZeroPort)
         );
-        // Same key, different per-boot suffix: another instance, accepted.
+        // Same key, different per-boot suffix: the key is the node, so it is us (another boot, or
+        // somebody replaying our key), never a peer.
         let mut sibling = own;
         sibling.0[39] ^= 1;
-        assert!(parse_beacon(src, &encode_beacon(1, &sibling), &own).is_ok());
+        assert_eq!(
+            parse_beacon(src, &encode_beacon(1, &sibling), &own),
+            Err(BeaconError::Own)
+        );
+        // Another key with our suffix is somebody else.
+        let mut other = own;
+        other.0[0] ^= 1;
+        assert!(parse_beacon(src, &encode_beacon(1, &other), &own).is_ok());
+    }
+
+    /// Finding 9 of issue 12: a beacon from one of our own addresses made the node dial itself.
+    /// Any of our addresses counts, whatever interface (scope) the beacon came in on.
+    #[test]
+    fn beacons_from_our_own_addresses_are_ignored() {
+        let own = rid(2);
+        let local: HashSet<Ipv6Addr> = ["fe80::a", "fe80::b", "fd00::1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let b = encode_beacon(9651, &rid(1));
+        for src in [ll("fe80::a", 3), ll("fe80::a", 4), ll("fe80::b", 3)] {
+            assert_eq!(
+                parse_beacon(src, &b, &own, &local),
+                Err(BeaconError::OwnAddress),
+                "{src}"
+            );
+        }
+        assert!(parse_beacon(ll("fe80::c", 3), &b, &own, &local).is_ok());
     }
 
     #[test]
@@ -600,7 +790,7 @@ mod tests {
         let own = rid(9);
         let data: Vec<u8> = (0..=255u8).cycle().take(300).collect();
         for n in 0..data.len() {
-            let r = parse_beacon(ll("fe80::1", 1), &data[..n], &own);
+            let r = parse_beacon(ll("fe80::1", 1), &data[..n], &own, &HashSet::new());
             assert!(r.is_err());
         }
     }
@@ -655,16 +845,6 @@ mod tests {
     }
 
     #[test]
-    fn log_limit_holds_repeats() {
-        let t0 = Instant::now();
-        let mut l = LogLimit::new();
-        assert_eq!(l.allow(t0), Some(0));
-        assert_eq!(l.allow(t0 + Duration::from_secs(1)), None);
-        assert_eq!(l.allow(t0 + Duration::from_secs(2)), None);
-        assert_eq!(l.allow(t0 + Duration::from_secs(61)), Some(2));
-    }
-
-    #[test]
     fn reports_are_spaced_and_bounded() {
         let t0 = Instant::now();
         let mut r = Reported {
@@ -693,6 +873,104 @@ mod tests {
         // Once the old entries have aged out, there is room again.
         assert!(r.due(&fresh, t0 + Duration::from_secs(61)));
         assert!(r.last.is_empty());
+    }
+
+    fn endpoint(i: u16) -> Endpoint {
+        Endpoint::tcp(SocketAddr::V6(SocketAddrV6::new(
+            Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 2, i),
+            9651,
+            0,
+            2,
+        )))
+    }
+
+    fn admission(limits: DiscoveryLimits) -> Admission {
+        Admission::new(limits, Arc::default())
+    }
+
+    fn load(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// Finding 9 of issue 12: beacons announcing many endpoints made the node hold (and dial)
+    /// every one of them. At most `max_peers` are held; each refusal beyond is counted.
+    #[test]
+    fn discovered_peers_are_capped() {
+        let limits = DiscoveryLimits {
+            new_peer_burst: 1000,
+            ..DiscoveryLimits::default()
+        };
+        let mut a = admission(limits);
+        let now = std::time::Instant::now();
+        let mut held = 0;
+        for i in 0..200 {
+            if a.admit(&endpoint(i), held, now) {
+                held += 1;
+            }
+        }
+        assert_eq!(held, limits.max_peers);
+        assert_eq!(load(&a.stats().refused_cap), 200 - limits.max_peers as u64);
+        // One forgotten: room for one more.
+        assert!(a.admit(&endpoint(500), held - 1, now));
+    }
+
+    #[test]
+    fn new_discovered_peers_are_rate_limited() {
+        let limits = DiscoveryLimits::default();
+        let mut a = admission(limits);
+        let t0 = std::time::Instant::now();
+        let admitted = (0..100).filter(|&i| a.admit(&endpoint(i), 0, t0)).count();
+        assert_eq!(admitted, limits.new_peer_burst as usize);
+        assert_eq!(
+            load(&a.stats().refused_rate),
+            100 - u64::from(limits.new_peer_burst)
+        );
+        // Then one per period (a partial period earns nothing, and is not lost).
+        let half = limits.new_peer_every / 2;
+        assert!(!a.admit(&endpoint(200), 0, t0 + half));
+        assert!(a.admit(&endpoint(201), 0, t0 + limits.new_peer_every));
+        assert!(!a.admit(&endpoint(202), 0, t0 + limits.new_peer_every + half));
+        assert!(a.admit(&endpoint(203), 0, t0 + 2 * limits.new_peer_every));
+        // A long quiet period refills the burst, not more.
+        let later = t0 + 1000 * limits.new_peer_every;
+        let admitted = (300..400)
+            .filter(|&i| a.admit(&endpoint(i), 0, later))
+            .count();
+        assert_eq!(admitted, limits.new_peer_burst as usize);
+    }
+
+    /// Finding 9 of issue 12 (ports of neighbours): an endpoint that failed is refused for the
+    /// back-off period, then admitted again.
+    #[test]
+    fn a_failed_endpoint_backs_off() {
+        let limits = DiscoveryLimits::default();
+        let mut a = admission(limits);
+        let t0 = std::time::Instant::now();
+        let e = endpoint(22);
+        assert!(a.admit(&e, 0, t0));
+        a.failed(e, t0);
+        assert_eq!(load(&a.stats().backed_off), 1);
+        let before_end = t0 + limits.failed_backoff - Duration::from_secs(1);
+        assert!(!a.admit(&e, 0, before_end));
+        assert_eq!(load(&a.stats().refused_backoff), 1);
+        // Others are not affected.
+        assert!(a.admit(&endpoint(23), 0, before_end));
+        assert!(a.admit(&e, 0, t0 + limits.failed_backoff));
+        assert!(a.backoff.is_empty());
+    }
+
+    #[test]
+    fn the_backoff_table_is_bounded() {
+        let mut a = admission(DiscoveryLimits::default());
+        let t0 = std::time::Instant::now();
+        let n = Admission::MAX_BACKOFF as u16 + 100;
+        for i in 0..n {
+            a.failed(endpoint(i), t0 + Duration::from_millis(u64::from(i)));
+        }
+        assert_eq!(a.backoff.len(), Admission::MAX_BACKOFF);
+        // The ones whose back-off ended first made room; the newest are all there.
+        assert!(!a.backoff.contains_key(&endpoint(0)));
+        assert!(a.backoff.contains_key(&endpoint(n - 1)));
     }
 
     /// Over loopback no beacon arrives (multicast needs a real link), but the task must start,

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tracing::{debug, trace, warn};
-use wire::babel::{Subnet, Tlv};
+use wire::babel::{Metric, Prefix, RouterId, Subnet, Tlv};
 use wire::frame::{self, Frame, FrameReader};
 
 use crate::datapath::{self, DataCounters, DataTable, Inbound, Need, Outbox, RefreshTracker};
@@ -35,8 +35,22 @@ pub(crate) const CONTROL_QUEUE: usize = 1024;
 pub(crate) const DATA_QUEUE: usize = 4;
 /// Unsent bytes the kernel may hold for a peer socket before it stops reporting it writable.
 const NOTSENT_LOWAT: u32 = 128 * 1024;
-/// The read buffer: room for several full-size frames per read.
-const READ_BUFFER: usize = 256 * 1024;
+/// The read buffer of a link that carries only control frames (or little data): a burst of
+/// control frames is read in pieces of this size rather than all at once, and an idle or unproven
+/// connection holds no more than this. It grows by itself for a frame that does not fit.
+pub(crate) const SMALL_READ_BUFFER: usize = 16 * 1024;
+/// The read buffer while data frames flow: room for several full-size frames per read. A link
+/// grows to it when a read brought data frames and filled the buffer.
+pub(crate) const READ_BUFFER: usize = 256 * 1024;
+/// A read buffer larger than [`SMALL_READ_BUFFER`] goes back to that size after this long without
+/// a read.
+pub(crate) const READ_BUFFER_IDLE: Duration = Duration::from_secs(2);
+/// Control TLVs parsed ahead of their hand-over to the owner. Parsing stops at this many until
+/// they are handed over (which waits while the owner is busy), so a burst of control frames is
+/// never more than this many TLVs in memory.
+const CONTROL_CHUNK: usize = 64;
+/// A control buffer of the writer grown past this by a burst is given back after the write.
+const CONTROL_BUFFER_KEEP: usize = 16 * 1024;
 
 /// Byte and frame counters of one link, shared with the peer table. Each is bumped once per
 /// socket read or write, not per frame.
@@ -48,6 +62,15 @@ pub(crate) struct LinkStats {
     pub tx_control_frames: AtomicU64,
     pub rx_data_frames: AtomicU64,
     pub rx_control_frames: AtomicU64,
+    /// Size of the read buffer now (changes only when it grows or shrinks).
+    pub rx_buffer: AtomicU64,
+}
+
+/// Links the link layer closed by itself, by reason.
+#[derive(Default, Debug)]
+pub(crate) struct LinkRefusals {
+    /// The remote end was this node itself: it sent our own metric-0 Update for our /64.
+    pub self_link: AtomicU64,
 }
 
 /// Messages from link tasks to the owner.
@@ -70,6 +93,9 @@ pub(crate) struct LinkContext {
     pub tun_dev: Option<Arc<Tun>>,
     pub histograms: Arc<TunHistograms>,
     pub own_subnet: Subnet,
+    /// Ours: a peer that announces our /64 at metric 0 under it is ourselves.
+    pub own_router_id: RouterId,
+    pub refusals: Arc<LinkRefusals>,
 }
 
 /// Handles the owner keeps for a running link.
@@ -196,6 +222,9 @@ async fn write_loop(
                 .fetch_add(control_frames, Ordering::Relaxed);
         }
         ctl.clear();
+        if ctl.capacity() > CONTROL_BUFFER_KEEP {
+            ctl.shrink_to(4096);
+        }
         for b in batches.drain(..) {
             crate::pool::give(b.bytes);
         }
@@ -250,7 +279,7 @@ async fn read_loop(
     ctx: &LinkContext,
     stats: &LinkStats,
 ) -> Result<(), String> {
-    let mut reader = FrameReader::with_capacity(READ_BUFFER);
+    let mut reader = FrameReader::growable(SMALL_READ_BUFFER);
     let mut refresh = RefreshTracker::default();
     let mut outbox = Outbox::default();
     let mut tun_batch = TunBatch::default();
@@ -259,91 +288,167 @@ async fn read_loop(
     let mut stalled = Stalled::default();
     let mut tun_writer = ctx.tun_dev.as_deref().map(TunWriter::new);
     let mut drop_log = LogLimiter::new(Duration::from_secs(10));
-    let mut tlvs: Vec<Tlv> = Vec::new();
+    let mut tlvs: Vec<Tlv> = Vec::with_capacity(CONTROL_CHUNK);
     let mut skipped_logged = 0u32;
+    // Armed only while the buffer is larger than the small size; reset at most once per period.
+    let idle = tokio::time::sleep(READ_BUFFER_IDLE);
+    tokio::pin!(idle);
+    let mut last_read = Instant::now();
+    stats
+        .rx_buffer
+        .store(reader.capacity() as u64, Ordering::Relaxed);
     loop {
-        let n = rd
-            .read(reader.read_space())
-            .await
-            .map_err(|e| format!("read failed: {e}"))?;
+        let grown = reader.capacity() > idle_capacity(reader.buffered());
+        let space = reader.read_space();
+        let room = space.len();
+        let read = tokio::select! {
+            biased;
+            r = rd.read(space) => Some(r),
+            () = &mut idle, if grown => None,
+        };
+        let Some(read) = read else {
+            let now = Instant::now();
+            if now.duration_since(last_read) >= READ_BUFFER_IDLE {
+                reader.resize(idle_capacity(reader.buffered()));
+                stats
+                    .rx_buffer
+                    .store(reader.capacity() as u64, Ordering::Relaxed);
+                idle.as_mut().reset((now + READ_BUFFER_IDLE).into());
+            } else {
+                idle.as_mut().reset((last_read + READ_BUFFER_IDLE).into());
+            }
+            continue;
+        };
+        let n = read.map_err(|e| format!("read failed: {e}"))?;
         if n == 0 {
             return Ok(());
         }
         reader.commit(n);
         stats.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-        let table = ctx.table.load();
-        let mut inb = Inbound {
-            own_subnet: ctx.own_subnet,
-            link: id,
-            counters: &ctx.counters,
-            needs: &ctx.needs,
-            refresh: &mut refresh,
-            budgets: &mut budgets,
-            now: Instant::now(),
-        };
-        let mut data_frames = 0u64;
+        let now = Instant::now();
+        last_read = now;
+        let mut saw_data = false;
+        // Everything read is handled before the next read, in chunks of at most CONTROL_CHUNK
+        // control TLVs.
         loop {
-            match reader.next_frame_mut() {
-                Ok(Some(Frame::Data {
-                    hop_limit,
-                    src,
-                    dst,
-                    body,
-                })) => {
-                    data_frames += 1;
-                    datapath::inbound(
-                        &mut inb,
-                        &table,
+            let table = ctx.table.load();
+            let mut inb = Inbound {
+                own_subnet: ctx.own_subnet,
+                link: id,
+                counters: &ctx.counters,
+                needs: &ctx.needs,
+                refresh: &mut refresh,
+                budgets: &mut budgets,
+                now,
+            };
+            let mut data_frames = 0u64;
+            let mut chunk_full = false;
+            loop {
+                match reader.next_frame_mut() {
+                    Ok(Some(Frame::Data {
                         hop_limit,
                         src,
                         dst,
                         body,
-                        &mut outbox,
-                        &mut tun_batch,
-                        &mut in_place,
-                    )
-                }
-                Ok(Some(Frame::Control(tlv))) => tlvs.push(tlv),
-                Ok(Some(Frame::Skipped(why))) => {
-                    datapath::bump(&ctx.counters.malformed_control);
-                    if skipped_logged < 10 {
-                        skipped_logged += 1;
-                        debug!(link = id.0, "skipped control input: {why}");
+                    })) => {
+                        data_frames += 1;
+                        datapath::inbound(
+                            &mut inb,
+                            &table,
+                            hop_limit,
+                            src,
+                            dst,
+                            body,
+                            &mut outbox,
+                            &mut tun_batch,
+                            &mut in_place,
+                        )
                     }
+                    Ok(Some(Frame::Control(tlv))) => {
+                        if is_own_announcement(&tlv, &ctx.own_router_id, ctx.own_subnet) {
+                            datapath::bump(&ctx.refusals.self_link);
+                            return Err(
+                                "connected to ourselves (the peer sent our own announcement)"
+                                    .to_owned(),
+                            );
+                        }
+                        tlvs.push(tlv);
+                        if tlvs.len() >= CONTROL_CHUNK {
+                            chunk_full = true;
+                            break;
+                        }
+                    }
+                    Ok(Some(Frame::Skipped(why))) => {
+                        datapath::bump(&ctx.counters.malformed_control);
+                        if skipped_logged < 10 {
+                            skipped_logged += 1;
+                            debug!(link = id.0, "skipped control input: {why}");
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(format!("framing error: {e}")),
                 }
-                Ok(None) => break,
-                Err(e) => return Err(format!("framing error: {e}")),
+            }
+            drop(table);
+            if !in_place.is_empty() {
+                write_in_place(
+                    ctx,
+                    &mut reader,
+                    &mut in_place,
+                    &mut tun_writer,
+                    &mut drop_log,
+                );
+            }
+            if data_frames > 0 {
+                saw_data = true;
+                stats
+                    .rx_data_frames
+                    .fetch_add(data_frames, Ordering::Relaxed);
+            }
+            if !tlvs.is_empty() {
+                stats
+                    .rx_control_frames
+                    .fetch_add(tlvs.len() as u64, Ordering::Relaxed);
+            }
+            for tlv in tlvs.drain(..) {
+                trace!(link = id.0, ?tlv, "control in");
+                // Waiting here back-pressures only this peer when the owner is busy.
+                if ctx.events.send(LinkEvent::Tlv(id, tlv)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            flush(ctx, &mut outbox, &mut tun_batch, &mut stalled).await;
+            if !chunk_full {
+                break;
             }
         }
-        drop(table);
-        if !in_place.is_empty() {
-            write_in_place(
-                ctx,
-                &mut reader,
-                &mut in_place,
-                &mut tun_writer,
-                &mut drop_log,
-            );
-        }
-        if data_frames > 0 {
+        // Data filled the buffer: more is waiting, read it in larger pieces from now on.
+        if saw_data && n == room && reader.capacity() < READ_BUFFER {
+            reader.resize(READ_BUFFER);
             stats
-                .rx_data_frames
-                .fetch_add(data_frames, Ordering::Relaxed);
+                .rx_buffer
+                .store(reader.capacity() as u64, Ordering::Relaxed);
+            idle.as_mut().reset((now + READ_BUFFER_IDLE).into());
         }
-        if !tlvs.is_empty() {
-            stats
-                .rx_control_frames
-                .fetch_add(tlvs.len() as u64, Ordering::Relaxed);
-        }
-        for tlv in tlvs.drain(..) {
-            trace!(link = id.0, ?tlv, "control in");
-            // Waiting here back-pressures only this peer when the owner is busy.
-            if ctx.events.send(LinkEvent::Tlv(id, tlv)).await.is_err() {
-                return Ok(());
-            }
-        }
-        flush(ctx, &mut outbox, &mut tun_batch, &mut stalled).await;
     }
+}
+
+/// The size a read buffer holding `buffered` unconsumed bytes goes back to when idle: the small
+/// size, or one maximum frame while a larger frame is partly there.
+fn idle_capacity(buffered: usize) -> usize {
+    if buffered <= SMALL_READ_BUFFER {
+        SMALL_READ_BUFFER
+    } else {
+        buffered.max(frame::MAX_FRAME_LEN)
+    }
+}
+
+/// Whether `tlv` is our own announcement: our /64 at metric 0 under our router-id. Only we send
+/// that (a neighbour relaying our route adds its link cost), so a link that brings it back is
+/// connected to this node itself.
+fn is_own_announcement(tlv: &Tlv, own: &RouterId, own_subnet: Subnet) -> bool {
+    matches!(tlv, Tlv::Update(u)
+        if u.router_id == *own && u.metric == Metric(0) && u.prefix == Prefix::V6(own_subnet))
 }
 
 /// Writes the packets opened in the read buffer to the TUN, coalesced, straight from there.
@@ -414,5 +519,206 @@ async fn flush(
             // peer's traffic to everybody else.
             datapath::wait_for_room(&tx, link, buf, stalled, &ctx.counters).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::DataTable;
+    use routing::ForwardingTable;
+    use tokio::net::{TcpListener, TcpStream};
+    use wire::babel::{Hello, SeqNo, Update};
+
+    fn own_subnet() -> Subnet {
+        Subnet::new("4aa:1:2:3::".parse().unwrap(), 64).unwrap()
+    }
+
+    fn own_rid() -> RouterId {
+        RouterId::new([0xaa; 32], [1, 2, 3, 4, 5, 6])
+    }
+
+    /// A link context with no routes and no TUN; link events go to a channel of `events` slots.
+    fn context(events: usize) -> (LinkContext, mpsc::Receiver<LinkEvent>, mpsc::Receiver<Need>) {
+        let fib = ForwardingTable::from_routes(own_subnet(), &[]);
+        let (events_tx, events_rx) = mpsc::channel(events);
+        let (needs_tx, needs_rx) = mpsc::channel(16);
+        let ctx = LinkContext {
+            table: Arc::new(ArcSwap::from_pointee(DataTable::empty(Arc::new(fib)))),
+            counters: Arc::default(),
+            needs: needs_tx,
+            events: events_tx,
+            tun: None,
+            tun_dev: None,
+            histograms: Arc::default(),
+            own_subnet: own_subnet(),
+            own_router_id: own_rid(),
+            refusals: Arc::default(),
+        };
+        (ctx, events_rx, needs_rx)
+    }
+
+    /// The next event, within 10 s.
+    async fn next(events: &mut mpsc::Receiver<LinkEvent>) -> LinkEvent {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+            Ok(Some(ev)) => ev,
+            other => panic!("no link event: {other:?}"),
+        }
+    }
+
+    /// A connected loopback pair: (ours, the peer's).
+    async fn pair() -> (TcpStream, std::net::TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let peer = std::thread::spawn(move || std::net::TcpStream::connect(addr).unwrap());
+        let (ours, _) = l.accept().await.unwrap();
+        (ours, peer.join().unwrap())
+    }
+
+    /// Writes `bytes` to the peer's end on a thread of its own; keeps the connection open.
+    fn send(mut peer: std::net::TcpStream, bytes: Vec<u8>) -> std::thread::JoinHandle<()> {
+        use std::io::Write;
+        std::thread::spawn(move || {
+            peer.write_all(&bytes).unwrap();
+            // Hold the connection until the link goes away.
+            let mut sink = [0u8; 4096];
+            while std::io::Read::read(&mut peer, &mut sink).is_ok_and(|n| n > 0) {}
+        })
+    }
+
+    fn hellos(n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            let hello = Tlv::Hello(Hello {
+                flags: 0x8000,
+                seqno: SeqNo(i as u16),
+                interval: 2000,
+            });
+            frame::encode_control(&mut out, &hello).unwrap();
+        }
+        out
+    }
+
+    /// Polls `cond` until it holds; panics after 10 s.
+    async fn until(mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "condition not met within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn load(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+
+    /// Finding 8 of issue 12: 256 KiB of Hellos used to be read at once into a 256 KiB buffer
+    /// and parsed into one queue of 16,384 TLVs, both kept for the life of the link. Now, while
+    /// the owner is busy, the link reads at most one small buffer ahead, and once everything is
+    /// handed over the buffer is still the small one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_control_burst_is_read_in_small_pieces_and_leaves_a_small_buffer() {
+        const N: usize = 16 * 1024;
+        let (ctx, mut events, _needs) = context(1);
+        let (ours, peer) = pair().await;
+        let writer = send(peer, hellos(N));
+        let h = spawn(LinkId(1), ours, ctx);
+        let stats = h.stats.clone();
+        // The owner takes nothing yet: the link blocks handing over its first chunk.
+        until(|| events.len() == 1).await;
+        // It has parsed at most one chunk ahead, out of at most one small read.
+        let read = load(&stats.rx_bytes);
+        assert!(
+            read <= SMALL_READ_BUFFER as u64,
+            "read {read} bytes ahead of a busy owner"
+        );
+        let mut got = 0;
+        while got < N {
+            match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {
+                Ok(Some(LinkEvent::Tlv(_, Tlv::Hello(_)))) => got += 1,
+                other => panic!("after {got} Hellos: {other:?}"),
+            }
+        }
+        assert_eq!(load(&stats.rx_control_frames), N as u64);
+        assert_eq!(load(&stats.rx_bytes), (N * 16) as u64);
+        assert_eq!(load(&stats.rx_buffer), SMALL_READ_BUFFER as u64);
+        h.abort();
+        writer.join().unwrap();
+    }
+
+    /// The other half of finding 8: a burst of data frames grows the buffer to the full size
+    /// (while data flows, reads come in large pieces), and once the link has been idle for
+    /// [`READ_BUFFER_IDLE`] the buffer is back to the small size.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_buffer_grown_by_data_goes_back_to_small_when_idle() {
+        let (ctx, _events, _needs) = context(16);
+        let counters = ctx.counters.clone();
+        let (ours, peer) = pair().await;
+        // Frames for a /64 nobody announced: each is counted and dropped.
+        let (src, dst) = ("4bb::1".parse().unwrap(), "4cc::1".parse().unwrap());
+        let mut burst = Vec::new();
+        let mut frames = 0u64;
+        while burst.len() < 4 << 20 {
+            frame::encode_data(&mut burst, 64, src, dst, &[0x5a; 1400]).unwrap();
+            frames += 1;
+        }
+        let total = burst.len() as u64;
+        let writer = send(peer, burst);
+        let h = spawn(LinkId(2), ours, ctx);
+        let stats = h.stats.clone();
+        until(|| load(&stats.rx_buffer) == READ_BUFFER as u64).await;
+        until(|| load(&stats.rx_bytes) == total).await;
+        assert_eq!(load(&stats.rx_data_frames), frames);
+        assert_eq!(load(&counters.drop_no_route), frames);
+        until(|| load(&stats.rx_buffer) == SMALL_READ_BUFFER as u64).await;
+        h.abort();
+        writer.join().unwrap();
+    }
+
+    /// Finding 9 of issue 12, defence in depth: a link that brings back our own announcement
+    /// (our /64 at metric 0 under our router-id) is connected to this node itself; it is closed
+    /// and counted. Our route relayed by a neighbour (at a metric that includes the neighbour's
+    /// link cost) keeps the link up.
+    #[tokio::test]
+    async fn a_link_to_ourselves_is_closed() {
+        use std::io::Write;
+        let (ctx, mut events, _needs) = context(16);
+        let refusals = ctx.refusals.clone();
+        let (ours, mut peer) = pair().await;
+        let own = Update {
+            flags: 0,
+            interval: 30000,
+            seqno: SeqNo(7),
+            metric: Metric(0),
+            prefix: Prefix::V6(own_subnet()),
+            router_id: own_rid(),
+        };
+        let relayed = Update {
+            metric: Metric(1010),
+            ..own
+        };
+        let mut first = Vec::new();
+        frame::encode_control(&mut first, &Tlv::Update(relayed)).unwrap();
+        first.extend_from_slice(&hellos(1));
+        let mut then = Vec::new();
+        frame::encode_control(&mut then, &Tlv::Update(own)).unwrap();
+        peer.write_all(&first).unwrap();
+        let h = spawn(LinkId(3), ours, ctx);
+        assert!(matches!(
+            next(&mut events).await,
+            LinkEvent::Tlv(LinkId(3), Tlv::Update(u)) if u == relayed
+        ));
+        assert!(matches!(
+            next(&mut events).await,
+            LinkEvent::Tlv(LinkId(3), Tlv::Hello(_))
+        ));
+        assert_eq!(load(&refusals.self_link), 0);
+        peer.write_all(&then).unwrap();
+        match next(&mut events).await {
+            LinkEvent::Closed(LinkId(3), why) => assert!(why.contains("ourselves"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(load(&refusals.self_link), 1);
+        h.abort();
     }
 }

@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::ConnectionState;
 use crate::datapath::DataCounters;
+use crate::discovery::DiscoveryStats;
+use crate::link::LinkRefusals;
 
 /// Upper bounds of the histogram buckets (an implicit `+Inf` bucket follows). Powers of two up
 /// to a 64 KiB super-packet's worth of 1400-byte segments (47) and a full write batch (256).
@@ -120,6 +122,8 @@ pub struct Stats {
     /// `None` without a TUN device.
     pub tun: Option<TunStats>,
     pub routing: RoutingStats,
+    #[serde(default)]
+    pub peering: PeeringStats,
     /// Absent from an older node's answer.
     #[serde(default)]
     pub api: ApiStats,
@@ -300,6 +304,45 @@ pub struct RoutingStats {
     /// Flapping subnets not remembered for damping (its table full).
     #[serde(default)]
     pub flap_table_full: u64,
+}
+
+/// Link-local discovery and the guards on who becomes a peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeeringStats {
+    /// Discovered peers held now (the cap applies to this).
+    pub discovered_peers: u64,
+    /// Valid beacons from other nodes.
+    pub beacons_received: u64,
+    /// Beacons ignored: ours (our router-id or key), from one of our own addresses, malformed.
+    pub beacons_own: u64,
+    pub beacons_own_address: u64,
+    pub beacons_malformed: u64,
+    /// Discovered endpoints refused: cap reached, too many new ones at once, backing off.
+    pub discovered_refused_cap: u64,
+    pub discovered_refused_rate: u64,
+    pub discovered_refused_backoff: u64,
+    /// Discovered endpoints forgotten and backing off after failing.
+    pub discovered_backed_off: u64,
+    /// Links closed because the remote end was this node itself.
+    pub self_links_closed: u64,
+}
+
+impl PeeringStats {
+    pub(crate) fn new(discovered_peers: u64, d: &DiscoveryStats, l: &LinkRefusals) -> PeeringStats {
+        PeeringStats {
+            discovered_peers,
+            beacons_received: d.beacons_received.load(Relaxed),
+            beacons_own: d.own_beacons.load(Relaxed),
+            beacons_own_address: d.own_address_beacons.load(Relaxed),
+            beacons_malformed: d.bad_packets.load(Relaxed),
+            discovered_refused_cap: d.refused_cap.load(Relaxed),
+            discovered_refused_rate: d.refused_rate.load(Relaxed),
+            discovered_refused_backoff: d.refused_backoff.load(Relaxed),
+            discovered_backed_off: d.backed_off.load(Relaxed),
+            self_links_closed: l.self_link.load(Relaxed),
+        }
+    }
 }
 
 /// Renders `stats` in the OpenMetrics text format (which Prometheus scrapes as-is).
@@ -749,6 +792,56 @@ impl Collector for StatsCollector {
             ]
             .map(|(r, v)| ([("reason", r)], v)),
         )?;
+
+        let p = &s.peering;
+        gauge(
+            e,
+            "hypha_discovered_peers",
+            "Peers found by link-local discovery, held now",
+            p.discovered_peers as i64,
+        )?;
+        counter(
+            e,
+            "hypha_discovery_beacons_received",
+            "Valid discovery beacons from other nodes",
+            p.beacons_received,
+        )?;
+        family(
+            e,
+            "hypha_discovery_beacons_ignored",
+            "Discovery beacons ignored by reason",
+            Counter,
+            [
+                ("own", p.beacons_own),
+                ("own_address", p.beacons_own_address),
+                ("malformed", p.beacons_malformed),
+            ]
+            .map(|(r, v)| ([("reason", r)], v)),
+        )?;
+        family(
+            e,
+            "hypha_discovered_peers_refused",
+            "Discovered endpoints not made peers, by reason",
+            Counter,
+            [
+                ("cap", p.discovered_refused_cap),
+                ("rate", p.discovered_refused_rate),
+                ("backoff", p.discovered_refused_backoff),
+            ]
+            .map(|(r, v)| ([("reason", r)], v)),
+        )?;
+        counter(
+            e,
+            "hypha_discovered_peers_backed_off",
+            "Discovered endpoints forgotten and backing off after failing",
+            p.discovered_backed_off,
+        )?;
+        counter(
+            e,
+            "hypha_self_links_closed",
+            "Links closed because the remote end was this node itself",
+            p.self_links_closed,
+        )?;
         Ok(())
     }
 }
@@ -829,6 +922,13 @@ mod tests {
             api: ApiStats {
                 refused_origin: 6,
                 ..ApiStats::default()
+            },
+            peering: PeeringStats {
+                discovered_peers: 3,
+                beacons_own_address: 5,
+                discovered_refused_cap: 6,
+                self_links_closed: 2,
+                ..PeeringStats::default()
             },
         }
     }
@@ -945,6 +1045,27 @@ mod tests {
         assert_eq!(
             sample(&text, "hypha_api_refused_total", "reason=\"content_type\""),
             Some(0.0)
+        );
+        assert_eq!(sample(&text, "hypha_discovered_peers", ""), Some(3.0));
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_discovery_beacons_ignored_total",
+                "reason=\"own_address\""
+            ),
+            Some(5.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_discovered_peers_refused_total",
+                "reason=\"cap\""
+            ),
+            Some(6.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_self_links_closed_total", ""),
+            Some(2.0)
         );
     }
 

@@ -16,6 +16,7 @@ use wire::babel::{RouterId, Subnet};
 
 use crate::control::{Control, NodeInfo};
 use crate::datapath::{DataCounters, DataTable};
+use crate::discovery::{Admission, DiscoveryLimits, DiscoveryStats, Timing};
 use crate::endpoint::Endpoint;
 use crate::keys::Identity;
 use crate::link::LinkContext;
@@ -40,6 +41,21 @@ pub struct DiscoverySettings {
     pub port: u16,
     /// Only these interfaces (all eligible ones when empty).
     pub interfaces: Vec<String>,
+    /// What discovered endpoints may become peers.
+    pub limits: DiscoveryLimits,
+    /// Beacon and interface-scan periods.
+    pub timing: Timing,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> DiscoverySettings {
+        DiscoverySettings {
+            port: crate::discovery::DEFAULT_PORT,
+            interfaces: Vec::new(),
+            limits: DiscoveryLimits::default(),
+            timing: Timing::default(),
+        }
+    }
 }
 
 /// Everything needed to run a node.
@@ -164,6 +180,8 @@ impl Node {
             tun_dev: tun.clone(),
             histograms: histograms.clone(),
             own_subnet,
+            own_router_id: router_id,
+            refusals: Default::default(),
         };
         let mut owner = Owner::new(
             router,
@@ -177,6 +195,10 @@ impl Node {
         );
         if let Some(t) = &tun {
             owner.set_tun_metrics(t.clone(), histograms.clone());
+        }
+        let discovery_stats = Arc::new(DiscoveryStats::default());
+        if let Some(d) = &cfg.discovery {
+            owner.set_discovery(Admission::new(d.limits, discovery_stats.clone()));
         }
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(owner.run(
@@ -249,8 +271,11 @@ impl Node {
                 router_id,
             };
             let stop = wait_shutdown(shutdown_rx.clone());
+            let timing = d.timing;
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = crate::discovery::run(dcfg, found_tx, stop).await {
+                let r =
+                    crate::discovery::run_with(dcfg, timing, discovery_stats, found_tx, stop).await;
+                if let Err(e) = r {
                     warn!("link-local discovery stopped: {e}");
                 }
             }));

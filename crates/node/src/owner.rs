@@ -23,17 +23,21 @@ use crate::control::{
 use crate::datapath::{
     self, bump, DataCounters, DataTable, FrameBatch, InboundFrame, Need, TunBatch,
 };
+use crate::discovery::{Admission, DiscoveryLimits};
 use crate::endpoint::Endpoint;
 use crate::keys::{Cipher, Identity};
 use crate::link::{self, LinkContext, LinkEvent, LinkHandles, LinkStats};
-use crate::metrics::{DataStats, PeerStats, RoutingStats, Stats, TunHistograms, TunStats};
+use crate::metrics::{
+    DataStats, PeerStats, PeeringStats, RoutingStats, Stats, TunHistograms, TunStats,
+};
 use crate::pending::{self, Pending};
 
 /// Redial period of static and discovered peers (spec §1.3).
 const REDIAL_EVERY: Duration = Duration::from_secs(5);
 /// A dial that takes longer than this failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Discovered peers are forgotten after this many failed dials in a row.
+/// Discovered peers are forgotten after this many failures in a row: dials that failed, or
+/// connections that closed before a control frame came.
 const DISCOVERED_MAX_FAILURES: u32 = 3;
 /// Packets from the TUN waiting for a route: per destination /64 and in total. Far below
 /// mycelium's limits (10k / 1M), which would let one flood hold gigabytes. They wait no longer
@@ -112,6 +116,8 @@ pub(crate) struct Owner {
     /// What the shell counts of the routing core's work (the core counts what it receives).
     route_counts: RouteCounts,
     route_log: RouteLog,
+    /// Which discovered endpoints may become peers.
+    discovery: Admission,
 }
 
 /// Routing activity seen by the owner: transmitted requests and the core's events.
@@ -215,11 +221,17 @@ impl Owner {
             tun_metrics: None,
             route_counts: RouteCounts::default(),
             route_log: RouteLog::default(),
+            discovery: Admission::new(DiscoveryLimits::default(), Arc::default()),
         };
         for e in static_peers {
             o.peers.insert(e, Peer::new(PeerKind::Static));
         }
         o
+    }
+
+    /// The gate for endpoints that link-local discovery reports (it counts into discovery's stats).
+    pub fn set_discovery(&mut self, admission: Admission) {
+        self.discovery = admission;
     }
 
     /// Lets stats requests include the TUN device's counters and the TUN threads' histograms.
@@ -276,21 +288,26 @@ impl Owner {
             .map(|(e, _)| *e)
             .collect();
         for e in due {
-            if let Some(p) = self.peers.get_mut(&e) {
-                p.dialing = true;
-            }
-            let tx = self.msgs_tx.clone();
-            tokio::spawn(async move {
-                let r = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(e.addr)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "connect timed out",
-                    )),
-                };
-                let _ = tx.send(OwnerMsg::Dialed(e, r)).await;
-            });
+            self.dial(e);
         }
+    }
+
+    /// Starts one dial; the result comes back as [`OwnerMsg::Dialed`].
+    fn dial(&mut self, e: Endpoint) {
+        if let Some(p) = self.peers.get_mut(&e) {
+            p.dialing = true;
+        }
+        let tx = self.msgs_tx.clone();
+        tokio::spawn(async move {
+            let r = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(e.addr)).await {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )),
+            };
+            let _ = tx.send(OwnerMsg::Dialed(e, r)).await;
+        });
     }
 
     fn on_msg(&mut self, m: OwnerMsg) {
@@ -302,7 +319,11 @@ impl Owner {
                 p.dialing = false;
                 match r {
                     Ok(stream) if p.link.is_none() => {
-                        p.failures = 0;
+                        // A discovered endpoint proves itself by a control frame, not by
+                        // accepting a connection (see `close_link`).
+                        if p.kind != PeerKind::LinkLocalDiscovery {
+                            p.failures = 0;
+                        }
                         self.start_link(e, stream);
                     }
                     Ok(_) => {}
@@ -314,6 +335,7 @@ impl Owner {
                         {
                             info!(peer = %e, "forgetting discovered peer after {} failed dials", p.failures);
                             self.peers.remove(&e);
+                            self.discovery.failed(e, Instant::now());
                         }
                     }
                 }
@@ -330,10 +352,19 @@ impl Owner {
                 self.start_link(e, stream);
             }
             OwnerMsg::Discovered(e) => {
-                if let std::collections::hash_map::Entry::Vacant(v) = self.peers.entry(e) {
+                if self.peers.contains_key(&e) {
+                    return;
+                }
+                if self
+                    .discovery
+                    .admit(&e, self.discovered_peers(), Instant::now())
+                {
                     info!(peer = %e, "discovered peer on the local link");
-                    v.insert(Peer::new(PeerKind::LinkLocalDiscovery));
-                    self.redial();
+                    self.peers
+                        .insert(e, Peer::new(PeerKind::LinkLocalDiscovery));
+                    // Only this one: a beacon must not make the node redial every peer that is
+                    // down (that would bypass the rate limit on new discovered peers).
+                    self.dial(e);
                 }
             }
         }
@@ -390,10 +421,13 @@ impl Owner {
         self.router.handle_link_down(id, now);
         info!(peer = %l.peer, link = id.0, "peer disconnected: {why}");
         let mut remove = false;
+        let mut forget = false;
         if let Some(p) = self.peers.get_mut(&l.peer) {
             if p.link == Some(id) {
                 p.link = None;
+                let mut proven = false;
                 if let Some(s) = p.stats.take() {
+                    proven = s.rx_control_frames.load(Ordering::Relaxed) > 0;
                     p.tx_done += s.tx_bytes.load(Ordering::Relaxed);
                     p.rx_done += s.rx_bytes.load(Ordering::Relaxed);
                     for (done, live) in p.frames_done.iter_mut().zip([
@@ -406,10 +440,20 @@ impl Owner {
                     }
                 }
                 remove = p.kind == PeerKind::Inbound;
+                if p.kind == PeerKind::LinkLocalDiscovery {
+                    // A service on a neighbour's port (or ourselves) accepts, but never speaks.
+                    p.failures = if proven { 0 } else { p.failures + 1 };
+                    forget = p.failures >= DISCOVERED_MAX_FAILURES;
+                }
             }
         }
         if remove {
             self.peers.remove(&l.peer);
+        }
+        if forget {
+            info!(peer = %l.peer, "forgetting discovered peer: {DISCOVERED_MAX_FAILURES} connections in a row closed before any control frame");
+            self.peers.remove(&l.peer);
+            self.discovery.failed(l.peer, Instant::now());
         }
         self.publish();
     }
@@ -646,6 +690,13 @@ impl Owner {
         }
     }
 
+    fn discovered_peers(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| p.kind == PeerKind::LinkLocalDiscovery)
+            .count()
+    }
+
     fn stats(&self) -> Stats {
         let now = self.now();
         let costs: FxHashMap<LinkId, u16> = self
@@ -709,6 +760,11 @@ impl Owner {
                 updates_damped: c.update_damped,
                 flap_table_full: c.flap_table_full,
             },
+            peering: PeeringStats::new(
+                self.discovered_peers() as u64,
+                self.discovery.stats(),
+                &self.link_ctx.refusals,
+            ),
         }
     }
 

@@ -238,9 +238,15 @@ impl StreamDecoder {
 /// [`FrameReader::read_space`], [`FrameReader::commit`] the count, then drain
 /// [`FrameReader::next_frame`] until it returns `None`.
 ///
-/// The buffer never grows: it holds at least two maximum frames, and unconsumed bytes are moved to
-/// the front only when the tail can no longer hold a whole frame, so a copy happens at most once
-/// per ~[`MAX_FRAME_LEN`] bytes read and moves only the partial frame at the end.
+/// A reader made by [`FrameReader::new`] or [`FrameReader::with_capacity`] never grows: it holds at
+/// least one maximum frame. Unconsumed bytes are moved to the front only when the room behind
+/// the read position falls below a maximum frame (or half the buffer, if that is less), so a copy
+/// happens at most once per that many bytes read and moves only the partial frame at the end.
+///
+/// A reader made by [`FrameReader::growable`] starts smaller than a maximum frame, so that a link
+/// that carries only control frames holds little. It grows by itself, never past
+/// [`MAX_FRAME_LEN`], only when one frame does not fit; the caller may also
+/// [`FrameReader::resize`] it (larger while data flows, back to small when idle).
 #[derive(Debug)]
 pub struct FrameReader {
     buf: Box<[u8]>,
@@ -265,23 +271,64 @@ impl FrameReader {
 
     /// `capacity` is raised to at least [`MAX_FRAME_LEN`] so any frame fits.
     pub fn with_capacity(capacity: usize) -> FrameReader {
+        Self::sized(capacity.max(MAX_FRAME_LEN))
+    }
+
+    /// The smallest buffer a [`FrameReader::growable`] reader has.
+    pub const MIN_CAPACITY: usize = 1024;
+
+    /// A reader that starts with `initial` bytes (at least [`FrameReader::MIN_CAPACITY`]) and
+    /// doubles, up to [`MAX_FRAME_LEN`], when a frame does not fit.
+    pub fn growable(initial: usize) -> FrameReader {
+        Self::sized(initial.max(Self::MIN_CAPACITY))
+    }
+
+    fn sized(capacity: usize) -> FrameReader {
         FrameReader {
-            buf: vec![0; capacity.max(MAX_FRAME_LEN)].into_boxed_slice(),
+            buf: vec![0; capacity].into_boxed_slice(),
             start: 0,
             end: 0,
             decoder: StreamDecoder::new(),
         }
     }
 
+    /// The buffer's size now.
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Gives the buffer `capacity` bytes (at least [`FrameReader::MIN_CAPACITY`], and never
+    /// fewer than are buffered), keeping the unconsumed bytes. Bodies returned before are no
+    /// longer in [`FrameReader::buffer_mut`] afterwards.
+    pub fn resize(&mut self, capacity: usize) {
+        let capacity = capacity.max(Self::MIN_CAPACITY).max(self.buffered());
+        if capacity == self.buf.len() {
+            return;
+        }
+        let mut buf = vec![0; capacity].into_boxed_slice();
+        let n = self.buffered();
+        buf[..n].copy_from_slice(&self.buf[self.start..self.end]);
+        self.buf = buf;
+        self.start = 0;
+        self.end = n;
+    }
+
     /// Free space to read into. Empty only if complete frames were left undrained.
     pub fn read_space(&mut self) -> &mut [u8] {
+        let len = self.buf.len();
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.buf.len() - self.start < MAX_FRAME_LEN {
+        } else if len - self.start < MAX_FRAME_LEN.min(len / 2) || self.end == len {
+            // Moving the partial frame to the front at most once per half buffer read keeps the
+            // copies rare in a small buffer too.
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
+        }
+        if self.end == len && len < MAX_FRAME_LEN {
+            // Full of one frame that does not fit yet (the decoder consumes every complete one).
+            self.resize((2 * self.buf.len()).min(MAX_FRAME_LEN));
         }
         &mut self.buf[self.end..]
     }

@@ -132,7 +132,14 @@ fn owned(f: Frame<&[u8]>) -> Frame<Vec<u8>> {
 
 /// Decodes through a [`FrameReader`], pushing `bytes` in chunks of the given sizes (cycled).
 fn decode_chunked(bytes: &[u8], chunks: &[usize]) -> (Vec<Frame<Vec<u8>>>, Option<StreamError>) {
-    let mut r = FrameReader::with_capacity(0);
+    decode_chunked_with(FrameReader::with_capacity(0), bytes, chunks)
+}
+
+fn decode_chunked_with(
+    mut r: FrameReader,
+    bytes: &[u8],
+    chunks: &[usize],
+) -> (Vec<Frame<Vec<u8>>>, Option<StreamError>) {
     let mut out = Vec::new();
     let mut pos = 0;
     let mut i = 0;
@@ -567,6 +574,57 @@ fn reader_compacts_and_never_grows() {
     assert_eq!(r.buffered(), 0);
 }
 
+#[test]
+fn growable_reader_grows_only_for_a_frame_that_does_not_fit() {
+    let mut r = FrameReader::growable(0);
+    assert_eq!(r.capacity(), FrameReader::MIN_CAPACITY);
+    // Control frames and small data frames stream through the small buffer.
+    let (bytes, frames) = all_vectors_stream();
+    for _ in 0..200 {
+        let mut pos = 0;
+        while pos < bytes.len() {
+            pos += r.push(&bytes[pos..]);
+            let mut n = 0;
+            while r.next_frame().unwrap().is_some() {
+                n += 1;
+            }
+            assert!(n <= frames.len());
+        }
+    }
+    assert_eq!(r.capacity(), FrameReader::MIN_CAPACITY);
+    // A maximum-size data frame makes it grow, to exactly one maximum frame at most.
+    let src: Ipv6Addr = SRC.parse().unwrap();
+    let mut big = Vec::new();
+    encode_data(&mut big, 64, src, src, &vec![7; MAX_DATA_BODY]).unwrap();
+    let mut pos = 0;
+    let mut got = 0;
+    while pos < big.len() {
+        pos += r.push(&big[pos..]);
+        while let Some(f) = r.next_frame().unwrap() {
+            assert!(matches!(f, Frame::Data { body, .. } if body.len() == MAX_DATA_BODY));
+            got += 1;
+        }
+    }
+    assert_eq!(got, 1);
+    assert_eq!(r.capacity(), MAX_FRAME_LEN);
+    // The caller shrinks it back; a resize never drops buffered bytes.
+    r.push(&big[..100]);
+    r.resize(0);
+    assert_eq!(r.capacity(), FrameReader::MIN_CAPACITY);
+    assert_eq!(r.buffered(), 100);
+    let mut pos = 100;
+    while pos < big.len() {
+        pos += r.push(&big[pos..]);
+        while r.next_frame().unwrap().is_some() {
+            got += 1;
+        }
+    }
+    assert_eq!(got, 2);
+    r.resize(4 * MAX_FRAME_LEN);
+    assert_eq!(r.capacity(), 4 * MAX_FRAME_LEN);
+    assert_eq!(r.buffered(), 0);
+}
+
 fn arb_frame() -> impl Strategy<Value = (Vec<u8>, Frame<Vec<u8>>)> {
     let data = (
         any::<u8>(),
@@ -604,6 +662,18 @@ proptest! {
         let bytes: Vec<u8> = units.iter().flat_map(|(b, _)| b.clone()).collect();
         let expected: Vec<_> = units.into_iter().map(|(_, f)| f).collect();
         prop_assert_eq!(decode_chunked(&bytes, &chunks), (expected, None));
+    }
+
+    #[test]
+    fn random_chunking_through_a_growable_reader(
+        units in proptest::collection::vec(arb_frame(), 0..20),
+        chunks in proptest::collection::vec(1usize..2000, 1..10),
+        initial in 0usize..4000,
+    ) {
+        let bytes: Vec<u8> = units.iter().flat_map(|(b, _)| b.clone()).collect();
+        let expected: Vec<_> = units.into_iter().map(|(_, f)| f).collect();
+        let r = FrameReader::growable(initial);
+        prop_assert_eq!(decode_chunked_with(r, &bytes, &chunks), (expected, None));
     }
 
     #[test]

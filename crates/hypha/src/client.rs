@@ -1077,6 +1077,7 @@ mod tests {
         };
         s.data.tun_packets_in = tx / 1024;
         s.data.drop_decrypt = 1;
+        s.data.refused_inner_source = 2;
         s.routing.selected_routes = 1;
         s.peering.beacons_own_address = 2;
         s.peering.discovered_refused_cap = 5;
@@ -1097,6 +1098,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("decrypt 1,"), "{text}");
+        assert!(text.contains("refused inner source 2,"), "{text}");
         assert!(text.contains("tun     none (--no-tun)"), "{text}");
         assert!(text.contains("routing selected 1,"), "{text}");
         assert!(

@@ -901,6 +901,8 @@ mod tests {
                 drop_decrypt: 3,
                 malformed_control: 4,
                 frames_sent: 9,
+                refused_inner_source: 7,
+                drop_pending_expired: 8,
                 ..DataStats::default()
             },
             tun: Some(TunStats::new(
@@ -1008,6 +1010,22 @@ mod tests {
         assert_eq!(
             sample(&text, "hypha_data_drops_total", "reason=\"decrypt\""),
             Some(3.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_data_refusals_total",
+                "reason=\"inner_source\""
+            ),
+            Some(7.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_data_refusals_total",
+                "reason=\"pending_expired\""
+            ),
+            Some(8.0)
         );
         assert_eq!(
             sample(&text, "hypha_malformed_control_frames_total", ""),

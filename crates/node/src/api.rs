@@ -1082,9 +1082,9 @@ mod tests {
         assert_eq!(st, 204);
     }
 
-    /// A name the operator allowed reaches the API and the metrics endpoint; others still not.
-    #[tokio::test]
-    async fn allowed_host_names_reach_both_endpoints() {
+    /// The admin API and the metrics endpoint on loopback ports, answered by a fake owner, both
+    /// behind `access`: (API address, metrics address).
+    async fn serve_both(access: &ApiAccess) -> (std::net::SocketAddr, std::net::SocketAddr) {
         let (tx, mut rx) = mpsc::channel(8);
         let mut f = fake();
         tokio::spawn(async move {
@@ -1093,21 +1093,28 @@ mod tests {
             }
         });
         let control = Control::new(info(), tx);
-        let access = ApiAccess::with_host_names(["prometheus-target.lan"]).unwrap();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = l.local_addr().unwrap();
         tokio::spawn(serve_router(
             l,
-            router(control.clone(), &access),
+            router(control.clone(), access),
             std::future::pending(),
         ));
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let m = l.local_addr().unwrap();
         tokio::spawn(serve_router(
             l,
-            metrics_router(control, &access),
+            metrics_router(control, access),
             std::future::pending(),
         ));
+        (a, m)
+    }
+
+    /// A name the operator allowed reaches the API and the metrics endpoint; others still not.
+    #[tokio::test]
+    async fn allowed_host_names_reach_both_endpoints() {
+        let access = ApiAccess::with_host_names(["prometheus-target.lan"]).unwrap();
+        let (a, m) = serve_both(&access).await;
         let ok = [("Host", "Prometheus-Target.lan:9100")];
         let (st, _) = call_with(m, "GET", "/metrics", &ok, None).await;
         assert_eq!(st, 200);
@@ -1121,29 +1128,7 @@ mod tests {
     /// counters for both endpoints.
     #[tokio::test]
     async fn refusals_are_counted_by_reason() {
-        let (tx, mut rx) = mpsc::channel(8);
-        let mut f = fake();
-        tokio::spawn(async move {
-            while let Some(r) = rx.recv().await {
-                f.handle(r);
-            }
-        });
-        let control = Control::new(info(), tx);
-        let access = ApiAccess::default();
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = l.local_addr().unwrap();
-        tokio::spawn(serve_router(
-            l,
-            router(control.clone(), &access),
-            std::future::pending(),
-        ));
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let m = l.local_addr().unwrap();
-        tokio::spawn(serve_router(
-            l,
-            metrics_router(control, &access),
-            std::future::pending(),
-        ));
+        let (a, m) = serve_both(&ApiAccess::default()).await;
         let host = a.to_string();
         let evil = [("Host", "rebind.evil.example")];
         call_with(a, "GET", "/api/v1/admin/stats", &evil, None).await;

@@ -1374,6 +1374,13 @@ mod tests {
         c.load(Ordering::Relaxed)
     }
 
+    /// `packet` in a frame from B's address to A's, sealed by B, on link 1.
+    fn from_b(f: &Fixture, budgets: &mut LinkBudgets, packet: &[u8]) -> Received {
+        let (a, b) = (f.a.address(), f.b.address());
+        let body = body_for(&f.b, &f.a, 0, packet);
+        receive(f, budgets, Instant::now(), 1, b, a, body)
+    }
+
     #[test]
     fn opened_packets_reach_the_tun_only_from_the_senders_subnet_to_ours() {
         let f = fixture();
@@ -1386,15 +1393,7 @@ mod tests {
         // of our /64, is delivered with the hop limit the frame arrived with, less one.
         for (src, dst) in [(b, a), (b_host, a_host)] {
             let p = packet(src, dst, 64, 0x11, 20);
-            let got = receive(
-                &f,
-                &mut budgets,
-                Instant::now(),
-                1,
-                b,
-                a,
-                body_for(&f.b, &f.a, 0, &p),
-            );
+            let got = from_b(&f, &mut budgets, &p);
             let mut want = p.clone();
             want[7] = 63;
             assert_eq!(got.tun, vec![want]);
@@ -1403,15 +1402,7 @@ mod tests {
         // C's address (or one outside the overlay) inside a frame B sealed: refused.
         for src in [c, "fd00::99".parse().unwrap()] {
             let p = packet(src, a, 64, 0x22, 20);
-            let got = receive(
-                &f,
-                &mut budgets,
-                Instant::now(),
-                1,
-                b,
-                a,
-                body_for(&f.b, &f.a, 0, &p),
-            );
+            let got = from_b(&f, &mut budgets, &p);
             assert!(
                 got.tun.is_empty(),
                 "a packet from {src} sealed by B was delivered"
@@ -1422,15 +1413,7 @@ mod tests {
         // refused.
         for dst in [host_veth, b] {
             let p = packet(b, dst, 64, 0x33, 20);
-            let got = receive(
-                &f,
-                &mut budgets,
-                Instant::now(),
-                1,
-                b,
-                a,
-                body_for(&f.b, &f.a, 0, &p),
-            );
+            let got = from_b(&f, &mut budgets, &p);
             assert!(got.tun.is_empty(), "a packet to {dst} was delivered");
         }
         assert_eq!(count(&f.counters.refused_inner_destination), 2);
@@ -1438,15 +1421,7 @@ mod tests {
         let mut v4 = packet(b, a, 64, 0x44, 20);
         v4[0] = 0x45;
         for p in [v4, vec![0x60; 39]] {
-            let got = receive(
-                &f,
-                &mut budgets,
-                Instant::now(),
-                1,
-                b,
-                a,
-                body_for(&f.b, &f.a, 0, &p),
-            );
+            let got = from_b(&f, &mut budgets, &p);
             assert!(got.tun.is_empty());
         }
         assert_eq!(count(&f.counters.refused_inner_not_ipv6), 2);

@@ -212,8 +212,8 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
     let _ = writeln!(
         o,
         "refused inner source {}, inner destination {}, inner not ipv6 {}, forged icmp {}, \
-         icmp over rate {} (not sent {}), sender without key {}; waiting traffic dropped full {}, \
-         expired {}",
+         icmp over rate {} (not sent {}), sender without key {}, link needs over budget {}; waiting \
+         traffic dropped full {}, expired {}",
         d.refused_inner_source,
         d.refused_inner_destination,
         d.refused_inner_not_ipv6,
@@ -221,6 +221,7 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
         d.refused_icmp_rate,
         d.icmp_rate_limited,
         d.refused_sender,
+        d.refused_link_needs,
         d.drop_pending_full,
         d.drop_pending_expired
     );

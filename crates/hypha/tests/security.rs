@@ -247,5 +247,12 @@ fn frames_waiting_for_a_key_cannot_fill_the_node() {
         rss_after - rss_before
     );
     assert_eq!(data_counter(&lab.a, "refusedSender"), 1100);
-    assert!(data_counter(&lab.a, "dropPendingFull") >= 1000);
+    // The other 1,100 were refused at the link's rate of asking the owner, or when the link's
+    // share of the waiting room was full; a handful may wait for their queries to time out.
+    let refused =
+        data_counter(&lab.a, "dropPendingFull") + data_counter(&lab.a, "refusedLinkNeeds");
+    assert!(
+        refused >= 1000,
+        "{refused} of 1,100 key-less frames refused"
+    );
 }

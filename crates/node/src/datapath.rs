@@ -195,6 +195,9 @@ pub struct DataCounters {
     pub icmp_rate_limited: AtomicU64,
     /// Frames for us from a sender that cannot have a key: outside `400::/7`, or inside our /64.
     pub refused_sender: AtomicU64,
+    /// Needs (route queries, frames waiting for a key) a link's frames could not hand to the
+    /// owner: over the link's rate, or the channel down to the room kept for the TUN.
+    pub refused_link_needs: AtomicU64,
     /// Traffic waiting in the owner for a route or key, dropped when its bounds were reached or
     /// when it waited past its deadline.
     pub drop_pending_full: AtomicU64,
@@ -286,6 +289,8 @@ pub(crate) struct LinkBudgets {
     pub icmp_in: TokenBucket,
     /// Out-of-band ICMP errors sent about this link's frames.
     pub icmp_out: TokenBucket,
+    /// Needs this link's frames hand to the owner (see [`link_may_ask`]).
+    pub needs: TokenBucket,
     /// Warnings about refused input from this link.
     pub refusals_log: LogLimiter,
 }
@@ -306,12 +311,17 @@ impl LinkBudgets {
 /// tell a host that a path failed, far too few to disturb it.
 pub(crate) const ICMP_PER_SEC: u32 = 100;
 pub(crate) const ICMP_BURST: u32 = 100;
+/// Needs one link's frames may hand to the owner per second, and in a burst: a relay's refreshes
+/// and new senders' first frames come far below it.
+pub(crate) const LINK_NEEDS_PER_SEC: u32 = 500;
+pub(crate) const LINK_NEEDS_BURST: u32 = 500;
 
 impl Default for LinkBudgets {
     fn default() -> LinkBudgets {
         LinkBudgets {
             icmp_in: TokenBucket::new(ICMP_PER_SEC, ICMP_BURST),
             icmp_out: TokenBucket::new(ICMP_PER_SEC, ICMP_BURST),
+            needs: TokenBucket::new(LINK_NEEDS_PER_SEC, LINK_NEEDS_BURST),
             refusals_log: LogLimiter::new(Duration::from_secs(10)),
         }
     }
@@ -740,7 +750,7 @@ pub(crate) fn inbound(
     }
     match table.fib.lookup(dst) {
         Lookup::Route(nh) if table.links.contains_key(&nh.link) => {
-            if ctx.refresh.due(dst, ctx.now) {
+            if ctx.refresh.due(dst, ctx.now) && link_may_ask(ctx) {
                 let _ = ctx.needs.try_send(Need::RouteFor(dst, ctx.link));
             }
             let buf = out.buf(nh.link);
@@ -756,7 +766,7 @@ pub(crate) fn inbound(
         }
         _ => {
             bump(&ctx.counters.drop_no_route);
-            if ctx.refresh.due(dst, ctx.now) {
+            if ctx.refresh.due(dst, ctx.now) && link_may_ask(ctx) {
                 let _ = ctx.needs.try_send(Need::RouteFor(dst, ctx.link));
             }
         }
@@ -828,6 +838,9 @@ fn deliver(
         }
         // Keep it while the sender's route is looked up (bounded here while on its way, and by
         // the owner while it waits).
+        if !link_may_ask(ctx) {
+            return;
+        }
         let in_flight = &ctx.counters.pending_in_flight;
         if in_flight.fetch_add(body.len(), Ordering::Relaxed) + body.len() > PENDING_IN_FLIGHT_MAX {
             in_flight.fetch_sub(body.len(), Ordering::Relaxed);
@@ -897,6 +910,20 @@ fn deliver(
         }
         _ => bump(&ctx.counters.drop_inner),
     }
+}
+
+/// Whether a link's frames may hand the owner one more need (a route to query, a frame to keep
+/// until its sender's key is known): not past the link's rate, and not into the last quarter of
+/// the channel, which stays for the node's own packets. So a flood on one link can neither fill
+/// the channel the TUN's needs share nor hold it for long against the other links. Counts
+/// refusals.
+fn link_may_ask(ctx: &mut Inbound<'_>) -> bool {
+    let reserved = ctx.needs.max_capacity() / 4;
+    if ctx.needs.capacity() <= reserved || !ctx.budgets.needs.take(ctx.now) {
+        bump(&ctx.counters.refused_link_needs);
+        return false;
+    }
+    true
 }
 
 /// Whether a frame from `src` can ever be opened: only senders inside `400::/7` and outside our
@@ -1494,11 +1521,52 @@ mod tests {
                 2,
                 unknown,
                 a,
-                vec![0u8; 300_000],
+                vec![0u8; 400_000],
             );
         }
-        assert_eq!(count(&f.counters.drop_pending_full), 2);
-        assert_eq!(count_usize(&f.counters.pending_in_flight), 13 * 300_000);
+        assert_eq!(count(&f.counters.drop_pending_full), 5);
+        assert_eq!(count_usize(&f.counters.pending_in_flight), 10 * 400_000);
+    }
+
+    #[test]
+    fn a_link_cannot_fill_the_owners_channel_or_ask_past_its_rate() {
+        let mut f = fixture();
+        let mut budgets = LinkBudgets::default();
+        let t0 = Instant::now();
+        let c = f.c.address();
+        let nowhere = |i: u16| Ipv6Addr::new(0x4ff, 0x51, i, 0, 0, 0, 0, 1);
+        // Frames to forward to 20 unknown /64s: each asks for a route, until only the quarter
+        // of the channel kept for the node's own packets is left.
+        for i in 0..20 {
+            receive(&f, &mut budgets, t0, 1, c, nowhere(i), vec![0u8; 100]);
+        }
+        assert_eq!(count(&f.counters.refused_link_needs), 8);
+        assert!(f.needs_tx.try_send(Need::Route(nowhere(999))).is_ok());
+        let mut asked = 0;
+        while let Ok(n) = f.needs_rx.try_recv() {
+            assert!(matches!(n, Need::RouteFor(_, LinkId(1)) | Need::Route(_)));
+            asked += 1;
+        }
+        assert_eq!(asked, 13);
+        // With the owner keeping up, the link still asks no faster than its rate: its burst,
+        // then one per 1/LINK_NEEDS_PER_SEC.
+        let mut budgets = LinkBudgets::default();
+        let mut asked = 0;
+        for i in 0..(LINK_NEEDS_BURST as u16 + 100) {
+            receive(&f, &mut budgets, t0, 1, c, nowhere(i), vec![0u8; 100]);
+            while f.needs_rx.try_recv().is_ok() {
+                asked += 1;
+            }
+        }
+        assert_eq!(asked, LINK_NEEDS_BURST);
+        let later = t0 + Duration::from_millis(100);
+        for i in 0..100 {
+            receive(&f, &mut budgets, later, 1, c, nowhere(i), vec![0u8; 100]);
+            while f.needs_rx.try_recv().is_ok() {
+                asked += 1;
+            }
+        }
+        assert_eq!(asked, LINK_NEEDS_BURST + LINK_NEEDS_PER_SEC / 10);
     }
 
     fn count_usize(c: &AtomicUsize) -> usize {

@@ -212,6 +212,9 @@ data_stats! {
     icmp_rate_limited,
     /// Frames from senders that can have no key (outside 400::/7, or inside our /64).
     refused_sender,
+    /// Needs a link's frames could not hand to the owner: over its rate, or the room kept for
+    /// the TUN.
+    refused_link_needs,
     /// Traffic waiting for a route or key: dropped at its bounds, or past its deadline.
     drop_pending_full,
     drop_pending_expired,
@@ -606,6 +609,7 @@ impl Collector for StatsCollector {
                 ("icmp_rate", d.refused_icmp_rate),
                 ("icmp_out_rate", d.icmp_rate_limited),
                 ("sender_without_key", d.refused_sender),
+                ("link_needs", d.refused_link_needs),
                 ("pending_full", d.drop_pending_full),
                 ("pending_expired", d.drop_pending_expired),
             ]

@@ -43,7 +43,7 @@ pub(crate) const SMALL_READ_BUFFER: usize = 16 * 1024;
 /// grows to it when a read brought data frames and filled the buffer.
 pub(crate) const READ_BUFFER: usize = 256 * 1024;
 /// A read buffer larger than [`SMALL_READ_BUFFER`] goes back to that size after this long without
-/// a read.
+/// a read that the small buffer could not have taken.
 pub(crate) const READ_BUFFER_IDLE: Duration = Duration::from_secs(2);
 /// Control TLVs parsed ahead of their hand-over to the owner. Parsing stops at this many until
 /// they are handed over (which waits while the owner is busy), so a burst of control frames is
@@ -293,7 +293,10 @@ async fn read_loop(
     // Armed only while the buffer is larger than the small size; reset at most once per period.
     let idle = tokio::time::sleep(READ_BUFFER_IDLE);
     tokio::pin!(idle);
-    let mut last_read = Instant::now();
+    // The last read that took more than the small buffer could: while such reads come, the large
+    // buffer earns its memory; a trickle of small reads (a byte every second, say) does not keep
+    // it.
+    let mut last_bulk = Instant::now();
     stats
         .rx_buffer
         .store(reader.capacity() as u64, Ordering::Relaxed);
@@ -308,14 +311,14 @@ async fn read_loop(
         };
         let Some(read) = read else {
             let now = Instant::now();
-            if now.duration_since(last_read) >= READ_BUFFER_IDLE {
+            if now.duration_since(last_bulk) >= READ_BUFFER_IDLE {
                 reader.resize(idle_capacity(reader.buffered()));
                 stats
                     .rx_buffer
                     .store(reader.capacity() as u64, Ordering::Relaxed);
                 idle.as_mut().reset((now + READ_BUFFER_IDLE).into());
             } else {
-                idle.as_mut().reset((last_read + READ_BUFFER_IDLE).into());
+                idle.as_mut().reset((last_bulk + READ_BUFFER_IDLE).into());
             }
             continue;
         };
@@ -326,7 +329,9 @@ async fn read_loop(
         reader.commit(n);
         stats.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
         let now = Instant::now();
-        last_read = now;
+        if n >= SMALL_READ_BUFFER {
+            last_bulk = now;
+        }
         let mut saw_data = false;
         // Everything read is handled before the next read, in chunks of at most CONTROL_CHUNK
         // control TLVs.
@@ -428,6 +433,7 @@ async fn read_loop(
             stats
                 .rx_buffer
                 .store(reader.capacity() as u64, Ordering::Relaxed);
+            last_bulk = now;
             idle.as_mut().reset((now + READ_BUFFER_IDLE).into());
         }
     }
@@ -671,6 +677,44 @@ mod tests {
         assert_eq!(load(&stats.rx_data_frames), frames);
         assert_eq!(load(&counters.drop_no_route), frames);
         until(|| load(&stats.rx_buffer) == SMALL_READ_BUFFER as u64).await;
+        h.abort();
+        writer.join().unwrap();
+    }
+
+    /// A grown buffer is not kept by a trickle: a peer that sends a Hello every 200 ms after a
+    /// data burst (so the link never sits 2 s without a read) still sees it go back to small.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_trickle_of_small_reads_does_not_keep_a_grown_buffer() {
+        use std::io::Write;
+        let (ctx, _events, _needs) = context(16);
+        let (ours, mut peer) = pair().await;
+        let (src, dst) = ("4bb::1".parse().unwrap(), "4cc::1".parse().unwrap());
+        let mut burst = Vec::new();
+        while burst.len() < 4 << 20 {
+            frame::encode_data(&mut burst, 64, src, dst, &[0x5a; 1400]).unwrap();
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let writer = std::thread::spawn(move || {
+            peer.write_all(&burst).unwrap();
+            // The trickle: paced by the sender, as a slow peer would be.
+            while !stopped.load(Ordering::Relaxed) {
+                if peer.write_all(&hellos(1)).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let h = spawn(LinkId(3), ours, ctx);
+        let stats = h.stats.clone();
+        until(|| load(&stats.rx_buffer) == READ_BUFFER as u64).await;
+        let reads_before = load(&stats.rx_control_frames);
+        until(|| load(&stats.rx_buffer) == SMALL_READ_BUFFER as u64).await;
+        assert!(
+            load(&stats.rx_control_frames) > reads_before,
+            "the trickle kept coming while the buffer shrank"
+        );
+        stop.store(true, Ordering::Relaxed);
         h.abort();
         writer.join().unwrap();
     }

@@ -42,6 +42,9 @@ pub(crate) const SMALL_READ_BUFFER: usize = 16 * 1024;
 /// The read buffer while data frames flow: room for several full-size frames per read. A link
 /// grows to it when a read brought data frames and filled the buffer.
 pub(crate) const READ_BUFFER: usize = 256 * 1024;
+/// The close reason of a link that turned out to lead to this node itself (the owner removes
+/// that peer rather than redial it).
+pub(crate) const SELF_LINK: &str = "connected to ourselves (the peer sent our own announcement)";
 /// A read buffer larger than [`SMALL_READ_BUFFER`] goes back to that size after this long without
 /// a read that the small buffer could not have taken.
 pub(crate) const READ_BUFFER_IDLE: Duration = Duration::from_secs(2);
@@ -372,10 +375,7 @@ async fn read_loop(
                     Ok(Some(Frame::Control(tlv))) => {
                         if is_own_announcement(&tlv, &ctx.own_router_id, ctx.own_subnet) {
                             datapath::bump(&ctx.refusals.self_link);
-                            return Err(
-                                "connected to ourselves (the peer sent our own announcement)"
-                                    .to_owned(),
-                            );
+                            return Err(SELF_LINK.to_owned());
                         }
                         tlvs.push(tlv);
                         if tlvs.len() >= CONTROL_CHUNK {

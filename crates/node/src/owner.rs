@@ -422,6 +422,7 @@ impl Owner {
         info!(peer = %l.peer, link = id.0, "peer disconnected: {why}");
         let mut remove = false;
         let mut forget = false;
+        let ourselves = why == link::SELF_LINK;
         if let Some(p) = self.peers.get_mut(&l.peer) {
             if p.link == Some(id) {
                 p.link = None;
@@ -440,6 +441,11 @@ impl Owner {
                     }
                 }
                 remove = p.kind == PeerKind::Inbound;
+                if ourselves {
+                    // Redialling it would only connect to ourselves again, every 5 s.
+                    warn!(peer = %l.peer, "removed peer: it is this node itself");
+                    remove = true;
+                }
                 if p.kind == PeerKind::LinkLocalDiscovery {
                     // A service on a neighbour's port (or ourselves) accepts, but never speaks.
                     p.failures = if proven { 0 } else { p.failures + 1 };
@@ -448,7 +454,11 @@ impl Owner {
             }
         }
         if remove {
-            self.peers.remove(&l.peer);
+            if let Some(p) = self.peers.remove(&l.peer) {
+                if ourselves && p.kind == PeerKind::LinkLocalDiscovery {
+                    self.discovery.failed(l.peer, Instant::now());
+                }
+            }
         }
         if forget {
             info!(peer = %l.peer, "forgetting discovered peer: {DISCOVERED_MAX_FAILURES} connections in a row closed before any control frame");

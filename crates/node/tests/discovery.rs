@@ -462,4 +462,9 @@ fn a_link_to_ourselves_is_closed_at_both_ends() {
         node.peering().self_links_closed >= 2
     })
     .expect("the self-link was not closed");
+    // The peer that is ourselves is removed, not redialled every 5 s.
+    wait_until(Duration::from_secs(10), || {
+        node.peers().iter().all(|p| p.endpoint != me)
+    })
+    .expect("the peer that is ourselves is still in the peer table");
 }

@@ -870,8 +870,7 @@ fn deliver(
     match plain[1] {
         INNER_TYPE_L3 => {
             let packet = &mut plain[4..];
-            if let Err(why) = check_inner(packet, sender, ctx.own_subnet) {
-                why.count(ctx.counters);
+            if let Err(why) = admit_l3(packet, sender, ctx.own_subnet, hop, ctx.counters) {
                 let what = match why {
                     InnerRefusal::NotIpv6 => "a packet that is not IPv6",
                     InnerRefusal::Source => "a packet from outside the sender's subnet",
@@ -880,8 +879,6 @@ fn deliver(
                 ctx.budgets.warn_refused(ctx.link, ctx.now, what, src);
                 return;
             }
-            // The destination writes the decremented outer hop limit into the packet (§3.2).
-            packet[7] = hop;
             in_place.push(packet);
             bump(&ctx.counters.frames_delivered);
         }
@@ -952,14 +949,28 @@ pub(crate) fn deliver_pending(
         return false;
     }
     let packet = &mut plain[4..];
-    if let Err(why) = check_inner(packet, sender, own) {
-        why.count(counters);
+    if admit_l3(packet, sender, own, frame.hop, counters).is_err() {
         return false;
     }
-    // The destination writes the decremented outer hop limit into the packet (spec §3.2).
-    packet[7] = frame.hop;
     tun_out.push(packet);
     true
+}
+
+/// Makes an opened IPv6 packet ready for the TUN: [`check_inner`] (counting a refusal), then the
+/// decremented outer hop limit written into it, as the destination does (spec §3.2).
+fn admit_l3(
+    packet: &mut [u8],
+    sender: Subnet,
+    own: Subnet,
+    hop: u8,
+    counters: &DataCounters,
+) -> Result<(), InnerRefusal> {
+    if let Err(why) = check_inner(packet, sender, own) {
+        why.count(counters);
+        return Err(why);
+    }
+    packet[7] = hop;
+    Ok(())
 }
 
 /// Out-of-band ICMP (spec §3.7): an intermediate node that drops a packet tells its source, in a

@@ -89,7 +89,9 @@ pub struct Limits {
     /// Flap damping: a subnet with more flaps than this within [`Limits::flap_window`] is
     /// damped. A flap is a triggered update for a route acquired or lost, a new source or a
     /// worse metric (a better one is convergence, not counted); flaps less than a second apart
-    /// count once. 0 turns damping off.
+    /// count once. Whatever its flaps, a subnet sends triggered updates at one a second after a
+    /// burst of four: one that comes sooner is held back and the subnet's state then goes out
+    /// instead. 0 turns damping, and that holding back, off.
     pub flap_threshold: u32,
     pub flap_window: Duration,
     /// A damped subnet's triggered updates are held back until it has not flapped for this
@@ -226,7 +228,8 @@ pub struct Counters {
     pub wildcard_dump_deferred: u64,
     /// Finite Update whose interval gave a hold time below the minimum (raised to it).
     pub update_short_hold: u64,
-    /// Triggered update held back because its subnet is damped for flapping.
+    /// Triggered update held back because its subnet is damped for flapping, or because it
+    /// came sooner than the subnet's update rate allows (one a second after a burst).
     pub update_damped: u64,
     /// Subnet that started to flap but could not be remembered for damping (table full).
     pub flap_table_full: u64,
@@ -260,7 +263,8 @@ enum Timer {
     Query(Subnet),
     /// End of a link's wildcard-dump hold-off with a dump pending.
     Dump(LinkId),
-    /// A damped subnet may be quiet long enough.
+    /// A damped subnet may be quiet long enough, or a subnet's update rate lets a held-back
+    /// triggered update go out.
     Undamp(Subnet),
 }
 
@@ -292,18 +296,32 @@ struct Bucket {
 }
 
 impl Bucket {
+    /// Microseconds between two events at `rate`, and how far ahead `burst` lets it run.
+    fn step_ahead(rate: u32, burst: u32) -> (u64, u64) {
+        let step = (1_000_000 / u64::from(rate)).max(1);
+        (step, step.saturating_mul(u64::from(burst.max(1) - 1)))
+    }
+
     fn admit(&mut self, rate: u32, burst: u32, now: Time) -> bool {
         if rate == 0 {
             return true;
         }
-        let step = (1_000_000 / u64::from(rate)).max(1);
-        let ahead = step.saturating_mul(u64::from(burst.max(1) - 1));
+        let (step, ahead) = Self::step_ahead(rate, burst);
         let tat = self.tat.max(now);
         if tat.as_micros() - now.as_micros() > ahead {
             return false;
         }
         self.tat = Time::from_micros(tat.as_micros().saturating_add(step));
         true
+    }
+
+    /// The earliest time at which [`Bucket::admit`] will admit an event.
+    fn next_admit(&self, rate: u32, burst: u32) -> Time {
+        if rate == 0 {
+            return Time::ZERO;
+        }
+        let (_, ahead) = Self::step_ahead(rate, burst);
+        Time::from_micros(self.tat.as_micros().saturating_sub(ahead))
     }
 }
 
@@ -328,17 +346,29 @@ struct Query {
 /// second of it counts).
 const FLAP_COALESCE: Duration = Duration::from_secs(1);
 
-/// Flap-damping memory of a subnet that flapped twice within the window.
+/// Triggered updates of one subnet per second (one per [`FLAP_COALESCE`]), after a burst of
+/// [`TRIGGER_BURST`]: one that comes sooner is held back, and the subnet's state then goes out
+/// once when the rate allows. The burst lets convergence through untouched (a route acquired,
+/// then a better path, then a new source, within a fraction of a second); a route flapping
+/// faster gets one update a second out of us until damping takes over.
+const TRIGGER_RATE: u32 = 1;
+const TRIGGER_BURST: u32 = 4;
+
+/// Flap-damping memory of a subnet that flapped twice within the window, or that had a
+/// triggered update held back by [`TRIGGER_RATE`].
 #[derive(Clone, Copy, Debug)]
 struct Flap {
     window_start: Time,
     /// The last flap counted.
-    last: Time,
+    last: Option<Time>,
     /// Flaps in the current window.
     count: u32,
     /// While damped: until when (pushed later by every flap meanwhile).
     damped_until: Option<Time>,
-    /// An update was held back: the current state goes out when damping ends.
+    /// While not damped and an update is held back (see [`Router::held`]): when the rate lets
+    /// the current state go out.
+    held_until: Option<Time>,
+    /// An update was held back: the current state goes out when damping (or the hold) ends.
     pending: bool,
 }
 
@@ -370,6 +400,8 @@ struct RouteList {
     refresh_sent: Option<Time>,
     /// When the subnet last flapped (for flap damping).
     last_trigger: Option<Time>,
+    /// Triggered updates sent for the subnet ([`TRIGGER_RATE`], [`TRIGGER_BURST`]).
+    triggers: Bucket,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -1181,6 +1213,7 @@ impl Router {
                         sel_metric: Metric::INFINITE,
                         refresh_sent: None,
                         last_trigger: None,
+                        triggers: Bucket::default(),
                     },
                 );
                 self.route_plens.add(subnet.prefix_len());
@@ -1397,15 +1430,24 @@ impl Router {
     /// correct (a held-back update is one the neighbours missed, which the protocol tolerates:
     /// feasibility depends only on what we did advertise), while a flapping source gets a
     /// bounded number of updates out of us however long it flaps.
+    ///
+    /// When not damped, a subnet's triggered updates are also held to [`TRIGGER_RATE`] (see
+    /// [`Router::held`]).
     fn damped(&mut self, subnet: Subnet, flap: bool, now: Time) -> bool {
-        let lim = &self.cfg.limits;
-        if lim.flap_threshold == 0 {
+        if self.cfg.limits.flap_threshold == 0 {
             return false;
         }
+        self.damping(subnet, flap, now) || self.held(subnet, now)
+    }
+
+    /// The damping part of [`Router::damped`]: true if the update is held back because the
+    /// subnet is damped.
+    fn damping(&mut self, subnet: Subnet, flap: bool, now: Time) -> bool {
+        let lim = &self.cfg.limits;
         let list = self.routes.get_mut(&subnet);
         let remembered = self.flaps.get(&subnet);
         let previous = match remembered {
-            Some(f) => Some(f.last),
+            Some(f) => f.last,
             None => list.as_ref().and_then(|l| l.last_trigger),
         };
         let counted = flap && previous.is_none_or(|t| now.saturating_since(t) >= FLAP_COALESCE);
@@ -1422,9 +1464,10 @@ impl Router {
                 // The window opens here; the previous flap is counted in it too.
                 let f = Flap {
                     window_start: now,
-                    last: now,
+                    last: Some(now),
                     count: 1,
                     damped_until: None,
+                    held_until: None,
                     pending: false,
                 };
                 self.flaps.insert(subnet, f);
@@ -1435,7 +1478,7 @@ impl Router {
         };
         if let Some(until) = f.damped_until {
             if counted {
-                f.last = now;
+                f.last = Some(now);
                 f.damped_until = Some(until.max(now + lim.flap_damping));
             }
             f.pending = true;
@@ -1445,7 +1488,7 @@ impl Router {
         if !counted {
             return false;
         }
-        f.last = now;
+        f.last = Some(now);
         if now.saturating_since(f.window_start) >= lim.flap_window {
             f.window_start = now;
             f.count = 0;
@@ -1458,27 +1501,96 @@ impl Router {
         f.damped_until = Some(until);
         f.pending = true;
         self.counters.update_damped += 1;
+        // Damping takes over a hold: the hold's timer, due first, finds the damping and waits
+        // for its end.
+        if f.held_until.take().is_none_or(|h| h > until) {
+            self.timers.push(Reverse((until, Timer::Undamp(subnet))));
+        }
+        true
+    }
+
+    /// Triggered updates of a subnet at [`TRIGGER_RATE`] after a burst of [`TRIGGER_BURST`]:
+    /// true if this one comes too soon (or while one is held back already). Then the subnet's
+    /// state when the rate allows (its selected route, or a retraction) goes out once, from
+    /// the Undamp timer: a route that changes many times a second gets one update a second out
+    /// of us until it is damped, not one per change. Only subnets that had an update held get
+    /// an entry in the flap memory (bounded by [`Limits::max_flapping`]; when full, updates go
+    /// out unheld). The source table only learns what is actually sent, so feasibility (and
+    /// loop freedom) is unaffected.
+    fn held(&mut self, subnet: Subnet, now: Time) -> bool {
+        if let Some(f) = self.flaps.get_mut(&subnet) {
+            if f.held_until.is_some() {
+                f.pending = true;
+                self.counters.update_damped += 1;
+                return true;
+            }
+        }
+        let Some(list) = self.routes.get_mut(&subnet) else {
+            return false;
+        };
+        if list.triggers.admit(TRIGGER_RATE, TRIGGER_BURST, now) {
+            return false;
+        }
+        let until = list
+            .triggers
+            .next_admit(TRIGGER_RATE, TRIGGER_BURST)
+            .max(now);
+        let lim = &self.cfg.limits;
+        let full = self.flaps.len() >= lim.max_flapping;
+        let f = match self.flaps.entry(subnet) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                if full {
+                    self.counters.flap_table_full += 1;
+                    return false;
+                }
+                // Remembered from here as if it had flapped: the last flap counted (if recent)
+                // is counted in the window that opens here.
+                let last = list.last_trigger;
+                let recent = last.is_some_and(|t| now.saturating_since(t) < lim.flap_window);
+                v.insert(Flap {
+                    window_start: now,
+                    last,
+                    count: u32::from(recent),
+                    damped_until: None,
+                    held_until: None,
+                    pending: false,
+                })
+            }
+        };
+        f.held_until = Some(until);
+        f.pending = true;
+        self.counters.update_damped += 1;
         self.timers.push(Reverse((until, Timer::Undamp(subnet))));
         true
     }
 
-    /// Ends damping once the subnet has been quiet for `flap_damping`, and sends what was held
-    /// back: the current state, to every link but the next hop.
+    /// Ends damping once the subnet has been quiet for `flap_damping`, or a hold (see
+    /// [`Router::held`]) at its end, and sends what was held back: the current state, to every
+    /// link but the next hop.
     fn on_undamp_timer(&mut self, subnet: Subnet, now: Time) {
         let Some(f) = self.flaps.get_mut(&subnet) else {
             return;
         };
-        let Some(until) = f.damped_until else {
-            return;
-        };
-        if until > now {
-            // Pushed later by updates held back meanwhile.
-            self.timers.push(Reverse((until, Timer::Undamp(subnet))));
+        if let Some(until) = f.damped_until {
+            if until > now {
+                // Pushed later by updates held back meanwhile, or a hold's timer that damping
+                // took over.
+                self.timers.push(Reverse((until, Timer::Undamp(subnet))));
+                return;
+            }
+            f.damped_until = None;
+            f.window_start = now;
+            f.count = 0;
+        } else if let Some(until) = f.held_until {
+            if until > now {
+                self.timers.push(Reverse((until, Timer::Undamp(subnet))));
+                return;
+            }
+            f.held_until = None;
+        } else {
             return;
         }
-        f.damped_until = None;
-        f.window_start = now;
-        f.count = 0;
         if !std::mem::take(&mut f.pending) {
             return;
         }
@@ -1487,6 +1599,9 @@ impl Router {
                 self.send_route(subnet, rid, seqno, metric, None, Some(link), now);
             }
             None => self.send_retraction(subnet, None),
+        }
+        if let Some(list) = self.routes.get_mut(&subnet) {
+            list.triggers.admit(TRIGGER_RATE, TRIGGER_BURST, now);
         }
     }
 
@@ -2094,7 +2209,9 @@ impl Router {
             .retain(|_, t| now.saturating_since(*t) < SEQNO_CACHE_TTL);
         let window = self.cfg.limits.flap_window;
         self.flaps.retain(|_, f| {
-            f.damped_until.is_some() || now.saturating_since(f.window_start) < window
+            f.damped_until.is_some()
+                || f.held_until.is_some()
+                || now.saturating_since(f.window_start) < window
         });
         let mut count = 0;
         self.snr_waiters.retain(|_, v| {
@@ -2158,7 +2275,7 @@ impl Router {
             }
         }
         for (s, f) in &self.flaps {
-            if let Some(t) = f.damped_until {
+            if let Some(t) = f.damped_until.or(f.held_until) {
                 v.push(Reverse((t, Timer::Undamp(*s))));
             }
         }

@@ -613,3 +613,40 @@ fn a_route_whose_metric_keeps_jumping_is_damped() {
     assert_eq!(r.selected_next_hop(&ident(5).1), Some(L1));
     r.check_invariants().unwrap();
 }
+
+/// Issue 12, finding 6 (review): changes less than a second apart counted as one flap but each
+/// still sent its triggered update, so a route flapping 100 times a second passed at line rate
+/// until damped (601 Updates). Now a subnet's triggered updates go out at one a second after a
+/// burst of four; the state held back meanwhile goes out when the rate allows.
+#[test]
+fn a_route_flapping_faster_than_once_a_second_sends_about_one_update_a_second() {
+    let mut r = router();
+    for l in [L1, L2] {
+        r.handle_link_up(l, 10, Time::ZERO).unwrap();
+    }
+    let mut out = Vec::new();
+    // 100 metric flips a second for 20 s.
+    for i in 0..2000u16 {
+        let t = Time::from_millis(10 * u64::from(i));
+        run_until(&mut r, t, &mut out);
+        let metric = if i % 2 == 0 { 100 } else { 3000 };
+        r.handle_tlv(L1, &update(5, i + 1, metric), t);
+        out.extend(answer_hellos(&mut r, t));
+        events(&mut r);
+    }
+    let flapping = updates_for_5(&out, L2).len();
+    assert!(flapping <= 25, "{flapping} updates to L2 while flapping");
+    // Until well after damping ended: the last state got out.
+    run_until(&mut r, secs(20 + 200), &mut out);
+    let to_l2 = updates_for_5(&out, L2);
+    assert!(to_l2.len() <= flapping + 1, "{} updates to L2", to_l2.len());
+    let last = to_l2.last().unwrap();
+    assert_eq!(last.seqno, SeqNo(2000));
+    assert!(
+        last.metric > Metric(3000) && last.metric < Metric(4000),
+        "{last:?}"
+    );
+    assert_eq!(r.selected_next_hop(&ident(5).1), Some(L1));
+    assert!(r.counters().update_damped > 1900, "{:?}", r.counters());
+    r.check_invariants().unwrap();
+}

@@ -127,7 +127,10 @@ fn a_stalled_peer_does_not_hold_up_the_others() {
 
     signal(&c, "-STOP");
 
-    // Flood C from A until told to stop: C's socket fills, then A's queue for C.
+    // Flood C from A until told to stop: C's socket fills, then A's queue for C. Paced (16
+    // datagrams a millisecond, ~150 Mbit/s) so that it fills what C does not read within a
+    // second but does not keep A's own TUN queue full, where the kernel would drop A's pings to
+    // B before A ever sees them (that would test the machine's load, not the stalled link).
     let stop = Arc::new(AtomicBool::new(false));
     let flood = ns[0]
         .spawn_thread({
@@ -138,9 +141,12 @@ fn a_stalled_peer_does_not_hold_up_the_others() {
                 let payload = [0x5au8; 1200];
                 let mut sent = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    if sock.send_to(&payload, to).is_ok() {
-                        sent += 1;
+                    for _ in 0..16 {
+                        if sock.send_to(&payload, to).is_ok() {
+                            sent += 1;
+                        }
                     }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
                 Ok(sent)
             }

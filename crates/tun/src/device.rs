@@ -98,7 +98,28 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
+/// How often, and how far apart, an attach is tried again while the kernel answers EBUSY: right
+/// after the previous fd on a device was closed, the kernel may still be releasing it (seen under
+/// load when a node restarts at once, or a persistent device is re-attached). About 1 s in all.
+const BUSY_TRIES: u32 = 50;
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Attaches to (or creates) the device `name`, waiting a bounded time for one that is still
+/// being released.
 fn attach(name: &str, flags: i16) -> io::Result<(OwnedFd, String, i16)> {
+    let mut tries = 1;
+    loop {
+        match attach_once(name, flags) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < BUSY_TRIES => {
+                tries += 1;
+                std::thread::sleep(BUSY_PAUSE);
+            }
+            r => return r,
+        }
+    }
+}
+
+fn attach_once(name: &str, flags: i16) -> io::Result<(OwnedFd, String, i16)> {
     let mut req = sys::IfReq::new(name)?;
     let fd = sys::open_tun()?;
     req.set_flags(flags);

@@ -261,3 +261,32 @@ fn raw_reads_and_writes_carry_the_vnet_header_and_packet() {
     assert_eq!(from.ip(), B6);
     assert_eq!(from.port(), 9);
 }
+
+/// An open that finds the device still held (EBUSY: the previous fd is being closed, as when a
+/// node restarts at once) waits for it, a bounded time, instead of failing at once.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn an_open_waits_for_a_device_that_is_being_released() {
+    let ns = Netns::new("tunbusy").unwrap();
+    let first = ns.run(|| Tun::open(&Config::new("hyt9"))).unwrap().unwrap();
+    // Held: a second open keeps getting EBUSY, and gives up after its bound with that error.
+    let held = ns.run(|| Tun::open(&Config::new("hyt9"))).unwrap();
+    assert_eq!(
+        held.err().and_then(|e| e.raw_os_error()),
+        Some(libc::EBUSY),
+        "a device held by another fd"
+    );
+    // Released while the second open waits: it gets the device.
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let name = ns.name().to_owned();
+    let opener = std::thread::spawn(move || {
+        testbed::run_in(&name, || {
+            started_tx.send(()).unwrap();
+            Tun::open(&Config::new("hyt9"))
+        })
+    });
+    started_rx.recv().unwrap();
+    drop(first);
+    let second = opener.join().unwrap().unwrap();
+    assert_eq!(second.expect("the released device").name(), "hyt9");
+}

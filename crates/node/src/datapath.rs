@@ -1592,6 +1592,15 @@ mod tests {
         payload
     }
 
+    /// B's out-of-band ICMP error to A (from B's /64 address, on link 1) about `quoted`, a packet
+    /// B claims A sent it: sealed with the key A and B share, as the quote of a genuine one is.
+    fn oob_from_b(f: &Fixture, budgets: &mut LinkBudgets, now: Instant, quoted: &[u8]) -> Received {
+        let (a, b, b_net) = (f.a.address(), f.b.address(), f.b.subnet().addr());
+        let quote = body_for(&f.a, &f.b, 0, quoted);
+        let body = body_for(&f.b, &f.a, 2, &oob_payload(b_net, a, b, &quote));
+        receive(f, budgets, now, 1, b_net, a, body)
+    }
+
     #[test]
     fn oob_icmp_is_delivered_only_about_our_own_packets_to_the_claimed_destination() {
         let f = fixture();
@@ -1601,16 +1610,7 @@ mod tests {
         // B claims one of A's packets to B was dropped: B shares the quote's key, so it can forge
         // any such quote, but only about A's flows to B itself — and those it may refuse anyway.
         let ours = packet(a, b, 64, 0x11, 30);
-        let quote = body_for(&f.a, &f.b, 0, &ours);
-        let got = receive(
-            &f,
-            &mut budgets,
-            Instant::now(),
-            1,
-            b_net,
-            a,
-            body_for(&f.b, &f.a, 2, &oob_payload(b_net, a, b, &quote)),
-        );
+        let got = oob_from_b(&f, &mut budgets, Instant::now(), &ours);
         assert_eq!(got.tun.len(), 1, "a genuine error about our packet to B");
         let err = Ipv6Packet::new_unchecked(&got.tun[0][..]);
         assert_eq!((err.src_addr(), err.dst_addr()), (b_net, a));
@@ -1620,16 +1620,7 @@ mod tests {
         // way to B.
         let c_host = Ipv6Addr::from(u128::from(c) ^ 1);
         for quoted in [packet(a, c, 64, 0x22, 30), packet(c_host, b, 64, 0x33, 30)] {
-            let quote = body_for(&f.a, &f.b, 0, &quoted);
-            let got = receive(
-                &f,
-                &mut budgets,
-                Instant::now(),
-                1,
-                b_net,
-                a,
-                body_for(&f.b, &f.a, 2, &oob_payload(b_net, a, b, &quote)),
-            );
+            let got = oob_from_b(&f, &mut budgets, Instant::now(), &quoted);
             assert!(got.tun.is_empty(), "a forged error reached the TUN");
         }
         assert_eq!(count(&f.counters.refused_icmp_forged), 2);
@@ -1640,29 +1631,19 @@ mod tests {
     fn oob_icmp_from_one_link_is_rate_limited() {
         let f = fixture();
         let mut budgets = LinkBudgets::default();
-        let (a, b) = (f.a.address(), f.b.address());
-        let b_net = f.b.subnet().addr();
-        let ours = packet(a, b, 64, 0x11, 30);
-        let oob = || {
-            let quote = body_for(&f.a, &f.b, 0, &ours);
-            body_for(&f.b, &f.a, 2, &oob_payload(b_net, a, b, &quote))
-        };
+        let ours = packet(f.a.address(), f.b.address(), 64, 0x11, 30);
         let t0 = Instant::now();
         let delivered: usize = (0..ICMP_BURST + 50)
-            .map(|_| receive(&f, &mut budgets, t0, 1, b_net, a, oob()).tun.len())
+            .map(|_| oob_from_b(&f, &mut budgets, t0, &ours).tun.len())
             .sum();
         assert_eq!(delivered, ICMP_BURST as usize);
         assert_eq!(count(&f.counters.refused_icmp_rate), 50);
         // Another link has its own budget; this one refills at its rate.
         let mut other = LinkBudgets::default();
-        assert_eq!(receive(&f, &mut other, t0, 2, b_net, a, oob()).tun.len(), 1);
+        assert_eq!(oob_from_b(&f, &mut other, t0, &ours).tun.len(), 1);
         let later = t0 + Duration::from_millis(100);
         let delivered: usize = (0..50)
-            .map(|_| {
-                receive(&f, &mut budgets, later, 1, b_net, a, oob())
-                    .tun
-                    .len()
-            })
+            .map(|_| oob_from_b(&f, &mut budgets, later, &ours).tun.len())
             .sum();
         assert_eq!(delivered, (ICMP_PER_SEC / 10) as usize);
     }

@@ -2,7 +2,7 @@
 //! key file it leaves behind.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Runs the binary with a private config directory (so no user config file is read).
@@ -34,6 +34,21 @@ fn inspect(dir: &Path, key: &Path) -> String {
     public_key(&o)
 }
 
+/// A private config directory, a key directory, and a first key generated in it:
+/// (config dir, key dir, key path, the public key the command printed).
+fn first_key() -> (tempfile::TempDir, tempfile::TempDir, PathBuf, String) {
+    let home = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("priv_key.bin");
+    let first = hypha(
+        home.path(),
+        &["--key-file", key.to_str().unwrap(), "generate-keys"],
+    );
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let printed = public_key(&first);
+    (home, keys, key, printed)
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -48,14 +63,8 @@ fn names(dir: &Path) -> Vec<String> {
 /// left in the directory.
 #[test]
 fn generate_keys_force_replaces_the_key() {
-    let home = tempfile::tempdir().unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("priv_key.bin");
+    let (home, keys, key, old) = first_key();
     let k = key.to_str().unwrap();
-
-    let first = hypha(home.path(), &["--key-file", k, "generate-keys"]);
-    assert!(first.status.success(), "{}", text(&first.stderr));
-    let old = public_key(&first);
     assert_eq!(inspect(home.path(), &key), old);
 
     let second = hypha(home.path(), &["--key-file", k, "generate-keys", "--force"]);
@@ -81,12 +90,8 @@ fn generate_keys_force_replaces_the_key() {
 /// the cause once.
 #[test]
 fn generate_keys_without_force_keeps_the_key() {
-    let home = tempfile::tempdir().unwrap();
-    let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("priv_key.bin");
+    let (home, keys, key, _) = first_key();
     let k = key.to_str().unwrap();
-    let first = hypha(home.path(), &["--key-file", k, "generate-keys"]);
-    assert!(first.status.success(), "{}", text(&first.stderr));
     let before = std::fs::read(&key).unwrap();
 
     let again = hypha(home.path(), &["--key-file", k, "generate-keys"]);

@@ -172,93 +172,19 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
-    /// One node of the bench's forwarding floor (started by `hypha bench`)
-    #[command(hide = true)]
-    BenchFloor(FloorArgs),
     /// Benchmark the data path (root): raw veth, hypha with and without offloads, the forwarding
-    /// floors and other nodes (--compare), in network namespaces with iperf3 and ping; prints one
-    /// table
-    #[command(long_about = BENCH_ABOUT)]
-    Bench(BenchArgs),
-}
-
-const BENCH_ABOUT: &str = "\
-Benchmark the data path (needs root, iproute2, iperf3 and ping).
-
-Builds three network namespaces A - B - C joined by veth pairs (198.18.220.0/24, 198.18.221.0/24),
-runs a node of each subject in them (this binary, or --binary) and measures with iperf3 and ping:
-one TCP stream A -> B, four TCP streams, one TCP stream across the chain A -> B -> C (B relays),
-UDP with 1200-byte datagrams at full rate (received rate and loss), ping RTT idle and while a
-bulk TCP flow runs, node CPU seconds per Gbit during the single stream (/proc/PID/stat), and each
-node's peak RSS during the UDP flood (/proc/PID/status VmHWM).
-
-Subjects: raw veth without any overlay (the physical reference, routed through B for the chain),
-hypha with offloads, hypha --no-offload, the forwarding floor (whole TUN reads over plain TCP: no
-crypto, no 1400-byte packets; what any TUN + TCP overlay costs at least), the floor with AES-GCM
-over every 1400 bytes (floor+aes: what any node of this protocol costs at least), and every
---compare binary that takes mycelium's flags.
-Subjects are interleaved within each repetition and nodes start fresh for every repetition. The
-table shows the median of --runs repetitions, throughput as a ratio to raw veth, and the targets
-for hypha with offloads with PASS/FAIL. Progress goes to stderr; stdout holds only the table (or
-the JSON with --json, which keeps every sample). Everything is removed on exit and on Ctrl-C.";
-
-/// Options of `hypha bench`.
-#[derive(Args, Debug, Clone)]
-#[command(next_help_heading = "Bench options")]
-pub struct BenchArgs {
-    /// Repetitions of every measurement (the table shows medians)
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub runs: u32,
-
-    /// Seconds per iperf3 measurement
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=3600))]
-    pub secs: u32,
-
-    /// Print the results as JSON (every sample included) instead of the table (which then goes
-    /// to stderr with the progress lines)
-    #[arg(long)]
-    pub json: bool,
-
-    /// Also draw the medians as a PNG chart into FILE
-    #[arg(long, value_name = "FILE")]
-    pub chart: Option<PathBuf>,
-
-    /// Another node binary taking mycelium's flags to put side by side (repeatable)
-    #[arg(long, value_name = "PATH")]
-    pub compare: Vec<PathBuf>,
-
-    /// Only these subjects and/or scenarios, comma-separated. Subjects: veth, hypha, no-offload,
-    /// floor, floor+aes, compare (all --compare binaries) or a compare binary's file name; scenarios: tcp1, tcp4,
-    /// chain, udp, rtt. CPU figures come with tcp1, the UDP-flood RSS with udp.
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub only: Vec<String>,
-
-    /// The hypha binary to run in the namespaces [default: this one]
-    #[arg(long, value_name = "PATH")]
-    pub binary: Option<PathBuf>,
-}
-
-/// Options of `hypha bench-floor`, the bench's bare TUN + TCP forwarder (see `bench::floor`).
-#[derive(Args, Debug, Clone)]
-pub struct FloorArgs {
-    /// TUN device to create
-    #[arg(long)]
-    pub tun: String,
-    /// Overlay address of this node (a /64 on the TUN)
-    #[arg(long)]
-    pub addr: std::net::Ipv6Addr,
-    /// Accept peers on this address (repeatable)
-    #[arg(long)]
-    pub listen: Vec<std::net::SocketAddr>,
-    /// Connect to a peer at this address (repeatable)
-    #[arg(long)]
-    pub connect: Vec<std::net::SocketAddr>,
-    /// Plain TUN path: no vnet header, one packet per read
-    #[arg(long)]
-    pub no_offload: bool,
-    /// Also seal every packet with AES-256-GCM in 1400-byte pieces, and open it at the far end
-    #[arg(long)]
-    pub seal: bool,
+    /// floors and other nodes (--compare), in network namespaces with iperf3 and ping. Runs the
+    /// `hypha-bench` binary installed beside this one; `hypha bench --help` lists its options
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// Arguments for hypha-bench, passed through unchanged
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,86 +1,31 @@
 //! `hypha demo`: a small overlay on this machine. Three nodes in network namespaces, joined by
 //! veth pairs in a chain A – B – C (underlay 198.18.200.0/24 and 198.18.201.0/24), each running this
 //! same binary. It waits until they have found each other, pings A → C across the relay B, prints
-//! addresses, routes and round-trip times, and removes everything on exit and on Ctrl-C.
+//! addresses, routes and round-trip times, and removes everything on exit and on Ctrl-C. The
+//! namespaces, node processes and scratch directory are `testbed`'s, with its cleanup guards.
 
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
+use testbed::{exec_in, Daemon, Lab, ScratchDir};
 
 struct DemoNode {
     name: &'static str,
     ns: String,
     addr: Ipv6Addr,
     key: PathBuf,
-    child: Option<Child>,
+    _process: Daemon,
 }
 
-/// Owns every namespace and process of the demo; dropping it removes them.
-struct Lab {
+/// Everything the demo made. Fields drop in order: the nodes stop (SIGTERM, so they remove their
+/// TUNs) before their namespaces go, and the scratch directory last.
+struct Demo {
     nodes: Vec<DemoNode>,
-    namespaces: Vec<String>,
-    dir: PathBuf,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &c.id().to_string()])
-                    .status();
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline {
-                    if matches!(c.try_wait(), Ok(Some(_))) {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run 'ip' (install iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn in_ns(ns: &str, prog: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, prog])
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {prog} in {ns}"))?;
-    if !out.status.success() {
-        bail!(
-            "{prog} {} in {ns}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    _lab: Lab,
+    dir: ScratchDir,
 }
 
 fn key_and_address(exe: &Path, key: &Path) -> anyhow::Result<Ipv6Addr> {
@@ -99,144 +44,85 @@ fn key_and_address(exe: &Path, key: &Path) -> anyhow::Result<Ipv6Addr> {
         .context("inspect gave no address")
 }
 
-fn wait_for(
-    stop: &AtomicBool,
-    timeout: Duration,
-    mut cond: impl FnMut() -> bool,
-) -> anyhow::Result<bool> {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if stop.load(Ordering::Relaxed) {
-            bail!("interrupted");
-        }
-        if cond() {
-            return Ok(true);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(false)
+/// Polls `cond` until it holds (true) or `timeout` passes (false); an error on Ctrl-C.
+fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<bool> {
+    let held = testbed::wait_until(timeout, || testbed::interrupted() || cond()).is_ok();
+    testbed::check_interrupted()?;
+    Ok(held)
 }
 
 /// Runs the demo. With `wait`, keeps the overlay up until Ctrl-C.
 pub fn run(wait: bool) -> anyhow::Result<()> {
-    if !nix_is_root() {
+    if !testbed::is_root() {
         bail!("the demo creates network namespaces: run it as root");
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    watch_ctrl_c(stop.clone())?;
+    testbed::require_tools(&[("ip", "iproute2"), ("ping", "iputils-ping")])?;
+    // Ctrl-C and SIGTERM from here on only end the waits; the guards then clean up.
+    let (signalled, ctrl_c) = std::sync::mpsc::channel();
+    testbed::watch_signals(move || {
+        let _ = signalled.send(());
+    })?;
     let exe = std::env::current_exe().context("cannot find the hypha binary")?;
-    let pid = std::process::id();
-    let dir = std::env::temp_dir().join(format!("hypha-demo-{pid}"));
-    std::fs::create_dir_all(&dir)?;
-    let mut lab = Lab {
-        nodes: Vec::new(),
-        namespaces: Vec::new(),
-        dir: dir.clone(),
-    };
+    let dir = ScratchDir::new("hypha-demo")?;
 
     println!("Creating three namespaces joined A – B – C by veth pairs …");
-    for name in ["a", "b", "c"] {
-        let ns = format!("hy-demo-{pid}-{name}");
-        ip(&["netns", "add", &ns])?;
-        lab.namespaces.push(ns.clone());
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-    }
-    let links = [(0usize, 1usize, 200u8), (1, 2, 201)];
-    for (x, y, net) in links {
-        let (ex, ey) = (format!("hd{pid}{x}{y}x"), format!("hd{pid}{x}{y}y"));
-        let (ex, ey) = (&ex[..ex.len().min(15)], &ey[..ey.len().min(15)]);
-        ip(&[
-            "link",
-            "add",
-            ex,
-            "netns",
-            &lab.namespaces[x],
-            "type",
-            "veth",
-            "peer",
-            "name",
-            ey,
-            "netns",
-            &lab.namespaces[y],
-        ])?;
-        ip(&[
-            "-n",
-            &lab.namespaces[x],
-            "addr",
-            "add",
-            &format!("198.18.{net}.1/24"),
-            "dev",
-            ex,
-        ])?;
-        ip(&[
-            "-n",
-            &lab.namespaces[y],
-            "addr",
-            "add",
-            &format!("198.18.{net}.2/24"),
-            "dev",
-            ey,
-        ])?;
-        ip(&["-n", &lab.namespaces[x], "link", "set", ex, "up"])?;
-        ip(&["-n", &lab.namespaces[y], "link", "set", ey, "up"])?;
-    }
+    let lab = Lab::chain("demo", &[200, 201]).context("cannot build the namespaces")?;
 
     println!(
         "Starting a hypha node in each (logs in {}) …",
-        dir.display()
+        dir.path().display()
     );
     // B dials A, C dials B: C reaches A only through B.
-    let peers: [&[&str]; 3] = [
-        &[],
-        &["--peers", "tcp://198.18.200.1:9651"],
-        &["--peers", "tcp://198.18.201.1:9651"],
+    let peers: [Option<String>; 3] = [
+        None,
+        Some(format!("tcp://{}:9651", lab.link(0).addrs[0])),
+        Some(format!("tcp://{}:9651", lab.link(1).addrs[0])),
     ];
+    let mut nodes = Vec::new();
     for (i, name) in ["A", "B", "C"].into_iter().enumerate() {
-        let key = dir.join(format!("{name}.key"));
+        let key = dir.path().join(format!("{name}.key"));
         let addr = key_and_address(&exe, &key)?;
-        let logf = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &lab.namespaces[i]])
-            .arg(&exe)
-            .arg("-k")
-            .arg(&key)
-            .arg("--disable-peer-discovery")
-            .args(peers[i])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .context("cannot start a node")?;
-        lab.nodes.push(DemoNode {
+        let mut cmd = lab.ns(i).command(&exe);
+        cmd.arg("-k").arg(&key).arg("--disable-peer-discovery");
+        if let Some(p) = &peers[i] {
+            cmd.args(["--peers", p]);
+        }
+        let log = dir.path().join(format!("{name}.log"));
+        let process =
+            Daemon::start(&format!("node {name}"), cmd, &log).context("cannot start a node")?;
+        nodes.push(DemoNode {
             name,
-            ns: lab.namespaces[i].clone(),
+            ns: lab.ns(i).name().to_owned(),
             addr,
             key,
-            child: Some(child),
+            _process: process,
         });
     }
+    let demo = Demo {
+        nodes,
+        _lab: lab,
+        dir,
+    };
+    let nodes = &demo.nodes;
+    let exe_s = exe.to_string_lossy();
 
-    let (a, c) = (&lab.nodes[0], &lab.nodes[2]);
+    let (a, c) = (&nodes[0], &nodes[2]);
     let c_subnet = format!("{}/64", subnet_of(c.addr));
     // A learns C's route on demand: its first packet to C starts the query.
-    let found = wait_for(&stop, Duration::from_secs(30), || {
-        let _ = in_ns(
+    let found = wait_for(Duration::from_secs(30), || {
+        let _ = exec_in(
             &a.ns,
             "ping",
             &["-6", "-c", "1", "-W", "1", &c.addr.to_string()],
         );
-        in_ns(
-            &a.ns,
-            &exe.to_string_lossy(),
-            &["routes", "selected", "--json"],
-        )
-        .map(|o| o.contains(&c_subnet))
-        .unwrap_or(false)
+        exec_in(&a.ns, &exe_s, &["routes", "selected", "--json"])
+            .map(|o| o.contains(&c_subnet))
+            .unwrap_or(false)
     })?;
     if !found {
         bail!(
             "A did not find a route to C within 30 s; see the logs in {}",
-            dir.display()
+            demo.dir.path().display()
         );
     }
 
@@ -245,36 +131,34 @@ pub fn run(wait: bool) -> anyhow::Result<()> {
         "{:<5} {:<40} {:<12} KEY FILE",
         "NODE", "OVERLAY ADDRESS", "NAMESPACE"
     );
-    for n in &lab.nodes {
+    for (i, n) in nodes.iter().enumerate() {
         println!(
             "{:<5} {:<40} {:<12} {}",
             n.name,
             n.addr.to_string(),
-            n.ns.rsplit('-').next().unwrap_or(""),
+            Lab::label(i),
             n.key.display()
         );
     }
-    for n in &lab.nodes {
+    for n in nodes {
         println!("\nRoutes selected by {}:", n.name);
-        print!(
-            "{}",
-            in_ns(&n.ns, &exe.to_string_lossy(), &["routes", "selected"])?
-        );
+        print!("{}", exec_in(&n.ns, &exe_s, &["routes", "selected"])?);
     }
     println!();
     for (from, to) in [(0usize, 1usize), (0, 2), (2, 0)] {
-        let (f, t) = (&lab.nodes[from], &lab.nodes[to]);
-        let out = in_ns(
+        let (f, t) = (&nodes[from], &nodes[to]);
+        let out = exec_in(
             &f.ns,
             "ping",
             &["-6", "-c", "5", "-i", "0.2", "-W", "2", &t.addr.to_string()],
         )?;
-        let rtt = out
-            .lines()
-            .find(|l| l.contains("min/avg/max"))
-            .and_then(|l| l.split('=').nth(1))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_else(|| "no answer".into());
+        let rtt = match testbed::ping::parse(&out) {
+            Ok(s) => {
+                let [min, avg, max, mdev] = s.rtt_ms;
+                format!("{min:.3}/{avg:.3}/{max:.3}/{mdev:.3} ms")
+            }
+            Err(_) => "no answer".into(),
+        };
         let hops = if (from, to) == (0, 1) {
             "direct"
         } else {
@@ -288,55 +172,16 @@ pub fn run(wait: bool) -> anyhow::Result<()> {
     if wait {
         println!(
             "\nThe overlay stays up until Ctrl-C. Try: ip netns exec {} ping {}",
-            lab.nodes[0].ns, lab.nodes[2].addr
+            nodes[0].ns, nodes[2].addr
         );
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let _ = ctrl_c.recv();
     }
     println!("\nCleaning up …");
-    drop(lab);
+    drop(demo);
     Ok(())
 }
 
 fn subnet_of(a: Ipv6Addr) -> Ipv6Addr {
     let s = a.segments();
     Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0)
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Sets `stop` on SIGINT/SIGTERM, so the lab is torn down by `Drop` instead of the process dying.
-fn watch_ctrl_c(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("demo-signals".into())
-        .spawn(move || {
-            rt.block_on(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                let (Ok(mut term), Ok(mut int)) = (
-                    signal(SignalKind::terminate()),
-                    signal(SignalKind::interrupt()),
-                ) else {
-                    return;
-                };
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                stop.store(true, Ordering::Relaxed);
-            })
-        })?;
-    Ok(())
 }

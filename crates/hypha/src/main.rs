@@ -29,8 +29,7 @@ fn main() {
         Some(Command::Inspect { json, pubkey }) => inspect(&settings.key_file, pubkey, json),
         Some(Command::GenerateKeys { force }) => generate_keys(&settings.key_file, force),
         Some(Command::Demo { no_wait }) => demo::run(!no_wait),
-        Some(Command::Bench(args)) => bench::run(&args),
-        Some(Command::BenchFloor(args)) => bench::floor::run(&args),
+        Some(Command::Bench { args }) => bench::forward(&args),
         Some(cmd @ (Command::Peers { .. } | Command::Routes { .. } | Command::Stats { .. })) => {
             client::run(cmd, settings.api_addr)
         }

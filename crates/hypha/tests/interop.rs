@@ -15,9 +15,9 @@ use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{linked_pair, make_key, transfer, Node, BIN};
+use common::{make_key, transfer, Node, BIN};
 use serde_json::Value;
-use testbed::{exec_in, wait_until, ChildGuard, Netns};
+use testbed::{exec_in, link, wait_until, ChildGuard, Netns};
 
 const MB: u64 = 1024 * 1024;
 const ROUTE_WAIT: Duration = Duration::from_secs(60);
@@ -299,7 +299,9 @@ impl Peer {
         // Every node on the way, both ends included, decrements once; the reply starts at 64.
         let ttl = format!("ttl={}", 64 - hops);
         assert!(out.contains(&ttl), "expected {ttl}: {out}");
-        let avg = rtt_avg(&out).unwrap_or_else(|| panic!("no rtt line: {out}"));
+        let avg = testbed::ping::parse(&out)
+            .unwrap_or_else(|e| panic!("no rtt line ({e}): {out}"))
+            .avg_ms;
         eprintln!(
             "interop figure: ping {} -> {}: avg rtt {avg:.3} ms ({ttl})",
             self.kind(),
@@ -307,13 +309,6 @@ impl Peer {
         );
         avg
     }
-}
-
-/// The average of iputils' `rtt min/avg/max/mdev = a/b/c/d ms` line.
-fn rtt_avg(ping_out: &str) -> Option<f64> {
-    let line = ping_out.lines().find(|l| l.contains("min/avg/max"))?;
-    let values = line.split('=').nth(1)?.trim();
-    values.split('/').nth(1)?.parse().ok()
 }
 
 /// A byte-identical transfer of `len` bytes; prints (never asserts) its rate.
@@ -345,7 +340,7 @@ fn workdir() -> tempfile::TempDir {
 fn direct(listener: Kind, dialer: Kind, net: u8, len: u64) {
     let dir = workdir();
     let (na, nb) = (Netns::new("ia").unwrap(), Netns::new("ib").unwrap());
-    let (ip_a, _) = linked_pair(&na, &nb, net);
+    let [ip_a, _] = link(&na, &nb, net).expect("veth link").addrs;
     let a = Peer::start(listener, &na, dir.path(), "a", None);
     let peer = format!("tcp://{ip_a}:9651");
     let b = Peer::start(dialer, &nb, dir.path(), "b", Some(&peer));
@@ -410,8 +405,8 @@ fn chain(kinds: [Kind; 3], net: u8, len: u64) {
         Netns::new("cb").unwrap(),
         Netns::new("cc").unwrap(),
     );
-    let (ab_a, _) = linked_pair(&na, &nb, net);
-    let (bc_b, _) = linked_pair(&nb, &nc, net + 1);
+    let [ab_a, _] = link(&na, &nb, net).expect("veth link").addrs;
+    let [bc_b, _] = link(&nb, &nc, net + 1).expect("veth link").addrs;
     let a = Peer::start(kinds[0], &na, dir.path(), "a", None);
     let peer_a = format!("tcp://{ab_a}:9651");
     let b = Peer::start(kinds[1], &nb, dir.path(), "b", Some(&peer_a));
@@ -477,7 +472,7 @@ fn alive_inbound(m: &Mycelium) -> Option<String> {
 fn link_stays_up_past_dead_timers() {
     let dir = workdir();
     let (na, nb) = (Netns::new("la").unwrap(), Netns::new("lb").unwrap());
-    let (ip_a, _) = linked_pair(&na, &nb, 48);
+    let [ip_a, _] = link(&na, &nb, 48).expect("veth link").addrs;
     let m = Mycelium::start(&na, dir.path(), "m", None);
     let peer = format!("tcp://{ip_a}:9651");
     let h = Peer::start(Kind::Hypha, &nb, dir.path(), "h", Some(&peer));

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{linked_pair, Node};
-use testbed::Netns;
+use common::Node;
+use testbed::{link, Netns};
 use wire::babel::{Hello, SeqNo, Tlv};
 
 /// Connections that each send one burst.
@@ -23,7 +23,7 @@ const HELLOS: usize = 16 * 1024;
 fn hello_bursts_leave_no_memory_behind() {
     let dir = tempfile::tempdir().unwrap();
     let (na, nx) = (Netns::new("lma").unwrap(), Netns::new("lmx").unwrap());
-    let (ax, _) = linked_pair(&na, &nx, 42);
+    let [ax, _] = link(&na, &nx, 42).expect("veth link").addrs;
     let a = Node::start(&na, dir.path(), "a", &["--disable-peer-discovery"]);
     let target: SocketAddr = format!("{ax}:9651").parse().unwrap();
 

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_port, linked_pair, transfer, Node};
+use common::{http_port, transfer, Node};
 use node::metrics::{sample, Stats};
-use testbed::{wait_until, Netns};
+use testbed::{link, wait_until, Netns};
 
 const MB: u64 = 1024 * 1024;
 const ROUTE_WAIT: Duration = Duration::from_secs(30);
@@ -133,7 +133,7 @@ fn run(extra: &[&str], offload: bool) {
         Netns::new(&format!("{tag}a")).unwrap(),
         Netns::new(&format!("{tag}b")).unwrap(),
     );
-    let (ip_a, _) = linked_pair(&na, &nb, 60);
+    let [ip_a, _] = link(&na, &nb, 60).expect("veth link").addrs;
     let metrics = format!("127.0.0.1:{METRICS_PORT}");
     let mut args_a = vec![
         "--disable-peer-discovery",

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{linked_pair, transfer, Node};
-use testbed::Netns;
+use common::{transfer, Node};
+use testbed::{link, Netns};
 
 const MB: u64 = 1024 * 1024;
 const ROUTE_WAIT: Duration = Duration::from_secs(30);
@@ -14,7 +14,7 @@ const ROUTE_WAIT: Duration = Duration::from_secs(30);
 fn two_nodes(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let (na, nb) = (Netns::new("n2a").unwrap(), Netns::new("n2b").unwrap());
-    let (ip_a, _) = linked_pair(&na, &nb, 10);
+    let [ip_a, _] = link(&na, &nb, 10).expect("veth link").addrs;
     let mut args_a = vec!["--disable-peer-discovery"];
     args_a.extend_from_slice(extra);
     let a = Node::start(&na, dir.path(), "a", &args_a);
@@ -61,8 +61,8 @@ fn chain_relays_without_reading() {
         Netns::new("chb").unwrap(),
         Netns::new("chc").unwrap(),
     );
-    let (ab_a, _) = linked_pair(&na, &nb, 20);
-    let (bc_b, _) = linked_pair(&nb, &nc, 21);
+    let [ab_a, _] = link(&na, &nb, 20).expect("veth link").addrs;
+    let [bc_b, _] = link(&nb, &nc, 21).expect("veth link").addrs;
     let a = Node::start(&na, dir.path(), "a", &["--disable-peer-discovery"]);
     let peer_a = format!("tcp://{ab_a}:9651");
     let b = Node::start(
@@ -94,7 +94,13 @@ fn chain_relays_without_reading() {
         .iter()
         .find(|r| r["subnet"] == c.subnet().as_str())
         .expect("a has a route to c");
-    assert!(to_c["nextHop"].as_str().unwrap().contains(&ab_a), "{to_c}");
+    assert!(
+        to_c["nextHop"]
+            .as_str()
+            .unwrap()
+            .contains(&ab_a.to_string()),
+        "{to_c}"
+    );
     // Hop limit 2 expires at B, which tells A out of band (sealed for A, from B's /64).
     let out = std::process::Command::new("ip")
         .args([
@@ -158,7 +164,7 @@ fn api_and_cli_against_live_nodes() {
 
     let dir = tempfile::tempdir().unwrap();
     let (na, nb) = (Netns::new("apa").unwrap(), Netns::new("apb").unwrap());
-    let (_, ip_b) = linked_pair(&na, &nb, 50);
+    let [_, ip_b] = link(&na, &nb, 50).expect("veth link").addrs;
     let a = Node::start(&na, dir.path(), "a", &["--disable-peer-discovery"]);
     let b = Node::start(&nb, dir.path(), "b", &["--disable-peer-discovery"]);
 

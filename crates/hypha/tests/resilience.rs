@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{linked_pair, transfer, Node};
-use testbed::Netns;
+use common::{transfer, Node};
+use testbed::{link, Netns};
 use wire::babel::{Prefix, RouteRequest, Subnet, Tlv};
 
 const ROUTE_WAIT: Duration = Duration::from_secs(30);
@@ -43,10 +43,10 @@ fn diamond(death: Death) {
         .iter()
         .map(|t| Netns::new(t).unwrap())
         .collect();
-    let (ab, _) = linked_pair(&ns[0], &ns[1], 30);
-    let (ac, _) = linked_pair(&ns[0], &ns[2], 31);
-    let (bd, _) = linked_pair(&ns[1], &ns[3], 32);
-    let (cd, _) = linked_pair(&ns[2], &ns[3], 33);
+    let [ab, _] = link(&ns[0], &ns[1], 30).expect("veth link").addrs;
+    let [ac, _] = link(&ns[0], &ns[2], 31).expect("veth link").addrs;
+    let [bd, _] = link(&ns[1], &ns[3], 32).expect("veth link").addrs;
+    let [cd, _] = link(&ns[2], &ns[3], 33).expect("veth link").addrs;
     let quiet = "--disable-peer-discovery";
     let a = Node::start(&ns[0], dir.path(), "a", &[quiet]);
     let pa_b = format!("tcp://{ab}:9651");
@@ -106,8 +106,8 @@ fn a_stalled_peer_does_not_hold_up_the_others() {
         .iter()
         .map(|t| Netns::new(t).unwrap())
         .collect();
-    let (ab, _) = linked_pair(&ns[0], &ns[1], 36);
-    let (ac, _) = linked_pair(&ns[0], &ns[2], 37);
+    let [ab, _] = link(&ns[0], &ns[1], 36).expect("veth link").addrs;
+    let [ac, _] = link(&ns[0], &ns[2], 37).expect("veth link").addrs;
     let quiet = "--disable-peer-discovery";
     let a = Node::start(&ns[0], dir.path(), "a", &[quiet]);
     let b = Node::start(
@@ -173,7 +173,7 @@ fn a_stalled_peer_does_not_hold_up_the_others() {
     let c_alive = peers.as_array().unwrap().iter().any(|p| {
         p["endpoint"]["addr"]["socket"]
             .as_str()
-            .is_some_and(|s| s.contains(&ac) || s.contains("198.18.37."))
+            .is_some_and(|s| s.contains(&ac.to_string()) || s.contains("198.18.37."))
             && p["connectionState"] == "alive"
     });
     stop.store(true, Ordering::Relaxed);
@@ -219,8 +219,8 @@ fn garbage_from_a_peer_harms_nobody_else() {
         Netns::new("bgb").unwrap(),
         Netns::new("bgx").unwrap(),
     );
-    let (ab, _) = linked_pair(&na, &nb, 40);
-    let (ax, _) = linked_pair(&na, &nx, 41);
+    let [ab, _] = link(&na, &nb, 40).expect("veth link").addrs;
+    let [ax, _] = link(&na, &nx, 41).expect("veth link").addrs;
     let quiet = "--disable-peer-discovery";
     let mut a = Node::start(&na, dir.path(), "a", &[quiet]);
     let peer = format!("tcp://{ab}:9651");

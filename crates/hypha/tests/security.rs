@@ -9,9 +9,9 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::rogue::{public_key_of, udp6, Rogue, Sender};
-use common::{linked_pair, Node};
+use common::Node;
 use serde_json::Value;
-use testbed::{wait_until, Netns};
+use testbed::{wait_until, Lab, Netns};
 use wire::icmp::IcmpError;
 
 const ROUTE_WAIT: Duration = Duration::from_secs(20);
@@ -27,39 +27,47 @@ fn sa(ip: Ipv6Addr, port: u16) -> SocketAddr {
     SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))
 }
 
-/// Node A in one namespace, the rogue peer's namespace X beside it, joined by a veth pair; the
-/// rogue connected and its keys' routes selected at A.
-struct Lab {
-    _dir: tempfile::TempDir,
-    na: Netns,
-    nx: Netns,
+/// Node A in one namespace, the rogue peer's namespace X beside it, joined by a veth pair (a
+/// two-namespace `testbed::Lab`); the rogue connected and its keys' routes selected at A.
+struct Setup {
+    // Fields drop in order: the node before its namespace.
     a: Node,
     a_key: crypto::PublicKey,
     target: SocketAddr,
+    lab: Lab,
+    _dir: tempfile::TempDir,
 }
 
-impl Lab {
-    fn new(tag: &str, net: u8) -> Lab {
+impl Setup {
+    fn new(tag: &str, net: u8) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let na = Netns::new(&format!("{tag}a")).unwrap();
-        let nx = Netns::new(&format!("{tag}x")).unwrap();
-        let (ax, _) = linked_pair(&na, &nx, net);
-        let a = Node::start(&na, dir.path(), "a", &[QUIET]);
+        let lab = Lab::chain(tag, &[net]).unwrap();
+        let ax = lab.link(0).addrs[0];
+        let a = Node::start(lab.ns(0), dir.path(), "a", &[QUIET]);
         let a_key = public_key_of(&a.key);
         let target: SocketAddr = format!("{ax}:9651").parse().unwrap();
-        Lab {
-            _dir: dir,
-            na,
-            nx,
+        Setup {
             a,
             a_key,
             target,
+            lab,
+            _dir: dir,
         }
+    }
+
+    /// A's namespace.
+    fn na(&self) -> &Netns {
+        self.lab.ns(0)
+    }
+
+    /// The rogue's namespace X.
+    fn nx(&self) -> &Netns {
+        self.lab.ns(1)
     }
 
     /// A connection from X that announces `keys` and waits until A selected their routes.
     fn rogue(&self, keys: &[&Sender]) -> Rogue {
-        let mut r = Rogue::connect(&self.nx, self.target);
+        let mut r = Rogue::connect(self.nx(), self.target);
         for k in keys {
             r.send(&k.update()).unwrap();
         }
@@ -74,7 +82,7 @@ impl Lab {
     /// A UDP socket in A's namespace bound to `addr`.
     fn udp(&self, addr: SocketAddr) -> UdpSocket {
         let s = self
-            .na
+            .na()
             .run(move || UdpSocket::bind(addr))
             .unwrap()
             .expect("bind in A");
@@ -104,10 +112,10 @@ fn read_until(sock: &UdpSocket, last: &[u8]) -> Vec<Vec<u8>> {
 #[test]
 #[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
 fn a_peer_cannot_write_packets_with_foreign_addresses_into_the_host() {
-    let lab = Lab::new("sia", 60);
+    let lab = Setup::new("sia", 60);
     // An address of the host outside the overlay, as on the veth to a LAN.
     let host_addr: Ipv6Addr = "fd00:60::a".parse().unwrap();
-    lab.na
+    lab.na()
         .ip(&["addr", "add", "fd00:60::a/64", "dev", "lo", "nodad"])
         .unwrap();
     let port = 7000;
@@ -138,7 +146,7 @@ fn a_peer_cannot_write_packets_with_foreign_addresses_into_the_host() {
 #[test]
 #[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
 fn a_peer_cannot_fail_our_flows_to_others_with_forged_icmp() {
-    let lab = Lab::new("sib", 61);
+    let lab = Setup::new("sib", 61);
     let (r1, r2) = (Sender::new(), Sender::new());
     let mut rogue = lab.rogue(&[&r1, &r2]);
     // Two flows of A's: one to R2 (the victim of the forgery), one to R1 (the control).
@@ -195,7 +203,7 @@ fn a_peer_cannot_fail_our_flows_to_others_with_forged_icmp() {
 #[test]
 #[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
 fn frames_waiting_for_a_key_cannot_fill_the_node() {
-    let lab = Lab::new("sic", 62);
+    let lab = Setup::new("sic", 62);
     let port = 7003;
     let sock = lab.udp(sa(lab.a.addr, port));
     let r1 = Sender::new();
@@ -226,7 +234,7 @@ fn frames_waiting_for_a_key_cannot_fill_the_node() {
 
     // A new honest sender on another link: its first packet arrives before its route does.
     let r3 = Sender::new();
-    let mut honest = Rogue::connect(&lab.nx, lab.target);
+    let mut honest = Rogue::connect(lab.nx(), lab.target);
     let first = udp6(sa(r3.addr, 5000), sa(lab.a.addr, port), b"first packet");
     honest
         .send(&r3.frame(&lab.a_key, r3.addr, lab.a.addr, 0, &first))

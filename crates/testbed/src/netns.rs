@@ -1,10 +1,14 @@
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, Once};
 
-use crate::process::ChildGuard;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::process::{prepare, ChildGuard};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 static SWEEP: Once = Once::new();
@@ -57,29 +61,52 @@ pub fn run_in<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> io::Result<R> 
     })
 }
 
-/// Deletes namespaces named `hy-*-<pid>-*` whose process is gone (left by a killed test run).
+/// The pid of the process that created the namespace named `hy-<tag>-<pid>-<n>`.
+pub fn owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("hy-")?;
+    let mut parts = rest.rsplit('-');
+    let (_n, pid) = (parts.next()?.parse::<u32>().ok()?, parts.next()?);
+    parts.next()?;
+    pid.parse().ok()
+}
+
+/// The `<tag>` of `hy-<tag>-<pid>-<n>`, else the name itself.
+pub(crate) fn tag_of(name: &str) -> &str {
+    let Some(rest) = name.strip_prefix("hy-") else {
+        return name;
+    };
+    match owner_pid(name) {
+        Some(_) => rest.rsplitn(3, '-').nth(2).unwrap_or(name),
+        None => name,
+    }
+}
+
+/// Deletes namespaces named `hy-*-<pid>-*` whose process is gone (left by a killed test run or a
+/// SIGKILLed bench), killing what still runs in them first (nodes outlive their parent).
 fn sweep_stale() {
     let Ok(dir) = std::fs::read_dir("/run/netns") else {
         return;
     };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("hy-") else {
-            continue;
-        };
-        let mut parts = rest.rsplit('-');
-        let (_n, pid) = (parts.next(), parts.next());
-        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(pid) = owner_pid(&name) else {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let pids = ip(&["netns", "pids", &name]).unwrap_or_default();
+            for p in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            }
             let _ = ip(&["netns", "del", &name]);
         }
     }
 }
 
-/// A network namespace owned by the test: unique name, loopback up, deleted on drop together
-/// with any veth it created.
+/// A network namespace owned by the test (or the bench, or the demo): unique name, loopback up,
+/// deleted on drop together with any veth it created.
 #[derive(Debug)]
 pub struct Netns {
     name: String,
@@ -105,6 +132,11 @@ impl Netns {
         &self.name
     }
 
+    /// The `<tag>` it was created with.
+    pub fn tag(&self) -> &str {
+        tag_of(&self.name)
+    }
+
     /// `ip -n <ns> <args>`.
     pub fn ip(&self, args: &[&str]) -> io::Result<String> {
         let mut all = vec!["-n", &self.name];
@@ -119,14 +151,24 @@ impl Netns {
 
     /// Starts a command inside the namespace with piped stdout/stderr, guarded.
     pub fn spawn(&self, prog: &str, args: &[&str]) -> io::Result<ChildGuard> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name, prog])
+        let child = self
+            .command(prog)
             .args(args)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
         Ok(ChildGuard::new(child))
+    }
+
+    /// `prog` to run inside the namespace (`ip netns exec`, which execs it in place, so the
+    /// child's pid is the program's), prepared as [`crate::command`] prepares one: add arguments
+    /// and where its output goes, then run it with [`crate::run`], [`ChildGuard::spawn`] or
+    /// [`crate::Daemon::start`].
+    pub fn command(&self, prog: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(prog);
+        prepare(&mut cmd);
+        cmd
     }
 
     /// Runs `f` on a new thread that has entered the namespace; see [`run_in`].
@@ -195,4 +237,22 @@ pub fn veth_pair(a: &Netns, b: &Netns) -> io::Result<(String, String)> {
     a.ip(&["link", "set", &ea, "up"])?;
     b.ip(&["link", "set", &eb, "up"])?;
     Ok((ea, eb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_give_their_owner_and_tag() {
+        assert_eq!(owner_pid("hy-tb-1234-0"), Some(1234));
+        assert_eq!(owner_pid("hy-bench-a-1234-17"), Some(1234));
+        assert_eq!(owner_pid("hy-1234-0"), None);
+        assert_eq!(owner_pid("hy-x-y-0"), None);
+        assert_eq!(owner_pid("hyb-1234-a"), None);
+        assert_eq!(owner_pid("other"), None);
+        assert_eq!(tag_of("hy-bench-a-1234-17"), "bench-a");
+        assert_eq!(tag_of("hy-tb-1-0"), "tb");
+        assert_eq!(tag_of("elsewhere"), "elsewhere");
+    }
 }

@@ -155,16 +155,6 @@ impl Node {
     }
 }
 
-/// Two namespaces joined by a veth pair with 198.18.<net>.1/24 and .2/24.
-pub fn linked_pair(a: &Netns, b: &Netns, net: u8) -> (String, String) {
-    let (ea, eb) = testbed::veth_pair(a, b).expect("veth");
-    a.ip(&["addr", "add", &format!("198.18.{net}.1/24"), "dev", &ea])
-        .expect("addr a");
-    b.ip(&["addr", "add", &format!("198.18.{net}.2/24"), "dev", &eb])
-        .expect("addr b");
-    (format!("198.18.{net}.1"), format!("198.18.{net}.2"))
-}
-
 /// A byte-identical transfer of `len` bytes from `from` to `to`'s overlay address.
 pub fn transfer(from: &Netns, to: &Netns, to_addr: Ipv6Addr, port: u16, len: u64) {
     let listen: SocketAddr = (to_addr, port).into();

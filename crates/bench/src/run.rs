@@ -71,12 +71,6 @@
 //! with `--json` the same results with every sample (the table then goes to stderr);
 //! `--chart FILE` draws the medians as a PNG.
 
-pub mod chart;
-pub mod floor;
-mod lab;
-mod measure;
-mod report;
-
 use std::ffi::OsStr;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
@@ -85,10 +79,30 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
+use std::process::Stdio;
+
+use testbed::{ChildGuard, Daemon, Lab, Netns, ScratchDir};
+
 use crate::cli::BenchArgs;
-use lab::{check_stop, wait_for, Proc, Topology, AB, BC};
-use measure::{cpu_seconds, parse_iperf, parse_ping, peak_rss_mb, reset_peak_rss, Iperf};
-use report::{Meta, Metric, RepDetail, Report, Role, SubjectResult};
+use crate::measure::{cpu_seconds, parse_iperf, peak_rss_mb, reset_peak_rss, Iperf};
+use crate::report::{self, Meta, Metric, RepDetail, Report, Role, SubjectResult};
+
+/// The underlay /24s of the links A–B and B–C: 198.18.220.0/24 and 198.18.221.0/24.
+const NETS: [u8; 2] = [220, 221];
+
+/// An error once the bench is interrupted (Ctrl-C); every step checks it.
+fn check_stop() -> anyhow::Result<()> {
+    testbed::check_interrupted()?;
+    Ok(())
+}
+
+/// Polls `cond` until it holds (true) or `timeout` passes (false); an error once the bench is
+/// interrupted.
+fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<bool> {
+    let held = testbed::wait_until(timeout, || testbed::interrupted() || cond()).is_ok();
+    check_stop()?;
+    Ok(held)
+}
 
 /// The scenarios, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,8 +182,9 @@ struct Plan {
     binary: PathBuf,
 }
 
-/// The subjects for `binary` and the `--compare` binaries, labels made unique.
-fn subjects(binary: &Path, compare: &[PathBuf]) -> Vec<Subject> {
+/// The subjects for the hypha `binary`, the floor (`floor`, this binary) and the `--compare`
+/// binaries, labels made unique.
+fn subjects(binary: &Path, floor: &Path, compare: &[PathBuf]) -> Vec<Subject> {
     let mut out = vec![
         Subject {
             label: "veth".into(),
@@ -192,14 +207,14 @@ fn subjects(binary: &Path, compare: &[PathBuf]) -> Vec<Subject> {
         Subject {
             label: "floor".into(),
             role: Role::Floor,
-            bin: Some(binary.to_path_buf()),
-            flags: vec!["bench-floor"],
+            bin: Some(floor.to_path_buf()),
+            flags: vec!["floor"],
         },
         Subject {
             label: "floor+aes".into(),
             role: Role::SealedFloor,
-            bin: Some(binary.to_path_buf()),
-            flags: vec!["bench-floor", "--seal"],
+            bin: Some(floor.to_path_buf()),
+            flags: vec!["floor", "--seal"],
         },
     ];
     for c in compare {
@@ -287,19 +302,28 @@ fn select(only: &[String], all: Vec<Subject>) -> anyhow::Result<(Vec<Subject>, V
 impl Plan {
     /// Checks the arguments, the binaries, root and the tools, in that order; builds nothing.
     fn new(args: &BenchArgs) -> anyhow::Result<Plan> {
+        // The floor is this binary's hidden `floor` subcommand.
+        let own = std::env::current_exe().context("cannot find the hypha-bench binary")?;
         let binary = match &args.binary {
             Some(b) => b.clone(),
-            None => std::env::current_exe().context("cannot find the hypha binary")?,
+            None => own.with_file_name("hypha"),
         };
-        if !lab::is_executable(&binary) {
-            bail!("--binary {}: not an executable file", binary.display());
-        }
         for c in &args.compare {
-            if !lab::is_executable(c) {
+            if !testbed::is_executable(c) {
                 bail!("--compare {}: not an executable file", c.display());
             }
         }
-        let (mut subjects, scenarios) = select(&args.only, subjects(&binary, &args.compare))?;
+        let (mut subjects, scenarios) = select(&args.only, subjects(&binary, &own, &args.compare))?;
+        if !testbed::is_executable(&binary) {
+            if args.binary.is_some() {
+                bail!("--binary {}: not an executable file", binary.display());
+            }
+            bail!(
+                "no hypha binary beside this one ({}); build it with `cargo build --release -p \
+                 hypha` or name one with --binary PATH",
+                binary.display()
+            );
+        }
         // Labels keep the names given; the nodes run the files those names resolve to, so that
         // `/proc/<pid>/exe` can be checked against them.
         for s in &mut subjects {
@@ -314,20 +338,15 @@ impl Plan {
                 bail!("--chart {}: no such directory", chart.display());
             }
         }
-        if !lab::is_root() {
+        if !testbed::is_root() {
             bail!("the bench creates network namespaces: run it as root");
         }
-        for (tool, package) in [
+        testbed::require_tools(&[
             ("ip", "iproute2"),
             ("ss", "iproute2"),
             ("iperf3", "iperf3"),
             ("ping", "iputils-ping"),
-            ("sh", "a POSIX shell"),
-        ] {
-            if lab::find_in_path(tool).is_none() {
-                bail!("{tool} not found on PATH (install {package})");
-            }
-        }
+        ])?;
         Ok(Plan {
             subjects,
             scenarios,
@@ -355,7 +374,9 @@ impl Plan {
 /// Runs the bench described by `args` and prints its table (or JSON); see the module docs.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let plan = Plan::new(args)?;
-    watch_signals()?;
+    // From here on, Ctrl-C (SIGINT) and SIGTERM only make every wait give up; the guards of the
+    // lab, the nodes and the scratch directory then clean up as `run` returns.
+    testbed::watch_signals(|| eprintln!("hypha-bench: interrupted, cleaning up …"))?;
     let meta = Meta {
         date: utc_now(),
         kernel: read_trimmed("/proc/sys/kernel/osrelease"),
@@ -373,8 +394,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .map(|s| SubjectResult::new(s.label.clone(), s.role, s.command(), &wanted))
         .collect();
     {
-        let work = WorkDir::new()?;
-        let topo = Topology::build().context("cannot build the namespaces")?;
+        let work = ScratchDir::new("hypha-bench")?;
+        let topo = build_lab().context("cannot build the namespaces")?;
         let mut nodes: Vec<Option<NodeSetup>> = Vec::new();
         for (i, s) in plan.subjects.iter().enumerate() {
             let Some(bin) = &s.bin else {
@@ -384,7 +405,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             let setup = if s.role.is_floor() {
                 Ok(NodeSetup::floor(bin))
             } else {
-                NodeSetup::new(bin, &work.0, i)
+                NodeSetup::new(bin, work.path(), i)
             };
             match setup {
                 Ok(n) => nodes.push(Some(n)),
@@ -402,7 +423,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 let mut ctx = Rep {
                     plan: &plan,
                     topo: &topo,
-                    work: &work.0,
+                    work: work.path(),
                     rep,
                     res: &mut results[i],
                 };
@@ -424,7 +445,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         drop(work);
     }
     if let Some(path) = &args.chart {
-        chart::write_png(&report::chart(&meta, &results), path)
+        crate::chart::write_png(&crate::report::chart(&meta, &results), path)
             .with_context(|| format!("cannot write the chart {}", path.display()))?;
         eprintln!("chart written to {}", path.display());
     }
@@ -439,22 +460,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bench's scratch directory (key files, node logs), removed on drop.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new() -> anyhow::Result<WorkDir> {
-        let dir = std::env::temp_dir().join(format!("hypha-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(WorkDir(dir))
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The namespaces A – B – C, the underlay routed A ↔ C through B.
+fn build_lab() -> anyhow::Result<Lab> {
+    let lab = Lab::chain("bench", &NETS)?;
+    lab.route_through()?;
+    Ok(lab)
 }
 
 /// Key files and overlay addresses of one subject's three nodes, and how its binary is called.
@@ -469,16 +479,20 @@ struct NodeSetup {
 impl NodeSetup {
     fn new(bin: &Path, work: &Path, subject: usize) -> anyhow::Result<NodeSetup> {
         let exe = bin.to_path_buf();
-        let help = lab::run(None, bin, &["--help"], Duration::from_secs(20))?;
+        let t = Duration::from_secs(20);
+        let help = testbed::run(testbed::command(bin).arg("--help"), t)?;
         let disable_quic = help.stdout.contains("--disable-quic");
         let mut keys = Vec::new();
         for x in ["a", "b", "c"] {
             let key = work.join(format!("s{subject}-{x}.key"));
-            let k = key.to_string_lossy().into_owned();
-            let t = Duration::from_secs(20);
-            lab::run_ok(None, bin, &["--key-file", &k, "generate-keys"], t)?;
-            let out = lab::run_ok(None, bin, &["--key-file", &k, "inspect", "--json"], t)?;
-            keys.push((key, overlay_address(&out)?));
+            let with_key = |args: &[&str]| {
+                let mut cmd = testbed::command(bin);
+                cmd.arg("--key-file").arg(&key).args(args);
+                testbed::run(&mut cmd, t)?.ok()
+            };
+            with_key(&["generate-keys"])?;
+            let out = with_key(&["inspect", "--json"])?;
+            keys.push((key.clone(), overlay_address(&out)?));
         }
         let keys: [(PathBuf, Ipv6Addr); 3] = keys.try_into().map_err(|_| anyhow!("three keys"))?;
         Ok(NodeSetup {
@@ -514,38 +528,29 @@ const NODE_PORT: u16 = 9651;
 /// How long nodes may take to reach each other (a route request across a relay included).
 const OVERLAY_WAIT: Duration = Duration::from_secs(45);
 
-/// A node process of the current repetition.
+/// A node process of the current repetition ("node a", "node b", "node c").
 struct Node {
-    name: &'static str,
-    proc: Proc,
-    pid: u32,
+    proc: Daemon,
 }
 
 impl Node {
     fn alive(&mut self) -> anyhow::Result<()> {
-        match self.proc.exited() {
-            None => Ok(()),
-            Some(st) => bail!(
-                "node {} exited ({st}); its log ends:\n{}",
-                self.name,
-                self.proc.log_tail(8)
-            ),
-        }
+        Ok(self.proc.check_running()?)
     }
 
     fn cpu(&self) -> anyhow::Result<f64> {
-        cpu_seconds(self.pid)
+        cpu_seconds(self.proc.pid())
     }
 
     fn peak_rss(&self) -> anyhow::Result<f64> {
-        peak_rss_mb(self.pid)
+        peak_rss_mb(self.proc.pid())
     }
 }
 
 /// Where a measurement's traffic goes: from one namespace to an address in another.
 struct Ends<'a> {
-    from: &'a str,
-    to: &'a str,
+    from: &'a Netns,
+    to: &'a Netns,
     addr: String,
     v6: bool,
 }
@@ -553,7 +558,7 @@ struct Ends<'a> {
 /// One repetition of one subject.
 struct Rep<'a> {
     plan: &'a Plan,
-    topo: &'a Topology,
+    topo: &'a Lab,
     work: &'a Path,
     rep: u32,
     res: &'a mut SubjectResult,
@@ -588,17 +593,17 @@ impl Rep<'_> {
     }
 
     fn veth(&mut self) -> anyhow::Result<()> {
-        let (a, b, c) = (self.topo.a(), self.topo.b(), self.topo.c());
+        let (a, b, c) = (self.topo.ns(0), self.topo.ns(1), self.topo.ns(2));
         let ab = Ends {
             from: a,
             to: b,
-            addr: AB.1.to_owned(),
+            addr: self.topo.link(0).addrs[1].to_string(),
             v6: false,
         };
         let ac = Ends {
             from: a,
             to: c,
-            addr: BC.1.to_owned(),
+            addr: self.topo.link(1).addrs[1].to_string(),
             v6: false,
         };
         self.measure(Scenario::Tcp1, |r| {
@@ -617,10 +622,10 @@ impl Rep<'_> {
     }
 
     fn overlay(&mut self, s: &Subject, setup: &NodeSetup, index: usize) -> anyhow::Result<()> {
-        let (na, nb, nc) = (self.topo.a(), self.topo.b(), self.topo.c());
+        let (na, nb, nc) = (self.topo.ns(0), self.topo.ns(1), self.topo.ns(2));
         let tun = format!("hyb{index}");
-        let peer_b_from_a = format!("tcp://{}:{NODE_PORT}", AB.1);
-        let peer_b_from_c = format!("tcp://{}:{NODE_PORT}", BC.0);
+        let peer_b_from_a = format!("tcp://{}:{NODE_PORT}", self.topo.link(0).addrs[1]);
+        let peer_b_from_c = format!("tcp://{}:{NODE_PORT}", self.topo.link(1).addrs[0]);
         let mut b = self.start_node(s, setup, &tun, 1, nb, None)?;
         let mut a = self.start_node(s, setup, &tun, 0, na, Some(&peer_b_from_a))?;
         let ab = Ends {
@@ -666,8 +671,8 @@ impl Rep<'_> {
             // The peak so far is kept for the whole-run figure before the reset wipes it.
             peaks[0] = peaks[0].max(a.peak_rss()?);
             peaks[1] = peaks[1].max(b.peak_rss()?);
-            reset_peak_rss(a.pid)?;
-            reset_peak_rss(b.pid)?;
+            reset_peak_rss(a.proc.pid())?;
+            reset_peak_rss(b.proc.pid())?;
             r.udp(&ab)?;
             a.alive()?;
             b.alive()?;
@@ -725,14 +730,15 @@ impl Rep<'_> {
         setup: &NodeSetup,
         tun: &str,
         i: usize,
-        ns: &str,
+        ns: &Netns,
         peer: Option<&str>,
     ) -> anyhow::Result<Node> {
         let name = ["a", "b", "c"][i];
         let bin = s.bin.as_ref().ok_or_else(|| anyhow!("no binary"))?;
         let key = setup.keys[i].0.as_os_str();
         let addr = setup.keys[i].1.to_string();
-        let listen = [AB.1, BC.0].map(|ip| format!("{ip}:{NODE_PORT}"));
+        let listen = [self.topo.link(0).addrs[1], self.topo.link(1).addrs[0]]
+            .map(|ip| format!("{ip}:{NODE_PORT}"));
         let mut args: Vec<&OsStr> = Vec::new();
         if s.role.is_floor() {
             args.extend(s.flags.iter().map(OsStr::new));
@@ -770,16 +776,15 @@ impl Rep<'_> {
         let log = self
             .work
             .join(format!("{}-rep{}-{name}.log", tun, self.rep));
+        let mut cmd = ns.command(bin);
+        cmd.args(&args);
         let mut node = Node {
-            name,
-            proc: Proc::spawn(Some(ns), bin, &args, Some(&log))?,
-            pid: 0,
+            proc: Daemon::start(&format!("node {name}"), cmd, &log)?,
         };
-        node.pid = node.proc.pid();
         // `ip netns exec` execs the node in place; figures are read from /proc/<pid> only once
         // the pid is the node's.
         let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-        let pid = node.pid;
+        let pid = node.proc.pid();
         let is_node = wait_for(Duration::from_secs(10), || {
             node.proc.exited().is_some()
                 || exe(pid).is_some_and(|p| {
@@ -842,21 +847,19 @@ impl Rep<'_> {
             "-J",
             "--logfile",
             &logfile,
-        ]
-        .map(OsStr::new);
-        let mut flow = Proc::spawn(Some(ab.from), "iperf3", &args, None)?;
+        ];
+        let mut flow = quiet(ab.from.command("iperf3").args(args))?;
         let dport = format!(":{port}");
         let up = wait_for(Duration::from_secs(10), || {
-            flow.exited().is_some()
-                || lab::run_ok(
-                    Some(ab.from),
+            exited(&mut flow)
+                || ok_in(
+                    ab.from,
                     "ss",
                     &["-Htn", "state", "established", "dport", "=", &dport],
-                    Duration::from_secs(5),
                 )
                 .is_ok_and(|o| o.lines().count() >= 2)
         })?;
-        if !up || flow.exited().is_some() {
+        if !up || exited(&mut flow) {
             bail!(
                 "the bulk flow did not start: {}",
                 std::fs::read_to_string(&json).unwrap_or_default().trim()
@@ -893,53 +896,59 @@ fn wait_reachable(ends: &Ends, nodes: &mut [&mut Node], timeout: Duration) -> an
     if !ok {
         let logs: Vec<String> = nodes
             .iter()
-            .map(|n| format!("node {} log ends:\n{}", n.name, n.proc.log_tail(5)))
+            .map(|n| format!("{} log ends:\n{}", n.proc.name(), n.proc.log_tail(5)))
             .collect();
         bail!(
             "{} not reachable from {} over the overlay within {timeout:?}\n{}",
             ends.addr,
-            ns_tag(ends.from),
+            ends.from.tag(),
             logs.join("\n")
         );
     }
     Ok(())
 }
 
-fn ns_tag(ns: &str) -> &str {
-    ns.rsplit('-').next().unwrap_or(ns)
+/// A helper process (iperf3) with its output discarded, asked with SIGTERM to stop on drop.
+fn quiet(cmd: &mut std::process::Command) -> anyhow::Result<ChildGuard> {
+    let guard = ChildGuard::spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()))?;
+    Ok(guard.stop_on_drop(Duration::from_secs(5)))
 }
 
-fn ping_args<'a>(ends: &'a Ends, count: &'a str, interval: &'a str) -> Vec<&'a str> {
+fn exited(child: &mut ChildGuard) -> bool {
+    matches!(child.try_wait(), Ok(Some(_)))
+}
+
+/// Runs `prog args` in `ns` to completion (at most 5 s); its stdout, or an error if it failed.
+fn ok_in(ns: &Netns, prog: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = ns.command(prog);
+    Ok(testbed::run(cmd.args(args), Duration::from_secs(5))?.ok()?)
+}
+
+/// ping's arguments: `count` echoes `interval` seconds apart to `addr` (IPv6 when `v6`).
+fn ping_args<'a>(addr: &'a str, v6: bool, count: &'a str, interval: &'a str) -> Vec<&'a str> {
     let mut a = Vec::new();
-    if ends.v6 {
+    if v6 {
         a.push("-6");
     }
-    a.extend(["-q", "-c", count, "-i", interval, "-W", "1", &ends.addr]);
+    a.extend(["-q", "-c", count, "-i", interval, "-W", "1", addr]);
     a
 }
 
 fn ping_once(ends: &Ends) -> bool {
-    lab::run(
-        Some(ends.from),
-        "ping",
-        &ping_args(ends, "1", "1"),
-        Duration::from_secs(5),
-    )
-    .is_ok_and(|o| o.status.success())
+    ok_in(ends.from, "ping", &ping_args(&ends.addr, ends.v6, "1", "1")).is_ok()
 }
 
 /// The average RTT of `count` echoes `interval` seconds apart, ms.
 fn ping(ends: &Ends, count: u32, interval: &str) -> anyhow::Result<f64> {
     let c = count.to_string();
     let timeout = Duration::from_secs(u64::from(count) / 10 + 30);
-    let out = lab::run(
-        Some(ends.from),
-        "ping",
-        &ping_args(ends, &c, interval),
+    let mut cmd = ends.from.command("ping");
+    let out = testbed::run(
+        cmd.args(ping_args(&ends.addr, ends.v6, &c, interval)),
         timeout,
     )?;
-    let p =
-        parse_ping(&out.stdout).map_err(|e| anyhow!("ping {}: {e}; {}", ends.addr, out.why()))?;
+    let p = testbed::ping::parse(&out.stdout)
+        .map_err(|e| anyhow!("ping {}: {e}; {}", ends.addr, out.why()))?;
     Ok(p.avg_ms)
 }
 
@@ -951,30 +960,19 @@ fn next_port() -> u16 {
 }
 
 /// A one-shot iperf3 server in `ns`, once it listens.
-fn iperf_server(ns: &str, port: u16) -> anyhow::Result<Proc> {
+fn iperf_server(ns: &Netns, port: u16) -> anyhow::Result<ChildGuard> {
     let p = port.to_string();
-    let mut server = Proc::spawn(
-        Some(ns),
-        "iperf3",
-        &["-s", "-1", "-p", &p].map(OsStr::new),
-        None,
-    )?;
+    let mut server = quiet(ns.command("iperf3").args(["-s", "-1", "-p", &p]))?;
     let sport = format!(":{port}");
     let listening = wait_for(Duration::from_secs(10), || {
-        server.exited().is_some()
-            || lab::run_ok(
-                Some(ns),
-                "ss",
-                &["-Hltn", "sport", "=", &sport],
-                Duration::from_secs(5),
-            )
-            .is_ok_and(|o| !o.trim().is_empty())
+        exited(&mut server)
+            || ok_in(ns, "ss", &["-Hltn", "sport", "=", &sport]).is_ok_and(|o| !o.trim().is_empty())
     })?;
-    if let Some(st) = server.exited() {
-        bail!("iperf3 server in {} exited: {st}", ns_tag(ns));
+    if let Ok(Some(st)) = server.try_wait() {
+        bail!("iperf3 server in {} exited: {st}", ns.tag());
     }
     if !listening {
-        bail!("iperf3 server in {} does not listen on {port}", ns_tag(ns));
+        bail!("iperf3 server in {} does not listen on {port}", ns.tag());
     }
     Ok(server)
 }
@@ -987,47 +985,18 @@ fn iperf(ends: &Ends, secs: u32, extra: &[&str]) -> anyhow::Result<Iperf> {
     let mut args = vec!["-c", &ends.addr, "-p", &p, "-t", &t, "-J"];
     args.extend_from_slice(extra);
     let timeout = Duration::from_secs(u64::from(secs) + 15);
-    let out = lab::run(Some(ends.from), "iperf3", &args, timeout)?;
+    let out = testbed::run(ends.from.command("iperf3").args(args), timeout)?;
     let x = parse_iperf(&out.stdout).map_err(|e| {
         let err = out.stderr.trim();
         if err.is_empty() {
             e
         } else {
-            anyhow!("{e}; {}", lab::last_lines(err, 3))
+            anyhow!("{e}; {}", testbed::last_lines(err, 3))
         }
     })?;
     // The one-shot server ends with the test; a stuck one is killed on drop.
     let _ = server.wait_timeout(Duration::from_secs(5));
     Ok(x)
-}
-
-/// Sets [`lab::STOP`] on SIGINT or SIGTERM. The handlers are installed before this returns, so
-/// no signal can kill the bench once the lab exists; a thread waits for them.
-fn watch_signals() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal watcher")?;
-    let (mut int, mut term) = rt.block_on(async {
-        Ok::<_, std::io::Error>((
-            signal(SignalKind::interrupt())?,
-            signal(SignalKind::terminate())?,
-        ))
-    })?;
-    std::thread::Builder::new()
-        .name("bench-signals".into())
-        .spawn(move || {
-            rt.block_on(async {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            });
-            eprintln!("hypha bench: interrupted, cleaning up …");
-            lab::STOP.store(true, Ordering::Relaxed);
-        })?;
-    Ok(())
 }
 
 fn read_trimmed(path: &str) -> String {
@@ -1079,12 +1048,10 @@ mod tests {
     fn args(extra: &[&str]) -> BenchArgs {
         use clap::Parser;
         let cli =
-            crate::cli::Cli::try_parse_from(["hypha", "bench"].iter().chain(extra.iter()).copied())
+            crate::cli::Cli::try_parse_from(["hypha-bench"].iter().chain(extra.iter()).copied())
                 .unwrap();
-        match cli.command {
-            Some(crate::cli::Command::Bench(a)) => a,
-            other => panic!("{other:?}"),
-        }
+        assert!(cli.command.is_none());
+        cli.bench
     }
 
     #[test]
@@ -1108,7 +1075,7 @@ mod tests {
     fn bad_numbers_are_refused() {
         use clap::Parser;
         for bad in [&["--runs", "0"][..], &["--secs", "0"], &["--runs", "x"]] {
-            let argv = ["hypha", "bench"].iter().chain(bad.iter()).copied();
+            let argv = ["hypha-bench"].iter().chain(bad.iter()).copied();
             assert!(crate::cli::Cli::try_parse_from(argv).is_err(), "{bad:?}");
         }
     }
@@ -1117,6 +1084,7 @@ mod tests {
     fn compare_labels_are_unique() {
         let s = subjects(
             Path::new("/bin/hypha"),
+            Path::new("/bin/hypha-bench"),
             &[
                 PathBuf::from("/opt/mycelium"),
                 PathBuf::from("/usr/bin/hypha"),
@@ -1136,14 +1104,20 @@ mod tests {
             ]
         );
         assert_eq!(s[2].command().unwrap(), "/bin/hypha --no-offload");
-        assert_eq!(s[3].command().unwrap(), "/bin/hypha bench-floor");
-        assert_eq!(s[4].command().unwrap(), "/bin/hypha bench-floor --seal");
+        assert_eq!(s[3].command().unwrap(), "/bin/hypha-bench floor");
+        assert_eq!(s[4].command().unwrap(), "/bin/hypha-bench floor --seal");
         assert_eq!(s[0].command(), None);
     }
 
     #[test]
     fn only_selects_subjects_and_scenarios() {
-        let all = || subjects(Path::new("/bin/hypha"), &[PathBuf::from("/opt/mycelium")]);
+        let all = || {
+            subjects(
+                Path::new("/bin/hypha"),
+                Path::new("/bin/hypha-bench"),
+                &[PathBuf::from("/opt/mycelium")],
+            )
+        };
         let (s, sc) = select(&[], all()).unwrap();
         assert_eq!((s.len(), sc.len()), (6, 5));
         let only = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -1206,7 +1180,7 @@ mod tests {
     #[test]
     fn plan_needs_root() {
         let r = Plan::new(&args(&["--binary", "/bin/sh"]));
-        if lab::is_root() {
+        if testbed::is_root() {
             let p = r.unwrap();
             assert_eq!(p.subjects.len(), 5);
             assert!(p.metrics().contains(&Metric::RssPeak));
@@ -1234,17 +1208,10 @@ mod tests {
 
     #[test]
     fn ping_arguments_follow_the_family() {
-        let e = Ends {
-            from: "a",
-            to: "b",
-            addr: "400::1".into(),
-            v6: true,
-        };
         assert_eq!(
-            ping_args(&e, "5", "0.01"),
+            ping_args("400::1", true, "5", "0.01"),
             ["-6", "-q", "-c", "5", "-i", "0.01", "-W", "1", "400::1"]
         );
-        let e = Ends { v6: false, ..e };
-        assert_eq!(ping_args(&e, "1", "1")[0], "-q");
+        assert_eq!(ping_args("400::1", false, "1", "1")[0], "-q");
     }
 }

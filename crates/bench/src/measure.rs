@@ -1,5 +1,6 @@
-//! What the bench reads: iperf3's `--json` report, ping's summary, a process's CPU time and peak
-//! RSS from `/proc`, and the median of samples. Pure functions over text, plus thin readers.
+//! What the bench reads: iperf3's `--json` report (parsed by `testbed::iperf3`), a process's CPU
+//! time and peak RSS from `/proc`, and the median of samples. Pure functions over text, plus thin
+//! readers. Ping's summary is `testbed::ping`'s.
 
 use anyhow::anyhow;
 
@@ -22,33 +23,6 @@ pub fn parse_iperf(text: &str) -> anyhow::Result<Iperf> {
         bytes: r.received_bytes,
         lost_pct: r.lost_percent,
     })
-}
-
-/// ping's summary.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Ping {
-    pub avg_ms: f64,
-    pub loss_pct: f64,
-}
-
-/// Parses the summary lines of iputils ping: `… 0% packet loss …` and
-/// `rtt min/avg/max/mdev = 0.031/0.045/0.081/0.010 ms`.
-pub fn parse_ping(text: &str) -> anyhow::Result<Ping> {
-    let loss_pct = text
-        .lines()
-        .find(|l| l.contains("packet loss"))
-        .and_then(|l| l.split(',').find(|f| f.contains("packet loss")))
-        .and_then(|f| f.trim().split('%').next())
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .ok_or_else(|| anyhow!("ping printed no summary"))?;
-    let avg_ms = text
-        .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .and_then(|l| l.split('=').nth(1))
-        .and_then(|v| v.trim().split('/').nth(1))
-        .and_then(|n| n.trim().parse::<f64>().ok())
-        .ok_or_else(|| anyhow!("no ping reply ({loss_pct}% packet loss)"))?;
-    Ok(Ping { avg_ms, loss_pct })
 }
 
 /// utime + stime, in clock ticks, from the text of `/proc/<pid>/stat` (fields 14 and 15; the
@@ -164,29 +138,6 @@ mod tests {
         assert!(parse_iperf("").is_err());
         assert!(parse_iperf(r#"{"end":{}}"#).is_err());
         assert!(parse_iperf(r#"{"end":{"sum_received":{"bits_per_second":-1}}}"#).is_err());
-    }
-
-    #[test]
-    fn ping_summary() {
-        let out =
-            "PING 400::1 56 data bytes\n64 bytes from 400::1: icmp_seq=1 ttl=64 time=0.05 ms\n\n\
-                   --- 400::1 ping statistics ---\n\
-                   50 packets transmitted, 49 received, 2% packet loss, time 539ms\n\
-                   rtt min/avg/max/mdev = 0.031/0.045/0.081/0.010 ms\n";
-        assert_eq!(
-            parse_ping(out).unwrap(),
-            Ping {
-                avg_ms: 0.045,
-                loss_pct: 2.0
-            }
-        );
-        let lost = "5 packets transmitted, 0 received, 100% packet loss, time 4090ms\n";
-        let e = parse_ping(lost).unwrap_err();
-        assert!(e.to_string().contains("100% packet loss"), "{e}");
-        assert!(parse_ping("ping: connect: Network is unreachable").is_err());
-        let errs = "5 packets transmitted, 4 received, +1 errors, 20% packet loss, time 4ms\n\
-                    rtt min/avg/max/mdev = 1.0/2.5/3.0/0.1 ms\n";
-        assert_eq!(parse_ping(errs).unwrap().loss_pct, 20.0);
     }
 
     #[test]

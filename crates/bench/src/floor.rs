@@ -1,6 +1,6 @@
 //! The forwarding floor: the cheapest overlay a TUN device and TCP can make, as a bench subject.
 //!
-//! `hypha bench-floor` (a hidden subcommand the bench starts in its namespaces) carries whole TUN
+//! `hypha-bench floor` (a hidden subcommand the bench starts in its namespaces) carries whole TUN
 //! reads — the vnet header and the super-packet behind it, up to 64 KiB — over plain TCP to its
 //! peers, each prefixed by a 4-byte big-endian length. There is no crypto, no splitting into
 //! 1400-byte packets and no coalescing (super-packets travel whole), no routing protocol, no hop
@@ -213,7 +213,7 @@ impl Floor {
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = peers.iter().position(|p| Arc::ptr_eq(p, peer)) {
             peers.remove(i);
-            eprintln!("hypha bench-floor: peer {} gone: {why}", peer.addr);
+            eprintln!("hypha-bench floor: peer {} gone: {why}", peer.addr);
         }
     }
 
@@ -387,10 +387,10 @@ fn connect(to: SocketAddr) -> anyhow::Result<TcpStream> {
     }
 }
 
-/// `hypha bench-floor`: runs one floor node until it is killed.
+/// `hypha-bench floor`: runs one floor node until it is killed.
 pub fn run(args: &FloorArgs) -> anyhow::Result<()> {
     if args.listen.is_empty() && args.connect.is_empty() {
-        bail!("bench-floor: give --listen and/or --connect");
+        bail!("floor: give --listen and/or --connect");
     }
     let mut cfg = Config::new(args.tun.clone());
     cfg.offload = !args.no_offload;
@@ -414,7 +414,7 @@ pub fn run(args: &FloorArgs) -> anyhow::Result<()> {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 if let Err(e) = floor.serve(stream) {
-                    eprintln!("hypha bench-floor: incoming connection: {e}");
+                    eprintln!("hypha-bench floor: incoming connection: {e}");
                 }
             }
         });
@@ -431,7 +431,7 @@ pub fn run(args: &FloorArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_secs(5));
             let now = watch.dropped.load(Relaxed);
             if now != seen {
-                eprintln!("hypha bench-floor: {now} records dropped so far");
+                eprintln!("hypha-bench floor: {now} records dropped so far");
                 seen = now;
             }
         }

@@ -126,7 +126,7 @@ pub enum Role {
     /// hypha with offloads: the subject the targets are about.
     Hypha,
     HyphaNoOffload,
-    /// The bare TUN + TCP forwarder (`bench::floor`): what any such overlay pays at least.
+    /// The bare TUN + TCP forwarder (`crate::floor`): what any such overlay pays at least.
     Floor,
     /// The same with AES-256-GCM over every 1400 bytes: what any node of the protocol pays.
     SealedFloor,
@@ -134,7 +134,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// A `hypha bench-floor` subject.
+    /// A `hypha-bench floor` subject.
     pub fn is_floor(self) -> bool {
         matches!(self, Role::Floor | Role::SealedFloor)
     }
@@ -663,7 +663,7 @@ mod tests {
         let mut floor = SubjectResult::new(
             "floor".into(),
             Role::Floor,
-            Some("hypha bench-floor".into()),
+            Some("hypha-bench floor".into()),
             &Metric::ALL,
         );
         for v in [3.0, 6.0, 9.0] {
@@ -675,7 +675,7 @@ mod tests {
         let mut sealed = SubjectResult::new(
             "floor+aes".into(),
             Role::SealedFloor,
-            Some("hypha bench-floor --seal".into()),
+            Some("hypha-bench floor --seal".into()),
             &Metric::ALL,
         );
         sealed.push(Metric::Tcp1, 2.0);

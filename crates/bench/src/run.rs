@@ -1,26 +1,29 @@
-//! `hypha bench`: the benchmark of the node's data path, run as root on one machine.
+//! The benchmark of the node's data path (`hypha-bench`, or `hypha bench`), run as root on one
+//! machine.
 //!
 //! # Lab
 //!
-//! Three network namespaces `hyb-<pid>-a`, `-b`, `-c`, joined by veth pairs A–B
-//! (198.18.220.1/24 – .2) and B–C (198.18.221.1/24 – .2), loopback up. The underlay is routed
-//! A ↔ C through B (IPv4 forwarding on in B's namespace only), so raw veth has a chain figure too.
-//! The namespaces are built once and every subject runs in them. A guard deletes them (and the
-//! veths with them) and stops every process the bench started, on success, on error, on panic and
-//! on Ctrl-C (SIGINT/SIGTERM only set a flag that every wait checks; the children run in their own
-//! process group, so a terminal's Ctrl-C reaches the bench alone and the nodes get an orderly
-//! SIGTERM). Namespaces left by a bench that was SIGKILLed are swept at the next start.
+//! A `testbed::Lab` of three network namespaces `hy-bench-a-<pid>-<n>`, `-b-`, `-c-`, joined by
+//! veth pairs A–B (198.18.220.1/24 – .2) and B–C (198.18.221.1/24 – .2), loopback up. The underlay
+//! is routed A ↔ C through B (IPv4 forwarding on in B's namespace only), so raw veth has a chain
+//! figure too. The namespaces are built once and every subject runs in them. Guards delete them
+//! (and the veths with them), stop every process the bench started and remove its scratch
+//! directory, on success, on error, on panic and on Ctrl-C (`testbed::watch_signals`:
+//! SIGINT/SIGTERM only set a flag that every wait checks; the children run in their own process
+//! group, so a terminal's Ctrl-C reaches the bench alone and the nodes get an orderly SIGTERM).
+//! Namespaces and scratch directories left by a bench that was SIGKILLed are swept at the next
+//! start, with what still runs in them.
 //!
 //! # Subjects
 //!
 //! * `veth`: no overlay; iperf3 and ping between the underlay addresses — the physical reference.
-//! * `hypha`: the hypha binary (this one, or `--binary`) with offloads.
+//! * `hypha`: the hypha binary (the one beside this binary, or `--binary`) with offloads.
 //! * `hypha --no-offload`: the same binary on the plain TUN path.
-//! * `floor`: the forwarding floor ([`floor`], `hypha bench-floor`): whole TUN reads carried over
+//! * `floor`: the forwarding floor ([`crate::floor`], `hypha-bench floor`): whole TUN reads carried over
 //!   plain TCP with no crypto, no 1400-byte packets and no routing protocol — what every user-space
 //!   TUN + TCP overlay pays at least on this machine.
 //! * `floor+aes`: the same plus AES-256-GCM over every 1400 bytes, opened and checked at the far
-//!   end (`bench-floor --seal`) — what every node of this protocol pays at least. The target
+//!   end (`floor --seal`) — what every node of this protocol pays at least. The target
 //!   column shows both floors' figures beside hypha's, so a target the floors miss as well is
 //!   visibly beyond the machine, not beyond hypha.
 //! * one per `--compare PATH`, labelled with the file name: any node that takes mycelium's flags.
@@ -29,9 +32,10 @@
 //! `inspect --json`) and runs as `BIN --key-file K [--peers tcp://…:9651] --disable-peer-discovery
 //! --tun-name hyb<n> --api-addr 127.0.0.1:18989` plus `--disable-quic` when the binary's `--help`
 //! lists it. B dials nobody; A dials B, C dials B: A and C only reach each other through B. Floor
-//! nodes run as `BIN bench-floor --tun hyb<n> --addr fd00:f100::a|b|c` with `--connect` (A, C) or
-//! `--listen` on both of B's underlay addresses, the same port. Nodes run through `ip netns exec`, which execs the binary in place, so the child's pid is the node's
-//! (checked through `/proc/<pid>/exe` before any figure is read from `/proc/<pid>`).
+//! nodes run as `hypha-bench floor --tun hyb<n> --addr fd00:f100::a|b|c` with `--connect` (A, C)
+//! or `--listen` on both of B's underlay addresses, the same port. Nodes run through
+//! `ip netns exec`, which execs the binary in place, so the child's pid is the node's (checked
+//! through `/proc/<pid>/exe` before any figure is read from `/proc/<pid>`).
 //!
 //! # One repetition of one subject
 //!
@@ -1024,21 +1028,20 @@ fn utc_now() -> String {
     utc_date(secs)
 }
 
-/// `YYYY-MM-DD HH:MM UTC` for seconds since the epoch (proleptic Gregorian calendar).
+/// `YYYY-MM-DD HH:MM UTC` for seconds since the epoch (the epoch itself past year 9999).
 fn utc_date(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let (hh, mm) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
-    // Civil date from days since 1970-01-01, counting in 400-year eras that start on 1 March.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02} UTC")
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute()
+    )
 }
 
 #[cfg(test)]

@@ -29,8 +29,9 @@ pub fn parse(text: &str) -> io::Result<Summary> {
         .find(|l| l.contains("min/avg/max"))
         .and_then(|l| l.split('=').nth(1))
         .and_then(|v| {
-            let v = v.trim().trim_end_matches("ms").trim();
-            let mut it = v.split('/').map(|n| n.trim().parse::<f64>().ok());
+            // `0.031/0.045/0.081/0.010 ms`, maybe followed by `, pipe 2` or `, ipg/ewma …`.
+            let v = v.split_whitespace().next()?;
+            let mut it = v.split('/').map(|n| n.parse::<f64>().ok());
             Some([it.next()??, it.next()??, it.next()??, it.next()??])
         })
         .ok_or_else(|| io::Error::other(format!("no ping reply ({loss_pct}% packet loss)")))?;
@@ -67,5 +68,12 @@ mod tests {
         let errs = "5 packets transmitted, 4 received, +1 errors, 20% packet loss, time 4ms\n\
                     rtt min/avg/max/mdev = 1.0/2.5/3.0/0.1 ms\n";
         assert_eq!(parse(errs).unwrap().loss_pct, 20.0);
+        // Echoes in flight at once (`pipe`), and flood mode's extra figures.
+        let piped = "100 packets transmitted, 100 received, 0% packet loss, time 1593ms\n\
+                     rtt min/avg/max/mdev = 0.093/0.479/16.010/1.799 ms, pipe 2\n";
+        assert_eq!(parse(piped).unwrap().rtt_ms, [0.093, 0.479, 16.010, 1.799]);
+        let flood = "10 packets transmitted, 10 received, 0% packet loss, time 2ms\n\
+                     rtt min/avg/max/mdev = 0.011/0.020/0.050/0.010 ms, ipg/ewma 0.2/0.02 ms\n";
+        assert_eq!(parse(flood).unwrap().avg_ms, 0.020);
     }
 }

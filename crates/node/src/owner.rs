@@ -31,6 +31,7 @@ use crate::metrics::{
     DataStats, PeerStats, PeeringStats, RoutingStats, Stats, TunHistograms, TunStats,
 };
 use crate::pending::{self, Pending};
+use crate::ratelimit::LogLimiter;
 
 /// Redial period of static and discovered peers (spec §1.3).
 const REDIAL_EVERY: Duration = Duration::from_secs(5);
@@ -134,13 +135,23 @@ struct RouteCounts {
 const ROUTE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Route changes not yet reported at INFO.
-#[derive(Default)]
 struct RouteLog {
     acquired: u64,
     lost: u64,
     /// The last subnet that changed, named when it is the only change in a report.
     subnet: Option<Subnet>,
-    reported: Option<Instant>,
+    limit: LogLimiter,
+}
+
+impl Default for RouteLog {
+    fn default() -> RouteLog {
+        RouteLog {
+            acquired: 0,
+            lost: 0,
+            subnet: None,
+            limit: LogLimiter::new(ROUTE_LOG_EVERY),
+        }
+    }
 }
 
 /// One INFO report of route changes.
@@ -164,14 +175,10 @@ impl RouteLog {
     /// What to report now: nothing if nothing changed or the last report is too recent. A
     /// change after a quiet spell is reported at once.
     fn due(&mut self, now: Instant) -> Option<RouteReport> {
-        if self.acquired + self.lost == 0
-            || self
-                .reported
-                .is_some_and(|t| now.saturating_duration_since(t) < ROUTE_LOG_EVERY)
-        {
+        // The counts are the tally of what was held back; the limiter only keeps the interval.
+        if self.acquired + self.lost == 0 || !self.limit.due(now) {
             return None;
         }
-        self.reported = Some(now);
         let (acquired, lost) = (
             std::mem::take(&mut self.acquired),
             std::mem::take(&mut self.lost),

@@ -291,6 +291,12 @@ impl core::str::FromStr for PublicKey {
     }
 }
 
+/// The overlay, `400::/7`: the space every [`address_from_public_key`] lies in, and the only one
+/// the routing core accepts routes and requests for.
+pub fn overlay() -> Subnet {
+    Subnet::new(Ipv6Addr::new(0x400, 0, 0, 0, 0, 0, 0, 0), 7).unwrap_or_else(|| unreachable!())
+}
+
 /// The overlay address of a public key (spec §4.1): the first 16 bytes of BLAKE3(key), with the
 /// first byte replaced by `0x04 | parity(popcount(h[0]))`, so it always lies in 400::/7.
 pub fn address_from_public_key(key: &[u8; KEY_LEN]) -> Ipv6Addr {

@@ -69,6 +69,10 @@ fn addresses_from_public_keys() {
         ADDR_B.parse::<Ipv6Addr>().unwrap()
     );
     assert_eq!(a.subnet().to_string(), "430:9364:d8d8:84a9::/64");
+    assert!(
+        overlay().contains_addr(ADDR_A.parse().unwrap())
+            && overlay().contains_addr(ADDR_B.parse().unwrap())
+    );
 }
 
 #[test]

@@ -8,8 +8,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use crypto::address_from_public_key;
 use hypha_routing::sim::Sim;
-use hypha_routing::{derive_address, Config, LinkId, Router, Time};
+use hypha_routing::{Config, LinkId, Router, Time};
 use wire::babel::{Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, Subnet, Tlv, Update};
 
 const LINKS: u64 = 8;
@@ -28,7 +29,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let own = Subnet::slash64(derive_address(&key(usize::MAX - 1)));
+    let own = Subnet::slash64(address_from_public_key(&key(usize::MAX - 1)));
     let mut r = Router::new(
         Config::new(RouterId::new(key(usize::MAX - 1), [1; 6]), own),
         Time::ZERO,
@@ -39,7 +40,7 @@ fn fixture() -> Fixture {
     let routes: Vec<(Subnet, RouterId)> = (0..ROUTES)
         .map(|i| {
             (
-                Subnet::slash64(derive_address(&key(i))),
+                Subnet::slash64(address_from_public_key(&key(i))),
                 RouterId::new(key(i), [2; 6]),
             )
         })
@@ -93,7 +94,7 @@ fn fixture() -> Fixture {
                 let prefix = if n % 20 == 9 {
                     Prefix::V6(routes[i].0)
                 } else {
-                    Prefix::V6(Subnet::slash64(derive_address(&key(ROUTES + n))))
+                    Prefix::V6(Subnet::slash64(address_from_public_key(&key(ROUTES + n))))
                 };
                 (
                     link,

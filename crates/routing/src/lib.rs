@@ -37,13 +37,14 @@
 //! tests, the `simreport` example and benchmarks.
 #![forbid(unsafe_code)]
 
-mod address;
 mod fib;
 mod router;
 pub mod sim;
 mod time;
 
-pub use address::{derive_address, overlay};
+/// Re-exported: the routing core's filters accept only this space, and the shell checks packets
+/// against the same one.
+pub use crypto::overlay;
 pub use fib::{ForwardingTable, Lookup, NextHop};
 pub use router::{
     consts, Config, Counters, Event, Limits, LinkError, LinkId, LinkInfo, RouteInfo, Router,

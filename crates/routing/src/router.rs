@@ -11,9 +11,9 @@ use wire::babel::{
     Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest, Subnet, Tlv, Update,
 };
 
-use crate::address::{derive_address, overlay};
 use crate::fib::{ForwardingTable, Lookup, NextHop};
 use crate::time::Time;
+use crypto::{address_from_public_key, overlay};
 
 /// Protocol constants (spec §2.15). Durations are what the core waits; `*_CS` are wire fields.
 pub mod consts {
@@ -143,7 +143,8 @@ pub struct Config {
     pub router_id: RouterId,
     /// The node's /64, announced with metric 0.
     pub own_subnet: Subnet,
-    /// Address derivation used by the Update ownership filter; [`derive_address`] by default.
+    /// Address derivation used by the Update ownership filter; [`address_from_public_key`] by
+    /// default.
     /// A parameter so that tests and simulations can stay cheap and deterministic.
     pub address_of: fn(&[u8; 32]) -> Ipv6Addr,
     pub limits: Limits,
@@ -157,7 +158,7 @@ impl Config {
         Config {
             router_id,
             own_subnet,
-            address_of: derive_address,
+            address_of: address_from_public_key,
             limits: Limits::default(),
             record_selection_changes: false,
         }

@@ -3,7 +3,8 @@
 
 use std::net::Ipv6Addr;
 
-use hypha_routing::{derive_address, Config, Event, LinkId, Router, Time};
+use crypto::address_from_public_key;
+use hypha_routing::{Config, Event, LinkId, Router, Time};
 use wire::babel::{
     Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest, Subnet, Tlv, Update,
 };
@@ -13,10 +14,10 @@ fn rid(n: u8) -> RouterId {
     RouterId::new([n; 32], [n; 6])
 }
 fn subnet(n: u8) -> Subnet {
-    Subnet::slash64(derive_address(&[n; 32]))
+    Subnet::slash64(address_from_public_key(&[n; 32]))
 }
 fn addr(n: u8) -> Ipv6Addr {
-    derive_address(&[n; 32])
+    address_from_public_key(&[n; 32])
 }
 
 enum In {

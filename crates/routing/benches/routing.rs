@@ -13,6 +13,10 @@ use hypha_routing::sim::Sim;
 use hypha_routing::{Config, LinkId, Router, Time};
 use wire::babel::{Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, Subnet, Tlv, Update};
 
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::cpu_seconds;
+
 const LINKS: u64 = 8;
 const ROUTES: usize = 1000;
 
@@ -143,25 +147,6 @@ fn tlv_mix(c: &mut Criterion) {
         c.route_request_rx,
         c.transmit_dropped
     );
-}
-
-/// CPU seconds used by this process so far (user + system), from /proc/self/stat; the machine
-/// may be shared, so wall time alone says little.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return f64::NAN;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        f.get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn sim_1000() {

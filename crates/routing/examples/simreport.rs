@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use hypha_routing::sim::Sim;
 use hypha_routing::Time;
 
+#[path = "../benches/common/cpu.rs"]
+mod cpu;
+use cpu::cpu_seconds;
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -186,25 +190,6 @@ fn reroute_silent_death() {
         stats(&v)
     );
     println!("  (dead > 43 s after the last IHU, which came 0–20 s before the death; checked every 10 s)");
-}
-
-/// CPU seconds used by this process so far (user + system), from /proc/self/stat; the machine
-/// may be shared, so wall time alone says little.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return f64::NAN;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        f.get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn mesh_1000() {

@@ -132,6 +132,13 @@ fn two_links() -> Vec<Step> {
     ]
 }
 
+/// Links 1, 2 and 3 up at t=0.
+fn three_links() -> Vec<Step> {
+    let mut s = two_links();
+    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    s
+}
+
 #[test]
 fn unfeasible_update_gets_a_seqno_request() {
     let mut s = two_links();
@@ -268,8 +275,7 @@ fn retractions_carry_the_retractors_id_and_pass_the_owner_filter() {
 
 #[test]
 fn route_request_generations_and_replies() {
-    let mut s = two_links();
-    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    let mut s = three_links();
     s.extend([
         // Unknown subnet, generation 14: forwarded as 15 to every other link.
         step(
@@ -345,19 +351,26 @@ fn route_request_generations_and_replies() {
 
 #[test]
 fn route_request_dedup_cache_and_query_timeout() {
-    let mut s = two_links();
-    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    // Three links up, the first Hellos out, then a RouteRequest for node 5 from link 1 relayed
+    // to the other two.
+    let queried_from_link_1 = || {
+        let mut s = three_links();
+        s.extend([
+            step(
+                0,
+                In::Timeout,
+                vec![tx(1, hello(0)), tx(2, hello(0)), tx(3, hello(0))],
+            ),
+            step(
+                0,
+                In::Rx(1, rr_for(0, 5)),
+                vec![tx(2, rr_for(1, 5)), tx(3, rr_for(1, 5))],
+            ),
+        ]);
+        s
+    };
+    let mut s = queried_from_link_1();
     s.extend([
-        step(
-            0,
-            In::Timeout,
-            vec![tx(1, hello(0)), tx(2, hello(0)), tx(3, hello(0))],
-        ),
-        step(
-            0,
-            In::Rx(1, rr_for(0, 5)),
-            vec![tx(2, rr_for(1, 5)), tx(3, rr_for(1, 5))],
-        ),
         step(14_999, In::Timeout, vec![]),
         // Nobody answers: the query times out after 15 s.
         step(
@@ -369,19 +382,8 @@ fn route_request_dedup_cache_and_query_timeout() {
     run("rr-dedup-1", s);
 
     // Dedup proper: the query ended (answered, then lost) but the cache still remembers.
-    let mut s = two_links();
-    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    let mut s = queried_from_link_1();
     s.extend([
-        step(
-            0,
-            In::Timeout,
-            vec![tx(1, hello(0)), tx(2, hello(0)), tx(3, hello(0))],
-        ),
-        step(
-            0,
-            In::Rx(1, rr_for(0, 5)),
-            vec![tx(2, rr_for(1, 5)), tx(3, rr_for(1, 5))],
-        ),
         step(
             1000,
             In::Rx(2, upd(5, 1, 10)),
@@ -457,8 +459,7 @@ fn seqno_bump_rate_limit_and_stale_request_quirk() {
 
 #[test]
 fn seqno_request_forwarding_and_answer_relay() {
-    let mut s = two_links();
-    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    let mut s = three_links();
     s.extend([
         step(
             0,
@@ -627,8 +628,7 @@ fn update_filters() {
 
 #[test]
 fn triggered_updates_with_split_horizon() {
-    let mut s = two_links();
-    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    let mut s = three_links();
     s.extend([
         // Newly acquired: everyone but the next hop.
         step(

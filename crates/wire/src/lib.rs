@@ -17,3 +17,6 @@ pub mod frame;
 pub mod icmp;
 pub mod ip;
 pub mod virtio;
+
+#[cfg(test)]
+mod testutil;

@@ -2,32 +2,9 @@
 //! chunking, and malformed input.
 
 use super::*;
-use crate::babel::{Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest};
-use crate::babel::{Subnet, Update};
+use crate::babel::{Hello, Ihu, Metric, Prefix, RouteRequest, SeqNo, SeqNoRequest};
+use crate::testutil::{hex, rid, subnet, update, RID_HEX};
 use proptest::prelude::*;
-
-fn hex(s: &str) -> Vec<u8> {
-    let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn rid() -> RouterId {
-    let mut b = [0u8; 40];
-    for (i, x) in b.iter_mut().enumerate() {
-        *x = i as u8;
-    }
-    RouterId(b)
-}
-
-const RID_HEX: &str =
-    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f2021222324252627";
-
-fn subnet() -> Subnet {
-    "430:9364:d8d8:84a9::/64".parse().unwrap()
-}
 
 /// (TLV, complete frame) pairs from spec §2.14.
 fn control_vectors() -> Vec<(Tlv, Vec<u8>)> {
@@ -49,14 +26,7 @@ fn control_vectors() -> Vec<(Tlv, Vec<u8>)> {
             hex("01 01 00 00 | 2a 03 00 08 | 05 06 | 00 00 00 19 17 70"),
         ),
         (
-            Tlv::Update(Update {
-                flags: 0,
-                interval: 30000,
-                seqno: SeqNo(7),
-                metric: Metric(0),
-                prefix: Prefix::V6(subnet()),
-                router_id: rid(),
-            }),
+            Tlv::Update(update()),
             hex(&format!(
                 "01 01 00 00 2a 03 00 3c 08 3a 02 00 40 00 75 30 00 07 00 00
                  04 30 93 64 d8 d8 84 a9 {RID_HEX}"

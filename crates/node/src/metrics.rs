@@ -127,6 +127,68 @@ pub struct Stats {
     /// Absent from an older node's answer.
     #[serde(default)]
     pub api: ApiStats,
+    /// Links closed since the start, by reason.
+    #[serde(default)]
+    pub links_closed: LinkCloseStats,
+}
+
+/// Links closed, by reason ([`CloseReason`](crate::link::CloseReason)): the peer ended or broke
+/// the connection, it stalled, it was ourselves, the routing core found it dead, or the node
+/// removed or replaced it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LinkCloseStats {
+    pub peer_closed: u64,
+    pub read_failed: u64,
+    pub write_failed: u64,
+    pub write_stalled: u64,
+    pub framing: u64,
+    pub self_link: u64,
+    pub neighbour_dead: u64,
+    pub removed: u64,
+    pub replaced: u64,
+    pub shutdown: u64,
+}
+
+impl LinkCloseStats {
+    pub(crate) fn new(c: &crate::link::LinkCloses) -> LinkCloseStats {
+        let mut s = LinkCloseStats::default();
+        for (label, n) in c.snapshot() {
+            *s.by_label(label) = n;
+        }
+        s
+    }
+
+    fn by_label(&mut self, label: &str) -> &mut u64 {
+        match label {
+            "peer_closed" => &mut self.peer_closed,
+            "read_failed" => &mut self.read_failed,
+            "write_failed" => &mut self.write_failed,
+            "write_stalled" => &mut self.write_stalled,
+            "framing" => &mut self.framing,
+            "self_link" => &mut self.self_link,
+            "neighbour_dead" => &mut self.neighbour_dead,
+            "removed" => &mut self.removed,
+            "replaced" => &mut self.replaced,
+            _ => &mut self.shutdown,
+        }
+    }
+
+    /// Each reason's label and count, in the order of the metric family.
+    pub fn labelled(&self) -> [(&'static str, u64); 10] {
+        [
+            ("peer_closed", self.peer_closed),
+            ("read_failed", self.read_failed),
+            ("write_failed", self.write_failed),
+            ("write_stalled", self.write_stalled),
+            ("framing", self.framing),
+            ("self_link", self.self_link),
+            ("neighbour_dead", self.neighbour_dead),
+            ("removed", self.removed),
+            ("replaced", self.replaced),
+            ("shutdown", self.shutdown),
+        ]
+    }
 }
 
 /// Requests the admin API and the metrics endpoint refused before any handler, by reason
@@ -812,6 +874,13 @@ impl Collector for StatsCollector {
             "Links closed because the remote end was this node itself",
             p.self_links_closed,
         )?;
+        family(
+            e,
+            "hypha_links_closed",
+            "Peer links closed, by reason",
+            Counter,
+            s.links_closed.labelled().map(|(r, v)| ([("reason", r)], v)),
+        )?;
         Ok(())
     }
 }
@@ -901,6 +970,11 @@ mod tests {
                 discovered_refused_cap: 6,
                 self_links_closed: 2,
                 ..PeeringStats::default()
+            },
+            links_closed: LinkCloseStats {
+                write_stalled: 3,
+                self_link: 2,
+                ..LinkCloseStats::default()
             },
         }
     }
@@ -1054,6 +1128,18 @@ mod tests {
         assert_eq!(
             sample(&text, "hypha_self_links_closed_total", ""),
             Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_links_closed_total",
+                "reason=\"write_stalled\""
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_links_closed_total", "reason=\"peer_closed\""),
+            Some(0.0)
         );
     }
 

@@ -183,6 +183,7 @@ impl Node {
             own_subnet,
             own_router_id: router_id,
             refusals: Default::default(),
+            closes: Default::default(),
         };
         let mut owner = Owner::new(
             router,

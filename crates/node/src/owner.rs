@@ -25,9 +25,11 @@ use crate::control::{
 use crate::discovery::{Admission, DiscoveryLimits};
 use crate::endpoint::Endpoint;
 use crate::keys::{Cipher, Identity};
-use crate::link::{self, LinkContext, LinkEvent, LinkHandles, LinkStats};
+use crate::link::tcp::canonical;
+use crate::link::{self, CloseReason, LinkContext, LinkEvent, LinkHandles, LinkStats, Transport};
 use crate::metrics::{
-    DataStats, PeerStats, PeeringStats, RoutingStats, Stats, TunHistograms, TunStats,
+    DataStats, LinkCloseStats, PeerStats, PeeringStats, RoutingStats, Stats, TunHistograms,
+    TunStats,
 };
 use crate::pending::{self, Pending};
 use crate::transmit::DataTable;
@@ -344,7 +346,7 @@ impl Owner {
                 let e = Endpoint::tcp(canonical(remote));
                 // A new connection from the same remote socket replaces the old one.
                 if let Some(old) = self.peers.get(&e).and_then(|p| p.link) {
-                    self.close_link(old, "replaced by a new connection from the same address");
+                    self.close_link(old, CloseReason::Replaced);
                 }
                 self.peers
                     .entry(e)
@@ -370,25 +372,12 @@ impl Owner {
         }
     }
 
-    fn start_link(&mut self, e: Endpoint, stream: TcpStream) {
+    fn start_link<T: Transport>(&mut self, e: Endpoint, transport: T) {
         let id = LinkId(self.next_link);
         self.next_link += 1;
-        let local = stream.local_addr().ok();
-        let remote = stream.peer_addr().ok();
-        let v4 = remote.is_some_and(|r| match r {
-            SocketAddr::V4(_) => true,
-            SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
-        });
-        let cost = if v4 {
-            routing::consts::STATIC_COST_TCP4
-        } else {
-            routing::consts::STATIC_COST_TCP6
-        };
-        let desc = match (local, remote) {
-            (Some(l), Some(r)) => format!("TCP {} <-> {}", canonical(l), canonical(r)),
-            _ => format!("TCP {}", e.addr),
-        };
-        let handles = link::spawn(id, stream, self.link_ctx.clone());
+        let cost = transport.static_cost();
+        let desc = transport.describe();
+        let handles = link::spawn(id, transport, self.link_ctx.clone());
         let now = self.now();
         if let Err(err) = self.router.handle_link_up(id, cost, now) {
             warn!(peer = %e, "refusing link: {err:?}");
@@ -412,17 +401,18 @@ impl Owner {
         self.publish();
     }
 
-    fn close_link(&mut self, id: LinkId, why: &str) {
+    fn close_link(&mut self, id: LinkId, why: CloseReason) {
         let Some(l) = self.links.remove(&id) else {
             return;
         };
+        self.link_ctx.closes.count(why);
         l.handles.abort();
         let now = self.now();
         self.router.handle_link_down(id, now);
-        info!(peer = %l.peer, link = id.0, "peer disconnected: {why}");
+        info!(peer = %l.peer, link = id.0, reason = why.label(), "peer disconnected: {why}");
         let mut remove = false;
         let mut forget = false;
-        let ourselves = why == link::SELF_LINK;
+        let ourselves = why == CloseReason::SelfLink;
         if let Some(p) = self.peers.get_mut(&l.peer) {
             if p.link == Some(id) {
                 p.link = None;
@@ -474,7 +464,7 @@ impl Owner {
                 let now = self.now();
                 self.router.handle_tlv(id, &tlv, now);
             }
-            LinkEvent::Closed(id, why) => self.close_link(id, &why),
+            LinkEvent::Closed(id, why) => self.close_link(id, why),
         }
     }
 
@@ -646,7 +636,7 @@ impl Owner {
                     None => Err(PeerOpError::NotFound),
                     Some(link) => {
                         if let Some(id) = link {
-                            self.close_link(id, "removed through the API");
+                            self.close_link(id, CloseReason::Removed);
                         }
                         self.peers.remove(&e);
                         Ok(())
@@ -775,6 +765,7 @@ impl Owner {
                 self.discovery.stats(),
                 &self.link_ctx.refusals,
             ),
+            links_closed: LinkCloseStats::new(&self.link_ctx.closes),
         }
     }
 
@@ -812,7 +803,7 @@ impl Owner {
         }
         while let Some(ev) = self.router.poll_event() {
             match ev {
-                Event::LinkDead(id) => self.close_link(id, "no IHU for 43 s"),
+                Event::LinkDead(id) => self.close_link(id, CloseReason::NeighbourDead),
                 Event::RouteAcquired(subnet) => {
                     self.route_counts.acquired += 1;
                     self.route_log.note(subnet, true);
@@ -957,17 +948,6 @@ impl Peer {
 }
 
 /// IPv4-mapped IPv6 socket addresses (from the dual-stack listener) shown as plain IPv4.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => a,
-        },
-        v4 => v4,
-    }
-}
-
-/// Unix seconds now (for the node's start time).
 /// Source, destination and hop limit of a packet from the TUN (checked by the data path before
 /// it was handed over; checked again, never trusted).
 fn ends(packet: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr, u8)> {
@@ -975,6 +955,7 @@ fn ends(packet: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr, u8)> {
     Some((ip.src_addr(), ip.dst_addr(), ip.hop_limit()))
 }
 
+/// Unix seconds now (for the node's start time).
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

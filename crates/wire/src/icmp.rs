@@ -1,5 +1,6 @@
 //! ICMPv6 error messages (RFC 4443) that a node writes back to its own TUN: destination unreachable
-//! (no route, address unreachable, source address failed policy) and time exceeded (spec §3.6–3.8).
+//! (no route, address unreachable, source address failed policy) and time exceeded
+//! (docs/protocol.md §6.5–§6.10).
 
 use std::net::Ipv6Addr;
 

@@ -16,10 +16,11 @@ use tracing::{debug, trace, warn};
 use wire::babel::{Metric, Prefix, RouterId, Subnet, Tlv};
 use wire::frame::{self, Frame, FrameReader};
 
-use crate::datapath::{self, DataCounters, DataTable, Inbound, Need, Outbox, RefreshTracker};
-use crate::datapath::{FrameBatch, InPlace, LinkBudgets, LinkTx, Stalled, TunBatch};
+use datapath::{bump, DataCounters, DataFrame, FrameBatch, Need, Receiver, TunBatch};
+
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
+use crate::transmit::{self, ChannelNeeds, DataTable, LinkTx, Stalled};
 use tun::{Tun, Writer as TunWriter};
 
 /// A write that makes no progress for this long means the peer stalled: drop it.
@@ -283,11 +284,7 @@ async fn read_loop(
     stats: &LinkStats,
 ) -> Result<(), String> {
     let mut reader = FrameReader::growable(SMALL_READ_BUFFER);
-    let mut refresh = RefreshTracker::default();
-    let mut outbox = Outbox::default();
-    let mut tun_batch = TunBatch::default();
-    let mut in_place = InPlace::default();
-    let mut budgets = LinkBudgets::default();
+    let mut core = Receiver::new(ctx.own_subnet, id, ctx.counters.clone());
     let mut stalled = Stalled::default();
     let mut tun_writer = ctx.tun_dev.as_deref().map(TunWriter::new);
     let mut drop_log = LogLimiter::new(Duration::from_secs(10));
@@ -340,19 +337,11 @@ async fn read_loop(
         // control TLVs.
         loop {
             let table = ctx.table.load();
-            let mut inb = Inbound {
-                own_subnet: ctx.own_subnet,
-                link: id,
-                counters: &ctx.counters,
-                needs: &ctx.needs,
-                refresh: &mut refresh,
-                budgets: &mut budgets,
-                now,
-            };
+            let mut needs = ChannelNeeds(&ctx.needs);
             let mut data_frames = 0u64;
             let mut chunk_full = false;
             loop {
-                match reader.next_frame_mut() {
+                match reader.next_frame_at() {
                     Ok(Some(Frame::Data {
                         hop_limit,
                         src,
@@ -360,21 +349,17 @@ async fn read_loop(
                         body,
                     })) => {
                         data_frames += 1;
-                        datapath::inbound(
-                            &mut inb,
-                            &table,
+                        let frame = DataFrame {
                             hop_limit,
                             src,
                             dst,
                             body,
-                            &mut outbox,
-                            &mut tun_batch,
-                            &mut in_place,
-                        )
+                        };
+                        core.handle_data(&table, &mut needs, now, reader.buffer_mut(), frame);
                     }
                     Ok(Some(Frame::Control(tlv))) => {
                         if is_own_announcement(&tlv, &ctx.own_router_id, ctx.own_subnet) {
-                            datapath::bump(&ctx.refusals.self_link);
+                            bump(&ctx.refusals.self_link);
                             return Err(SELF_LINK.to_owned());
                         }
                         tlvs.push(tlv);
@@ -384,7 +369,7 @@ async fn read_loop(
                         }
                     }
                     Ok(Some(Frame::Skipped(why))) => {
-                        datapath::bump(&ctx.counters.malformed_control);
+                        bump(&ctx.counters.malformed_control);
                         if skipped_logged < 10 {
                             skipped_logged += 1;
                             debug!(link = id.0, "skipped control input: {why}");
@@ -395,14 +380,8 @@ async fn read_loop(
                 }
             }
             drop(table);
-            if !in_place.is_empty() {
-                write_in_place(
-                    ctx,
-                    &mut reader,
-                    &mut in_place,
-                    &mut tun_writer,
-                    &mut drop_log,
-                );
+            if core.tun_len() > 0 {
+                write_to_tun(ctx, &mut reader, &mut core, &mut tun_writer, &mut drop_log);
             }
             if data_frames > 0 {
                 saw_data = true;
@@ -422,7 +401,9 @@ async fn read_loop(
                     return Ok(());
                 }
             }
-            flush(ctx, &mut outbox, &mut tun_batch, &mut stalled).await;
+            if core.has_transmits() {
+                forward(ctx, &mut core, &mut stalled).await;
+            }
             if !chunk_full {
                 break;
             }
@@ -457,81 +438,56 @@ fn is_own_announcement(tlv: &Tlv, own: &RouterId, own_subnet: Subnet) -> bool {
         if u.router_id == *own && u.metric == Metric(0) && u.prefix == Prefix::V6(own_subnet))
 }
 
-/// Writes the packets opened in the read buffer to the TUN, coalesced, straight from there.
-fn write_in_place(
+/// Writes the packets for the TUN that the frames of one read gave — opened in the read buffer
+/// and written straight from there, coalesced, plus any the core built — in one batch.
+fn write_to_tun(
     ctx: &LinkContext,
     reader: &mut FrameReader,
-    in_place: &mut InPlace,
+    core: &mut Receiver,
     writer: &mut Option<TunWriter>,
     drop_log: &mut LogLimiter,
 ) {
     let (Some(tun), Some(wr)) = (ctx.tun_dev.as_deref(), writer.as_mut()) else {
         ctx.counters
             .drop_no_tun
-            .fetch_add(in_place.spans.len() as u64, Ordering::Relaxed);
-        in_place.clear();
+            .fetch_add(core.tun_len() as u64, Ordering::Relaxed);
+        core.tun_done();
         return;
     };
-    let mut packets: Vec<&mut [u8]> = Vec::with_capacity(in_place.spans.len());
-    in_place.slices(reader.buffer_mut(), &mut packets);
+    let mut packets: Vec<&mut [u8]> = Vec::with_capacity(core.tun_len());
+    core.tun_packets(reader.buffer_mut(), &mut packets);
     let report = tun.write_batch(wr, &mut packets);
+    drop(packets);
     crate::tunio::record_write(&report, &ctx.histograms, &ctx.counters, drop_log);
-    in_place.clear();
+    core.tun_done();
 }
 
-/// Hands the batches built from one read to the TUN writer and the next hops.
-async fn flush(
-    ctx: &LinkContext,
-    outbox: &mut Outbox,
-    tun_batch: &mut TunBatch,
-    stalled: &mut Stalled,
-) {
-    if !tun_batch.is_empty() {
-        // The next batch starts as large as this one: under load a socket read yields similar
-        // batches, and growing from empty by doubling cost the receiver ≈ 9 % of its time.
-        let next = TunBatch::with_capacity(tun_batch.data.len(), tun_batch.len());
-        let batch = std::mem::replace(tun_batch, next);
-        match &ctx.tun {
-            Some(tun) => {
-                let n = batch.len() as u64;
-                if tun.send(batch).await.is_err() {
-                    ctx.counters.drop_no_tun.fetch_add(n, Ordering::Relaxed);
-                }
-            }
-            None => {
-                ctx.counters
-                    .drop_no_tun
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-        }
-    }
-    if !outbox.is_empty() {
-        let table = ctx.table.load();
-        let sends: Vec<_> = outbox
-            .drain()
-            .filter_map(|(link, batch)| {
-                table
-                    .links
-                    .get(&link)
-                    .map(|tx| (link, tx.data.clone(), batch))
-            })
-            .collect();
-        drop(table);
-        for (link, tx, buf) in sends {
-            let Some(buf) = datapath::offer_batch(&tx, link, buf, stalled, &ctx.counters) else {
-                continue;
-            };
-            // Forwarding waits for a full next hop, but a stalled one must not hold up this
-            // peer's traffic to everybody else.
-            datapath::wait_for_room(&tx, link, buf, stalled, &ctx.counters).await;
-        }
+/// Hands the batches for next hops built from one read to their links.
+async fn forward(ctx: &LinkContext, core: &mut Receiver, stalled: &mut Stalled) {
+    let table = ctx.table.load();
+    let sends: Vec<_> = core
+        .transmits()
+        .filter_map(|(link, batch)| {
+            table
+                .links
+                .get(&link)
+                .map(|tx| (link, tx.data.clone(), batch))
+        })
+        .collect();
+    drop(table);
+    for (link, tx, buf) in sends {
+        let Some(buf) = transmit::offer_batch(&tx, link, buf, stalled, &ctx.counters) else {
+            continue;
+        };
+        // Forwarding waits for a full next hop, but a stalled one must not hold up this
+        // peer's traffic to everybody else.
+        transmit::wait_for_room(&tx, link, buf, stalled, &ctx.counters).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::DataTable;
     use routing::ForwardingTable;
     use tokio::net::{TcpListener, TcpStream};
     use wire::babel::{Hello, SeqNo, Update};

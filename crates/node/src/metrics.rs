@@ -24,9 +24,9 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::control::ConnectionState;
-use crate::datapath::DataCounters;
 use crate::discovery::DiscoveryStats;
 use crate::link::LinkRefusals;
+use datapath::DataCounters;
 
 /// Upper bounds of the histogram buckets (an implicit `+Inf` bucket follows). Powers of two up
 /// to a 64 KiB super-packet's worth of 1400-byte segments (47) and a full write batch (256).
@@ -183,42 +183,8 @@ macro_rules! data_stats {
     };
 }
 
-data_stats! {
-    tun_packets_in,
-    tun_packets_out,
-    frames_sent,
-    frames_forwarded,
-    frames_delivered,
-    drop_not_ipv6,
-    drop_no_route,
-    drop_no_key,
-    drop_hop_limit,
-    /// AEAD open failed: a forged, corrupted or wrongly keyed frame.
-    drop_decrypt,
-    drop_inner,
-    drop_queue_full,
-    drop_no_tun,
-    icmp_generated,
-    icmp_received,
-    malformed_control,
-    /// Opened packets refused before the TUN, by reason.
-    refused_inner_not_ipv6,
-    refused_inner_source,
-    refused_inner_destination,
-    /// Out-of-band ICMP errors refused: forged quote, over the link's rate.
-    refused_icmp_forged,
-    refused_icmp_rate,
-    /// Out-of-band ICMP errors not sent: over the link's rate.
-    icmp_rate_limited,
-    /// Frames from senders that can have no key (outside 400::/7, or inside our /64).
-    refused_sender,
-    /// Needs a link's frames could not hand to the owner: over its rate, or the room kept for
-    /// the TUN.
-    refused_link_needs,
-    /// Traffic waiting for a route or key: dropped at its bounds, or past its deadline.
-    drop_pending_full,
-    drop_pending_expired,
-}
+// The counter list is written once, in the data-path core.
+datapath::for_each_data_counter!(data_stats);
 
 /// The TUN device's counters and the data path's histograms of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

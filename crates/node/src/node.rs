@@ -15,14 +15,15 @@ use tracing::{info, warn};
 use wire::babel::{RouterId, Subnet};
 
 use crate::control::{Control, NodeInfo};
-use crate::datapath::{DataCounters, DataTable};
 use crate::discovery::{Admission, DiscoveryLimits, DiscoveryStats, Timing};
 use crate::endpoint::Endpoint;
 use crate::keys::Identity;
 use crate::link::LinkContext;
 use crate::metrics::TunHistograms;
 use crate::owner::{unix_now, Owner, OwnerInputs, OwnerMsg};
+use crate::transmit::DataTable;
 use crate::tunio::{self, TunIo, TunIoConfig};
+use datapath::DataCounters;
 
 /// MTU of the overlay TUN (docs/protocol.md §2.3, §6.11): every packet on the wire carries at
 /// most 1400 bytes.

@@ -3,12 +3,13 @@
 //! what the data path needs as an immutable [`DataTable`] snapshot.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use datapath::{bump, DataCounters, FrameBatch, InboundFrame, Need, TunBatch};
 use routing::{Event, LinkId, Lookup, Router, Time};
 use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
@@ -16,12 +17,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use wire::babel::{Subnet, Tlv};
 use wire::icmp::IcmpError;
+use wire::ip::ipv6::Ipv6Packet;
 
 use crate::control::{
     ConnectionState, PeerInfo, PeerKind, PeerOpError, QueryInfo, Request, RouteInfo, RouteKind,
-};
-use crate::datapath::{
-    self, bump, DataCounters, DataTable, FrameBatch, InboundFrame, Need, TunBatch,
 };
 use crate::discovery::{Admission, DiscoveryLimits};
 use crate::endpoint::Endpoint;
@@ -31,6 +30,7 @@ use crate::metrics::{
     DataStats, PeerStats, PeeringStats, RoutingStats, Stats, TunHistograms, TunStats,
 };
 use crate::pending::{self, Pending};
+use crate::transmit::DataTable;
 
 /// Redial period of static and discovered peers (spec §1.3).
 const REDIAL_EVERY: Duration = Duration::from_secs(5);
@@ -510,10 +510,9 @@ impl Owner {
                 }
             }
             Need::Pending(packet) => {
-                if packet.len() < 40 {
+                let Some((_, dst, _)) = ends(&packet) else {
                     return;
-                }
-                let dst = datapath::addr_at(&packet, 24);
+                };
                 let subnet = Subnet::slash64(dst);
                 // Maybe the route arrived after the data path looked.
                 if let Lookup::Route(_) = self.router.lookup(dst) {
@@ -553,8 +552,9 @@ impl Owner {
     fn send_pending(&mut self, subnet: Subnet, packets: Vec<Vec<u8>>) {
         let mut per_link: FxHashMap<LinkId, FrameBatch> = FxHashMap::default();
         for p in packets {
-            let dst = datapath::addr_at(&p, 24);
-            let src = datapath::addr_at(&p, 8);
+            let Some((src, dst, hop_limit)) = ends(&p) else {
+                continue;
+            };
             let Lookup::Route(nh) = self.router.lookup(dst) else {
                 bump(&self.counters.drop_no_route);
                 continue;
@@ -565,7 +565,7 @@ impl Owner {
             };
             let batch = per_link.entry(nh.link).or_default();
             batch.frames += 1;
-            let hop = p[7].saturating_sub(1);
+            let hop = hop_limit.saturating_sub(1);
             if datapath::push_sealed_l3(&mut batch.bytes, &cipher, &p, hop, src, dst) {
                 bump(&self.counters.frames_sent);
             }
@@ -883,7 +883,10 @@ impl Owner {
         let own = self.identity.address();
         let mut batch = TunBatch::default();
         for p in q {
-            if batch.push_icmp(own, datapath::addr_at(&p, 8), IcmpError::NoRoute, &p) {
+            let Some((src, _, _)) = ends(&p) else {
+                continue;
+            };
+            if batch.push_icmp(own, src, IcmpError::NoRoute, &p) {
                 bump(&self.counters.icmp_generated);
             }
         }
@@ -965,6 +968,13 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 }
 
 /// Unix seconds now (for the node's start time).
+/// Source, destination and hop limit of a packet from the TUN (checked by the data path before
+/// it was handed over; checked again, never trusted).
+fn ends(packet: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr, u8)> {
+    let ip = Ipv6Packet::new_header_checked(packet).ok()?;
+    Some((ip.src_addr(), ip.dst_addr(), ip.hop_limit()))
+}
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// One limiter per repeating error site (per thread or task: no sharing, no locks).
 #[derive(Debug)]
-pub(crate) struct LogLimiter {
+pub struct LogLimiter {
     every: Duration,
     last: Option<Instant>,
     suppressed: u64,
@@ -39,7 +39,7 @@ impl LogLimiter {
 
 /// A token bucket: `burst` tokens at most, refilled at `per_sec`. One per task or link, no locks.
 #[derive(Debug)]
-pub(crate) struct TokenBucket {
+pub struct TokenBucket {
     per_sec: f64,
     burst: f64,
     tokens: f64,

@@ -108,8 +108,8 @@ pub fn build_error(
     out.len() - start
 }
 
-/// Out-of-band ICMP: the payload an intermediate node seals for the source of a packet it could
-/// not deliver (`docs/protocol.md` §6): `original destination(16) ‖ IPv6 header(40) ‖ ICMPv6 error
+/// Out-of-band ICMP: the payload an intermediate node seals for the source of a packet it could not
+/// deliver (`docs/protocol.md` §6.8): `original destination(16) ‖ IPv6 header(40) ‖ ICMPv6 error
 /// header(8) ‖ quote`, where the quote is the dropped frame's body, still sealed for the original
 /// destination.
 pub mod oob {

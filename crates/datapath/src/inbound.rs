@@ -239,7 +239,7 @@ pub fn may_have_key(src: Ipv6Addr, own: Subnet) -> bool {
 
 /// Makes an opened IPv6 packet ready for the TUN: [`check_inner`] (counting a refusal), then the
 /// decremented outer hop limit written into it, as the destination does (`docs/protocol.md`
-/// §4.3).
+/// §6.4).
 fn admit_l3(
     packet: &mut [u8],
     sender: Subnet,
@@ -444,7 +444,7 @@ impl<N: NeedSink> Inbound<'_, N> {
         true
     }
 
-    /// Out-of-band ICMP about a frame we cannot pass on (`docs/protocol.md` §6): sealed for its
+    /// Out-of-band ICMP about a frame we cannot pass on (`docs/protocol.md` §6.8): sealed for its
     /// source, rate-limited per link.
     fn oob_icmp<L>(
         &mut self,

@@ -11,8 +11,9 @@
 //!   ours), forwarded to the next hop, or answered with out-of-band ICMP; opened packets stay in
 //!   the read buffer and are handed back as byte ranges of it.
 //!
-//! The protocol it implements is described in `docs/protocol.md` (§4 data packets, §5 end-to-end
-//! encryption, §6 out-of-band ICMP); `docs/datapath.md` follows a packet through it and the shell.
+//! The protocol it implements is described in `docs/protocol.md` (§3.5 data frames, §6.1–§6.7
+//! sealing, hop limits, sending and receiving, §6.8–§6.9 out-of-band ICMP); `docs/datapath.md`
+//! follows a packet through it and the shell.
 //!
 //! What it never does: I/O, reading a clock (every call that needs time takes `now`), spawning,
 //! waiting or blocking. It counts into shared atomic [`DataCounters`] and logs refusals through

@@ -1,5 +1,5 @@
-//! Out-of-band ICMP (`docs/protocol.md` §6): an intermediate node that drops a packet tells its
-//! source in a type-2 payload sealed for the source; the source checks it and writes a plain
+//! Out-of-band ICMP (`docs/protocol.md` §6.8, §6.9): an intermediate node that drops a packet tells
+//! its source in a type-2 payload sealed for the source; the source checks it and writes a plain
 //! ICMPv6 error about its own packet to the TUN.
 
 use std::net::Ipv6Addr;

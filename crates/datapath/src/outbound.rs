@@ -20,7 +20,7 @@ use crate::counters::{bump, DataCounters};
 use crate::table::{DataTable, Need, NeedSink};
 use crate::Cipher;
 
-/// The inner header of an IPv6 packet: version 1, type 0 (`docs/protocol.md` §5.2).
+/// The inner header of an IPv6 packet: version 1, type 0 (`docs/protocol.md` §6.3).
 pub(crate) const INNER_L3: [u8; crypto::INNER_HEADER_LEN] = [crypto::INNER_VERSION, 0, 0, 0];
 
 /// How often a destination in use is reported to the routing core, so that its route is

@@ -25,7 +25,8 @@ use crate::transmit::DataTable;
 use crate::tunio::{self, TunIo, TunIoConfig};
 use datapath::DataCounters;
 
-/// MTU of the overlay TUN (spec §3.5): every packet on the wire carries at most 1400 bytes.
+/// MTU of the overlay TUN (docs/protocol.md §2.3, §6.11): every packet on the wire carries at
+/// most 1400 bytes.
 pub const TUN_MTU: u32 = 1400;
 
 /// The TUN device a node creates.

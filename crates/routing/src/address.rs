@@ -1,5 +1,5 @@
-//! Overlay address derivation (spec §4.1), kept local so the routing core does not depend on the
-//! crypto crate: the Update ownership filter needs nothing else from it.
+//! Overlay address derivation (docs/protocol.md §2.2), kept local so the routing core does not
+//! depend on the crypto crate: the Update ownership filter needs nothing else from it.
 
 use std::net::Ipv6Addr;
 use wire::babel::Subnet;
@@ -32,7 +32,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_vectors() {
+    fn protocol_doc_vectors() {
         let a = derive_address(&hex32(
             "8f40c5adb68f25624ae5b214ea767a6ec94d829d3d7b5e1ad1ba6f3e2138285f",
         ));

@@ -1,5 +1,6 @@
 //! ICMPv6 error messages (RFC 4443) that a node writes back to its own TUN: destination unreachable
-//! (no route, address unreachable, source address failed policy) and time exceeded (spec §3.6–3.8).
+//! (no route, address unreachable, source address failed policy) and time exceeded
+//! (docs/protocol.md §6.5–§6.10).
 
 use std::net::Ipv6Addr;
 
@@ -107,8 +108,8 @@ pub fn build_error(
     out.len() - start
 }
 
-/// Out-of-band ICMP: the payload an intermediate node seals for the source of a packet it could
-/// not deliver (`docs/protocol.md` §6): `original destination(16) ‖ IPv6 header(40) ‖ ICMPv6 error
+/// Out-of-band ICMP: the payload an intermediate node seals for the source of a packet it could not
+/// deliver (`docs/protocol.md` §6.8): `original destination(16) ‖ IPv6 header(40) ‖ ICMPv6 error
 /// header(8) ‖ quote`, where the quote is the dropped frame's body, still sealed for the original
 /// destination.
 pub mod oob {

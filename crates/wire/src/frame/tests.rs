@@ -1,5 +1,5 @@
-//! Frame tests: the spec §2.14/§3.9 vectors both ways, the four tests for the data header, stream
-//! chunking, and malformed input.
+//! Frame tests: the docs/protocol.md §3.8/§4.10 vectors both ways, the four tests for the data
+//! header, stream chunking, and malformed input.
 
 use super::*;
 use crate::babel::{Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest};
@@ -29,7 +29,7 @@ fn subnet() -> Subnet {
     "430:9364:d8d8:84a9::/64".parse().unwrap()
 }
 
-/// (TLV, complete frame) pairs from spec §2.14.
+/// (TLV, complete frame) pairs from docs/protocol.md §4.10.
 fn control_vectors() -> Vec<(Tlv, Vec<u8>)> {
     vec![
         (
@@ -88,7 +88,7 @@ const DST: &str = "437:5106:5530:1589:7c53:fa73:c63e:1ddb";
 const RAW_DATA: &str =
     "f09f58478d1258b02d2f6021 1e22bdf3bc7bab0e4e69cc9202073692 000102030405060708090a0b";
 
-/// The full A→B data frame of spec §3.9.
+/// The full A→B data frame of docs/protocol.md §3.8.
 fn data_vector() -> Vec<u8> {
     hex(&format!(
         "01000000 00002840 04309364d8d884a9dd60de78c767d361 04375106553015897c53fa73c63e1ddb {RAW_DATA}"
@@ -451,7 +451,7 @@ fn bad_babel_header_is_skipped_and_stream_stays_in_step() {
 
 #[test]
 fn unknown_tlv_then_data_stays_in_step() {
-    // mycelium desyncs here for good (spec §2.13); we skip by length.
+    // mycelium desyncs here for good (docs/protocol.md §10.2); we skip by length.
     let mut bytes = hex("01 01 00 00 2a 03 00 05 63 03 aa bb cc");
     bytes.extend_from_slice(&data_vector());
     let frames = decode_all(&bytes).unwrap();

@@ -34,7 +34,7 @@ use crate::metrics::{
 use crate::pending::{self, Pending};
 use crate::transmit::DataTable;
 
-/// Redial period of static and discovered peers (spec §1.3).
+/// Redial period of static and discovered peers (`docs/protocol.md` §3.1).
 const REDIAL_EVERY: Duration = Duration::from_secs(5);
 /// A dial that takes longer than this failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,7 +1,7 @@
-//! Drives one routing core over three links with arbitrary TLVs, link events, requests and
-//! time steps. Nothing may panic; after every step the core's invariants hold, and nothing it
-//! sends breaks the rules of spec §2.13 (hop count 0, generation ≥ 16, IPv4 or short prefixes in
-//! requests, non-IPv6 updates).
+//! Drives one routing core over three links with arbitrary TLVs, link events, requests and time
+//! steps. Nothing may panic; after every step the core's invariants hold, and nothing it sends
+//! breaks the send policy of docs/protocol.md §4.9 (hop count 0, generation ≥ 16, IPv4 or short
+//! prefixes in requests, non-IPv6 updates).
 #![no_main]
 
 use crypto::address_from_public_key;

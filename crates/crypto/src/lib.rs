@@ -1,5 +1,5 @@
 //! Keys, addresses and end-to-end packet encryption of hypha, compatible with mycelium's data
-//! plane (spec §3.3–§3.4, §4.1, §4.4).
+//! plane (docs/protocol.md §2.1–§2.2, §6.1–§6.3).
 //!
 //! * [`SecretKey`] / [`PublicKey`]: the node's static X25519 identity, its raw 32-byte key file
 //!   (created with mode 0600 when missing), 64-hex-digit public keys.

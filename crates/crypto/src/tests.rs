@@ -1,4 +1,4 @@
-//! Spec §3.9 and §4.1 vectors both ways, key files, and malformed input.
+//! The vectors of docs/protocol.md §2.5 and §6.12 both ways, key files, and malformed input.
 
 use super::*;
 use proptest::prelude::*;

@@ -1,5 +1,5 @@
-//! The admin REST API (spec §7.1): the same paths and JSON shapes as the protocol's reference
-//! node, so existing tooling can drive a hypha node.
+//! The admin REST API (docs/protocol.md §8): the same paths and JSON shapes as the protocol's
+//! reference node, so existing tooling can drive a hypha node.
 //!
 //! Handlers hold only a [`Control`] handle: every answer comes from the tasks that own the state,
 //! through a request message. Every error is a JSON body `{"error":"..."}` with a status code that

@@ -1,5 +1,6 @@
-//! Link-local peer discovery (spec §5): a 50-byte UDP beacon multicast to `[ff02::cafe]:9650` on
-//! every suitable interface, and the peers heard that way reported as `tcp://[fe80::…%if]:port`.
+//! Link-local peer discovery (docs/protocol.md §7): a 50-byte UDP beacon multicast to
+//! `[ff02::cafe]:9650` on every suitable interface, and the peers heard that way reported as
+//! `tcp://[fe80::…%if]:port`.
 //!
 //! The beacon codec ([`encode_beacon`], [`parse_beacon`]) is pure. [`run`] owns one UDP socket:
 //! it joins the group on each interface that is up, multicast-capable, not loopback, not
@@ -45,7 +46,7 @@ pub const BEACON_LEN: usize = 50;
 /// The first 8 bytes of every beacon.
 pub const MAGIC: [u8; 8] = *b"mycelium";
 
-/// Beacon layout (spec §5).
+/// Beacon layout (docs/protocol.md §7.1).
 mod field {
     use core::ops::Range;
     pub const MAGIC: Range<usize> = 0..8;

@@ -1,5 +1,5 @@
-//! The routing core of hypha: the Babel variant spoken by mycelium (spec §2), as a pure state
-//! machine.
+//! The routing core of hypha: the Babel variant spoken by mycelium (docs/protocol.md §4, §5), as a
+//! pure state machine.
 //!
 //! [`Router`] keeps the neighbour table (Hello/IHU, link costs, liveness), the route table
 //! (sources and feasibility distances, selection with hysteresis, fallbacks, expiry,
@@ -15,7 +15,7 @@
 //! `wire::babel` and never sees bytes.
 //!
 //! Where this core deliberately differs from the reference behaviour (all invisible to, or
-//! safer for, mycelium peers):
+//! safer for, mycelium peers; docs/protocol.md §10.4):
 //! * the first Hello goes out when a link comes up (not up to 20 s later), so the link cost and
 //!   the dead timer start from a real measurement;
 //! * a reply to a SeqNoRequest carries the metric through our actual next hop, not through the

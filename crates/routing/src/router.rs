@@ -15,7 +15,8 @@ use crate::fib::{ForwardingTable, Lookup, NextHop};
 use crate::time::Time;
 use crypto::{address_from_public_key, overlay};
 
-/// Protocol constants (spec §2.15). Durations are what the core waits; `*_CS` are wire fields.
+/// Protocol constants (docs/protocol.md §5.10). Durations are what the core waits; `*_CS` are wire
+/// fields.
 pub mod consts {
     use std::time::Duration;
 
@@ -42,7 +43,7 @@ pub mod consts {
     pub const INITIAL_LINK_COST: u16 = 1000;
     pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
     pub const SOURCE_GC_INTERVAL: Duration = Duration::from_secs(60);
-    /// Link cost added for TCP over IPv6 / IPv4 (spec §2.10).
+    /// Link cost added for TCP over IPv6 / IPv4 (docs/protocol.md §3.1, §5.1).
     pub const STATIC_COST_TCP6: u16 = 10;
     pub const STATIC_COST_TCP4: u16 = 15;
 }

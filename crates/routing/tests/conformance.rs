@@ -1,5 +1,6 @@
-//! Recorded conformance scenarios for the corner cases of spec §2: each step is an input at a
-//! time, followed by the exact TLVs sent (in order) and events raised.
+//! Recorded conformance scenarios for the corner cases of the routing protocol
+//! (docs/protocol.md §5): each step is an input at a time, followed by the exact TLVs sent (in
+//! order) and events raised.
 
 use std::net::Ipv6Addr;
 

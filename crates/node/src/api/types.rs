@@ -1,5 +1,5 @@
 //! The admin API's JSON bodies, defined once for the server ([`crate::api`]) and its clients
-//! (the `hypha` CLI). The shapes are the reference node's (spec §7.1); the stats body is
+//! (the `hypha` CLI). The shapes are the reference node's (docs/protocol.md §8); the stats body is
 //! [`Stats`](crate::metrics::Stats).
 //!
 //! Decoding is lenient where a node newer than this build may say more: unknown fields are

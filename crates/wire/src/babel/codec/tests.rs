@@ -1,6 +1,7 @@
 //! TLV codec tests. Per message: deconstruct (parse a body and read each field), construct (build
 //! the struct and encode it to the TLV bytes), parse (the generic `Tlv::decode` path), emit (the
-//! full frame of spec §2.14). Then policy refusals, malformed input and round-trip properties.
+//! full frame of docs/protocol.md §4.10). Then policy refusals, malformed input and round-trip
+//! properties.
 
 use super::*;
 use crate::frame::encode_control;

@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 /// One limiter per repeating log site (per thread or task: no sharing, no locks). The only one
-/// in the node: error lines use [`LogLimiter::allow`], summaries such as the route-change report
-/// [`LogLimiter::due`].
+/// in hypha: error lines use [`LogLimiter::allow`], summaries such as the node's route-change
+/// report [`LogLimiter::due`].
 #[derive(Debug)]
-pub(crate) struct LogLimiter {
+pub struct LogLimiter {
     every: Duration,
     last: Option<Instant>,
     suppressed: u64,
@@ -51,7 +51,7 @@ impl LogLimiter {
 
 /// A token bucket: `burst` tokens at most, refilled at `per_sec`. One per task or link, no locks.
 #[derive(Debug)]
-pub(crate) struct TokenBucket {
+pub struct TokenBucket {
     per_sec: f64,
     burst: f64,
     tokens: f64,

@@ -736,4 +736,43 @@ mod tests {
         assert_eq!(load(&refusals.self_link), 1);
         h.abort();
     }
+
+    /// The first close event of link 5, within 10 s (Tlv events before it are skipped).
+    async fn closed(events: &mut mpsc::Receiver<LinkEvent>) -> CloseReason {
+        loop {
+            match next(events).await {
+                LinkEvent::Closed(LinkId(5), why) => return why,
+                LinkEvent::Tlv(..) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_link_says_why_it_closed() {
+        use std::io::Write;
+        // The peer ends the stream after a hello.
+        let (ctx, mut events, _needs) = context(16);
+        let (ours, mut peer) = pair().await;
+        peer.write_all(&hellos(1)).unwrap();
+        let h = spawn(LinkId(5), ours, ctx);
+        drop(peer);
+        assert_eq!(closed(&mut events).await, CloseReason::PeerClosed);
+        h.abort();
+        // The peer breaks the framing: outer version 9.
+        let (ctx, mut events, _needs) = context(16);
+        let (ours, mut peer) = pair().await;
+        peer.write_all(&[9, 1, 0, 0, 42, 3, 0, 0]).unwrap();
+        let h = spawn(LinkId(5), ours, ctx);
+        assert_eq!(
+            closed(&mut events).await,
+            CloseReason::Framing(frame::StreamError::UnknownVersion(9))
+        );
+        assert_eq!(
+            CloseReason::Framing(frame::StreamError::UnknownVersion(9)).label(),
+            "framing"
+        );
+        h.abort();
+        drop(peer);
+    }
 }

@@ -297,6 +297,19 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
         p.discovered_backed_off,
         p.self_links_closed
     );
+    let closed: Vec<String> = s
+        .links_closed
+        .labelled()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(why, n)| format!("{why} {n}"))
+        .collect();
+    let closed = if closed.is_empty() {
+        "none".to_owned()
+    } else {
+        closed.join(", ")
+    };
+    let _ = writeln!(o, "links closed: {closed}");
     o
 }
 
@@ -1068,6 +1081,14 @@ mod tests {
         );
         assert!(text.contains("own address 2,"), "{text}");
         assert!(text.contains("refused: cap 5,"), "{text}");
+        assert!(text.contains("links closed: none\n"), "{text}");
+        a.links_closed.peer_closed = 3;
+        a.links_closed.write_stalled = 1;
+        let text = stats_text(&a, None);
+        assert!(
+            text.contains("links closed: peer_closed 3, write_stalled 1\n"),
+            "{text}"
+        );
         assert!(!text.contains("/s"), "{text}");
         // 2 s later, 2 MB more sent: 1 MB/s, 1024 data frames per 2 s.
         let b = sample_stats(4096 + 2_000_000);

@@ -1,11 +1,12 @@
-//! Drives one routing core over three links with arbitrary TLVs, link events, requests and
-//! time steps. Nothing may panic; after every step the core's invariants hold, and nothing it
-//! sends breaks the rules of spec §2.13 (hop count 0, generation ≥ 16, IPv4 or short prefixes in
-//! requests, non-IPv6 updates).
+//! Drives one routing core over three links with arbitrary TLVs, link events, requests and time
+//! steps. Nothing may panic; after every step the core's invariants hold, and nothing it sends
+//! breaks the send policy of docs/protocol.md §4.9 (hop count 0, generation ≥ 16, IPv4 or short
+//! prefixes in requests, non-IPv6 updates).
 #![no_main]
 
+use crypto::address_from_public_key;
 use libfuzzer_sys::fuzz_target;
-use routing::{derive_address, Config, Limits, LinkId, Router, Time};
+use routing::{Config, Limits, LinkId, Router, Time};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use wire::babel::{
     Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest, Subnet, Tlv, Update,
@@ -51,7 +52,7 @@ fn prefix(b: &mut Bytes) -> Option<Prefix> {
         2 => Prefix::LinkLocal { iid: b.arr()? },
         3 => Prefix::V6(Subnet::new(Ipv6Addr::from(b.arr::<16>()?), b.u8()? % 129)?),
         k => {
-            let a = derive_address(&key(k));
+            let a = address_from_public_key(&key(k));
             let plen = match b.u8()? % 4 {
                 0 => 64,
                 1 => 128,
@@ -113,7 +114,7 @@ fn check_sent(r: &mut Router) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let own = Subnet::slash64(derive_address(&key(0)));
+    let own = Subnet::slash64(address_from_public_key(&key(0)));
     let mut cfg = Config::new(RouterId::new(key(0), [0; 6]), own);
     cfg.limits = Limits {
         max_links: 3,
@@ -160,7 +161,7 @@ fuzz_target!(|data: &[u8]| {
             4 => {
                 let Some(k) = b.u8() else { break };
                 // The top bit: an address seen in traffic from `link` rather than our own.
-                let a = derive_address(&key(k & 0x7f));
+                let a = address_from_public_key(&key(k & 0x7f));
                 if k & 0x80 == 0 {
                     r.request_route(a, now);
                 } else {

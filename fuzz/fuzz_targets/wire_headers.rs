@@ -25,6 +25,15 @@ fuzz_target!(|data: &[u8]| {
         );
         let _ = Ipv4Repr::parse(&p);
     }
+    if let Ok(b) = wire::beacon::Beacon::new_checked(data) {
+        assert_eq!(wire::beacon::emit(b.tcp_port(), &b.router_id())[..], data[..]);
+    }
+    if let Ok(o) = wire::icmp::oob::OobIcmp::new_checked(data) {
+        let _ = (o.orig_dst(), o.error_src(), o.error_dst(), o.kind(), o.quote().len());
+    }
+    if let Ok(p) = Ipv6Packet::new_header_checked(data) {
+        let _ = (p.src_addr(), p.dst_addr(), p.hop_limit());
+    }
     if let Ok(p) = Ipv6Packet::new_checked(data) {
         let _ = (
             p.payload(),

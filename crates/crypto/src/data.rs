@@ -1,4 +1,4 @@
-//! End-to-end encryption of data packets (spec §3.3, §3.4), sealed and opened in place.
+//! End-to-end encryption of data packets (docs/protocol.md §6.1–§6.3), sealed and opened in place.
 //!
 //! Body layout on the wire: `ciphertext ‖ tag(16) ‖ nonce(12)`, AES-256-GCM with the raw X25519
 //! output as key and empty AAD. The plaintext starts with the 4-byte inner header

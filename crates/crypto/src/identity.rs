@@ -1,5 +1,5 @@
 //! Node identity: the X25519 key pair, its key file, and the overlay address and /64 derived from
-//! the public key (spec §3.3, §4.1, §4.4).
+//! the public key (docs/protocol.md §2.1, §2.2, §6.1).
 
 use core::fmt;
 use std::fs;
@@ -213,7 +213,7 @@ impl PublicKey {
         &self.0
     }
 
-    /// The overlay address (spec §4.1).
+    /// The overlay address (docs/protocol.md §2.2).
     pub fn address(&self) -> Ipv6Addr {
         address_from_public_key(&self.0)
     }
@@ -291,8 +291,14 @@ impl core::str::FromStr for PublicKey {
     }
 }
 
-/// The overlay address of a public key (spec §4.1): the first 16 bytes of BLAKE3(key), with the
-/// first byte replaced by `0x04 | parity(popcount(h[0]))`, so it always lies in 400::/7.
+/// The overlay, `400::/7` (docs/protocol.md §2.3): the space every [`address_from_public_key`]
+/// lies in, and the only one the routing core accepts routes and requests for.
+pub fn overlay() -> Subnet {
+    Subnet::new(Ipv6Addr::new(0x400, 0, 0, 0, 0, 0, 0, 0), 7).unwrap_or_else(|| unreachable!())
+}
+
+/// The overlay address of a public key (docs/protocol.md §2.2): the first 16 bytes of BLAKE3(key),
+/// with the first byte replaced by `0x04 | parity(popcount(h[0]))`, so it always lies in 400::/7.
 pub fn address_from_public_key(key: &[u8; KEY_LEN]) -> Ipv6Addr {
     let h = blake3::hash(key);
     let mut a = [0u8; 16];

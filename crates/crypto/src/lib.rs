@@ -1,10 +1,11 @@
 //! Keys, addresses and end-to-end packet encryption of hypha, compatible with mycelium's data
-//! plane (spec §3.3–§3.4, §4.1, §4.4).
+//! plane (docs/protocol.md §2.1–§2.2, §6.1–§6.3).
 //!
 //! * [`SecretKey`] / [`PublicKey`]: the node's static X25519 identity, its raw 32-byte key file
 //!   (created with mode 0600 when missing), 64-hex-digit public keys.
 //! * [`address_from_public_key`], [`PublicKey::address`], [`PublicKey::subnet`]: the 400::/7
-//!   overlay address from BLAKE3 and the node's /64.
+//!   overlay address from BLAKE3 and the node's /64; [`overlay`], the 400::/7 itself. The one
+//!   derivation in hypha: the routing core's ownership filter uses it too.
 //! * [`SharedSecret`] → [`PeerCipher`]: the raw X25519 output is the AES-256-GCM key (no KDF),
 //!   expanded once per peer and shared by `Arc`. [`PeerCipher::seal_in_place`],
 //!   [`PeerCipher::seal_append`] and [`PeerCipher::open_in_place`] work inside caller buffers and
@@ -56,8 +57,8 @@ pub use data::{
     MIN_BODY_LEN, NONCE_LEN, SEAL_OVERHEAD, TAG_LEN,
 };
 pub use identity::{
-    address_from_public_key, KeyFileError, KeyFileErrorKind, ParsePublicKeyError, PublicKey,
-    SecretKey, KEY_LEN,
+    address_from_public_key, overlay, KeyFileError, KeyFileErrorKind, ParsePublicKeyError,
+    PublicKey, SecretKey, KEY_LEN,
 };
 
 #[cfg(test)]

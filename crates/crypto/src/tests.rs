@@ -1,4 +1,4 @@
-//! Spec §3.9 and §4.1 vectors both ways, key files, and malformed input.
+//! The vectors of docs/protocol.md §2.5 and §6.12 both ways, key files, and malformed input.
 
 use super::*;
 use proptest::prelude::*;
@@ -69,6 +69,10 @@ fn addresses_from_public_keys() {
         ADDR_B.parse::<Ipv6Addr>().unwrap()
     );
     assert_eq!(a.subnet().to_string(), "430:9364:d8d8:84a9::/64");
+    assert!(
+        overlay().contains_addr(ADDR_A.parse().unwrap())
+            && overlay().contains_addr(ADDR_B.parse().unwrap())
+    );
 }
 
 #[test]

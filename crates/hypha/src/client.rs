@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use serde::Deserialize;
 
-use node::control::ConnectionState;
+use node::api::types::{AddPeer, ErrorBody, Lenient, PeerRow, QueryRow, RouteMetric, RouteRow};
+use node::control::{ConnectionState, PeerKind};
 use node::metrics::Stats;
 
 use crate::cli::{Command, PeersCmd, RoutesCmd};
@@ -297,6 +297,19 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
         p.discovered_backed_off,
         p.self_links_closed
     );
+    let closed: Vec<String> = s
+        .links_closed
+        .labelled()
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(why, n)| format!("{why} {n}"))
+        .collect();
+    let closed = if closed.is_empty() {
+        "none".to_owned()
+    } else {
+        closed.join(", ")
+    };
+    let _ = writeln!(o, "links closed: {closed}");
     o
 }
 
@@ -355,7 +368,9 @@ fn change_peers(
             api.send(
                 "POST",
                 "/api/v1/admin/peers",
-                Some(serde_json::json!({ "endpoint": e })),
+                Some(serde_json::json!(AddPeer {
+                    endpoint: e.clone()
+                })),
             )
         } else {
             api.send(
@@ -513,11 +528,7 @@ impl Api {
 
 /// The message of an error answer: `{"error": ...}` when the node sent one, else the body itself.
 fn error_message(body: &str) -> String {
-    #[derive(Deserialize)]
-    struct E {
-        error: String,
-    }
-    match serde_json::from_str::<E>(body) {
+    match serde_json::from_str::<ErrorBody>(body) {
         Ok(e) => e.error,
         Err(_) if body.trim().is_empty() => "no details given".to_owned(),
         Err(_) => body.trim().lines().next().unwrap_or_default().to_owned(),
@@ -536,54 +547,6 @@ fn percent_encode(s: &str) -> String {
         }
     }
     o
-}
-
-// The rows as the API sends them. Unknown enum values are kept as text (the node may be newer
-// than this client), and unknown fields are ignored.
-
-#[derive(Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
-struct PeerRow {
-    endpoint: EndpointJson,
-    #[serde(rename = "type")]
-    kind: String,
-    connection_state: String,
-    tx_bytes: u64,
-    rx_bytes: u64,
-    last_connected: Option<u64>,
-}
-
-#[derive(Deserialize, Debug)]
-struct EndpointJson {
-    proto: String,
-    addr: serde_json::Value,
-}
-
-impl EndpointJson {
-    fn uri(&self) -> String {
-        if let Some(s) = self.addr.get("socket").and_then(|s| s.as_str()) {
-            return format!("{}://{s}", self.proto);
-        }
-        if let Some(v) = self.addr.get("vsock") {
-            return format!("{}://{}:{}", self.proto, v["cid"], v["port"]);
-        }
-        format!("{}://{}", self.proto, self.addr)
-    }
-}
-
-#[derive(Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
-struct RouteRow {
-    subnet: String,
-    next_hop: String,
-    metric: serde_json::Value,
-    seqno: u64,
-}
-
-#[derive(Deserialize, Debug)]
-struct QueryRow {
-    subnet: String,
-    expiration: String,
 }
 
 /// A text table: a header and rows of cells; some columns right-aligned (numbers).
@@ -633,18 +596,28 @@ fn peers_table(peers: &[PeerRow]) -> Table {
         rows: peers
             .iter()
             .map(|p| {
-                let kind = match p.kind.as_str() {
-                    "linkLocalDiscovery" => "link-local".to_owned(),
-                    k => k.to_owned(),
+                let endpoint = match &p.endpoint {
+                    Lenient::Known(e) => e.to_string(),
+                    Lenient::Unknown(e) => e.to_string(),
                 };
-                let connected = match (p.connection_state.as_str(), p.last_connected) {
-                    ("alive", Some(s)) => human_duration(s),
+                let kind = match &p.kind {
+                    Lenient::Known(PeerKind::Static) => "static",
+                    Lenient::Known(PeerKind::Inbound) => "inbound",
+                    Lenient::Known(PeerKind::LinkLocalDiscovery) => "link-local",
+                    Lenient::Unknown(k) => k,
+                };
+                let state = match &p.connection_state {
+                    Lenient::Known(s) => state_name(*s),
+                    Lenient::Unknown(s) => s,
+                };
+                let connected = match (&p.connection_state, p.last_connected) {
+                    (Lenient::Known(ConnectionState::Alive), Some(s)) => human_duration(s),
                     _ => "-".to_owned(),
                 };
                 vec![
-                    p.endpoint.uri(),
-                    kind,
-                    p.connection_state.clone(),
+                    endpoint,
+                    kind.to_owned(),
+                    state.to_owned(),
                     human_bytes(p.tx_bytes),
                     human_bytes(p.rx_bytes),
                     connected,
@@ -662,8 +635,8 @@ fn routes_table(routes: &[RouteRow]) -> Table {
             .iter()
             .map(|r| {
                 let metric = match &r.metric {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
+                    RouteMetric::Finite(m) => m.to_string(),
+                    RouteMetric::Infinite(s) => s.clone(),
                 };
                 vec![
                     r.subnet.clone(),
@@ -1108,6 +1081,14 @@ mod tests {
         );
         assert!(text.contains("own address 2,"), "{text}");
         assert!(text.contains("refused: cap 5,"), "{text}");
+        assert!(text.contains("links closed: none\n"), "{text}");
+        a.links_closed.peer_closed = 3;
+        a.links_closed.write_stalled = 1;
+        let text = stats_text(&a, None);
+        assert!(
+            text.contains("links closed: peer_closed 3, write_stalled 1\n"),
+            "{text}"
+        );
         assert!(!text.contains("/s"), "{text}");
         // 2 s later, 2 MB more sent: 1 MB/s, 1024 data frames per 2 s.
         let b = sample_stats(4096 + 2_000_000);

@@ -155,7 +155,8 @@ fn demo_runs_and_cleans_up() {
     assert!(!listing.contains("hy-demo-"), "left behind: {listing}");
 }
 
-/// Every admin endpoint and CLI subcommand against live nodes, with the JSON shapes of the spec.
+/// Every admin endpoint and CLI subcommand against live nodes, with the JSON shapes of
+/// docs/protocol.md §8.
 #[test]
 #[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
 fn api_and_cli_against_live_nodes() {
@@ -224,7 +225,8 @@ fn api_and_cli_against_live_nodes() {
     let table = a.cli(&["peers", "list"]).unwrap();
     assert!(table.contains(&ep) && table.contains("alive"), "{table}");
 
-    // Routes: selected has b's /64 with the spec's fields; fallback and queried are arrays.
+    // Routes: selected has b's /64 with the fields of docs/protocol.md §8; fallback and queried
+    // are arrays.
     a.wait(ROUTE_WAIT, "route to b", |n| n.has_route(&b.subnet()));
     let sel = a.json(&["routes", "selected", "--json"]);
     let r = sel

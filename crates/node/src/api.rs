@@ -1,5 +1,5 @@
-//! The admin REST API (spec §7.1): the same paths and JSON shapes as the protocol's reference
-//! node, so existing tooling can drive a hypha node.
+//! The admin REST API (docs/protocol.md §8): the same paths and JSON shapes as the protocol's
+//! reference node, so existing tooling can drive a hypha node.
 //!
 //! Handlers hold only a [`Control`] handle: every answer comes from the tasks that own the state,
 //! through a request message. Every error is a JSON body `{"error":"..."}` with a status code that
@@ -9,6 +9,7 @@
 //! `Host` names (DNS rebinding), foreign origins, and bodies not declared JSON.
 
 mod guard;
+pub mod types;
 
 use std::future::Future;
 use std::io;
@@ -21,13 +22,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 use wire::babel::Metric;
 
 use crate::control::{Control, NodeGone, PeerInfo, PeerOpError, RouteInfo, RouteKind};
 use crate::endpoint::Endpoint;
 pub use guard::{ApiAccess, ApiCounters};
+use types::{
+    AddPeer, AdminInfo, ErrorBody, Lenient, PeerRow, PubkeyAnswer, QueryRow, RouteMetric, RouteRow,
+};
 
 /// How long in-flight requests may take to finish once shutdown is signalled.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -64,7 +66,7 @@ impl From<PeerOpError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -189,15 +191,6 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct AdminInfo {
-    node_subnet: String,
-    node_ip: Ipv6Addr,
-    node_pubkey: String,
-    node_start_time: u64,
-}
-
 async fn admin(State(c): State<Control>) -> Json<AdminInfo> {
     let i = c.info();
     Json(AdminInfo {
@@ -208,13 +201,23 @@ async fn admin(State(c): State<Control>) -> Json<AdminInfo> {
     })
 }
 
-async fn peers(State(c): State<Control>) -> ApiResult<Json<Vec<PeerInfo>>> {
-    Ok(Json(ask(c.peers()).await?))
+impl From<PeerInfo> for PeerRow {
+    fn from(p: PeerInfo) -> PeerRow {
+        PeerRow {
+            endpoint: Lenient::Known(p.endpoint),
+            kind: Lenient::Known(p.kind),
+            connection_state: Lenient::Known(p.connection_state),
+            tx_bytes: p.tx_bytes,
+            rx_bytes: p.rx_bytes,
+            discovered: p.discovered,
+            last_connected: p.last_connected,
+        }
+    }
 }
 
-#[derive(Deserialize)]
-struct AddPeerBody {
-    endpoint: String,
+async fn peers(State(c): State<Control>) -> ApiResult<Json<Vec<PeerRow>>> {
+    let rows = ask(c.peers()).await?;
+    Ok(Json(rows.into_iter().map(PeerRow::from).collect()))
 }
 
 /// Parses a JSON body (the [`guard`] has made sure it was declared `application/json`).
@@ -234,7 +237,7 @@ fn parse_endpoint(s: &str) -> ApiResult<Endpoint> {
 }
 
 async fn add_peer(State(c): State<Control>, body: Bytes) -> ApiResult<StatusCode> {
-    let body: AddPeerBody = json_body(&body)?;
+    let body: AddPeer = json_body(&body)?;
     let e = parse_endpoint(&body.endpoint)?;
     ask(c.add_peer(e)).await??;
     Ok(StatusCode::NO_CONTENT)
@@ -249,36 +252,19 @@ async fn remove_peer(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `metric` is a number, or the string `"infinite"` for a retracted route.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum MetricJson {
-    Finite(u16),
-    Infinite(&'static str),
-}
-
-impl From<Metric> for MetricJson {
-    fn from(m: Metric) -> MetricJson {
+impl From<Metric> for RouteMetric {
+    fn from(m: Metric) -> RouteMetric {
         if m.is_infinite() {
-            MetricJson::Infinite("infinite")
+            RouteMetric::Infinite("infinite".to_owned())
         } else {
-            MetricJson::Finite(m.0)
+            RouteMetric::Finite(m.0)
         }
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RouteJson {
-    subnet: String,
-    next_hop: String,
-    metric: MetricJson,
-    seqno: u16,
-}
-
-impl From<RouteInfo> for RouteJson {
-    fn from(r: RouteInfo) -> RouteJson {
-        RouteJson {
+impl From<RouteInfo> for RouteRow {
+    fn from(r: RouteInfo) -> RouteRow {
+        RouteRow {
             subnet: r.subnet.to_string(),
             next_hop: r.next_hop,
             metric: r.metric.into(),
@@ -287,31 +273,24 @@ impl From<RouteInfo> for RouteJson {
     }
 }
 
-async fn routes(c: &Control, kind: RouteKind) -> ApiResult<Json<Vec<RouteJson>>> {
+async fn routes(c: &Control, kind: RouteKind) -> ApiResult<Json<Vec<RouteRow>>> {
     let rows = ask(c.routes(kind)).await?;
-    Ok(Json(rows.into_iter().map(RouteJson::from).collect()))
+    Ok(Json(rows.into_iter().map(RouteRow::from).collect()))
 }
 
-async fn selected_routes(State(c): State<Control>) -> ApiResult<Json<Vec<RouteJson>>> {
+async fn selected_routes(State(c): State<Control>) -> ApiResult<Json<Vec<RouteRow>>> {
     routes(&c, RouteKind::Selected).await
 }
 
-async fn fallback_routes(State(c): State<Control>) -> ApiResult<Json<Vec<RouteJson>>> {
+async fn fallback_routes(State(c): State<Control>) -> ApiResult<Json<Vec<RouteRow>>> {
     routes(&c, RouteKind::Fallback).await
 }
 
-#[derive(Serialize)]
-struct QueryJson {
-    subnet: String,
-    /// Seconds left, as a string (the established API's shape).
-    expiration: String,
-}
-
-async fn queried(State(c): State<Control>) -> ApiResult<Json<Vec<QueryJson>>> {
+async fn queried(State(c): State<Control>) -> ApiResult<Json<Vec<QueryRow>>> {
     let rows = ask(c.queried()).await?;
     Ok(Json(
         rows.into_iter()
-            .map(|q| QueryJson {
+            .map(|q| QueryRow {
                 subnet: q.subnet.to_string(),
                 expiration: q.expires_in.to_string(),
             })
@@ -324,7 +303,10 @@ async fn pubkey(State(c): State<Control>, Path(ip): Path<String>) -> ApiResult<R
         .parse()
         .map_err(|_| ApiError::bad_request(format!("invalid IPv6 address '{ip}'")))?;
     match ask(c.pubkey_of(addr)).await? {
-        Some(pk) => Ok(Json(json!({ "publicKey": hex(&pk) })).into_response()),
+        Some(pk) => Ok(Json(PubkeyAnswer {
+            public_key: hex(&pk),
+        })
+        .into_response()),
         None => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("no public key known for {addr}"),
@@ -336,6 +318,7 @@ async fn pubkey(State(c): State<Control>, Path(ip): Path<String>) -> ApiResult<R
 mod tests {
     use super::*;
     use crate::control::{ConnectionState, NodeInfo, PeerKind, QueryInfo, Request};
+    use serde_json::json;
     use std::collections::HashMap;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};

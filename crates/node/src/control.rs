@@ -14,7 +14,7 @@ use crate::endpoint::Endpoint;
 use crate::metrics::{ApiStats, Stats};
 
 /// How we came to know a peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum PeerKind {
     /// From `--peers`, the config file or the API: redialled every 5 s while down.
@@ -34,12 +34,10 @@ pub enum ConnectionState {
     Dead,
 }
 
-/// One row of `GET /api/v1/admin/peers`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// What the node knows of one peer; served as a [`PeerRow`](crate::api::types::PeerRow).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
     pub endpoint: Endpoint,
-    #[serde(rename = "type")]
     pub kind: PeerKind,
     pub connection_state: ConnectionState,
     pub tx_bytes: u64,

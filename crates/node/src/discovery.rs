@@ -1,5 +1,6 @@
-//! Link-local peer discovery (spec §5): a 50-byte UDP beacon multicast to `[ff02::cafe]:9650` on
-//! every suitable interface, and the peers heard that way reported as `tcp://[fe80::…%if]:port`.
+//! Link-local peer discovery (docs/protocol.md §7): a 50-byte UDP beacon multicast to
+//! `[ff02::cafe]:9650` on every suitable interface, and the peers heard that way reported as
+//! `tcp://[fe80::…%if]:port`.
 //!
 //! The beacon codec ([`encode_beacon`], [`parse_beacon`]) is pure. [`run`] owns one UDP socket:
 //! it joins the group on each interface that is up, multicast-capable, not loopback, not
@@ -32,6 +33,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use wire::babel::RouterId;
+use wire::beacon;
 
 use crate::endpoint::Endpoint;
 use crate::ratelimit::LogLimiter;
@@ -40,18 +42,8 @@ use crate::ratelimit::LogLimiter;
 pub const DEFAULT_PORT: u16 = 9650;
 /// The link-local multicast group beacons go to.
 pub const GROUP: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0xcafe);
-/// Beacons are exactly this long.
-pub const BEACON_LEN: usize = 50;
-/// The first 8 bytes of every beacon.
-pub const MAGIC: [u8; 8] = *b"mycelium";
-
-/// Beacon layout (spec §5).
-mod field {
-    use core::ops::Range;
-    pub const MAGIC: Range<usize> = 0..8;
-    pub const PORT: Range<usize> = 8..10;
-    pub const ROUTER_ID: Range<usize> = 10..50;
-}
+/// Beacons are exactly this long (the format is `wire::beacon`, docs/protocol.md §7.1).
+pub const BEACON_LEN: usize = beacon::LEN;
 
 /// What discovery announces and where it listens.
 #[derive(Clone, Debug)]
@@ -152,11 +144,7 @@ impl std::error::Error for BeaconError {}
 
 /// `"mycelium"` ‖ TCP port (big-endian) ‖ router-id.
 pub fn encode_beacon(tcp_port: u16, router_id: &RouterId) -> [u8; BEACON_LEN] {
-    let mut b = [0u8; BEACON_LEN];
-    b[field::MAGIC].copy_from_slice(&MAGIC);
-    b[field::PORT].copy_from_slice(&tcp_port.to_be_bytes());
-    b[field::ROUTER_ID].copy_from_slice(&router_id.0);
-    b
+    beacon::emit(tcp_port, router_id)
 }
 
 /// Applies the acceptance rules to a packet from `src`, and gives the endpoint to dial:
@@ -174,18 +162,16 @@ pub fn parse_beacon(
     if src.ip().octets()[..8] != [0xfe, 0x80, 0, 0, 0, 0, 0, 0] || src.scope_id() == 0 {
         return Err(BeaconError::NotLinkLocal);
     }
-    let b: &[u8; BEACON_LEN] = bytes
-        .try_into()
-        .map_err(|_| BeaconError::Length(bytes.len()))?;
-    if b[field::MAGIC] != MAGIC {
-        return Err(BeaconError::Magic);
-    }
-    let port = u16::from_be_bytes([b[field::PORT.start], b[field::PORT.start + 1]]);
+    let b = beacon::Beacon::new_checked(bytes).map_err(|e| match e {
+        beacon::Error::Length(n) => BeaconError::Length(n),
+        beacon::Error::Magic => BeaconError::Magic,
+    })?;
+    let port = b.tcp_port();
     if port == 0 {
         return Err(BeaconError::ZeroPort);
     }
     // The key is the node; the suffix only tells its boots apart.
-    if b[field::ROUTER_ID][..32] == own.public_key() {
+    if b.router_id().public_key() == own.public_key() {
         return Err(BeaconError::Own);
     }
     if local.contains(src.ip()) {

@@ -1,4 +1,5 @@
-//! Peer endpoints: `tcp://IP:PORT` URIs (spec §1.2), their display and JSON forms (spec §7.1).
+//! Peer endpoints: `tcp://IP:PORT` URIs, their display and JSON forms (docs/protocol.md §3.2,
+//! §8).
 
 use core::fmt;
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@ use std::net::Ipv6Addr;
 use crypto::{PublicKey, SecretKey};
 use wire::babel::Subnet;
 
-pub(crate) use crypto::PeerCipher as Cipher;
+pub(crate) use datapath::Cipher;
 
 /// Our key pair and the addresses derived from it.
 pub struct Identity {
@@ -39,21 +39,5 @@ impl Identity {
         self.secret
             .shared_secret(&PublicKey(*key))
             .map(|s| Cipher::new(&s))
-    }
-}
-
-/// Seals `buf[start..]` in place and appends tag and nonce. On failure (the OS RNG could not seed
-/// the nonce generator) the frame is cut off at `frame_start` and `false` returned.
-pub(crate) fn seal_tail(
-    cipher: &Cipher,
-    buf: &mut Vec<u8>,
-    start: usize,
-    frame_start: usize,
-) -> bool {
-    if cipher.seal_append(buf, start).is_ok() {
-        true
-    } else {
-        buf.truncate(frame_start);
-        false
     }
 }

@@ -2,23 +2,25 @@
 //! loop of the routing core, link-local discovery and the admin API.
 //!
 //! Everything protocol-shaped lives in the pure crates below (`wire`, `offload`, `crypto`,
-//! `routing`); this crate only moves bytes between sockets, the TUN device and those cores, and
-//! never lets one bad peer or packet take the node down.
+//! `routing`, and `datapath`, which decides what happens to each packet); this crate only moves
+//! bytes and time between sockets, the TUN device and those cores, and never lets one bad peer
+//! or packet take the node down.
 #![forbid(unsafe_code)]
 
 pub mod endpoint;
 
-mod datapath;
 mod keys;
 mod link;
 mod node;
 mod owner;
 mod pending;
-mod pool;
-mod ratelimit;
+mod transmit;
 mod tunio;
 
 pub use datapath::DataCounters;
+// The log limiter and token bucket, and the buffer pool, live in the data-path core; the
+// shell's modules use them under their old paths.
+pub(crate) use datapath::{pool, ratelimit};
 pub use keys::Identity;
 pub use node::{DiscoverySettings, Node, NodeConfig, TunSettings, TUN_MTU};
 pub mod api;

@@ -24,9 +24,9 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::control::ConnectionState;
-use crate::datapath::DataCounters;
 use crate::discovery::DiscoveryStats;
 use crate::link::LinkRefusals;
+use datapath::DataCounters;
 
 /// Upper bounds of the histogram buckets (an implicit `+Inf` bucket follows). Powers of two up
 /// to a 64 KiB super-packet's worth of 1400-byte segments (47) and a full write batch (256).
@@ -127,6 +127,68 @@ pub struct Stats {
     /// Absent from an older node's answer.
     #[serde(default)]
     pub api: ApiStats,
+    /// Links closed since the start, by reason.
+    #[serde(default)]
+    pub links_closed: LinkCloseStats,
+}
+
+/// Links closed, by reason ([`CloseReason`](crate::link::CloseReason)): the peer ended or broke
+/// the connection, it stalled, it was ourselves, the routing core found it dead, or the node
+/// removed or replaced it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LinkCloseStats {
+    pub peer_closed: u64,
+    pub read_failed: u64,
+    pub write_failed: u64,
+    pub write_stalled: u64,
+    pub framing: u64,
+    pub self_link: u64,
+    pub neighbour_dead: u64,
+    pub removed: u64,
+    pub replaced: u64,
+    pub shutdown: u64,
+}
+
+impl LinkCloseStats {
+    pub(crate) fn new(c: &crate::link::LinkCloses) -> LinkCloseStats {
+        let mut s = LinkCloseStats::default();
+        for (label, n) in c.snapshot() {
+            *s.by_label(label) = n;
+        }
+        s
+    }
+
+    fn by_label(&mut self, label: &str) -> &mut u64 {
+        match label {
+            "peer_closed" => &mut self.peer_closed,
+            "read_failed" => &mut self.read_failed,
+            "write_failed" => &mut self.write_failed,
+            "write_stalled" => &mut self.write_stalled,
+            "framing" => &mut self.framing,
+            "self_link" => &mut self.self_link,
+            "neighbour_dead" => &mut self.neighbour_dead,
+            "removed" => &mut self.removed,
+            "replaced" => &mut self.replaced,
+            _ => &mut self.shutdown,
+        }
+    }
+
+    /// Each reason's label and count, in the order of the metric family.
+    pub fn labelled(&self) -> [(&'static str, u64); 10] {
+        [
+            ("peer_closed", self.peer_closed),
+            ("read_failed", self.read_failed),
+            ("write_failed", self.write_failed),
+            ("write_stalled", self.write_stalled),
+            ("framing", self.framing),
+            ("self_link", self.self_link),
+            ("neighbour_dead", self.neighbour_dead),
+            ("removed", self.removed),
+            ("replaced", self.replaced),
+            ("shutdown", self.shutdown),
+        ]
+    }
 }
 
 /// Requests the admin API and the metrics endpoint refused before any handler, by reason
@@ -183,42 +245,8 @@ macro_rules! data_stats {
     };
 }
 
-data_stats! {
-    tun_packets_in,
-    tun_packets_out,
-    frames_sent,
-    frames_forwarded,
-    frames_delivered,
-    drop_not_ipv6,
-    drop_no_route,
-    drop_no_key,
-    drop_hop_limit,
-    /// AEAD open failed: a forged, corrupted or wrongly keyed frame.
-    drop_decrypt,
-    drop_inner,
-    drop_queue_full,
-    drop_no_tun,
-    icmp_generated,
-    icmp_received,
-    malformed_control,
-    /// Opened packets refused before the TUN, by reason.
-    refused_inner_not_ipv6,
-    refused_inner_source,
-    refused_inner_destination,
-    /// Out-of-band ICMP errors refused: forged quote, over the link's rate.
-    refused_icmp_forged,
-    refused_icmp_rate,
-    /// Out-of-band ICMP errors not sent: over the link's rate.
-    icmp_rate_limited,
-    /// Frames from senders that can have no key (outside 400::/7, or inside our /64).
-    refused_sender,
-    /// Needs a link's frames could not hand to the owner: over its rate, or the room kept for
-    /// the TUN.
-    refused_link_needs,
-    /// Traffic waiting for a route or key: dropped at its bounds, or past its deadline.
-    drop_pending_full,
-    drop_pending_expired,
-}
+// The counter list is written once, in the data-path core.
+datapath::for_each_data_counter!(data_stats);
 
 /// The TUN device's counters and the data path's histograms of it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -846,6 +874,13 @@ impl Collector for StatsCollector {
             "Links closed because the remote end was this node itself",
             p.self_links_closed,
         )?;
+        family(
+            e,
+            "hypha_links_closed",
+            "Peer links closed, by reason",
+            Counter,
+            s.links_closed.labelled().map(|(r, v)| ([("reason", r)], v)),
+        )?;
         Ok(())
     }
 }
@@ -935,6 +970,11 @@ mod tests {
                 discovered_refused_cap: 6,
                 self_links_closed: 2,
                 ..PeeringStats::default()
+            },
+            links_closed: LinkCloseStats {
+                write_stalled: 3,
+                self_link: 2,
+                ..LinkCloseStats::default()
             },
         }
     }
@@ -1088,6 +1128,18 @@ mod tests {
         assert_eq!(
             sample(&text, "hypha_self_links_closed_total", ""),
             Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_links_closed_total",
+                "reason=\"write_stalled\""
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_links_closed_total", "reason=\"peer_closed\""),
+            Some(0.0)
         );
     }
 

@@ -15,16 +15,18 @@ use tracing::{info, warn};
 use wire::babel::{RouterId, Subnet};
 
 use crate::control::{Control, NodeInfo};
-use crate::datapath::{DataCounters, DataTable};
 use crate::discovery::{Admission, DiscoveryLimits, DiscoveryStats, Timing};
 use crate::endpoint::Endpoint;
 use crate::keys::Identity;
 use crate::link::LinkContext;
 use crate::metrics::TunHistograms;
 use crate::owner::{unix_now, Owner, OwnerInputs, OwnerMsg};
+use crate::transmit::DataTable;
 use crate::tunio::{self, TunIo, TunIoConfig};
+use datapath::DataCounters;
 
-/// MTU of the overlay TUN (spec §3.5): every packet on the wire carries at most 1400 bytes.
+/// MTU of the overlay TUN (docs/protocol.md §2.3, §6.11): every packet on the wire carries at
+/// most 1400 bytes.
 pub const TUN_MTU: u32 = 1400;
 
 /// The TUN device a node creates.
@@ -182,6 +184,7 @@ impl Node {
             own_subnet,
             own_router_id: router_id,
             refusals: Default::default(),
+            closes: Default::default(),
         };
         let mut owner = Owner::new(
             router,

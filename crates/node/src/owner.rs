@@ -3,12 +3,13 @@
 //! what the data path needs as an immutable [`DataTable`] snapshot.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use datapath::{bump, DataCounters, FrameBatch, InboundFrame, Need, TunBatch};
 use routing::{Event, LinkId, Lookup, Router, Time};
 use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
@@ -16,23 +17,25 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use wire::babel::{Subnet, Tlv};
 use wire::icmp::IcmpError;
+use wire::ip::ipv6::Ipv6Packet;
 
 use crate::control::{
     ConnectionState, PeerInfo, PeerKind, PeerOpError, QueryInfo, Request, RouteInfo, RouteKind,
 };
-use crate::datapath::{
-    self, bump, DataCounters, DataTable, FrameBatch, InboundFrame, Need, TunBatch,
-};
 use crate::discovery::{Admission, DiscoveryLimits};
 use crate::endpoint::Endpoint;
 use crate::keys::{Cipher, Identity};
-use crate::link::{self, LinkContext, LinkEvent, LinkHandles, LinkStats};
+use crate::link::tcp::canonical;
+use crate::link::{self, CloseReason, LinkContext, LinkEvent, LinkHandles, LinkStats, Transport};
 use crate::metrics::{
-    DataStats, PeerStats, PeeringStats, RoutingStats, Stats, TunHistograms, TunStats,
+    DataStats, LinkCloseStats, PeerStats, PeeringStats, RoutingStats, Stats, TunHistograms,
+    TunStats,
 };
 use crate::pending::{self, Pending};
+use crate::ratelimit::LogLimiter;
+use crate::transmit::DataTable;
 
-/// Redial period of static and discovered peers (spec §1.3).
+/// Redial period of static and discovered peers (`docs/protocol.md` §3.1).
 const REDIAL_EVERY: Duration = Duration::from_secs(5);
 /// A dial that takes longer than this failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,13 +137,23 @@ struct RouteCounts {
 const ROUTE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Route changes not yet reported at INFO.
-#[derive(Default)]
 struct RouteLog {
     acquired: u64,
     lost: u64,
     /// The last subnet that changed, named when it is the only change in a report.
     subnet: Option<Subnet>,
-    reported: Option<Instant>,
+    limit: LogLimiter,
+}
+
+impl Default for RouteLog {
+    fn default() -> RouteLog {
+        RouteLog {
+            acquired: 0,
+            lost: 0,
+            subnet: None,
+            limit: LogLimiter::new(ROUTE_LOG_EVERY),
+        }
+    }
 }
 
 /// One INFO report of route changes.
@@ -164,14 +177,10 @@ impl RouteLog {
     /// What to report now: nothing if nothing changed or the last report is too recent. A
     /// change after a quiet spell is reported at once.
     fn due(&mut self, now: Instant) -> Option<RouteReport> {
-        if self.acquired + self.lost == 0
-            || self
-                .reported
-                .is_some_and(|t| now.saturating_duration_since(t) < ROUTE_LOG_EVERY)
-        {
+        // The counts are the tally of what was held back; the limiter only keeps the interval.
+        if self.acquired + self.lost == 0 || !self.limit.due(now) {
             return None;
         }
-        self.reported = Some(now);
         let (acquired, lost) = (
             std::mem::take(&mut self.acquired),
             std::mem::take(&mut self.lost),
@@ -344,7 +353,7 @@ impl Owner {
                 let e = Endpoint::tcp(canonical(remote));
                 // A new connection from the same remote socket replaces the old one.
                 if let Some(old) = self.peers.get(&e).and_then(|p| p.link) {
-                    self.close_link(old, "replaced by a new connection from the same address");
+                    self.close_link(old, CloseReason::Replaced);
                 }
                 self.peers
                     .entry(e)
@@ -370,25 +379,12 @@ impl Owner {
         }
     }
 
-    fn start_link(&mut self, e: Endpoint, stream: TcpStream) {
+    fn start_link<T: Transport>(&mut self, e: Endpoint, transport: T) {
         let id = LinkId(self.next_link);
         self.next_link += 1;
-        let local = stream.local_addr().ok();
-        let remote = stream.peer_addr().ok();
-        let v4 = remote.is_some_and(|r| match r {
-            SocketAddr::V4(_) => true,
-            SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
-        });
-        let cost = if v4 {
-            routing::consts::STATIC_COST_TCP4
-        } else {
-            routing::consts::STATIC_COST_TCP6
-        };
-        let desc = match (local, remote) {
-            (Some(l), Some(r)) => format!("TCP {} <-> {}", canonical(l), canonical(r)),
-            _ => format!("TCP {}", e.addr),
-        };
-        let handles = link::spawn(id, stream, self.link_ctx.clone());
+        let cost = transport.static_cost();
+        let desc = transport.describe();
+        let handles = link::spawn(id, transport, self.link_ctx.clone());
         let now = self.now();
         if let Err(err) = self.router.handle_link_up(id, cost, now) {
             warn!(peer = %e, "refusing link: {err:?}");
@@ -412,17 +408,18 @@ impl Owner {
         self.publish();
     }
 
-    fn close_link(&mut self, id: LinkId, why: &str) {
+    fn close_link(&mut self, id: LinkId, why: CloseReason) {
         let Some(l) = self.links.remove(&id) else {
             return;
         };
+        self.link_ctx.closes.count(why);
         l.handles.abort();
         let now = self.now();
         self.router.handle_link_down(id, now);
-        info!(peer = %l.peer, link = id.0, "peer disconnected: {why}");
+        info!(peer = %l.peer, link = id.0, reason = why.label(), "peer disconnected: {why}");
         let mut remove = false;
         let mut forget = false;
-        let ourselves = why == link::SELF_LINK;
+        let ourselves = why == CloseReason::SelfLink;
         if let Some(p) = self.peers.get_mut(&l.peer) {
             if p.link == Some(id) {
                 p.link = None;
@@ -474,7 +471,7 @@ impl Owner {
                 let now = self.now();
                 self.router.handle_tlv(id, &tlv, now);
             }
-            LinkEvent::Closed(id, why) => self.close_link(id, &why),
+            LinkEvent::Closed(id, why) => self.close_link(id, why),
         }
     }
 
@@ -510,10 +507,9 @@ impl Owner {
                 }
             }
             Need::Pending(packet) => {
-                if packet.len() < 40 {
+                let Some((_, dst, _)) = ends(&packet) else {
                     return;
-                }
-                let dst = datapath::addr_at(&packet, 24);
+                };
                 let subnet = Subnet::slash64(dst);
                 // Maybe the route arrived after the data path looked.
                 if let Lookup::Route(_) = self.router.lookup(dst) {
@@ -553,8 +549,9 @@ impl Owner {
     fn send_pending(&mut self, subnet: Subnet, packets: Vec<Vec<u8>>) {
         let mut per_link: FxHashMap<LinkId, FrameBatch> = FxHashMap::default();
         for p in packets {
-            let dst = datapath::addr_at(&p, 24);
-            let src = datapath::addr_at(&p, 8);
+            let Some((src, dst, hop_limit)) = ends(&p) else {
+                continue;
+            };
             let Lookup::Route(nh) = self.router.lookup(dst) else {
                 bump(&self.counters.drop_no_route);
                 continue;
@@ -565,7 +562,7 @@ impl Owner {
             };
             let batch = per_link.entry(nh.link).or_default();
             batch.frames += 1;
-            let hop = p[7].saturating_sub(1);
+            let hop = hop_limit.saturating_sub(1);
             if datapath::push_sealed_l3(&mut batch.bytes, &cipher, &p, hop, src, dst) {
                 bump(&self.counters.frames_sent);
             }
@@ -646,7 +643,7 @@ impl Owner {
                     None => Err(PeerOpError::NotFound),
                     Some(link) => {
                         if let Some(id) = link {
-                            self.close_link(id, "removed through the API");
+                            self.close_link(id, CloseReason::Removed);
                         }
                         self.peers.remove(&e);
                         Ok(())
@@ -775,6 +772,7 @@ impl Owner {
                 self.discovery.stats(),
                 &self.link_ctx.refusals,
             ),
+            links_closed: LinkCloseStats::new(&self.link_ctx.closes),
         }
     }
 
@@ -812,7 +810,7 @@ impl Owner {
         }
         while let Some(ev) = self.router.poll_event() {
             match ev {
-                Event::LinkDead(id) => self.close_link(id, "no IHU for 43 s"),
+                Event::LinkDead(id) => self.close_link(id, CloseReason::NeighbourDead),
                 Event::RouteAcquired(subnet) => {
                     self.route_counts.acquired += 1;
                     self.route_log.note(subnet, true);
@@ -883,7 +881,10 @@ impl Owner {
         let own = self.identity.address();
         let mut batch = TunBatch::default();
         for p in q {
-            if batch.push_icmp(own, datapath::addr_at(&p, 8), IcmpError::NoRoute, &p) {
+            let Some((src, _, _)) = ends(&p) else {
+                continue;
+            };
+            if batch.push_icmp(own, src, IcmpError::NoRoute, &p) {
                 bump(&self.counters.icmp_generated);
             }
         }
@@ -954,14 +955,11 @@ impl Peer {
 }
 
 /// IPv4-mapped IPv6 socket addresses (from the dual-stack listener) shown as plain IPv4.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    match a {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::from((v4, v6.port())),
-            None => a,
-        },
-        v4 => v4,
-    }
+/// Source, destination and hop limit of a packet from the TUN (checked by the data path before
+/// it was handed over; checked again, never trusted).
+fn ends(packet: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr, u8)> {
+    let ip = Ipv6Packet::new_header_checked(packet).ok()?;
+    Some((ip.src_addr(), ip.dst_addr(), ip.hop_limit()))
 }
 
 /// Unix seconds now (for the node's start time).

@@ -16,11 +16,11 @@ use tracing::{error, warn};
 use tun::{Reader, Tun, Writer};
 use wire::babel::Subnet;
 
-use crate::datapath::TunBatch;
-use crate::datapath::{self, DataCounters, DataTable, FrameSink, Need, Outbound, Outbox};
-use crate::datapath::{RefreshTracker, Stalled};
+use datapath::{bump, DataCounters, Need, Sender, TunBatch};
+
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
+use crate::transmit::{self, ChannelNeeds, DataTable, Stalled};
 
 /// How often the reader looks at the stop flag while the TUN is idle.
 const IDLE_POLL: Duration = Duration::from_millis(200);
@@ -92,10 +92,12 @@ const BATCH_BYTES: usize = 128 * 1024;
 
 fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop: &AtomicBool) {
     let mut rd = Reader::new();
-    let mut sink = FrameSink::new(BATCH_BYTES + 80 * 1024);
-    let mut outbox = Outbox::default();
-    let mut icmp = TunBatch::default();
-    let mut refresh = RefreshTracker::default();
+    let mut sender = Sender::new(
+        cfg.own_subnet,
+        cfg.own_addr,
+        cfg.counters.clone(),
+        BATCH_BYTES + 80 * 1024,
+    );
     let mut errors = 0u32;
     let mut poll_log = LogLimiter::new(ERROR_LOG_EVERY);
     let mut read_log = LogLimiter::new(ERROR_LOG_EVERY);
@@ -115,10 +117,10 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
         }
         // Read until the device is empty or the batch is full: one hand-off per batch, however
         // small the packets.
-        sink.clear();
+        sender.sink().clear();
         let mut failed = false;
-        while sink.segments() < BATCH_SEGMENTS && sink.bytes() < BATCH_BYTES {
-            match tun.read(&mut rd, &mut sink) {
+        while sender.sink().segments() < BATCH_SEGMENTS && sender.sink().bytes() < BATCH_BYTES {
+            match tun.read(&mut rd, sender.sink()) {
                 Ok(n) => {
                     errors = 0;
                     // A read dropped whole (counted by the device) is no super-packet.
@@ -139,30 +141,23 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
                 }
             }
         }
-        if sink.segments() > 0 {
+        if sender.sink().segments() > 0 {
             let table = cfg.table.load();
-            let mut ctx = Outbound {
-                own_subnet: cfg.own_subnet,
-                own_addr: cfg.own_addr,
-                counters: &cfg.counters,
-                needs: &cfg.needs,
-                refresh: &mut refresh,
-                now: Instant::now(),
-            };
-            let main = sink.seal(&mut ctx, &table, &mut outbox, &mut icmp);
+            let mut needs = ChannelNeeds(&cfg.needs);
+            let main = sender.handle_segments(&table, &mut needs, Instant::now());
             // The batch's frames leave as one batch per next hop.
-            for (link, batch) in main.into_iter().chain(outbox.drain()) {
+            for (link, batch) in main.into_iter().chain(sender.transmits()) {
                 let Some(tx) = table.links.get(&link) else {
                     continue;
                 };
                 let Some(batch) =
-                    datapath::offer_batch(&tx.data, link, batch, &mut stalled, &cfg.counters)
+                    transmit::offer_batch(&tx.data, link, batch, &mut stalled, &cfg.counters)
                 else {
                     continue;
                 };
                 // The queue is full: wait for the writer (back-pressure), but not for long.
                 let wait =
-                    datapath::wait_for_room(&tx.data, link, batch, &mut stalled, &cfg.counters);
+                    transmit::wait_for_room(&tx.data, link, batch, &mut stalled, &cfg.counters);
                 if cfg.runtime.block_on(wait) {
                     if let Some(n) = stall_log.allow(Instant::now()) {
                         warn!(
@@ -173,8 +168,10 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
                     }
                 }
             }
-            if !icmp.is_empty() && to_tun.try_send(std::mem::take(&mut icmp)).is_err() {
-                datapath::bump(&cfg.counters.drop_queue_full);
+            if let Some(icmp) = sender.poll_tun() {
+                if to_tun.try_send(icmp).is_err() {
+                    bump(&cfg.counters.drop_queue_full);
+                }
             }
         }
         if failed {

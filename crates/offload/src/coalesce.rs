@@ -602,7 +602,8 @@ fn fix_train_head(b: &mut [u8], hm: &Meta, total_payload: usize, last_flags: u8)
     if hm.kind == Kind::Tcp {
         let mut t = TcpPacket::new_unchecked(l4);
         t.set_flags(t.flags() | (last_flags & (TCP_PSH | TCP_FIN)));
-        // The NEEDS_CSUM seed: folded and NOT complemented (bug 6 of tun-offload.md §5).
+        // The NEEDS_CSUM seed: folded and NOT complemented (docs/protocol.md §9.5; pitfall 6 of
+        // §9.7).
         t.set_checksum(pseudo);
     } else {
         let mut u = UdpPacket::new_unchecked(l4);

@@ -6,10 +6,11 @@
 //!   with or without `NEEDS_CSUM`). Segments go to a [`SegmentSink`]: the node's sink hands out
 //!   its outgoing frame buffers (after their headroom), tests use the reusable [`Segments`] arena.
 //! * [`Coalescer`] (write path, hypha → kernel): a batch of IP packets becomes a [`Plan`] of the
-//!   fewest writes, merging per-flow trains the kernel's GRO would itself merge (tun-offload.md
-//!   §4) and passing everything else through singly, in order. Only the first packet of each train
-//!   is edited (in place); a write is the virtio header plus a list of slices of the caller's
-//!   packets, so the TUN writer issues one `writev` per write without copying payloads.
+//!   fewest writes, merging per-flow trains the kernel's GRO would itself merge
+//!   (docs/protocol.md §9.4) and passing everything else through singly, in order. Only the first
+//!   packet of each train is edited (in place); a write is the virtio header plus a list of slices
+//!   of the caller's packets, so the TUN writer issues one `writev` per write without copying
+//!   payloads.
 //!
 //! How the `tun` crate uses it:
 //! * read: `read()` into a buffer of `vnet_hdr_len + 65535` bytes, `VirtioNetHdr::parse`, then

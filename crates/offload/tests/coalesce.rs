@@ -1,4 +1,4 @@
-//! Table tests for the write path (tun-offload.md §4 merge rules, bugs 4–6, 8, 9 of §5).
+//! Table tests for the write path (docs/protocol.md §9.4 merge rules, pitfalls 4–6, 8, 9 of §9.7).
 
 mod common;
 

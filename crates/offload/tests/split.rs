@@ -1,4 +1,4 @@
-//! Table tests for the read path (tun-offload.md §3, bugs 1–3 and 7 of §5).
+//! Table tests for the read path (docs/protocol.md §9.3, pitfalls 1–3 and 7 of §9.7).
 
 mod common;
 

@@ -8,9 +8,14 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use crypto::address_from_public_key;
 use hypha_routing::sim::Sim;
-use hypha_routing::{derive_address, Config, LinkId, Router, Time};
+use hypha_routing::{Config, LinkId, Router, Time};
 use wire::babel::{Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, Subnet, Tlv, Update};
+
+#[path = "common/cpu.rs"]
+mod cpu;
+use cpu::cpu_seconds;
 
 const LINKS: u64 = 8;
 const ROUTES: usize = 1000;
@@ -28,7 +33,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let own = Subnet::slash64(derive_address(&key(usize::MAX - 1)));
+    let own = Subnet::slash64(address_from_public_key(&key(usize::MAX - 1)));
     let mut r = Router::new(
         Config::new(RouterId::new(key(usize::MAX - 1), [1; 6]), own),
         Time::ZERO,
@@ -39,7 +44,7 @@ fn fixture() -> Fixture {
     let routes: Vec<(Subnet, RouterId)> = (0..ROUTES)
         .map(|i| {
             (
-                Subnet::slash64(derive_address(&key(i))),
+                Subnet::slash64(address_from_public_key(&key(i))),
                 RouterId::new(key(i), [2; 6]),
             )
         })
@@ -93,7 +98,7 @@ fn fixture() -> Fixture {
                 let prefix = if n % 20 == 9 {
                     Prefix::V6(routes[i].0)
                 } else {
-                    Prefix::V6(Subnet::slash64(derive_address(&key(ROUTES + n))))
+                    Prefix::V6(Subnet::slash64(address_from_public_key(&key(ROUTES + n))))
                 };
                 (
                     link,
@@ -142,25 +147,6 @@ fn tlv_mix(c: &mut Criterion) {
         c.route_request_rx,
         c.transmit_dropped
     );
-}
-
-/// CPU seconds used by this process so far (user + system), from /proc/self/stat; the machine
-/// may be shared, so wall time alone says little.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return f64::NAN;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        f.get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn sim_1000() {

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use hypha_routing::sim::Sim;
 use hypha_routing::Time;
 
+#[path = "../benches/common/cpu.rs"]
+mod cpu;
+use cpu::cpu_seconds;
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -101,27 +105,32 @@ fn acquire_by_request() {
     println!("  query for a destination that does not exist timed out after {timeouts:?} ms");
 }
 
-/// Reroute after a link goes down (the connection closes: both ends see it at once).
-fn reroute_link_down() {
-    println!("## Reroute after link-down (10×10 grid, 20 trials)");
+/// Takes down the first link of the path `a`→`b` and runs until there is a path again, for at
+/// most 120 s: how long that took, or `None`. Never a loop on the way.
+fn heal_after_first_link_down(sim: &mut Sim, a: usize, b: usize) -> Option<Duration> {
+    let next = sim.next_node(a, b).unwrap();
+    let l = sim.link_between(a, next).unwrap();
+    sim.link_down(l);
+    let t0 = sim.now();
+    let healed = sim.run_until_cond(t0 + Duration::from_secs(120), |s| s.path(a, b).is_ok());
+    assert!(sim.loops().is_empty());
+    healed.map(|t| t.saturating_since(t0))
+}
+
+/// Prints `title` and the heal times of [`heal_after_first_link_down`] over 20 trials, each on
+/// the settled network and pair `trial(seed)` gives (`None` skips the seed).
+fn link_down_trials(title: &str, trial: impl Fn(u64) -> Option<(Sim, usize, usize)>) {
+    println!("{title}");
     let mut times = Vec::new();
     let mut failed = 0;
     for seed in 0..20u64 {
-        let mut sim = Sim::grid(100 + seed, 10, 10);
-        sim.run_for(Duration::from_secs(60));
-        let (a, b) = ((seed as usize * 7) % 100, 99 - (seed as usize * 3) % 100);
-        if a == b || sim.path(a, b).is_err() {
+        let Some((mut sim, a, b)) = trial(seed) else {
             continue;
-        }
-        let next = sim.next_node(a, b).unwrap();
-        let l = sim.link_between(a, next).unwrap();
-        sim.link_down(l);
-        let t0 = sim.now();
-        match sim.run_until_cond(t0 + Duration::from_secs(120), |s| s.path(a, b).is_ok()) {
-            Some(t) => times.push(ms(t.saturating_since(t0))),
+        };
+        match heal_after_first_link_down(&mut sim, a, b) {
+            Some(d) => times.push(ms(d)),
             None => failed += 1,
         }
-        assert!(sim.loops().is_empty());
     }
     println!(
         "  time until the path works again: {} ms; {failed} not healed in 120 s",
@@ -129,29 +138,29 @@ fn reroute_link_down() {
     );
 }
 
+/// Reroute after a link goes down (the connection closes: both ends see it at once).
+fn reroute_link_down() {
+    link_down_trials(
+        "## Reroute after link-down (10×10 grid, 20 trials)",
+        |seed| {
+            let mut sim = Sim::grid(100 + seed, 10, 10);
+            sim.run_for(Duration::from_secs(60));
+            let (a, b) = ((seed as usize * 7) % 100, 99 - (seed as usize * 3) % 100);
+            (a != b && sim.path(a, b).is_ok()).then_some((sim, a, b))
+        },
+    );
+}
+
 /// Reroute in a ring of 10 after the first link on the path goes down: the way round the other
 /// side is usually longer, hence not feasible, and needs a new seqno from the destination.
 fn reroute_ring() {
-    println!("## Reroute after link-down (ring of 10, destination 4–5 hops away, 20 trials)");
-    let mut times = Vec::new();
-    let mut failed = 0;
-    for seed in 0..20u64 {
-        let mut sim = Sim::ring(300 + seed, 10);
-        sim.run_for(Duration::from_secs(60));
-        let (a, b) = (0, 4 + (seed as usize % 2));
-        let next = sim.next_node(a, b).unwrap();
-        let l = sim.link_between(a, next).unwrap();
-        sim.link_down(l);
-        let t0 = sim.now();
-        match sim.run_until_cond(t0 + Duration::from_secs(120), |s| s.path(a, b).is_ok()) {
-            Some(t) => times.push(ms(t.saturating_since(t0))),
-            None => failed += 1,
-        }
-        assert!(sim.loops().is_empty());
-    }
-    println!(
-        "  time until the path works again: {} ms; {failed} not healed in 120 s",
-        stats(&times)
+    link_down_trials(
+        "## Reroute after link-down (ring of 10, destination 4–5 hops away, 20 trials)",
+        |seed| {
+            let mut sim = Sim::ring(300 + seed, 10);
+            sim.run_for(Duration::from_secs(60));
+            Some((sim, 0, 4 + (seed as usize % 2)))
+        },
     );
 }
 
@@ -186,25 +195,6 @@ fn reroute_silent_death() {
         stats(&v)
     );
     println!("  (dead > 43 s after the last IHU, which came 0–20 s before the death; checked every 10 s)");
-}
-
-/// CPU seconds used by this process so far (user + system), from /proc/self/stat; the machine
-/// may be shared, so wall time alone says little.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return f64::NAN;
-    };
-    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return f64::NAN;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        f.get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn mesh_1000() {

@@ -1,5 +1,5 @@
-//! The routing core of hypha: the Babel variant spoken by mycelium (spec §2), as a pure state
-//! machine.
+//! The routing core of hypha: the Babel variant spoken by mycelium (docs/protocol.md §4, §5), as a
+//! pure state machine.
 //!
 //! [`Router`] keeps the neighbour table (Hello/IHU, link costs, liveness), the route table
 //! (sources and feasibility distances, selection with hysteresis, fallbacks, expiry,
@@ -15,7 +15,7 @@
 //! `wire::babel` and never sees bytes.
 //!
 //! Where this core deliberately differs from the reference behaviour (all invisible to, or
-//! safer for, mycelium peers):
+//! safer for, mycelium peers; docs/protocol.md §10.4):
 //! * the first Hello goes out when a link comes up (not up to 20 s later), so the link cost and
 //!   the dead timer start from a real measurement;
 //! * a reply to a SeqNoRequest carries the metric through our actual next hop, not through the
@@ -37,13 +37,14 @@
 //! tests, the `simreport` example and benchmarks.
 #![forbid(unsafe_code)]
 
-mod address;
 mod fib;
 mod router;
 pub mod sim;
 mod time;
 
-pub use address::{derive_address, overlay};
+/// Re-exported: the routing core's filters accept only this space, and the shell checks packets
+/// against the same one.
+pub use crypto::overlay;
 pub use fib::{ForwardingTable, Lookup, NextHop};
 pub use router::{
     consts, Config, Counters, Event, Limits, LinkError, LinkId, LinkInfo, RouteInfo, Router,

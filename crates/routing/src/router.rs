@@ -11,11 +11,12 @@ use wire::babel::{
     Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest, Subnet, Tlv, Update,
 };
 
-use crate::address::{derive_address, overlay};
 use crate::fib::{ForwardingTable, Lookup, NextHop};
 use crate::time::Time;
+use crypto::{address_from_public_key, overlay};
 
-/// Protocol constants (spec §2.15). Durations are what the core waits; `*_CS` are wire fields.
+/// Protocol constants (docs/protocol.md §5.10). Durations are what the core waits; `*_CS` are wire
+/// fields.
 pub mod consts {
     use std::time::Duration;
 
@@ -42,7 +43,7 @@ pub mod consts {
     pub const INITIAL_LINK_COST: u16 = 1000;
     pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(5);
     pub const SOURCE_GC_INTERVAL: Duration = Duration::from_secs(60);
-    /// Link cost added for TCP over IPv6 / IPv4 (spec §2.10).
+    /// Link cost added for TCP over IPv6 / IPv4 (docs/protocol.md §3.1, §5.1).
     pub const STATIC_COST_TCP6: u16 = 10;
     pub const STATIC_COST_TCP4: u16 = 15;
 }
@@ -143,7 +144,8 @@ pub struct Config {
     pub router_id: RouterId,
     /// The node's /64, announced with metric 0.
     pub own_subnet: Subnet,
-    /// Address derivation used by the Update ownership filter; [`derive_address`] by default.
+    /// Address derivation used by the Update ownership filter; [`address_from_public_key`] by
+    /// default.
     /// A parameter so that tests and simulations can stay cheap and deterministic.
     pub address_of: fn(&[u8; 32]) -> Ipv6Addr,
     pub limits: Limits,
@@ -157,7 +159,7 @@ impl Config {
         Config {
             router_id,
             own_subnet,
-            address_of: derive_address,
+            address_of: address_from_public_key,
             limits: Limits::default(),
             record_selection_changes: false,
         }

@@ -15,9 +15,10 @@ use std::collections::{BinaryHeap, VecDeque};
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
+use crypto::address_from_public_key;
 use wire::babel::{RouterId, Subnet, Tlv};
 
-use crate::{consts, derive_address, Config, Event, LinkId, Router, Time};
+use crate::{consts, Config, Event, LinkId, Router, Time};
 
 /// splitmix64: small, fast, and good enough to pick topologies and losses.
 #[derive(Clone, Debug)]
@@ -219,7 +220,7 @@ impl Sim {
     pub fn add_node(&mut self) -> usize {
         let mut pk = [0u8; 32];
         self.rng.fill(&mut pk);
-        let address = derive_address(&pk);
+        let address = address_from_public_key(&pk);
         let subnet = Subnet::slash64(address);
         let router = self.new_router(pk, subnet);
         self.nodes.push(SimNode {

@@ -3,15 +3,16 @@
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
+use crypto::address_from_public_key;
 use wire::babel::{Hello, Ihu, Metric, Prefix, RouterId, SeqNo, Subnet, Tlv, Update};
 
-use crate::{derive_address, Config, Event, LinkId, Lookup, Router, Time};
+use crate::{Config, Event, LinkId, Lookup, Router, Time};
 
 fn ident(n: u8) -> (RouterId, Subnet) {
     let pk = [n; 32];
     (
         RouterId::new(pk, [n; 6]),
-        Subnet::slash64(derive_address(&pk)),
+        Subnet::slash64(address_from_public_key(&pk)),
     )
 }
 
@@ -172,7 +173,7 @@ fn filters_reject_foreign_and_short_prefixes() {
         })
     };
     let not_owned: Subnet = "500:1:2:3::/64".parse().unwrap();
-    let short = Subnet::new(derive_address(&[5; 32]), 48).unwrap();
+    let short = Subnet::new(address_from_public_key(&[5; 32]), 48).unwrap();
     let outside: Subnet = "2001:db8::/64".parse().unwrap();
     r.handle_tlv(L1, &mk(not_owned, 10), Time::ZERO);
     r.handle_tlv(L1, &mk(short, 10), Time::ZERO);
@@ -214,7 +215,7 @@ fn lookups_and_snapshot() {
     let mut r = router();
     r.handle_link_up(L1, 10, Time::ZERO).unwrap();
     let (rid5, s5) = ident(5);
-    let a5 = derive_address(&[5; 32]);
+    let a5 = address_from_public_key(&[5; 32]);
     assert_eq!(r.lookup(a5), Lookup::Unknown);
     r.request_route(a5, Time::ZERO);
     assert_eq!(r.lookup(a5), Lookup::Resolving);
@@ -230,8 +231,11 @@ fn lookups_and_snapshot() {
     assert_eq!(snap.lookup(a5), want);
     assert_eq!(snap.source_key(a5), Some([5; 32]));
     assert_eq!(snap.source(a5), Some((s5, [5; 32])));
-    assert_eq!(snap.source(derive_address(&[9; 32])), None);
-    assert_eq!(snap.lookup(derive_address(&[0; 32])), Lookup::Local);
+    assert_eq!(snap.source(address_from_public_key(&[9; 32])), None);
+    assert_eq!(
+        snap.lookup(address_from_public_key(&[0; 32])),
+        Lookup::Local
+    );
     assert!(r.forwarding_table_if_changed().is_none());
     assert!(r.queried_subnets(Time::ZERO).is_empty());
     assert_eq!(
@@ -398,7 +402,7 @@ fn a_link_flooding_route_requests_gets_only_its_share_of_the_query_table() {
     let now = secs(30);
 
     // Our own query starts and goes to every peer.
-    let own = derive_address(&[7; 32]);
+    let own = address_from_public_key(&[7; 32]);
     let own_subnet = Subnet::slash64(own);
     r.request_route(own, now);
     assert_eq!(r.lookup(own), Lookup::Resolving);
@@ -414,10 +418,16 @@ fn a_link_flooding_route_requests_gets_only_its_share_of_the_query_table() {
         sent.contains(&(L3, 1, s8)) && sent.contains(&(L3, 4, s9)),
         "{sent:?}"
     );
-    assert_eq!(r.lookup(derive_address(&[8; 32])), Lookup::Resolving);
+    assert_eq!(
+        r.lookup(address_from_public_key(&[8; 32])),
+        Lookup::Resolving
+    );
 
     // Traffic from the flooding link starts no query; traffic from another link does.
-    let (a10, a11) = (derive_address(&[10; 32]), derive_address(&[11; 32]));
+    let (a10, a11) = (
+        address_from_public_key(&[10; 32]),
+        address_from_public_key(&[11; 32]),
+    );
     r.request_route_for_link(a10, L1, now);
     r.request_route_for_link(a11, L2, now);
     assert_eq!(
@@ -426,7 +436,7 @@ fn a_link_flooding_route_requests_gets_only_its_share_of_the_query_table() {
         "L1's relayed class is apart"
     );
     for n in 12..=200u8 {
-        r.request_route_for_link(derive_address(&[n; 32]), L1, now);
+        r.request_route_for_link(address_from_public_key(&[n; 32]), L1, now);
     }
     r.request_route_for_link(a11, L2, now);
     assert_eq!(r.lookup(a11), Lookup::Resolving);

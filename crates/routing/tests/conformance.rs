@@ -1,9 +1,11 @@
-//! Recorded conformance scenarios for the corner cases of spec §2: each step is an input at a
-//! time, followed by the exact TLVs sent (in order) and events raised.
+//! Recorded conformance scenarios for the corner cases of the routing protocol
+//! (docs/protocol.md §5): each step is an input at a time, followed by the exact TLVs sent (in
+//! order) and events raised.
 
 use std::net::Ipv6Addr;
 
-use hypha_routing::{derive_address, Config, Event, LinkId, Router, Time};
+use crypto::address_from_public_key;
+use hypha_routing::{Config, Event, LinkId, Router, Time};
 use wire::babel::{
     Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest, Subnet, Tlv, Update,
 };
@@ -13,10 +15,10 @@ fn rid(n: u8) -> RouterId {
     RouterId::new([n; 32], [n; 6])
 }
 fn subnet(n: u8) -> Subnet {
-    Subnet::slash64(derive_address(&[n; 32]))
+    Subnet::slash64(address_from_public_key(&[n; 32]))
 }
 fn addr(n: u8) -> Ipv6Addr {
-    derive_address(&[n; 32])
+    address_from_public_key(&[n; 32])
 }
 
 enum In {
@@ -129,6 +131,13 @@ fn two_links() -> Vec<Step> {
         step(0, In::Up(1), vec![tx(1, own_update(0))]),
         step(0, In::Up(2), vec![tx(2, own_update(0))]),
     ]
+}
+
+/// Links 1, 2 and 3 up at t=0.
+fn three_links() -> Vec<Step> {
+    let mut s = two_links();
+    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    s
 }
 
 #[test]
@@ -267,8 +276,7 @@ fn retractions_carry_the_retractors_id_and_pass_the_owner_filter() {
 
 #[test]
 fn route_request_generations_and_replies() {
-    let mut s = two_links();
-    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    let mut s = three_links();
     s.extend([
         // Unknown subnet, generation 14: forwarded as 15 to every other link.
         step(
@@ -344,19 +352,26 @@ fn route_request_generations_and_replies() {
 
 #[test]
 fn route_request_dedup_cache_and_query_timeout() {
-    let mut s = two_links();
-    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    // Three links up, the first Hellos out, then a RouteRequest for node 5 from link 1 relayed
+    // to the other two.
+    let queried_from_link_1 = || {
+        let mut s = three_links();
+        s.extend([
+            step(
+                0,
+                In::Timeout,
+                vec![tx(1, hello(0)), tx(2, hello(0)), tx(3, hello(0))],
+            ),
+            step(
+                0,
+                In::Rx(1, rr_for(0, 5)),
+                vec![tx(2, rr_for(1, 5)), tx(3, rr_for(1, 5))],
+            ),
+        ]);
+        s
+    };
+    let mut s = queried_from_link_1();
     s.extend([
-        step(
-            0,
-            In::Timeout,
-            vec![tx(1, hello(0)), tx(2, hello(0)), tx(3, hello(0))],
-        ),
-        step(
-            0,
-            In::Rx(1, rr_for(0, 5)),
-            vec![tx(2, rr_for(1, 5)), tx(3, rr_for(1, 5))],
-        ),
         step(14_999, In::Timeout, vec![]),
         // Nobody answers: the query times out after 15 s.
         step(
@@ -368,19 +383,8 @@ fn route_request_dedup_cache_and_query_timeout() {
     run("rr-dedup-1", s);
 
     // Dedup proper: the query ended (answered, then lost) but the cache still remembers.
-    let mut s = two_links();
-    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    let mut s = queried_from_link_1();
     s.extend([
-        step(
-            0,
-            In::Timeout,
-            vec![tx(1, hello(0)), tx(2, hello(0)), tx(3, hello(0))],
-        ),
-        step(
-            0,
-            In::Rx(1, rr_for(0, 5)),
-            vec![tx(2, rr_for(1, 5)), tx(3, rr_for(1, 5))],
-        ),
         step(
             1000,
             In::Rx(2, upd(5, 1, 10)),
@@ -456,8 +460,7 @@ fn seqno_bump_rate_limit_and_stale_request_quirk() {
 
 #[test]
 fn seqno_request_forwarding_and_answer_relay() {
-    let mut s = two_links();
-    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    let mut s = three_links();
     s.extend([
         step(
             0,
@@ -626,8 +629,7 @@ fn update_filters() {
 
 #[test]
 fn triggered_updates_with_split_horizon() {
-    let mut s = two_links();
-    s.push(step(0, In::Up(3), vec![tx(3, own_update(0))]));
+    let mut s = three_links();
     s.extend([
         // Newly acquired: everyone but the next hop.
         step(

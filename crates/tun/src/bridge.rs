@@ -61,25 +61,30 @@ impl Direction {
         }
     }
 
-    /// Drains up to `max_reads` reads from `from` and writes them to `to` as one batch. Read
-    /// errors other than `WouldBlock` are counted and back off briefly instead of spinning.
+    /// Drains up to `max_reads` reads from `from` and writes them to `to` as one batch.
     fn forward(&mut self, from: &Tun, to: &Tun, max_reads: usize) {
         self.batch.clear();
-        for _ in 0..max_reads {
-            match from.read(&mut self.reader, &mut self.batch) {
-                // A blocking device only promised one read after poll.
-                Ok(_) if !from.is_nonblocking() => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    from.count_read_error();
-                    std::thread::sleep(Duration::from_millis(10));
-                    break;
-                }
-            }
-        }
+        read_batch(from, &mut self.reader, &mut self.batch, max_reads);
         if !self.batch.is_empty() {
             to.write_segments(&mut self.writer, &mut self.batch);
+        }
+    }
+}
+
+/// Appends up to `max_reads` reads from `from` to `batch`. Read errors other than `WouldBlock`
+/// are counted and back off briefly instead of spinning.
+fn read_batch(from: &Tun, reader: &mut Reader, batch: &mut Segments, max_reads: usize) {
+    for _ in 0..max_reads {
+        match from.read(reader, batch) {
+            // A blocking device only promised one read after poll.
+            Ok(_) if !from.is_nonblocking() => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                from.count_read_error();
+                std::thread::sleep(Duration::from_millis(10));
+                break;
+            }
         }
     }
 }
@@ -136,18 +141,7 @@ fn pipeline(from: &Tun, to: &Tun, stop: &AtomicBool, opts: Options) -> io::Resul
                     Err(_) => break 'outer,
                 }
             };
-            for _ in 0..opts.max_reads {
-                match from.read(&mut reader, &mut batch) {
-                    Ok(_) if !from.is_nonblocking() => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        from.count_read_error();
-                        std::thread::sleep(Duration::from_millis(10));
-                        break;
-                    }
-                }
-            }
+            read_batch(from, &mut reader, &mut batch, opts.max_reads);
             if full_tx.send(batch).is_err() {
                 break;
             }
@@ -164,17 +158,7 @@ fn pipeline(from: &Tun, to: &Tun, stop: &AtomicBool, opts: Options) -> io::Resul
 /// calling thread with [`Options::single_thread`], or on four with [`Options::pipeline`].
 pub fn run(a: &Tun, b: &Tun, stop: &AtomicBool, opts: Options) -> io::Result<()> {
     if opts.pipeline {
-        return std::thread::scope(|s| {
-            let ab = s.spawn(|| pipeline(a, b, stop, opts));
-            let ba = s.spawn(|| pipeline(b, a, stop, opts));
-            let r1 = ab
-                .join()
-                .map_err(|_| io::Error::other("a→b pipeline panicked"))?;
-            let r2 = ba
-                .join()
-                .map_err(|_| io::Error::other("b→a pipeline panicked"))?;
-            r1.and(r2)
-        });
+        return both_ways(a, b, "pipeline", |from, to| pipeline(from, to, stop, opts));
     }
     if opts.single_thread {
         let (mut ab, mut ba) = (Direction::new(b), Direction::new(a));
@@ -190,15 +174,26 @@ pub fn run(a: &Tun, b: &Tun, stop: &AtomicBool, opts: Options) -> io::Result<()>
         }
         return Ok(());
     }
+    both_ways(a, b, "loop", |from, to| pump(from, to, stop, opts))
+}
+
+/// Runs `each(a, b)` and `each(b, a)` on a thread each; a panic in either is an error naming
+/// its direction and `what` ran.
+fn both_ways(
+    a: &Tun,
+    b: &Tun,
+    what: &str,
+    each: impl Fn(&Tun, &Tun) -> io::Result<()> + Sync,
+) -> io::Result<()> {
     std::thread::scope(|s| {
-        let ab = s.spawn(|| pump(a, b, stop, opts));
-        let ba = s.spawn(|| pump(b, a, stop, opts));
+        let ab = s.spawn(|| each(a, b));
+        let ba = s.spawn(|| each(b, a));
         let r1 = ab
             .join()
-            .map_err(|_| io::Error::other("a→b loop panicked"))?;
+            .map_err(|_| io::Error::other(format!("a→b {what} panicked")))?;
         let r2 = ba
             .join()
-            .map_err(|_| io::Error::other("b→a loop panicked"))?;
+            .map_err(|_| io::Error::other(format!("b→a {what} panicked")))?;
         r1.and(r2)
     })
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::{Ipv6Addr, UdpSocket};
 
-use hypha_tun::{AsyncTun, Config, Reader, Tun};
+use hypha_tun::{AsyncTun, Config, Reader};
 use offload::Segments;
 use testbed::Netns;
 
@@ -16,17 +16,7 @@ fn async_read_returns_the_packet_sent_into_the_tun() {
     let ns = Netns::new("tunasync").unwrap();
     let local: Ipv6Addr = "fd00:8::1".parse().unwrap();
     let peer: Ipv6Addr = "fd00:8::2".parse().unwrap();
-    let tun = ns
-        .run(|| -> std::io::Result<Tun> {
-            let tun = Tun::open(&Config::new("hyt5"))?;
-            tun.set_mtu(1400)?;
-            tun.add_ipv6(local, 64)?;
-            tun.up()?;
-            Ok(tun)
-        })
-        .unwrap()
-        .unwrap();
-    common::topology::wait_ipv6_ready(ns.name(), "hyt5").unwrap();
+    let tun = common::topology::open_in(ns.name(), &Config::new("hyt5"), local, None).unwrap();
     let sock = ns.run(|| UdpSocket::bind((local, 0))).unwrap().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

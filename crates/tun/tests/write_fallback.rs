@@ -8,7 +8,7 @@ mod common;
 use std::net::{Ipv6Addr, UdpSocket};
 use std::time::Duration;
 
-use hypha_tun::{Config, Tun, Writer, DEMOTE_AFTER};
+use hypha_tun::{Config, Writer, DEMOTE_AFTER};
 use testbed::Netns;
 
 const LOCAL: Ipv6Addr = Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, 1);
@@ -60,20 +60,10 @@ fn datagram(batch: usize, i: usize) -> Vec<u8> {
 #[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
 fn refused_udp_trains_are_resent_singly_then_udp_coalescing_is_demoted() {
     let ns = Netns::new("tunfall").unwrap();
-    let tun = ns
-        .run(|| -> std::io::Result<Tun> {
-            let tun = Tun::open(&Config::new("hyt6"))?;
-            tun.set_mtu(1400)?;
-            tun.add_ipv6(LOCAL, 64)?;
-            tun.up()?;
-            Ok(tun)
-        })
-        .unwrap()
-        .unwrap();
+    let tun = common::topology::open_in(ns.name(), &Config::new("hyt6"), LOCAL, None).unwrap();
     if !tun.capabilities().uso() {
         panic!("this kernel grants no USO; the test needs Linux 6.2+");
     }
-    common::topology::wait_ipv6_ready(ns.name(), "hyt6").unwrap();
     let rx = ns.run(|| UdpSocket::bind((LOCAL, PORT))).unwrap().unwrap();
     rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // Allow trains longer than the kernel accepts, so that it refuses them.

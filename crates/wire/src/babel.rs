@@ -1,4 +1,4 @@
-//! Routing TLVs in mycelium's Babel variant (spec §2), and the values they carry.
+//! Routing TLVs in mycelium's Babel variant (docs/protocol.md §4), and the values they carry.
 //!
 //! The value types ([`SeqNo`], [`Metric`], [`RouterId`], [`Subnet`], [`Prefix`]) and the five TLV
 //! structs are the vocabulary shared by the codec and the routing core. The codec (`decode`/`encode`)
@@ -14,7 +14,7 @@ pub use codec::{
     UPDATE_FLAGS_KEPT,
 };
 
-/// TLV type numbers (spec §2.1).
+/// TLV type numbers (docs/protocol.md §4.1).
 pub mod tlv_type {
     pub const HELLO: u8 = 4;
     pub const IHU: u8 = 5;
@@ -23,7 +23,7 @@ pub mod tlv_type {
     pub const SEQNO_REQUEST: u8 = 10;
 }
 
-/// Address encodings (spec §2.1).
+/// Address encodings (docs/protocol.md §4.1).
 pub mod ae {
     pub const WILDCARD: u8 = 0;
     pub const IPV4: u8 = 1;
@@ -31,7 +31,7 @@ pub mod ae {
     pub const IPV6_LINK_LOCAL: u8 = 3;
 }
 
-/// A 16-bit sequence number compared modulo 2^16 (RFC 8966 §3.2.1; spec §2.8).
+/// A 16-bit sequence number compared modulo 2^16 (RFC 8966 §3.2.1; docs/protocol.md §4.7).
 ///
 /// Deliberately not `Ord`: the order is not total (values exactly 32768 apart are unordered).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -65,7 +65,8 @@ impl fmt::Display for SeqNo {
     }
 }
 
-/// A route metric: 0 is directly connected, 0xFFFF is infinite (a retraction) (spec §2.9).
+/// A route metric: 0 is directly connected, 0xFFFF is infinite (a retraction)
+/// (docs/protocol.md §4.7).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Metric(pub u16);
 
@@ -124,7 +125,8 @@ impl fmt::Display for Metric {
     }
 }
 
-/// A 40-byte router-id: X25519 public key (32) ‖ zone `00 00` (2) ‖ per-boot random (6) (spec §2.7).
+/// A 40-byte router-id: X25519 public key (32) ‖ zone `00 00` (2) ‖ per-boot random (6)
+/// (docs/protocol.md §2.4).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouterId(pub [u8; 40]);
 

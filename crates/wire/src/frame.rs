@@ -1,4 +1,4 @@
-//! Peer-link framing (spec §1.4, §2.1, §3.1): the 4-byte outer header, the babel control header and
+//! Peer-link framing (docs/protocol.md §3): the 4-byte outer header, the babel control header and
 //! the 36-byte data header, with a stream decoder and a batching encoder.
 //!
 //! A peer link is a TCP byte stream of *packets*:
@@ -20,8 +20,8 @@
 //! and fatal for the link ([`StreamError`]): without a length field there is no way to resync. A
 //! babel header with the wrong magic or version, an unknown TLV, or a malformed TLV is skipped by
 //! its length and reported as [`Frame::Skipped`] so the caller can count it; the stream stays in
-//! step (unlike mycelium's decoder, spec §2.13). A babel packet carrying several TLVs yields each of
-//! them in turn.
+//! step (unlike mycelium's decoder, docs/protocol.md §3.7, §10.2). A babel packet carrying several
+//! TLVs yields each of them in turn.
 
 use core::fmt;
 use core::ops::Range;

@@ -1,5 +1,6 @@
 //! ICMPv6 error messages (RFC 4443) that a node writes back to its own TUN: destination unreachable
-//! (no route, address unreachable, source address failed policy) and time exceeded (spec §3.6–3.8).
+//! (no route, address unreachable, source address failed policy) and time exceeded
+//! (docs/protocol.md §6.5–§6.10).
 
 use std::net::Ipv6Addr;
 
@@ -107,6 +108,114 @@ pub fn build_error(
     out.len() - start
 }
 
+/// Out-of-band ICMP: the payload an intermediate node seals for the source of a packet it could not
+/// deliver (`docs/protocol.md` §6.8): `original destination(16) ‖ IPv6 header(40) ‖ ICMPv6 error
+/// header(8) ‖ quote`, where the quote is the dropped frame's body, still sealed for the original
+/// destination.
+pub mod oob {
+    use core::ops::{Range, RangeFrom};
+    use std::net::Ipv6Addr;
+
+    use super::{IcmpError, MAX_ERROR_PACKET};
+    use crate::ip::Error;
+
+    mod field {
+        use super::{Range, RangeFrom};
+        pub const ORIG_DST: Range<usize> = 0..16;
+        pub const ERROR_SRC: Range<usize> = 24..40;
+        pub const ERROR_DST: Range<usize> = 40..56;
+        pub const ICMP_TYPE: usize = 56;
+        pub const ICMP_CODE: usize = 57;
+        pub const QUOTE: RangeFrom<usize> = 64..;
+    }
+
+    /// Bytes before the quote.
+    pub const HEADER_LEN: usize = 64;
+    /// The longest payload: the original destination and a minimum-MTU ICMPv6 error packet.
+    pub const MAX_LEN: usize = 16 + MAX_ERROR_PACKET;
+
+    /// A view of an out-of-band ICMP payload.
+    #[derive(Debug, Clone, Copy)]
+    pub struct OobIcmp<T> {
+        buffer: T,
+    }
+
+    impl<T: AsRef<[u8]>> OobIcmp<T> {
+        /// Wraps untrusted bytes: at least the header, at most [`MAX_LEN`].
+        pub fn new_checked(buffer: T) -> Result<Self, Error> {
+            let len = buffer.as_ref().len();
+            if len < HEADER_LEN {
+                return Err(Error::Truncated);
+            }
+            if len > MAX_LEN {
+                return Err(Error::BadLength);
+            }
+            Ok(OobIcmp { buffer })
+        }
+
+        fn addr(&self, r: Range<usize>) -> Ipv6Addr {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&self.buffer.as_ref()[r]);
+            Ipv6Addr::from(a)
+        }
+
+        /// Where the dropped packet was going.
+        pub fn orig_dst(&self) -> Ipv6Addr {
+            self.addr(field::ORIG_DST)
+        }
+
+        /// The error packet's source: the reporting node.
+        pub fn error_src(&self) -> Ipv6Addr {
+            self.addr(field::ERROR_SRC)
+        }
+
+        /// The error packet's destination: the dropped packet's source.
+        pub fn error_dst(&self) -> Ipv6Addr {
+            self.addr(field::ERROR_DST)
+        }
+
+        /// The error, if it is one a node sends.
+        pub fn kind(&self) -> Option<IcmpError> {
+            let b = self.buffer.as_ref();
+            IcmpError::from_type_code(b[field::ICMP_TYPE], b[field::ICMP_CODE])
+        }
+
+        /// The quoted body (sealed for the original destination), possibly empty.
+        pub fn quote(&self) -> &[u8] {
+            &self.buffer.as_ref()[field::QUOTE]
+        }
+    }
+
+    impl<T: AsRef<[u8]> + AsMut<[u8]>> OobIcmp<T> {
+        /// The quote, to open in place.
+        pub fn quote_mut(&mut self) -> &mut [u8] {
+            &mut self.buffer.as_mut()[field::QUOTE]
+        }
+    }
+
+    /// Appends an out-of-band ICMP payload about a packet to `orig_dst` from `to` that `from`
+    /// dropped, quoting `quote` when it fits (an empty quote otherwise). Returns its length.
+    pub fn emit(
+        out: &mut Vec<u8>,
+        orig_dst: Ipv6Addr,
+        from: Ipv6Addr,
+        to: Ipv6Addr,
+        hop_limit: u8,
+        kind: IcmpError,
+        quote: &[u8],
+    ) -> usize {
+        let quote = if quote.len() > MAX_LEN - HEADER_LEN {
+            &[][..]
+        } else {
+            quote
+        };
+        let start = out.len();
+        out.extend_from_slice(&orig_dst.octets());
+        super::build_error(out, from, to, hop_limit, kind, quote);
+        out.len() - start
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +232,32 @@ mod tests {
             *b = i as u8;
         }
         p
+    }
+
+    #[test]
+    fn oob_payload_deconstruct_construct_and_bounds() {
+        let orig: Ipv6Addr = "4ab::1".parse().unwrap();
+        let from: Ipv6Addr = "437::".parse().unwrap();
+        let to: Ipv6Addr = "430::1".parse().unwrap();
+        let mut out = Vec::new();
+        let n = oob::emit(&mut out, orig, from, to, 64, IcmpError::HopLimit, &[7; 100]);
+        assert_eq!(n, out.len());
+        assert_eq!(n, oob::HEADER_LEN + 100);
+        assert_eq!(&out[..16], &orig.octets());
+        let v = oob::OobIcmp::new_checked(&out[..]).unwrap();
+        assert_eq!(
+            (v.orig_dst(), v.error_src(), v.error_dst()),
+            (orig, from, to)
+        );
+        assert_eq!(v.kind(), Some(IcmpError::HopLimit));
+        assert_eq!(v.quote(), &[7; 100]);
+        // A quote past the minimum MTU is left out; the view refuses short and long payloads.
+        let mut big = Vec::new();
+        oob::emit(&mut big, orig, from, to, 64, IcmpError::NoRoute, &[1; 1300]);
+        assert_eq!(big.len(), oob::HEADER_LEN);
+        assert!(oob::OobIcmp::new_checked(&out[..63]).is_err());
+        assert!(oob::OobIcmp::new_checked(&vec![0u8; oob::MAX_LEN + 1][..]).is_err());
+        assert!(oob::OobIcmp::new_checked(&vec![0u8; oob::MAX_LEN][..]).is_ok());
     }
 
     #[test]

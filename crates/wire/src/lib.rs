@@ -4,6 +4,7 @@
 //!   `virtio_net_hdr`, plus the Internet checksum. Used by the offload engine and the data path.
 //! * [`frame`]: the peer-link framing (outer header, babel control header, data packet header) and
 //!   an incremental stream decoder / batching encoder.
+//! * [`beacon`]: the link-local discovery beacon.
 //! * [`babel`]: the routing TLVs with mycelium's layouts, and the value types they carry
 //!   (router-ids, seqnos, metrics, prefixes).
 //!
@@ -12,8 +13,12 @@
 #![forbid(unsafe_code)]
 
 pub mod babel;
+pub mod beacon;
 pub mod checksum;
 pub mod frame;
 pub mod icmp;
 pub mod ip;
 pub mod virtio;
+
+#[cfg(test)]
+mod testutil;

@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn fields_are_native_endian() {
-        // Bug 7 of tun-offload.md §5: the layout follows the host, not little-endian.
+        // Pitfall 7 of docs/protocol.md §9.7: the layout follows the host, not little-endian.
         let b = hdr().to_bytes();
         assert_eq!(&b[4..6], &1348u16.to_ne_bytes());
         if cfg!(target_endian = "big") {

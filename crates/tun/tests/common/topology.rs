@@ -22,15 +22,23 @@ pub const B4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub fn tun_in(ns: &str, dev: &str, offload: bool, v6: Ipv6Addr, v4: Ipv4Addr) -> io::Result<Tun> {
     let mut cfg = Config::new(dev);
     cfg.offload = offload;
+    open_in(ns, &cfg, v6, Some(v4))
+}
+
+/// Opens the device of `cfg` inside namespace `ns`, gives it the MTU, `v6`/64 and `v4`/24 if
+/// given, brings it up and waits until `v6` can be bound.
+pub fn open_in(ns: &str, cfg: &Config, v6: Ipv6Addr, v4: Option<Ipv4Addr>) -> io::Result<Tun> {
     let tun = testbed::run_in(ns, || -> io::Result<Tun> {
-        let tun = Tun::open(&cfg)?;
+        let tun = Tun::open(cfg)?;
         tun.set_mtu(MTU)?;
         tun.add_ipv6(v6, 64)?;
-        tun.set_ipv4(v4, 24)?;
+        if let Some(v4) = v4 {
+            tun.set_ipv4(v4, 24)?;
+        }
         tun.up()?;
         Ok(tun)
     })??;
-    wait_ipv6_ready(ns, dev)?;
+    wait_ipv6_ready(ns, tun.name())?;
     Ok(tun)
 }
 

@@ -1,12 +1,12 @@
-//! TLV codec: mycelium's layouts (spec §2.1–§2.7) over a bounded cursor.
+//! TLV codec: mycelium's layouts (docs/protocol.md §4.1–§4.6) over a bounded cursor.
 //!
 //! Receiving is liberal in what it survives and strict in what it accepts: every decoder works on
 //! exactly one TLV body (the caller has already cut it out by its length byte), never reads past
 //! it, never panics, and returns a small `Copy` error for anything short, trailing, or unknown.
 //!
-//! Sending is strict: [`Tlv::encode`] refuses everything the spec lists as dangerous for a
-//! mycelium peer (§2.13, §8) with an [`EncodeError`], and writes exactly one TLV per call, so a
-//! babel packet built from one call can never carry two.
+//! Sending is strict: [`Tlv::encode`] refuses everything that is dangerous for a mycelium peer
+//! (docs/protocol.md §4.9, §10.1) with an [`EncodeError`], and writes exactly one TLV per call, so
+//! a babel packet built from one call can never carry two.
 
 use core::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -18,11 +18,11 @@ use super::{Subnet, Tlv, Update};
 
 /// Hello flag bit for unicast Hellos, the only flag mycelium sends or keeps.
 pub const HELLO_UNICAST: u16 = 0x8000;
-/// The Update flag bits a receiver keeps (spec §2.4).
+/// The Update flag bits a receiver keeps (docs/protocol.md §4.4).
 pub const UPDATE_FLAGS_KEPT: u8 = 0xC0;
-/// The hop count a SeqNoRequest originates with (spec §2.6).
+/// The hop count a SeqNoRequest originates with (docs/protocol.md §4.6).
 pub const SEQNO_REQUEST_HOPS: u8 = 64;
-/// The shortest IPv6 prefix we put into a RouteRequest or SeqNoRequest (spec §8).
+/// The shortest IPv6 prefix we put into a RouteRequest or SeqNoRequest (docs/protocol.md §4.9).
 pub const MIN_REQUEST_PLEN: u8 = 64;
 
 /// Fixed part of each TLV body, before any address bytes.
@@ -93,7 +93,8 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 /// Why this node refuses to encode a TLV: each case is something a mycelium peer mishandles
-/// (spec §2.13, §8). Always the caller's fault; nothing is written when it is returned.
+/// (docs/protocol.md §4.9, §10.1). Always the caller's fault; nothing is written when it is
+/// returned.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
 pub enum EncodeError {
     /// IPv4 prefixes are never sent (an IPv4 RouteRequest crashes mycelium's request task).
@@ -280,7 +281,7 @@ impl Prefix {
         }
     }
 
-    /// The checks shared by RouteRequest and SeqNoRequest (spec §8).
+    /// The checks shared by RouteRequest and SeqNoRequest (docs/protocol.md §4.9).
     fn check_request(&self, wildcard_ok: bool) -> Result<(), EncodeError> {
         match self {
             Prefix::Wildcard if wildcard_ok => Ok(()),

@@ -333,10 +333,10 @@ impl FrameReader {
         &mut self.buf[self.end..]
     }
 
-    /// The whole buffer, frames already returned included: bodies opened in place by
-    /// [`FrameReader::next_frame_mut`] stay where they are until the next
-    /// [`FrameReader::read_space`], so a caller can hand them on from here without copying
-    /// (locating them by their address relative to this slice's start).
+    /// The whole buffer, frames already returned included: bodies located by
+    /// [`FrameReader::next_frame_at`] (or opened in place by [`FrameReader::next_frame_mut`])
+    /// stay where they are until the next [`FrameReader::read_space`] or
+    /// [`FrameReader::resize`], so a caller can hand them on from here without copying.
     pub fn buffer_mut(&mut self) -> &mut [u8] {
         &mut self.buf
     }
@@ -366,6 +366,16 @@ impl FrameReader {
         let (n, raw) = self.decoder.decode_raw(&self.buf[base..self.end])?;
         self.start += n;
         Ok(raw.map(|r| r.with_body(|range| &self.buf[base + range.start..base + range.end])))
+    }
+
+    /// [`FrameReader::next_frame`] with the body as its byte range in
+    /// [`FrameReader::buffer_mut`]: the caller opens it there, and can find what it opened again
+    /// by offset after more frames were decoded.
+    pub fn next_frame_at(&mut self) -> Result<Option<Frame<Range<usize>>>, StreamError> {
+        let base = self.start;
+        let (n, raw) = self.decoder.decode_raw(&self.buf[base..self.end])?;
+        self.start += n;
+        Ok(raw.map(|r| r.with_body(|range| base + range.start..base + range.end)))
     }
 
     /// [`FrameReader::next_frame`] with a mutable body, to open data packets in place.

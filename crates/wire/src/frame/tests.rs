@@ -1,35 +1,12 @@
-//! Frame tests: the spec §2.14/§3.9 vectors both ways, the four tests for the data header, stream
-//! chunking, and malformed input.
+//! Frame tests: the docs/protocol.md §3.8/§4.10 vectors both ways, the four tests for the data
+//! header, stream chunking, and malformed input.
 
 use super::*;
-use crate::babel::{Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest};
-use crate::babel::{Subnet, Update};
+use crate::babel::{Hello, Ihu, Metric, Prefix, RouteRequest, SeqNo, SeqNoRequest};
+use crate::testutil::{hex, rid, subnet, update, RID_HEX};
 use proptest::prelude::*;
 
-fn hex(s: &str) -> Vec<u8> {
-    let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn rid() -> RouterId {
-    let mut b = [0u8; 40];
-    for (i, x) in b.iter_mut().enumerate() {
-        *x = i as u8;
-    }
-    RouterId(b)
-}
-
-const RID_HEX: &str =
-    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f2021222324252627";
-
-fn subnet() -> Subnet {
-    "430:9364:d8d8:84a9::/64".parse().unwrap()
-}
-
-/// (TLV, complete frame) pairs from spec §2.14.
+/// (TLV, complete frame) pairs from docs/protocol.md §4.10.
 fn control_vectors() -> Vec<(Tlv, Vec<u8>)> {
     vec![
         (
@@ -49,14 +26,7 @@ fn control_vectors() -> Vec<(Tlv, Vec<u8>)> {
             hex("01 01 00 00 | 2a 03 00 08 | 05 06 | 00 00 00 19 17 70"),
         ),
         (
-            Tlv::Update(Update {
-                flags: 0,
-                interval: 30000,
-                seqno: SeqNo(7),
-                metric: Metric(0),
-                prefix: Prefix::V6(subnet()),
-                router_id: rid(),
-            }),
+            Tlv::Update(update()),
             hex(&format!(
                 "01 01 00 00 2a 03 00 3c 08 3a 02 00 40 00 75 30 00 07 00 00
                  04 30 93 64 d8 d8 84 a9 {RID_HEX}"
@@ -88,7 +58,7 @@ const DST: &str = "437:5106:5530:1589:7c53:fa73:c63e:1ddb";
 const RAW_DATA: &str =
     "f09f58478d1258b02d2f6021 1e22bdf3bc7bab0e4e69cc9202073692 000102030405060708090a0b";
 
-/// The full A→B data frame of spec §3.9.
+/// The full A→B data frame of docs/protocol.md §3.8.
 fn data_vector() -> Vec<u8> {
     hex(&format!(
         "01000000 00002840 04309364d8d884a9dd60de78c767d361 04375106553015897c53fa73c63e1ddb {RAW_DATA}"
@@ -451,7 +421,7 @@ fn bad_babel_header_is_skipped_and_stream_stays_in_step() {
 
 #[test]
 fn unknown_tlv_then_data_stays_in_step() {
-    // mycelium desyncs here for good (spec §2.13); we skip by length.
+    // mycelium desyncs here for good (docs/protocol.md §10.2); we skip by length.
     let mut bytes = hex("01 01 00 00 2a 03 00 05 63 03 aa bb cc");
     bytes.extend_from_slice(&data_vector());
     let frames = decode_all(&bytes).unwrap();
@@ -726,36 +696,38 @@ fn data_header_in_place_refuses_what_does_not_fit() {
 }
 
 #[test]
-fn bodies_opened_in_place_are_found_in_the_buffer_afterwards() {
+fn bodies_located_by_range_are_found_in_the_buffer_afterwards() {
     let mut stream = Vec::new();
     let src: Ipv6Addr = SRC.parse().unwrap();
     for i in 0..3u8 {
         encode_data(&mut stream, 64, src, src, &[i; 100]).unwrap();
     }
-    // Offsets computed by the reader itself.
+    // A partial frame after them stays buffered and does not disturb the ranges.
+    let mut tail = Vec::new();
+    encode_data(&mut tail, 64, src, src, &[9; 50]).unwrap();
+    stream.extend_from_slice(&tail[..20]);
     let mut r = FrameReader::new();
     r.push(&stream);
-    let mut spans = Vec::new();
-    loop {
-        let span = match r.next_frame_mut().unwrap() {
-            Some(Frame::Data { body, .. }) => {
-                body[1] = 0xEE;
-                (body.as_ptr() as usize, body.len())
-            }
-            Some(other) => panic!("expected data, got {other:?}"),
-            None => break,
+    let mut ranges = Vec::new();
+    while let Some(f) = r.next_frame_at().unwrap() {
+        let Frame::Data {
+            body, hop_limit, ..
+        } = f
+        else {
+            panic!("expected data, got {f:?}");
         };
-        spans.push(span);
+        assert_eq!(hop_limit, 64);
+        // Opened (here: marked) in place while later frames are decoded.
+        r.buffer_mut()[body.start + 1] = 0xEE;
+        ranges.push(body);
     }
-    let base = r.buffer_mut().as_ptr() as usize;
-    for (i, &(addr, len)) in spans.iter().enumerate() {
-        let at = addr - base;
-        let buf = r.buffer_mut();
-        assert_eq!(buf[at], i as u8);
-        assert_eq!(buf[at + 1], 0xEE);
-        assert_eq!(len, 100);
-        let part = &r.buffer_mut()[at..at + len];
-        let part_ptr = part.as_ptr() as usize;
-        assert_eq!(part_ptr, addr);
+    assert_eq!(ranges.len(), 3);
+    assert_eq!(r.buffered(), 20);
+    for (i, range) in ranges.iter().enumerate() {
+        let body = &r.buffer_mut()[range.clone()];
+        assert_eq!(body.len(), 100);
+        assert_eq!(body[0], i as u8);
+        assert_eq!(body[1], 0xEE);
+        assert!(body[2..].iter().all(|&b| b == i as u8));
     }
 }

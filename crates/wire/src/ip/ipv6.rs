@@ -55,6 +55,20 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         Ok(p)
     }
 
+    /// Wraps bytes that must start with an IPv6 fixed header (version 6, 40 bytes), without
+    /// checking the payload length field: for packets whose length the buffer itself gives (a
+    /// TUN read's segment, a packet opened from a frame), where only the header is read.
+    pub fn new_header_checked(buffer: T) -> Result<Self, Error> {
+        let p = Self::new_unchecked(buffer);
+        if p.buffer.as_ref().len() < HEADER_LEN {
+            return Err(Error::Truncated);
+        }
+        if p.version() != 6 {
+            return Err(Error::BadVersion);
+        }
+        Ok(p)
+    }
+
     /// The checks of [`Self::new_checked`].
     pub fn check_len(&self) -> Result<(), Error> {
         let len = self.buffer.as_ref().len();
@@ -311,6 +325,29 @@ mod tests {
                 protocol: 17,
                 offset: 40
             })
+        );
+    }
+
+    #[test]
+    fn header_checked_reads_the_header_whatever_the_length_field_says() {
+        // A payload length past the buffer: refused by new_checked, fine for the header alone.
+        let mut b = PACKET;
+        b[5] = 200;
+        assert_eq!(
+            Ipv6Packet::new_checked(&b[..]).err(),
+            Some(Error::Truncated)
+        );
+        let p = Ipv6Packet::new_header_checked(&b[..]).unwrap();
+        assert_eq!(p.dst_addr(), "fd00::2".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            Ipv6Packet::new_header_checked(&PACKET[..39]).err(),
+            Some(Error::Truncated)
+        );
+        let mut v4 = PACKET;
+        v4[0] = 0x45;
+        assert_eq!(
+            Ipv6Packet::new_header_checked(&v4[..]).err(),
+            Some(Error::BadVersion)
         );
     }
 

@@ -1,34 +1,14 @@
 //! TLV codec tests. Per message: deconstruct (parse a body and read each field), construct (build
 //! the struct and encode it to the TLV bytes), parse (the generic `Tlv::decode` path), emit (the
-//! full frame of spec §2.14). Then policy refusals, malformed input and round-trip properties.
+//! full frame of docs/protocol.md §4.10). Then policy refusals, malformed input and round-trip
+//! properties.
 
 use super::*;
 use crate::frame::encode_control;
+use crate::testutil::{hex, rid, subnet, update, RID_HEX};
 use proptest::prelude::*;
 
-fn hex(s: &str) -> Vec<u8> {
-    let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn rid() -> RouterId {
-    let mut b = [0u8; 40];
-    for (i, x) in b.iter_mut().enumerate() {
-        *x = i as u8;
-    }
-    RouterId(b)
-}
-
-const RID: &str =
-    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f2021222324252627";
 const OUTER_AND_BABEL: &str = "01 01 00 00 2a 03";
-
-fn subnet() -> Subnet {
-    "430:9364:d8d8:84a9::/64".parse().unwrap()
-}
 
 /// The whole frame for a TLV: outer + babel header + TLV.
 fn frame_of(tlv_bytes: &[u8]) -> Vec<u8> {
@@ -176,19 +156,8 @@ fn ihu_emit() {
 
 fn update_tlv() -> Vec<u8> {
     hex(&format!(
-        "08 3a 02 00 40 00 75 30 00 07 00 00 04 30 93 64 d8 d8 84 a9 {RID}"
+        "08 3a 02 00 40 00 75 30 00 07 00 00 04 30 93 64 d8 d8 84 a9 {RID_HEX}"
     ))
-}
-
-fn update() -> Update {
-    Update {
-        flags: 0,
-        interval: 30000,
-        seqno: SeqNo(7),
-        metric: Metric(0),
-        prefix: Prefix::V6(subnet()),
-        router_id: rid(),
-    }
 }
 
 #[test]
@@ -223,17 +192,17 @@ fn update_parse() {
     assert_eq!(u.prefix, Prefix::V6(subnet()));
     // A /60 is carried in 8 bytes; bits past the prefix are cleared on receive.
     let b3 = hex(&format!(
-        "02 00 3c 00 75 30 00 07 00 00 04 30 93 64 d8 d8 84 af {RID}"
+        "02 00 3c 00 75 30 00 07 00 00 04 30 93 64 d8 d8 84 af {RID_HEX}"
     ));
     assert_eq!(
         Update::parse(&b3).unwrap().prefix,
         Prefix::V6("430:9364:d8d8:84a0::/60".parse().unwrap())
     );
     // Other AEs decode so the caller can ignore them.
-    let wild = hex(&format!("00 00 00 00 75 30 00 07 ff ff {RID}"));
+    let wild = hex(&format!("00 00 00 00 75 30 00 07 ff ff {RID_HEX}"));
     let u = Update::parse(&wild).unwrap();
     assert_eq!((u.prefix, u.metric), (Prefix::Wildcard, Metric::INFINITE));
-    let v4 = hex(&format!("01 00 18 00 75 30 00 07 00 00 c6 12 05 {RID}"));
+    let v4 = hex(&format!("01 00 18 00 75 30 00 07 00 00 c6 12 05 {RID_HEX}"));
     assert_eq!(
         Update::parse(&v4).unwrap().prefix,
         Prefix::V4 {
@@ -242,7 +211,7 @@ fn update_parse() {
         }
     );
     let ll = hex(&format!(
-        "03 00 40 00 75 30 00 07 00 00 0102030405060708 {RID}"
+        "03 00 40 00 75 30 00 07 00 00 0102030405060708 {RID_HEX}"
     ));
     assert_eq!(
         Update::parse(&ll).unwrap().prefix,
@@ -259,7 +228,7 @@ fn update_emit() {
         &update_tlv(),
         &format!(
             "01 01 00 00 2a 03 00 3c 08 3a 02 00 40 00 75 30 00 07 00 00
-             04 30 93 64 d8 d8 84 a9 {RID}"
+             04 30 93 64 d8 d8 84 a9 {RID_HEX}"
         ),
     );
 }
@@ -327,7 +296,7 @@ fn route_request_emit() {
 
 fn snr_tlv() -> Vec<u8> {
     hex(&format!(
-        "0a 36 02 40 00 08 40 00 {RID} 04 30 93 64 d8 d8 84 a9"
+        "0a 36 02 40 00 08 40 00 {RID_HEX} 04 30 93 64 d8 d8 84 a9"
     ))
 }
 
@@ -375,7 +344,9 @@ fn seqno_request_emit() {
     check_construct_and_emit(
         Tlv::SeqNoRequest(snr()),
         &snr_tlv(),
-        &format!("01 01 00 00 2a 03 00 38 0a 36 02 40 00 08 40 00 {RID} 04 30 93 64 d8 d8 84 a9"),
+        &format!(
+            "01 01 00 00 2a 03 00 38 0a 36 02 40 00 08 40 00 {RID_HEX} 04 30 93 64 d8 d8 84 a9"
+        ),
     );
 }
 

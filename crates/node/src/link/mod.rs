@@ -1,6 +1,16 @@
-//! One peer connection: a reader task (decode frames; control TLVs to the owner, data frames
-//! through the data path) and a writer task (control TLVs and batches of data frames, many frames
-//! per write). Either task ending closes the link; the owner is told once.
+//! One peer link: a reader task (decode frames; control TLVs to the owner, data frames through
+//! the data-path core) and a writer task (control TLVs and batches of data frames, many frames
+//! per write). Either task ending closes the link; the owner is told once, with a typed
+//! [`CloseReason`] that it counts.
+//!
+//! A link runs over any [`Transport`]: a reliable, ordered byte stream each way. TCP
+//! ([`tcp`]) implements it; a QUIC link implements it the same way with one bidirectional
+//! stream. Nothing here knows which one it has.
+
+mod close;
+pub(crate) mod tcp;
+
+pub(crate) use close::{CloseReason, LinkCloses};
 
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,17 +19,17 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use routing::LinkId;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tracing::{debug, trace, warn};
 use wire::babel::{Metric, Prefix, RouterId, Subnet, Tlv};
 use wire::frame::{self, Frame, FrameReader};
 
-use crate::datapath::{self, DataCounters, DataTable, Inbound, Need, Outbox, RefreshTracker};
-use crate::datapath::{FrameBatch, InPlace, LinkBudgets, LinkTx, Stalled, TunBatch};
+use datapath::{bump, DataCounters, DataFrame, FrameBatch, Need, Receiver, TunBatch};
+
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
+use crate::transmit::{self, ChannelNeeds, DataTable, LinkTx, Stalled};
 use tun::{Tun, Writer as TunWriter};
 
 /// A write that makes no progress for this long means the peer stalled: drop it.
@@ -33,8 +43,6 @@ pub(crate) const CONTROL_QUEUE: usize = 1024;
 /// Data batches waiting for the writer; beyond this senders wait (back-pressure). Short, because
 /// every queued byte delays the packets behind it.
 pub(crate) const DATA_QUEUE: usize = 4;
-/// Unsent bytes the kernel may hold for a peer socket before it stops reporting it writable.
-const NOTSENT_LOWAT: u32 = 128 * 1024;
 /// The read buffer of a link that carries only control frames (or little data): a burst of
 /// control frames is read in pieces of this size rather than all at once, and an idle or unproven
 /// connection holds no more than this. It grows by itself for a frame that does not fit.
@@ -42,9 +50,6 @@ pub(crate) const SMALL_READ_BUFFER: usize = 16 * 1024;
 /// The read buffer while data frames flow: room for several full-size frames per read. A link
 /// grows to it when a read brought data frames and filled the buffer.
 pub(crate) const READ_BUFFER: usize = 256 * 1024;
-/// The close reason of a link that turned out to lead to this node itself (the owner removes
-/// that peer rather than redial it).
-pub(crate) const SELF_LINK: &str = "connected to ourselves (the peer sent our own announcement)";
 /// A read buffer larger than [`SMALL_READ_BUFFER`] goes back to that size after this long without
 /// a read that the small buffer could not have taken.
 pub(crate) const READ_BUFFER_IDLE: Duration = Duration::from_secs(2);
@@ -80,7 +85,22 @@ pub(crate) struct LinkRefusals {
 #[derive(Debug)]
 pub(crate) enum LinkEvent {
     Tlv(LinkId, Tlv),
-    Closed(LinkId, String),
+    Closed(LinkId, CloseReason),
+}
+
+/// What a link runs over: a connected, reliable, ordered byte stream in each direction.
+pub(crate) trait Transport: Send + 'static {
+    type Reader: AsyncRead + Unpin + Send + 'static;
+    type Writer: AsyncWrite + Unpin + Send + 'static;
+
+    /// The routing core's static cost of a link over this transport.
+    fn static_cost(&self) -> u16;
+
+    /// How the connection is shown in logs: transport and both ends.
+    fn describe(&self) -> String;
+
+    /// Tunes the connection for a link and splits it into its two directions.
+    fn split(self) -> (Self::Reader, Self::Writer);
 }
 
 /// Everything a link's tasks share with the rest of the node.
@@ -99,6 +119,8 @@ pub(crate) struct LinkContext {
     /// Ours: a peer that announces our /64 at metric 0 under it is ourselves.
     pub own_router_id: RouterId,
     pub refusals: Arc<LinkRefusals>,
+    /// Links closed, by reason (counted by the owner).
+    pub closes: Arc<LinkCloses>,
 }
 
 /// Handles the owner keeps for a running link.
@@ -117,14 +139,9 @@ impl LinkHandles {
     }
 }
 
-/// Starts the tasks of a connected stream.
-pub(crate) fn spawn(id: LinkId, stream: tokio::net::TcpStream, ctx: LinkContext) -> LinkHandles {
-    let _ = stream.set_nodelay(true);
-    // Keep the socket's unsent backlog short: what the kernel has not sent yet waits in our
-    // queues instead, where it back-pressures the TUN rather than delaying every packet behind
-    // megabytes of bulk data (bufferbloat).
-    let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
-    let (rd, wr) = stream.into_split();
+/// Starts the tasks of a connected transport.
+pub(crate) fn spawn<T: Transport>(id: LinkId, transport: T, ctx: LinkContext) -> LinkHandles {
+    let (rd, wr) = transport.split();
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
     let stats = Arc::new(LinkStats::default());
@@ -134,7 +151,7 @@ pub(crate) fn spawn(id: LinkId, stream: tokio::net::TcpStream, ctx: LinkContext)
         let events = events.clone();
         async move {
             let why = match write_loop(wr, ctl_rx, data_rx, &stats).await {
-                Ok(()) => "closed".to_owned(),
+                Ok(()) => CloseReason::Shutdown,
                 Err(e) => e,
             };
             let _ = events.send(LinkEvent::Closed(id, why)).await;
@@ -144,7 +161,7 @@ pub(crate) fn spawn(id: LinkId, stream: tokio::net::TcpStream, ctx: LinkContext)
         let stats = stats.clone();
         async move {
             let why = match read_loop(id, rd, &ctx, &stats).await {
-                Ok(()) => "peer closed the connection".to_owned(),
+                Ok(()) => CloseReason::Shutdown,
                 Err(e) => e,
             };
             let _ = events.send(LinkEvent::Closed(id, why)).await;
@@ -159,12 +176,13 @@ pub(crate) fn spawn(id: LinkId, stream: tokio::net::TcpStream, ctx: LinkContext)
     }
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+/// Writes until the owner drops the link's queues (`Ok`) or the transport fails.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
     mut control: mpsc::Receiver<Tlv>,
     mut data: mpsc::Receiver<FrameBatch>,
     stats: &LinkStats,
-) -> Result<(), String> {
+) -> Result<(), CloseReason> {
     // Control frames are encoded here; data batches are written as they came, several per
     // vectored write, and their buffers go back to the pool afterwards.
     let mut ctl: Vec<u8> = Vec::with_capacity(4096);
@@ -206,12 +224,8 @@ async fn write_loop(
         let total = ctl.len() + bytes;
         match tokio::time::timeout(WRITE_STALL, write_all_vectored(&mut wr, &ctl, &batches)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("write failed: {e}")),
-            Err(_) => {
-                return Err(format!(
-                    "peer stalled: no write progress in {WRITE_STALL:?}"
-                ))
-            }
+            Ok(Err(e)) => return Err(CloseReason::WriteFailed(e.kind())),
+            Err(_) => return Err(CloseReason::WriteStalled),
         }
         stats.tx_bytes.fetch_add(total as u64, Ordering::Relaxed);
         if data_frames > 0 {
@@ -235,8 +249,8 @@ async fn write_loop(
 }
 
 /// Writes the control bytes, then every batch, with as few `writev` calls as the socket allows.
-async fn write_all_vectored(
-    wr: &mut OwnedWriteHalf,
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    wr: &mut W,
     ctl: &[u8],
     batches: &[FrameBatch],
 ) -> std::io::Result<()> {
@@ -276,18 +290,15 @@ fn encode_tlv(buf: &mut Vec<u8>, tlv: &Tlv, log: &mut LogLimiter) -> u64 {
     }
 }
 
-async fn read_loop(
+/// Reads until the peer ends the stream or breaks it (`Err`), or the owner goes away (`Ok`).
+async fn read_loop<R: AsyncRead + Unpin>(
     id: LinkId,
-    mut rd: OwnedReadHalf,
+    mut rd: R,
     ctx: &LinkContext,
     stats: &LinkStats,
-) -> Result<(), String> {
+) -> Result<(), CloseReason> {
     let mut reader = FrameReader::growable(SMALL_READ_BUFFER);
-    let mut refresh = RefreshTracker::default();
-    let mut outbox = Outbox::default();
-    let mut tun_batch = TunBatch::default();
-    let mut in_place = InPlace::default();
-    let mut budgets = LinkBudgets::default();
+    let mut core = Receiver::new(ctx.own_subnet, id, ctx.counters.clone());
     let mut stalled = Stalled::default();
     let mut tun_writer = ctx.tun_dev.as_deref().map(TunWriter::new);
     let mut drop_log = LogLimiter::new(Duration::from_secs(10));
@@ -325,9 +336,9 @@ async fn read_loop(
             }
             continue;
         };
-        let n = read.map_err(|e| format!("read failed: {e}"))?;
+        let n = read.map_err(|e| CloseReason::ReadFailed(e.kind()))?;
         if n == 0 {
-            return Ok(());
+            return Err(CloseReason::PeerClosed);
         }
         reader.commit(n);
         stats.rx_bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -340,19 +351,11 @@ async fn read_loop(
         // control TLVs.
         loop {
             let table = ctx.table.load();
-            let mut inb = Inbound {
-                own_subnet: ctx.own_subnet,
-                link: id,
-                counters: &ctx.counters,
-                needs: &ctx.needs,
-                refresh: &mut refresh,
-                budgets: &mut budgets,
-                now,
-            };
+            let mut needs = ChannelNeeds(&ctx.needs);
             let mut data_frames = 0u64;
             let mut chunk_full = false;
             loop {
-                match reader.next_frame_mut() {
+                match reader.next_frame_at() {
                     Ok(Some(Frame::Data {
                         hop_limit,
                         src,
@@ -360,22 +363,18 @@ async fn read_loop(
                         body,
                     })) => {
                         data_frames += 1;
-                        datapath::inbound(
-                            &mut inb,
-                            &table,
+                        let frame = DataFrame {
                             hop_limit,
                             src,
                             dst,
                             body,
-                            &mut outbox,
-                            &mut tun_batch,
-                            &mut in_place,
-                        )
+                        };
+                        core.handle_data(&table, &mut needs, now, reader.buffer_mut(), frame);
                     }
                     Ok(Some(Frame::Control(tlv))) => {
                         if is_own_announcement(&tlv, &ctx.own_router_id, ctx.own_subnet) {
-                            datapath::bump(&ctx.refusals.self_link);
-                            return Err(SELF_LINK.to_owned());
+                            bump(&ctx.refusals.self_link);
+                            return Err(CloseReason::SelfLink);
                         }
                         tlvs.push(tlv);
                         if tlvs.len() >= CONTROL_CHUNK {
@@ -384,25 +383,19 @@ async fn read_loop(
                         }
                     }
                     Ok(Some(Frame::Skipped(why))) => {
-                        datapath::bump(&ctx.counters.malformed_control);
+                        bump(&ctx.counters.malformed_control);
                         if skipped_logged < 10 {
                             skipped_logged += 1;
                             debug!(link = id.0, "skipped control input: {why}");
                         }
                     }
                     Ok(None) => break,
-                    Err(e) => return Err(format!("framing error: {e}")),
+                    Err(e) => return Err(CloseReason::Framing(e)),
                 }
             }
             drop(table);
-            if !in_place.is_empty() {
-                write_in_place(
-                    ctx,
-                    &mut reader,
-                    &mut in_place,
-                    &mut tun_writer,
-                    &mut drop_log,
-                );
+            if core.tun_len() > 0 {
+                write_to_tun(ctx, &mut reader, &mut core, &mut tun_writer, &mut drop_log);
             }
             if data_frames > 0 {
                 saw_data = true;
@@ -422,7 +415,9 @@ async fn read_loop(
                     return Ok(());
                 }
             }
-            flush(ctx, &mut outbox, &mut tun_batch, &mut stalled).await;
+            if core.has_transmits() {
+                forward(ctx, &mut core, &mut stalled).await;
+            }
             if !chunk_full {
                 break;
             }
@@ -457,81 +452,56 @@ fn is_own_announcement(tlv: &Tlv, own: &RouterId, own_subnet: Subnet) -> bool {
         if u.router_id == *own && u.metric == Metric(0) && u.prefix == Prefix::V6(own_subnet))
 }
 
-/// Writes the packets opened in the read buffer to the TUN, coalesced, straight from there.
-fn write_in_place(
+/// Writes the packets for the TUN that the frames of one read gave — opened in the read buffer
+/// and written straight from there, coalesced, plus any the core built — in one batch.
+fn write_to_tun(
     ctx: &LinkContext,
     reader: &mut FrameReader,
-    in_place: &mut InPlace,
+    core: &mut Receiver,
     writer: &mut Option<TunWriter>,
     drop_log: &mut LogLimiter,
 ) {
     let (Some(tun), Some(wr)) = (ctx.tun_dev.as_deref(), writer.as_mut()) else {
         ctx.counters
             .drop_no_tun
-            .fetch_add(in_place.spans.len() as u64, Ordering::Relaxed);
-        in_place.clear();
+            .fetch_add(core.tun_len() as u64, Ordering::Relaxed);
+        core.tun_done();
         return;
     };
-    let mut packets: Vec<&mut [u8]> = Vec::with_capacity(in_place.spans.len());
-    in_place.slices(reader.buffer_mut(), &mut packets);
+    let mut packets: Vec<&mut [u8]> = Vec::with_capacity(core.tun_len());
+    core.tun_packets(reader.buffer_mut(), &mut packets);
     let report = tun.write_batch(wr, &mut packets);
+    drop(packets);
     crate::tunio::record_write(&report, &ctx.histograms, &ctx.counters, drop_log);
-    in_place.clear();
+    core.tun_done();
 }
 
-/// Hands the batches built from one read to the TUN writer and the next hops.
-async fn flush(
-    ctx: &LinkContext,
-    outbox: &mut Outbox,
-    tun_batch: &mut TunBatch,
-    stalled: &mut Stalled,
-) {
-    if !tun_batch.is_empty() {
-        // The next batch starts as large as this one: under load a socket read yields similar
-        // batches, and growing from empty by doubling cost the receiver ≈ 9 % of its time.
-        let next = TunBatch::with_capacity(tun_batch.data.len(), tun_batch.len());
-        let batch = std::mem::replace(tun_batch, next);
-        match &ctx.tun {
-            Some(tun) => {
-                let n = batch.len() as u64;
-                if tun.send(batch).await.is_err() {
-                    ctx.counters.drop_no_tun.fetch_add(n, Ordering::Relaxed);
-                }
-            }
-            None => {
-                ctx.counters
-                    .drop_no_tun
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            }
-        }
-    }
-    if !outbox.is_empty() {
-        let table = ctx.table.load();
-        let sends: Vec<_> = outbox
-            .drain()
-            .filter_map(|(link, batch)| {
-                table
-                    .links
-                    .get(&link)
-                    .map(|tx| (link, tx.data.clone(), batch))
-            })
-            .collect();
-        drop(table);
-        for (link, tx, buf) in sends {
-            let Some(buf) = datapath::offer_batch(&tx, link, buf, stalled, &ctx.counters) else {
-                continue;
-            };
-            // Forwarding waits for a full next hop, but a stalled one must not hold up this
-            // peer's traffic to everybody else.
-            datapath::wait_for_room(&tx, link, buf, stalled, &ctx.counters).await;
-        }
+/// Hands the batches for next hops built from one read to their links.
+async fn forward(ctx: &LinkContext, core: &mut Receiver, stalled: &mut Stalled) {
+    let table = ctx.table.load();
+    let sends: Vec<_> = core
+        .transmits()
+        .filter_map(|(link, batch)| {
+            table
+                .links
+                .get(&link)
+                .map(|tx| (link, tx.data.clone(), batch))
+        })
+        .collect();
+    drop(table);
+    for (link, tx, buf) in sends {
+        let Some(buf) = transmit::offer_batch(&tx, link, buf, stalled, &ctx.counters) else {
+            continue;
+        };
+        // Forwarding waits for a full next hop, but a stalled one must not hold up this
+        // peer's traffic to everybody else.
+        transmit::wait_for_room(&tx, link, buf, stalled, &ctx.counters).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::datapath::DataTable;
     use routing::ForwardingTable;
     use tokio::net::{TcpListener, TcpStream};
     use wire::babel::{Hello, SeqNo, Update};
@@ -560,6 +530,7 @@ mod tests {
             own_subnet: own_subnet(),
             own_router_id: own_rid(),
             refusals: Arc::default(),
+            closes: Arc::default(),
         };
         (ctx, events_rx, needs_rx)
     }
@@ -759,10 +730,49 @@ mod tests {
         assert_eq!(load(&refusals.self_link), 0);
         peer.write_all(&then).unwrap();
         match next(&mut events).await {
-            LinkEvent::Closed(LinkId(3), why) => assert!(why.contains("ourselves"), "{why}"),
+            LinkEvent::Closed(LinkId(3), why) => assert_eq!(why, CloseReason::SelfLink),
             other => panic!("{other:?}"),
         }
         assert_eq!(load(&refusals.self_link), 1);
         h.abort();
+    }
+
+    /// The first close event of link 5, within 10 s (Tlv events before it are skipped).
+    async fn closed(events: &mut mpsc::Receiver<LinkEvent>) -> CloseReason {
+        loop {
+            match next(events).await {
+                LinkEvent::Closed(LinkId(5), why) => return why,
+                LinkEvent::Tlv(..) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_link_says_why_it_closed() {
+        use std::io::Write;
+        // The peer ends the stream after a hello.
+        let (ctx, mut events, _needs) = context(16);
+        let (ours, mut peer) = pair().await;
+        peer.write_all(&hellos(1)).unwrap();
+        let h = spawn(LinkId(5), ours, ctx);
+        drop(peer);
+        assert_eq!(closed(&mut events).await, CloseReason::PeerClosed);
+        h.abort();
+        // The peer breaks the framing: outer version 9.
+        let (ctx, mut events, _needs) = context(16);
+        let (ours, mut peer) = pair().await;
+        peer.write_all(&[9, 1, 0, 0, 42, 3, 0, 0]).unwrap();
+        let h = spawn(LinkId(5), ours, ctx);
+        assert_eq!(
+            closed(&mut events).await,
+            CloseReason::Framing(frame::StreamError::UnknownVersion(9))
+        );
+        assert_eq!(
+            CloseReason::Framing(frame::StreamError::UnknownVersion(9)).label(),
+            "framing"
+        );
+        h.abort();
+        drop(peer);
     }
 }

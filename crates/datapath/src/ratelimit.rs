@@ -4,9 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-/// One limiter per repeating error site (per thread or task: no sharing, no locks).
+/// One limiter per repeating log site (per thread or task: no sharing, no locks). The only one
+/// in hypha: error lines use [`LogLimiter::allow`], summaries such as the node's route-change
+/// report [`LogLimiter::due`].
 #[derive(Debug)]
-pub(crate) struct LogLimiter {
+pub struct LogLimiter {
     every: Duration,
     last: Option<Instant>,
     suppressed: u64,
@@ -24,22 +26,32 @@ impl LogLimiter {
     /// Whether to log this occurrence; `Some(n)` with the number suppressed since the last
     /// line.
     pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.saturating_duration_since(t) < self.every => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
+        if self.due(now) {
+            Some(std::mem::take(&mut self.suppressed))
+        } else {
+            self.suppressed += 1;
+            None
         }
+    }
+
+    /// Whether a line may go out at `now` (which then starts a new interval), without counting
+    /// a suppressed occurrence: for a caller that asks on a schedule rather than per occurrence
+    /// and keeps its own tally of what it held back.
+    pub fn due(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < self.every)
+        {
+            return false;
+        }
+        self.last = Some(now);
+        true
     }
 }
 
 /// A token bucket: `burst` tokens at most, refilled at `per_sec`. One per task or link, no locks.
 #[derive(Debug)]
-pub(crate) struct TokenBucket {
+pub struct TokenBucket {
     per_sec: f64,
     burst: f64,
     tokens: f64,
@@ -101,5 +113,17 @@ mod tests {
         assert_eq!(l.allow(t0 + Duration::from_secs(10)), Some(5));
         assert_eq!(l.allow(t0 + Duration::from_secs(11)), None);
         assert_eq!(l.allow(t0 + Duration::from_secs(25)), Some(1));
+    }
+
+    #[test]
+    fn due_shares_the_interval_but_counts_nothing() {
+        let mut l = LogLimiter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(l.due(t0));
+        assert!(!l.due(t0 + Duration::from_secs(9)));
+        assert_eq!(l.allow(t0 + Duration::from_secs(9)), None);
+        assert!(l.due(t0 + Duration::from_secs(10)));
+        // Only the `allow` call was counted; the interval restarted at 10 s.
+        assert_eq!(l.allow(t0 + Duration::from_secs(20)), Some(1));
     }
 }

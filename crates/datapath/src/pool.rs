@@ -17,7 +17,7 @@ type Pool = Mutex<Vec<Vec<u8>>>;
 static POOL: Pool = Mutex::new(Vec::new());
 
 /// An empty buffer with at least `capacity` bytes of room: a recycled one when there is one.
-pub(crate) fn take(capacity: usize) -> Vec<u8> {
+pub fn take(capacity: usize) -> Vec<u8> {
     let mut b = dirty_from(&POOL, 0);
     b.clear();
     b.reserve(capacity);
@@ -27,7 +27,7 @@ pub(crate) fn take(capacity: usize) -> Vec<u8> {
 /// A buffer with room for `capacity` bytes that keeps its contents: a recycled one still holds
 /// what its last user left, so a writer that fills it at offsets (growing it only where it is too
 /// short) zeroes only the bytes no earlier batch reached.
-pub(crate) fn take_dirty(capacity: usize) -> Vec<u8> {
+pub fn take_dirty(capacity: usize) -> Vec<u8> {
     dirty_from(&POOL, capacity)
 }
 
@@ -42,7 +42,7 @@ fn dirty_from(pool: &Pool, capacity: usize) -> Vec<u8> {
 }
 
 /// Returns a buffer for reuse (or frees it when the pool is full or the buffer oversized).
-pub(crate) fn give(buf: Vec<u8>) {
+pub fn give(buf: Vec<u8>) {
     if buf.capacity() == 0 || buf.capacity() > MAX_POOLED_CAPACITY {
         return;
     }

@@ -1,0 +1,387 @@
+//! Outbound: packets from the TUN to peers. Each packet is classified against the table (drop,
+//! answer with an ICMPv6 error, hold for the owner, or seal for a next hop) and sealed and framed
+//! where the offload split wrote it.
+
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crypto::PayloadType;
+use offload::SegmentSink;
+use routing::{LinkId, Lookup};
+use rustc_hash::FxHashMap;
+use wire::babel::Subnet;
+use wire::frame::{write_data_header, DataSlot, DATA_FRAME_OVERHEAD};
+use wire::icmp::IcmpError;
+use wire::ip::ipv6::Ipv6Packet;
+
+use crate::batch::{FrameBatch, Outbox, TunBatch};
+use crate::counters::{bump, DataCounters};
+use crate::table::{DataTable, Need, NeedSink};
+use crate::Cipher;
+
+/// The inner header of an IPv6 packet: version 1, type 0 (`docs/protocol.md` §6.3).
+pub(crate) const INNER_L3: [u8; crypto::INNER_HEADER_LEN] = [crypto::INNER_VERSION, 0, 0, 0];
+
+/// How often a destination in use is reported to the routing core, so that its route is
+/// refreshed before it expires.
+const REFRESH_EVERY: Duration = Duration::from_secs(5);
+
+/// Remembers when each destination /64 was last reported to the routing core, so a busy flow
+/// costs one report every few seconds, not one per packet.
+#[derive(Default, Debug)]
+pub(crate) struct RefreshTracker {
+    last: FxHashMap<u64, Instant>,
+}
+
+impl RefreshTracker {
+    pub(crate) fn due(&mut self, addr: Ipv6Addr, now: Instant) -> bool {
+        let key = (u128::from(addr) >> 64) as u64;
+        match self.last.get(&key) {
+            Some(t) if now.saturating_duration_since(*t) < REFRESH_EVERY => false,
+            _ => {
+                if self.last.len() > 65536 {
+                    self.last.clear();
+                }
+                self.last.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
+/// Appends to `buf` one data frame carrying the IPv6 `packet` sealed for its destination (inner
+/// type 0), built in place. False (and nothing appended) if sealing failed.
+pub fn push_sealed_l3(
+    buf: &mut Vec<u8>,
+    cipher: &Cipher,
+    packet: &[u8],
+    hop: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+) -> bool {
+    let slot = DataSlot::begin(buf);
+    let body_start = slot.body_start();
+    buf.extend_from_slice(&INNER_L3);
+    buf.extend_from_slice(packet);
+    let sealed = seal_tail(cipher, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
+    slot.finish(buf, hop, src, dst).is_ok() && sealed
+}
+
+/// Seals `buf[start..]` in place and appends tag and nonce. On failure (the OS RNG could not seed
+/// the nonce generator) the frame is cut off at `frame_start` and `false` returned.
+pub(crate) fn seal_tail(
+    cipher: &Cipher,
+    buf: &mut Vec<u8>,
+    start: usize,
+    frame_start: usize,
+) -> bool {
+    if cipher.seal_append(buf, start).is_ok() {
+        true
+    } else {
+        buf.truncate(frame_start);
+        false
+    }
+}
+
+/// The outbound core of one TUN reader: its segments, its per-destination refresh times, and
+/// the batches and errors a batch of segments produced.
+///
+/// Per batch: split TUN reads into [`Sender::sink`], call [`Sender::handle_segments`] (which
+/// returns the first next hop's frames, sealed where they were split), then take the other next
+/// hops' batches from [`Sender::transmits`] and the ICMPv6 errors for the TUN from
+/// [`Sender::poll_tun`].
+pub struct Sender {
+    own_subnet: Subnet,
+    own_addr: Ipv6Addr,
+    counters: Arc<DataCounters>,
+    refresh: RefreshTracker,
+    sink: FrameSink,
+    outbox: Outbox,
+    icmp: TunBatch,
+}
+
+impl Sender {
+    /// A sender for the node whose /64 is `own_subnet` (`own_addr` its address), splitting into
+    /// batches of `batch_capacity` bytes.
+    pub fn new(
+        own_subnet: Subnet,
+        own_addr: Ipv6Addr,
+        counters: Arc<DataCounters>,
+        batch_capacity: usize,
+    ) -> Sender {
+        Sender {
+            own_subnet,
+            own_addr,
+            counters,
+            refresh: RefreshTracker::default(),
+            sink: FrameSink::new(batch_capacity),
+            outbox: Outbox::default(),
+            icmp: TunBatch::default(),
+        }
+    }
+
+    /// Where TUN reads split their packets for the next batch.
+    pub fn sink(&mut self) -> &mut FrameSink {
+        &mut self.sink
+    }
+
+    /// Routes and seals every segment in the sink. Returns the frames for the first next hop,
+    /// sealed in place; frames for other next hops wait in [`Sender::transmits`], errors for the
+    /// TUN in [`Sender::poll_tun`], and what the owner must do in `needs`.
+    pub fn handle_segments<L, N: NeedSink>(
+        &mut self,
+        table: &DataTable<L>,
+        needs: &mut N,
+        now: Instant,
+    ) -> Option<(LinkId, FrameBatch)> {
+        let mut ctx = Outbound {
+            own_subnet: self.own_subnet,
+            own_addr: self.own_addr,
+            counters: &self.counters,
+            needs,
+            refresh: &mut self.refresh,
+            now,
+        };
+        self.sink
+            .seal(&mut ctx, table, &mut self.outbox, &mut self.icmp)
+    }
+
+    /// Batches for next hops other than the first, from the last [`Sender::handle_segments`].
+    pub fn transmits(&mut self) -> impl Iterator<Item = (LinkId, FrameBatch)> + '_ {
+        self.outbox.drain()
+    }
+
+    /// ICMPv6 errors for the TUN about packets that could not be sent.
+    pub fn poll_tun(&mut self) -> Option<TunBatch> {
+        (!self.icmp.is_empty()).then(|| std::mem::take(&mut self.icmp))
+    }
+}
+
+/// Everything classifying a packet needs besides the table.
+pub(crate) struct Outbound<'a, N> {
+    pub own_subnet: Subnet,
+    pub own_addr: Ipv6Addr,
+    pub counters: &'a DataCounters,
+    pub needs: &'a mut N,
+    pub refresh: &'a mut RefreshTracker,
+    pub now: Instant,
+}
+
+/// What to do with one IPv6 packet read from the TUN.
+pub(crate) enum Verdict<'t> {
+    /// Seal it for `cipher` and send it to `link` with outer hop limit `hop`.
+    Seal {
+        link: LinkId,
+        cipher: &'t Cipher,
+        hop: u8,
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+    },
+    /// Already dealt with: dropped and counted, answered with an ICMPv6 error into the TUN
+    /// batch, or handed to the owner until its route is known.
+    Handled,
+}
+
+/// Decides where a packet from the TUN goes. Everything but sealing happens here, so that the
+/// caller can seal wherever the packet already lies.
+pub(crate) fn classify<'t, L, N: NeedSink>(
+    ctx: &mut Outbound<'_, N>,
+    table: &'t DataTable<L>,
+    packet: &[u8],
+    icmp_out: &mut TunBatch,
+) -> Verdict<'t> {
+    bump(&ctx.counters.tun_packets_in);
+    let Ok(ip) = Ipv6Packet::new_header_checked(packet) else {
+        bump(&ctx.counters.drop_not_ipv6);
+        return Verdict::Handled;
+    };
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    if dst.is_multicast() {
+        // Neighbour/router discovery and MLD chatter on the TUN: nothing to route.
+        return Verdict::Handled;
+    }
+    let mut answer = |kind| {
+        if icmp_out.push_icmp(ctx.own_addr, src, kind, packet) {
+            bump(&ctx.counters.icmp_generated);
+        }
+        Verdict::Handled
+    };
+    if ctx.own_subnet.contains_addr(dst) {
+        return answer(IcmpError::AddressUnreachable);
+    }
+    if !routing::overlay().contains_addr(src) {
+        return answer(IcmpError::SourcePolicy);
+    }
+    let hop_limit = ip.hop_limit();
+    if hop_limit < 2 {
+        bump(&ctx.counters.drop_hop_limit);
+        return answer(IcmpError::HopLimit);
+    }
+    match table.fib.lookup(dst) {
+        Lookup::Route(nh) => {
+            if ctx.refresh.due(dst, ctx.now) {
+                let _ = ctx.needs.try_push(Need::Route(dst));
+            }
+            let Some(cipher) = table.ciphers.get(&nh.public_key()) else {
+                // The key is computed when the route is published; a miss is a race with an
+                // update: let the owner hold it.
+                hold(ctx, packet);
+                return Verdict::Handled;
+            };
+            if !table.links.contains_key(&nh.link) {
+                hold(ctx, packet);
+                return Verdict::Handled;
+            }
+            Verdict::Seal {
+                link: nh.link,
+                cipher,
+                hop: hop_limit - 1,
+                src,
+                dst,
+            }
+        }
+        Lookup::Local => answer(IcmpError::AddressUnreachable),
+        Lookup::NoRoute => {
+            bump(&ctx.counters.drop_no_route);
+            let _ = ctx.needs.try_push(Need::Route(dst));
+            answer(IcmpError::NoRoute)
+        }
+        Lookup::Resolving | Lookup::Unknown => {
+            hold(ctx, packet);
+            Verdict::Handled
+        }
+    }
+}
+
+/// Hands a packet to the owner to wait for its route.
+fn hold<N: NeedSink>(ctx: &mut Outbound<'_, N>, packet: &[u8]) {
+    if ctx.needs.try_push(Need::Pending(packet.to_vec())).is_err() {
+        bump(&ctx.counters.drop_queue_full);
+    }
+}
+
+/// Room before each segment in a [`FrameSink`]: the data frame header and the inner header.
+const SINK_HEADROOM: usize = DATA_FRAME_OVERHEAD + INNER_L3.len();
+/// Room after each segment: the AEAD tag and nonce.
+const SINK_TAILROOM: usize = crypto::SEAL_OVERHEAD;
+/// Largest segment that still makes a legal frame body.
+const MAX_SINK_SEGMENT: usize = wire::frame::MAX_DATA_BODY - INNER_L3.len() - SINK_TAILROOM;
+
+/// Where the TUN reader splits super-packets: each segment is written once, into a buffer laid
+/// out as a train of data frames (`header ‖ inner header ‖ segment ‖ tag and nonce`), so sealing
+/// and framing happen in place and the buffer goes to the link writer as it is.
+pub struct FrameSink {
+    /// Recycled memory, not zeroed again for every batch; the first `len` bytes are in use.
+    pub(crate) buf: Vec<u8>,
+    len: usize,
+    /// Frame start and segment length of each segment.
+    spans: Vec<(usize, usize)>,
+    capacity: usize,
+}
+
+impl FrameSink {
+    pub fn new(capacity: usize) -> FrameSink {
+        FrameSink {
+            buf: crate::pool::take_dirty(capacity),
+            len: 0,
+            spans: Vec::with_capacity(256),
+            capacity,
+        }
+    }
+
+    pub fn segments(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.len
+    }
+
+    /// Routes and seals every segment. Frames for the first next hop stay in place and are
+    /// returned as one batch; frames for other next hops are copied into `out`; what cannot be
+    /// sent is cut out. The sink is empty afterwards, with a fresh buffer.
+    pub(crate) fn seal<L, N: NeedSink>(
+        &mut self,
+        ctx: &mut Outbound<'_, N>,
+        table: &DataTable<L>,
+        out: &mut Outbox,
+        icmp_out: &mut TunBatch,
+    ) -> Option<(LinkId, FrameBatch)> {
+        let mut main: Option<LinkId> = None;
+        let mut frames = 0u32;
+        // Where the kept frames end once the holes are closed.
+        let mut kept_end = 0usize;
+        let mut holes = false;
+        for i in 0..self.spans.len() {
+            let (start, len) = self.spans[i];
+            let seg_at = start + SINK_HEADROOM;
+            let frame_len = SINK_HEADROOM + len + SINK_TAILROOM;
+            let verdict = classify(ctx, table, &self.buf[seg_at..seg_at + len], icmp_out);
+            let Verdict::Seal {
+                link,
+                cipher,
+                hop,
+                src,
+                dst,
+            } = verdict
+            else {
+                holes = true;
+                continue;
+            };
+            if main.is_some_and(|m| m != link) || len > MAX_SINK_SEGMENT {
+                // Another next hop (several reads went into this batch): copy it over.
+                let packet = &self.buf[seg_at..seg_at + len];
+                if push_sealed_l3(out.buf(link), cipher, packet, hop, src, dst) {
+                    bump(&ctx.counters.frames_sent);
+                }
+                holes = true;
+                continue;
+            }
+            main = Some(link);
+            let frame = &mut self.buf[start..start + frame_len];
+            let (head, body) = frame.split_at_mut(DATA_FRAME_OVERHEAD);
+            body[..INNER_L3.len()].copy_from_slice(&PayloadType::L3.inner_header());
+            let plain = INNER_L3.len() + len;
+            let sealed = cipher.seal_in_place(body, plain).is_ok();
+            if !sealed || write_data_header(head, hop, src, dst, body.len()).is_err() {
+                holes = true;
+                continue;
+            }
+            if holes {
+                self.buf.copy_within(start..start + frame_len, kept_end);
+            }
+            kept_end += frame_len;
+            frames += 1;
+            bump(&ctx.counters.frames_sent);
+        }
+        self.spans.clear();
+        self.len = 0;
+        let link = main?;
+        let mut bytes = std::mem::replace(&mut self.buf, crate::pool::take_dirty(self.capacity));
+        bytes.truncate(kept_end);
+        Some((link, FrameBatch { bytes, frames }))
+    }
+
+    /// Forgets the segments, keeping the buffer.
+    pub fn clear(&mut self) {
+        self.spans.clear();
+        self.len = 0;
+    }
+}
+
+impl SegmentSink for FrameSink {
+    fn segment(&mut self, len: usize) -> Option<&mut [u8]> {
+        let start = self.len;
+        let seg_at = start + SINK_HEADROOM;
+        let end = seg_at + len + SINK_TAILROOM;
+        // Safe code has to initialise memory before the split writes into it; a recycled buffer
+        // comes back at its last length, so only bytes no earlier batch reached are zeroed.
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        self.len = end;
+        self.spans.push((start, len));
+        Some(&mut self.buf[seg_at..seg_at + len])
+    }
+}

@@ -1,0 +1,112 @@
+//! What the data path reads (the [`DataTable`] snapshot) and what it asks of the owner of the
+//! routing core ([`Need`]s, collected in a bounded [`Needs`]).
+
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+
+use routing::{ForwardingTable, LinkId};
+use rustc_hash::FxHashMap;
+
+use crate::Cipher;
+
+/// The snapshot the data path reads: routes, the links that can take frames and the ciphers of
+/// the keys the routes name. `L` is whatever the shell keeps per link (its queue's sender); the
+/// core only asks whether a link is there. Rebuilt by the owner task whenever one of them changes
+/// and read without locks.
+pub struct DataTable<L> {
+    pub fib: Arc<ForwardingTable>,
+    pub links: FxHashMap<LinkId, L>,
+    pub ciphers: FxHashMap<[u8; 32], Cipher>,
+}
+
+impl<L> DataTable<L> {
+    pub fn empty(fib: Arc<ForwardingTable>) -> DataTable<L> {
+        DataTable {
+            fib,
+            links: FxHashMap::default(),
+            ciphers: FxHashMap::default(),
+        }
+    }
+
+    /// The cipher for the key of the route that covers `addr` as a source.
+    pub(crate) fn source_cipher(&self, addr: Ipv6Addr) -> Option<&Cipher> {
+        self.fib.source_key(addr).and_then(|k| self.ciphers.get(&k))
+    }
+}
+
+/// Most bytes of frames on their way to the owner to wait for a key (see
+/// [`crate::DataCounters::pending_in_flight`]).
+pub const PENDING_IN_FLIGHT_MAX: usize = 4 << 20;
+
+/// What the data path asks of the owner task.
+#[derive(Debug)]
+pub enum Need {
+    /// A destination of ours is in use: query or refresh its route.
+    Route(Ipv6Addr),
+    /// A destination of a frame a link asked us to forward: query or refresh its route,
+    /// charged to that link's share of the query table.
+    RouteFor(Ipv6Addr, LinkId),
+    /// A packet from the TUN waits for a route to its destination.
+    Pending(Vec<u8>),
+    /// A frame for us from a sender whose route (and so key) we don't know yet.
+    PendingInbound(InboundFrame),
+}
+
+/// An encrypted frame for our /64, kept until the sender's key is known.
+#[derive(Debug)]
+pub struct InboundFrame {
+    pub hop: u8,
+    pub src: Ipv6Addr,
+    pub body: Vec<u8>,
+    /// The link it came in on: its share of the waiting room is charged.
+    pub link: LinkId,
+}
+
+/// Where the core puts its [`Need`]s: the shell's channel to the owner (non-blocking), or a
+/// bounded [`Needs`] list in tests and fuzzing. Links' frames may not use the last part of its
+/// room, which stays for the node's own packets, so a flood on one link can neither fill the
+/// channel the TUN's needs share nor hold it long against the other links.
+pub trait NeedSink {
+    /// Hands a need on without waiting; gives it back when there is no room.
+    fn try_push(&mut self, need: Need) -> Result<(), Need>;
+    /// Whether a link's frames may add one more need: not into the room kept for the node's own.
+    fn room_for_links(&self) -> bool;
+}
+
+/// A bounded list of needs, for tests and fuzzing: `room` needs at most, of which links may use
+/// all but `reserved`.
+#[derive(Debug, Default)]
+pub struct Needs {
+    pub list: Vec<Need>,
+    room: usize,
+    reserved: usize,
+}
+
+impl Needs {
+    pub fn with_room(room: usize, reserved: usize) -> Needs {
+        Needs {
+            list: Vec::new(),
+            room,
+            reserved,
+        }
+    }
+
+    /// Takes the needs out, as the owner would, freeing their room.
+    pub fn drain(&mut self) -> impl Iterator<Item = Need> + '_ {
+        self.list.drain(..)
+    }
+}
+
+impl NeedSink for Needs {
+    fn try_push(&mut self, need: Need) -> Result<(), Need> {
+        if self.list.len() >= self.room {
+            return Err(need);
+        }
+        self.list.push(need);
+        Ok(())
+    }
+
+    fn room_for_links(&self) -> bool {
+        self.room - self.list.len() > self.reserved
+    }
+}

@@ -1,0 +1,56 @@
+//! Links over TCP: the socket tuned for a link (no Nagle, a short unsent backlog) and split into
+//! its two directions.
+
+use std::net::SocketAddr;
+
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::Transport;
+
+/// Unsent bytes the kernel may hold for a peer socket before it stops reporting it writable.
+const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+impl Transport for TcpStream {
+    type Reader = OwnedReadHalf;
+    type Writer = OwnedWriteHalf;
+
+    fn static_cost(&self) -> u16 {
+        let v4 = self.peer_addr().is_ok_and(|r| match r {
+            SocketAddr::V4(_) => true,
+            SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+        });
+        if v4 {
+            routing::consts::STATIC_COST_TCP4
+        } else {
+            routing::consts::STATIC_COST_TCP6
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (self.local_addr(), self.peer_addr()) {
+            (Ok(l), Ok(r)) => format!("TCP {} <-> {}", canonical(l), canonical(r)),
+            _ => "TCP".to_owned(),
+        }
+    }
+
+    fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        let _ = self.set_nodelay(true);
+        // Keep the socket's unsent backlog short: what the kernel has not sent yet waits in our
+        // queues instead, where it back-pressures the TUN rather than delaying every packet
+        // behind megabytes of bulk data (bufferbloat).
+        let _ = socket2::SockRef::from(&self).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+        self.into_split()
+    }
+}
+
+/// An address as people write it: IPv4-mapped IPv6 addresses shown as IPv4.
+pub(crate) fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}

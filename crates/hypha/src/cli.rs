@@ -173,8 +173,11 @@ pub enum Command {
         no_wait: bool,
     },
     /// Benchmark the data path (root): raw veth, hypha with and without offloads, the forwarding
-    /// floors and other nodes (--compare), in network namespaces with iperf3 and ping. Runs the
-    /// `hypha-bench` binary installed beside this one; `hypha bench --help` lists its options
+    /// floors and other nodes (--compare), in network namespaces with iperf3 and ping; prints one
+    /// table
+    ///
+    /// Runs the `hypha-bench` binary that sits beside this one (build it with `cargo build
+    /// --release -p hypha-bench`) with the arguments unchanged; `hypha bench --help` lists them.
     #[command(disable_help_flag = true)]
     Bench {
         /// Arguments for hypha-bench, passed through unchanged

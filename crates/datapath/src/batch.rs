@@ -31,6 +31,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// The buffer to append one frame for `link` to (counted as one frame).
+    #[inline]
     pub(crate) fn buf(&mut self, link: LinkId) -> &mut Vec<u8> {
         // Few next hops per batch: a linear scan beats hashing.
         let i = match self.bufs.iter().position(|(l, _)| *l == link) {
@@ -51,10 +52,12 @@ impl Outbox {
         &mut b.bytes
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.bufs.is_empty()
     }
 
+    #[inline]
     pub fn drain(&mut self) -> impl Iterator<Item = (LinkId, FrameBatch)> + '_ {
         self.bufs.drain(..)
     }
@@ -76,10 +79,12 @@ impl TunBatch {
         }
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.ends.len()
     }
@@ -89,6 +94,7 @@ impl TunBatch {
         self.ends.clear();
     }
 
+    #[inline]
     pub fn push(&mut self, packet: &[u8]) {
         self.data.extend_from_slice(packet);
         self.ends.push(self.data.len());
@@ -144,14 +150,17 @@ pub struct InPlace {
 }
 
 impl InPlace {
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.spans.len()
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, range: Range<usize>) {
         self.spans.push(range);
     }

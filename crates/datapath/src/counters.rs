@@ -74,6 +74,7 @@ macro_rules! data_counters {
 for_each_data_counter!(data_counters);
 
 /// Adds one to a counter.
+#[inline]
 pub fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }

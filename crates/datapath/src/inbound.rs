@@ -155,6 +155,7 @@ impl Receiver {
     }
 
     /// How many packets wait for the TUN.
+    #[inline]
     pub fn tun_len(&self) -> usize {
         self.in_place.len() + self.built.len()
     }
@@ -166,10 +167,12 @@ impl Receiver {
     }
 
     /// The batches for next hops from the frames handled since the last call.
+    #[inline]
     pub fn transmits(&mut self) -> impl Iterator<Item = (LinkId, FrameBatch)> + '_ {
         self.outbox.drain()
     }
 
+    #[inline]
     pub fn has_transmits(&self) -> bool {
         !self.outbox.is_empty()
     }
@@ -220,6 +223,7 @@ impl InnerRefusal {
 /// nothing else) and whose destination lies in our own /64. Honest senders never fail them;
 /// without them any peer that announces a key could write packets with any addresses into the
 /// host.
+#[inline]
 pub fn check_inner(packet: &[u8], sender: Subnet, own: Subnet) -> Result<(), InnerRefusal> {
     let ip = Ipv6Packet::new_header_checked(packet).map_err(|_| InnerRefusal::NotIpv6)?;
     if !sender.contains_addr(ip.src_addr()) {
@@ -233,6 +237,7 @@ pub fn check_inner(packet: &[u8], sender: Subnet, own: Subnet) -> Result<(), Inn
 
 /// Whether a frame from `src` can ever be opened: only senders inside `400::/7` and outside our
 /// own /64 have keys a route query could find.
+#[inline]
 pub fn may_have_key(src: Ipv6Addr, own: Subnet) -> bool {
     routing::overlay().contains_addr(src) && !own.contains_addr(src)
 }
@@ -240,6 +245,7 @@ pub fn may_have_key(src: Ipv6Addr, own: Subnet) -> bool {
 /// Makes an opened IPv6 packet ready for the TUN: [`check_inner`] (counting a refusal), then the
 /// decremented outer hop limit written into it, as the destination does (`docs/protocol.md`
 /// §6.4).
+#[inline]
 fn admit_l3(
     packet: &mut [u8],
     sender: Subnet,

@@ -35,6 +35,7 @@ pub(crate) struct RefreshTracker {
 }
 
 impl RefreshTracker {
+    #[inline]
     pub(crate) fn due(&mut self, addr: Ipv6Addr, now: Instant) -> bool {
         let key = (u128::from(addr) >> 64) as u64;
         match self.last.get(&key) {
@@ -52,6 +53,7 @@ impl RefreshTracker {
 
 /// Appends to `buf` one data frame carrying the IPv6 `packet` sealed for its destination (inner
 /// type 0), built in place. False (and nothing appended) if sealing failed.
+#[inline]
 pub fn push_sealed_l3(
     buf: &mut Vec<u8>,
     cipher: &Cipher,
@@ -70,6 +72,7 @@ pub fn push_sealed_l3(
 
 /// Seals `buf[start..]` in place and appends tag and nonce. On failure (the OS RNG could not seed
 /// the nonce generator) the frame is cut off at `frame_start` and `false` returned.
+#[inline]
 pub(crate) fn seal_tail(
     cipher: &Cipher,
     buf: &mut Vec<u8>,
@@ -122,6 +125,7 @@ impl Sender {
     }
 
     /// Where TUN reads split their packets for the next batch.
+    #[inline]
     pub fn sink(&mut self) -> &mut FrameSink {
         &mut self.sink
     }
@@ -148,11 +152,13 @@ impl Sender {
     }
 
     /// Batches for next hops other than the first, from the last [`Sender::handle_segments`].
+    #[inline]
     pub fn transmits(&mut self) -> impl Iterator<Item = (LinkId, FrameBatch)> + '_ {
         self.outbox.drain()
     }
 
     /// ICMPv6 errors for the TUN about packets that could not be sent.
+    #[inline]
     pub fn poll_tun(&mut self) -> Option<TunBatch> {
         (!self.icmp.is_empty()).then(|| std::mem::take(&mut self.icmp))
     }
@@ -290,10 +296,12 @@ impl FrameSink {
         }
     }
 
+    #[inline]
     pub fn segments(&self) -> usize {
         self.spans.len()
     }
 
+    #[inline]
     pub fn bytes(&self) -> usize {
         self.len
     }
@@ -371,6 +379,7 @@ impl FrameSink {
 }
 
 impl SegmentSink for FrameSink {
+    #[inline]
     fn segment(&mut self, len: usize) -> Option<&mut [u8]> {
         let start = self.len;
         let seg_at = start + SINK_HEADROOM;

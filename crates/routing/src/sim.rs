@@ -119,6 +119,23 @@ pub struct SimStats {
     pub routes_lost: u64,
     pub links_declared_dead: u64,
     pub loop_checks: u64,
+    /// With [`Sim::digest_tlvs`]: a digest (FNV-1a) of every TLV the routers sent, with its time
+    /// and link, in order. Two runs with equal digests sent the same TLVs at the same instants,
+    /// which shows that a change to the core's internals left its behaviour alone.
+    pub tlv_digest: u64,
+}
+
+/// FNV-1a over whatever is written to it: the digest needs no `Hash` impl on the TLV types,
+/// only their `Debug` form, which names every field.
+struct Fnv<'a>(&'a mut u64);
+
+impl std::fmt::Write for Fnv<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for b in s.bytes() {
+            *self.0 = (*self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Ok(())
+    }
 }
 
 /// The simulated network.
@@ -133,6 +150,8 @@ pub struct Sim {
     pub check_loops: bool,
     /// Granularity of [`Sim::run_until_cond`] checks (1 ms by default).
     pub cond_resolution: Duration,
+    /// Fold every TLV sent into [`SimStats::tlv_digest`] (off by default: it formats each one).
+    pub digest_tlvs: bool,
     loops: Vec<String>,
     query_timeouts: Vec<(Time, usize, Subnet)>,
     pub stats: SimStats,
@@ -158,9 +177,13 @@ impl Sim {
             rng: SimRng::new(seed),
             check_loops: true,
             cond_resolution: Duration::from_millis(1),
+            digest_tlvs: false,
             loops: Vec::new(),
             query_timeouts: Vec::new(),
-            stats: SimStats::default(),
+            stats: SimStats {
+                tlv_digest: 0xcbf2_9ce4_8422_2325,
+                ..SimStats::default()
+            },
             work: Vec::new(),
         }
     }
@@ -339,6 +362,14 @@ impl Sim {
 
     /// Puts `tlv` in flight on link `l` in direction `d`, arriving at `t`.
     fn enqueue(&mut self, l: usize, d: usize, t: Time, tlv: Tlv) {
+        if self.digest_tlvs {
+            use std::fmt::Write;
+            let _ = write!(
+                Fnv(&mut self.stats.tlv_digest),
+                "{} {l} {d} {tlv:?};",
+                self.now.as_micros()
+            );
+        }
         let link = &mut self.links[l];
         link.fifo[d].push_back((t, tlv));
         if link.head[d].is_none() {

@@ -101,11 +101,16 @@ enum Ev {
 }
 
 /// The queue holds one event per busy link direction and one per node, so it stays small.
+///
+/// Events of one instant run in a fixed order, arrivals by link, then wake-ups by node, not in
+/// the order they were scheduled: a core may ask to be woken early (a timer with nothing to
+/// do), and when it asks must not reorder the run. (`seq` only tells apart copies of one
+/// event.)
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct QItem {
     t: Time,
-    seq: u64,
     ev: Ev,
+    seq: u64,
 }
 
 /// What happened during a run.

@@ -38,7 +38,9 @@
 #![forbid(unsafe_code)]
 
 mod fib;
+mod names;
 mod router;
+mod routes;
 pub mod sim;
 mod time;
 

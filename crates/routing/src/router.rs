@@ -12,6 +12,8 @@ use wire::babel::{
 };
 
 use crate::fib::{ForwardingTable, Lookup, NextHop};
+use crate::names::{RidId, SharedNames, SubnetId};
+use crate::routes::{Fd, LinkSlot, NewRid, RouteTable};
 use crate::time::Time;
 use crypto::{address_from_public_key, overlay};
 
@@ -261,7 +263,8 @@ enum Timer {
     Announce,
     Housekeeping,
     SourceGc,
-    Expiry(Subnet, LinkId),
+    // Route expiry timers (per subnet) live in the route table; they run here, between
+    // `SourceGc` and `Query` timers due at the same instant (see `Timer::runs_before_expiry`).
     Query(Subnet),
     /// End of a link's wildcard-dump hold-off with a dump pending.
     Dump(LinkId),
@@ -270,16 +273,32 @@ enum Timer {
     Undamp(Subnet),
 }
 
+impl Timer {
+    /// Whether this timer runs before route expiry timers due at the same instant: the order
+    /// of the variants when expiry timers were among them, kept so that outputs keep their
+    /// order.
+    fn runs_before_expiry(&self) -> bool {
+        matches!(
+            self,
+            Timer::Hello(_)
+                | Timer::DeadCheck
+                | Timer::Announce
+                | Timer::Housekeeping
+                | Timer::SourceGc
+        )
+    }
+}
+
 #[derive(Debug)]
 struct Link {
+    /// How route entries name this link.
+    slot: LinkSlot,
     static_cost: u16,
     smoothed: u16,
     last_ihu: Time,
     last_hello: Option<Time>,
     hello_seqno: SeqNo,
     next_hello: Time,
-    /// Subnets with an entry from this link, so link-down costs O(its routes).
-    subnets: rustc_hash::FxHashSet<Subnet>,
     /// Queries caused by its own RouteRequests, and by those it relays and its traffic: kept
     /// apart so that a flood an honest neighbour relays does not crowd out its own queries.
     own_queries: Quota,
@@ -378,39 +397,6 @@ impl Link {
     fn cost(&self) -> Metric {
         Metric(self.smoothed).saturating_add(Metric(self.static_cost))
     }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    link: LinkId,
-    /// As advertised by the neighbour (its total), not including our link cost.
-    metric: Metric,
-    seqno: SeqNo,
-    router_id: RouterId,
-    expires: Time,
-    /// Earliest expiry timer in the heap for this entry.
-    scheduled: Time,
-}
-
-#[derive(Debug)]
-struct RouteList {
-    entries: Vec<Entry>,
-    selected: Option<LinkId>,
-    /// Router-id and advertised metric of the selection when it was last made.
-    sel_rid: RouterId,
-    sel_metric: Metric,
-    refresh_sent: Option<Time>,
-    /// When the subnet last flapped (for flap damping).
-    last_trigger: Option<Time>,
-    /// Triggered updates sent for the subnet ([`TRIGGER_RATE`], [`TRIGGER_BURST`]).
-    triggers: Bucket,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Fd {
-    metric: Metric,
-    seqno: SeqNo,
-    expires: Time,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -564,10 +550,10 @@ pub struct Router {
     seqno: SeqNo,
     last_bump: Option<Time>,
     links: BTreeMap<LinkId, Link>,
-    routes: FxHashMap<Subnet, RouteList>,
+    /// Route lists, feasibility distances and their expiry timers, by interned name
+    /// (`routes.rs`).
+    routes: RouteTable,
     route_plens: PlenIndex,
-    entry_count: usize,
-    sources: FxHashMap<(Subnet, RouterId), Fd>,
     queries: FxHashMap<Subnet, Query>,
     query_plens: PlenIndex,
     /// Queries charged to links (live or gone), against `max_queries - queries_reserved_own`.
@@ -613,15 +599,14 @@ fn hold_time(interval_cs: u16) -> Duration {
 impl Router {
     pub fn new(cfg: Config, now: Time) -> Router {
         let fwd = Arc::new(ForwardingTable::empty(cfg.own_subnet));
+        let routes = RouteTable::new(cfg.address_of);
         let mut r = Router {
             cfg,
             seqno: SeqNo(0),
             last_bump: None,
             links: BTreeMap::new(),
-            routes: FxHashMap::default(),
+            routes,
             route_plens: PlenIndex::default(),
-            entry_count: 0,
-            sources: FxHashMap::default(),
             queries: FxHashMap::default(),
             query_plens: PlenIndex::default(),
             link_queries: 0,
@@ -673,16 +658,21 @@ impl Router {
             self.counters.links_refused += 1;
             return Err(LinkError::TooMany);
         }
+        // Every slot is taken only if 65,535 links (open, or gone with routes still held) are.
+        let Some(slot) = self.routes.links.open(link) else {
+            self.counters.links_refused += 1;
+            return Err(LinkError::TooMany);
+        };
         self.links.insert(
             link,
             Link {
+                slot,
                 static_cost,
                 smoothed: INITIAL_LINK_COST,
                 last_ihu: now,
                 last_hello: None,
                 hello_seqno: SeqNo(0),
                 next_hello: now,
-                subnets: Default::default(),
                 own_queries: Quota::default(),
                 relayed_queries: Quota::default(),
                 last_dump: None,
@@ -731,12 +721,37 @@ impl Router {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
-        while let Some(&Reverse((t, timer))) = self.timers.peek() {
-            if t > now {
-                break;
+        // Two queues merged in time order: the timers here and the route table's expiry
+        // timers, which come out one instant at a time, in subnet order.
+        let mut expiring = Vec::new().into_iter();
+        let mut expiring_at = Time::ZERO;
+        loop {
+            if expiring.len() == 0 {
+                if let Some((at, due)) = self.routes.due(now) {
+                    expiring_at = at;
+                    expiring = due.into_iter();
+                }
             }
-            self.timers.pop();
-            self.on_timer(timer, now);
+            let other = self
+                .timers
+                .peek()
+                .map(|&Reverse((t, timer))| (t, timer))
+                .filter(|&(t, _)| t <= now);
+            let run_other = match (other, expiring.len() > 0) {
+                (None, false) => break,
+                (Some(_), false) => true,
+                (None, true) => false,
+                (Some((t, timer)), true) => {
+                    t < expiring_at || (t == expiring_at && timer.runs_before_expiry())
+                }
+            };
+            if run_other {
+                if let Some(Reverse((_, timer))) = self.timers.pop() {
+                    self.on_timer(timer, now);
+                }
+            } else if let Some((subnet, id)) = expiring.next() {
+                self.on_expiry(subnet, id, now);
+            }
         }
         self.compact_timers_if_needed();
     }
@@ -771,27 +786,29 @@ impl Router {
         if !overlay().contains_addr(dst) || self.cfg.own_subnet.contains_addr(dst) {
             return;
         }
-        if let Some(subnet) = self.longest_route_match(dst) {
-            let Some(list) = self.routes.get_mut(&subnet) else {
+        if let Some((subnet, id)) = self.longest_route_match(dst) {
+            let Some(meta) = self.routes.meta(id) else {
                 return;
             };
-            match list
-                .selected
-                .and_then(|l| list.entries.iter().find(|e| e.link == l))
+            let entries = self.routes.entries(id);
+            match meta
+                .selected()
+                .and_then(|l| entries.iter().find(|e| e.link == l))
             {
                 Some(e) => {
-                    let near = e.expires.saturating_since(now) < REFRESH_BEFORE_EXPIRY;
-                    let recently = list
-                        .refresh_sent
+                    let near = e.expires().saturating_since(now) < REFRESH_BEFORE_EXPIRY;
+                    let recently = self
+                        .routes
+                        .refresh_sent(id)
                         .is_some_and(|t| now.saturating_since(t) < REFRESH_BEFORE_EXPIRY);
                     if near && !recently {
-                        list.refresh_sent = Some(now);
+                        self.routes.set_refresh_sent(id, now);
                         self.send_rr_to_all(subnet, 0, None, now);
                     }
                 }
                 None => {
-                    let rid = list.entries.iter().find(|e| !e.metric.is_infinite());
-                    if let Some(rid) = rid.map(|e| e.router_id) {
+                    let rid = entries.iter().find(|e| !e.metric.is_infinite());
+                    if let Some(rid) = rid.map(|e| self.routes.names.rid(e.rid)) {
                         self.originate_snr(subnet, rid, Targets::Advertisers, now);
                     }
                 }
@@ -824,7 +841,11 @@ impl Router {
     /// When [`Router::handle_timeout`] must be called next. Can be early (a timer that turned
     /// out to have nothing to do), never late.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+        let other = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (other, self.routes.next_due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A new snapshot if the selection changed since the last one was taken.
@@ -841,21 +862,23 @@ impl Router {
             self.fwd_dirty = false;
             self.fwd_generation += 1;
             let mut entries = Vec::with_capacity(self.routes.len());
-            for (s, list) in &self.routes {
-                let sel = list
-                    .selected
-                    .and_then(|l| list.entries.iter().find(|e| e.link == l))
+            let t = &self.routes;
+            for id in t.list_ids() {
+                let list = t.entries(id);
+                let sel = t
+                    .meta(id)
+                    .and_then(|m| m.selected())
+                    .and_then(|l| list.iter().find(|e| e.link == l))
                     .map(|e| NextHop {
-                        link: e.link,
-                        router_id: e.router_id,
+                        link: t.links.id(e.link),
+                        router_id: t.names.rid(e.rid),
                     });
                 let key = sel.map(|n| n.router_id).or_else(|| {
-                    list.entries
-                        .iter()
+                    list.iter()
                         .find(|e| !e.metric.is_infinite())
-                        .map(|e| e.router_id)
+                        .map(|e| t.names.rid(e.rid))
                 });
-                entries.push((*s, sel, key));
+                entries.push((t.names.subnet(id), sel, key));
             }
             self.fwd = Arc::new(ForwardingTable::build(
                 self.fwd_generation,
@@ -888,19 +911,19 @@ impl Router {
         if self.cfg.own_subnet.contains_addr(dst) {
             return Lookup::Local;
         }
-        if let Some(s) = self.longest_route_match(dst) {
-            if let Some(list) = self.routes.get(&s) {
-                if let Some(e) = list
-                    .selected
-                    .and_then(|l| list.entries.iter().find(|e| e.link == l))
-                {
-                    return Lookup::Route(NextHop {
-                        link: e.link,
-                        router_id: e.router_id,
-                    });
-                }
-                return Lookup::NoRoute;
+        if let Some((_, id)) = self.longest_route_match(dst) {
+            let t = &self.routes;
+            if let Some(e) = t
+                .meta(id)
+                .and_then(|m| m.selected())
+                .and_then(|l| t.entries(id).iter().find(|e| e.link == l))
+            {
+                return Lookup::Route(NextHop {
+                    link: t.links.id(e.link),
+                    router_id: t.names.rid(e.rid),
+                });
             }
+            return Lookup::NoRoute;
         }
         for p in self.query_plens.lengths() {
             if let Some(s) = Subnet::new(dst, p) {
@@ -920,18 +943,41 @@ impl Router {
     /// The subnet a packet from `src` comes from (longest match over all routes) and the public
     /// key that authenticates it.
     pub fn lookup_source(&self, src: Ipv6Addr) -> Option<(Subnet, [u8; 32])> {
-        let s = self.longest_route_match(src)?;
-        let list = self.routes.get(&s)?;
-        let sel = list
-            .selected
-            .and_then(|l| list.entries.iter().find(|e| e.link == l));
-        sel.or_else(|| list.entries.iter().find(|e| !e.metric.is_infinite()))
-            .map(|e| (s, e.router_id.public_key()))
+        let (s, id) = self.longest_route_match(src)?;
+        let t = &self.routes;
+        let list = t.entries(id);
+        let sel = t
+            .meta(id)?
+            .selected()
+            .and_then(|l| list.iter().find(|e| e.link == l));
+        sel.or_else(|| list.iter().find(|e| !e.metric.is_infinite()))
+            .map(|e| (s, t.names.rid(e.rid).public_key()))
     }
 
     /// Next hop of the selected route for exactly `subnet`.
     pub fn selected_next_hop(&self, subnet: &Subnet) -> Option<LinkId> {
-        self.routes.get(subnet).and_then(|l| l.selected)
+        let id = self.routes.list_id(subnet)?;
+        let sel = self.routes.meta(id)?.selected()?;
+        Some(self.routes.links.id(sel))
+    }
+
+    /// Shares `names` with other cores in this process (the simulator's): the route table then
+    /// names the subnets and router-ids in it by their shared ids and holds no copy of its own.
+    /// A table given later must extend the one before (names added at the end, never
+    /// changed), since the core's state is indexed by those ids.
+    pub(crate) fn share_names(&mut self, names: Arc<SharedNames>) {
+        self.routes.names.share(names);
+    }
+
+    /// Route lists, route entries, feasibility distances, and names this core holds apart from
+    /// shared ones (subnets, router-ids): for tests and the simulator's memory report.
+    pub fn table_sizes(&self) -> (usize, usize, usize, (usize, usize)) {
+        (
+            self.routes.len(),
+            self.routes.entry_count(),
+            self.routes.source_count(),
+            self.routes.names.own_counts(),
+        )
     }
 
     /// Selected routes, sorted by subnet.
@@ -980,7 +1026,7 @@ impl Router {
         let checks = [
             (self.links.len() <= l.max_links, "links"),
             (self.routes.len() <= l.max_subnets, "routes"),
-            (self.sources.len() <= l.max_sources, "sources"),
+            (self.routes.source_count() <= l.max_sources, "sources"),
             (self.queries.len() <= l.max_queries, "queries"),
             (self.rr_cache.len() <= l.max_rr_cache, "rr cache"),
             (self.seqno_cache.len() <= l.max_seqno_cache, "seqno cache"),
@@ -996,35 +1042,41 @@ impl Router {
             }
         }
         let mut entries = 0;
-        for (s, list) in &self.routes {
-            if self.cfg.own_subnet.contains(s) || !overlay().contains(s) || s.prefix_len() < 64 {
+        let mut lists = 0;
+        let t = &self.routes;
+        for id in t.list_ids() {
+            let s = t.names.subnet(id);
+            if self.cfg.own_subnet.contains(&s) || !overlay().contains(&s) || s.prefix_len() < 64 {
                 return Err(format!("route for {s} should have been filtered"));
             }
-            if list.entries.is_empty() {
+            if t.names.subnet_id(&s) != Some(id) {
+                return Err(format!("{s}: name and id disagree"));
+            }
+            let list = t.entries(id);
+            if list.is_empty() {
                 return Err(format!("empty route list for {s}"));
             }
-            entries += list.entries.len();
-            if let Some(sel) = list.selected {
-                let Some(e) = list.entries.iter().find(|e| e.link == sel) else {
+            lists += 1;
+            entries += list.len();
+            if let Some(sel) = t.meta(id).and_then(|m| m.selected()) {
+                let Some(e) = list.iter().find(|e| e.link == sel) else {
                     return Err(format!("{s}: selected entry missing"));
                 };
-                if e.metric.is_infinite() || !self.links.contains_key(&sel) {
+                if e.metric.is_infinite() || !self.links.contains_key(&t.links.id(sel)) {
                     return Err(format!("{s}: selected route infinite or via a dead link"));
                 }
             }
-            for e in &list.entries {
-                if list.entries.iter().filter(|x| x.link == e.link).count() != 1 {
+            for e in list {
+                if list.iter().filter(|x| x.link == e.link).count() != 1 {
                     return Err(format!("{s}: two entries for one link"));
                 }
-                if let Some(link) = self.links.get(&e.link) {
-                    if !link.subnets.contains(s) {
-                        return Err(format!("{s}: link index missing"));
-                    }
+                if t.names.rid_id(&t.names.rid(e.rid)) != Some(e.rid) {
+                    return Err(format!("{s}: router-id name and id disagree"));
                 }
             }
         }
-        if entries != self.entry_count {
-            return Err("entry count mismatch".into());
+        if entries != t.entry_count() || lists != t.len() {
+            return Err("entry or list count mismatch".into());
         }
         let charged = self
             .queries
@@ -1045,10 +1097,14 @@ impl Router {
             }
         }
         let timers_bound = 4
-            * (self.entry_count + 2 * self.links.len() + self.queries.len() + self.flaps.len())
+            * (self.routes.entry_count()
+                + 2 * self.links.len()
+                + self.queries.len()
+                + self.flaps.len())
             + 64;
-        if self.timers.len() > timers_bound {
-            return Err(format!("timer heap {} > {timers_bound}", self.timers.len()));
+        let timers = self.timers.len() + self.routes.timer_count();
+        if timers > timers_bound {
+            return Err(format!("timer heaps {timers} > {timers_bound}"));
         }
         Ok(())
     }
@@ -1125,27 +1181,31 @@ impl Router {
         let Some(l) = self.links.remove(&link) else {
             return;
         };
-        let mut subnets: Vec<Subnet> = l.subnets.into_iter().collect();
-        subnets.sort_unstable();
-        for subnet in subnets {
-            let Some(list) = self.routes.get_mut(&subnet) else {
+        let slot = l.slot;
+        self.routes.links.close(slot);
+        // The subnets with an entry from this link, in subnet order. A scan of the table: an
+        // index per link would cost more memory than the scan costs time, links going down
+        // being rare next to routes.
+        let t = &self.routes;
+        let mut subnets: Vec<(Subnet, SubnetId)> = t
+            .list_ids()
+            .filter(|&id| t.entries(id).iter().any(|e| e.link == slot))
+            .map(|id| (t.names.subnet(id), id))
+            .collect();
+        subnets.sort_unstable_by_key(|&(s, _)| s);
+        for (subnet, id) in subnets {
+            let Some(i) = self.routes.entries(id).iter().position(|e| e.link == slot) else {
                 continue;
             };
-            let Some(i) = list.entries.iter().position(|e| e.link == link) else {
-                continue;
-            };
-            if list.selected == Some(link) {
-                let e = &mut list.entries[i];
-                e.metric = Metric::INFINITE;
-                e.expires = now + RETRACTED_HOLD;
-                if e.expires < e.scheduled {
-                    e.scheduled = e.expires;
-                    self.timers
-                        .push(Reverse((e.expires, Timer::Expiry(subnet, link))));
-                }
-                self.select(subnet, now);
+            if self.routes.meta(id).and_then(|m| m.selected()) == Some(slot) {
+                let expires = now + RETRACTED_HOLD;
+                let (_, entries) = self.routes.list_mut(id);
+                entries[i].metric = Metric::INFINITE;
+                entries[i].set_expires(expires);
+                self.routes.schedule(id, expires);
+                self.select(subnet, id, now);
             } else {
-                self.remove_entry(subnet, i);
+                self.remove_entry(subnet, id, i);
             }
         }
     }
@@ -1163,18 +1223,25 @@ impl Router {
                 return;
             }
         };
+        let rid = self.routes.names.rid_id(&u.router_id);
+        let mut addr = None;
         if !u.metric.is_infinite() {
-            let addr = (self.cfg.address_of)(&u.router_id.public_key());
-            if !subnet.contains_addr(addr) {
+            let a = self.routes.names.owner_address(&u.router_id, rid);
+            if !subnet.contains_addr(a) {
                 self.counters.update_bad_owner += 1;
                 return;
             }
+            addr = Some(a);
         }
         if self.cfg.own_subnet.contains(&subnet) {
             self.counters.update_own_subnet += 1;
             return;
         }
-        let feasible = self.is_feasible(subnet, u.router_id, u.seqno, u.metric);
+        let Some(slot) = self.links.get(&link).map(|l| l.slot) else {
+            return;
+        };
+        let sid = self.routes.names.subnet_id(&subnet);
+        let feasible = self.is_feasible(sid, rid, u.seqno, u.metric);
         let hold = if u.metric.is_infinite() {
             RETRACTED_HOLD
         } else {
@@ -1188,16 +1255,13 @@ impl Router {
             hold.max(min)
         };
         let expires = now + hold;
-        let new_entry = Entry {
-            link,
-            metric: u.metric,
-            seqno: u.seqno,
-            router_id: u.router_id,
-            expires,
-            scheduled: expires,
+        let new_rid = NewRid {
+            rid: &u.router_id,
+            id: rid,
+            addr,
         };
 
-        let Some(list) = self.routes.get_mut(&subnet) else {
+        let Some(id) = sid.filter(|&id| self.routes.has_list(id)) else {
             if u.metric.is_infinite() {
                 self.counters.update_retraction_ignored += 1;
             } else if !feasible {
@@ -1206,31 +1270,23 @@ impl Router {
             } else if self.routes.len() >= self.cfg.limits.max_subnets {
                 self.counters.route_table_full += 1;
             } else {
-                self.routes.insert(
-                    subnet,
-                    RouteList {
-                        entries: vec![new_entry],
-                        selected: None,
-                        sel_rid: u.router_id,
-                        sel_metric: Metric::INFINITE,
-                        refresh_sent: None,
-                        last_trigger: None,
-                        triggers: Bucket::default(),
-                    },
-                );
+                let id = self
+                    .routes
+                    .create(subnet, slot, u.metric, u.seqno, new_rid, expires);
                 self.route_plens.add(subnet.prefix_len());
-                self.added_entry(subnet, link, expires);
-                self.select(subnet, now);
-                self.serve_waiters(subnet, now);
+                self.fwd_dirty = true;
+                self.select(subnet, id, now);
+                self.serve_waiters(subnet, id, now);
             }
             return;
         };
 
-        match list.entries.iter().position(|e| e.link == link) {
+        match self.routes.entries(id).iter().position(|e| e.link == slot) {
             Some(i) => {
-                let is_sel = list.selected == Some(link);
-                let e = &mut list.entries[i];
-                if !feasible && is_sel && e.router_id == u.router_id {
+                let is_sel = self.routes.meta(id).and_then(|m| m.selected()) == Some(slot);
+                let e = self.routes.entries(id)[i];
+                let same_rid = rid == Some(e.rid);
+                if !feasible && is_sel && same_rid {
                     self.counters.update_unfeasible += 1;
                     self.originate_snr(subnet, u.router_id, Targets::One(link), now);
                     return;
@@ -1239,19 +1295,17 @@ impl Router {
                     self.counters.update_retraction_ignored += 1;
                     return;
                 }
-                if e.router_id != u.router_id {
+                if !same_rid {
                     self.fwd_dirty = true;
+                    self.routes.set_entry_rid(id, i, new_rid);
                 }
+                let (_, entries) = self.routes.list_mut(id);
+                let e = &mut entries[i];
                 e.seqno = u.seqno;
                 e.metric = u.metric;
-                e.router_id = u.router_id;
                 if feasible {
-                    e.expires = expires;
-                    if expires < e.scheduled {
-                        e.scheduled = expires;
-                        self.timers
-                            .push(Reverse((expires, Timer::Expiry(subnet, link))));
-                    }
+                    e.set_expires(expires);
+                    self.routes.schedule(id, expires);
                 } else {
                     self.counters.update_unfeasible += 1;
                 }
@@ -1263,84 +1317,81 @@ impl Router {
                 }
                 if !feasible {
                     self.counters.update_unfeasible += 1;
-                    if list.selected.is_none() {
+                    if self.routes.meta(id).and_then(|m| m.selected()).is_none() {
                         self.originate_snr(subnet, u.router_id, Targets::One(link), now);
                     }
                     return;
                 }
-                list.entries.push(new_entry);
-                self.added_entry(subnet, link, expires);
+                self.routes
+                    .push(id, slot, u.metric, u.seqno, new_rid, expires);
+                self.fwd_dirty = true;
             }
         }
-        self.select(subnet, now);
-        self.serve_waiters(subnet, now);
+        self.select(subnet, id, now);
+        self.serve_waiters(subnet, id, now);
     }
 
-    fn added_entry(&mut self, subnet: Subnet, link: LinkId, expires: Time) {
-        self.entry_count += 1;
-        self.fwd_dirty = true;
-        if let Some(l) = self.links.get_mut(&link) {
-            l.subnets.insert(subnet);
-        }
-        self.timers
-            .push(Reverse((expires, Timer::Expiry(subnet, link))));
-    }
-
-    fn remove_entry(&mut self, subnet: Subnet, index: usize) {
-        let Some(list) = self.routes.get_mut(&subnet) else {
+    fn remove_entry(&mut self, subnet: Subnet, id: SubnetId, index: usize) {
+        let Some(e) = self.routes.swap_remove(id, index) else {
             return;
         };
-        if index >= list.entries.len() {
-            return;
-        }
-        let e = list.entries.swap_remove(index);
-        self.entry_count = self.entry_count.saturating_sub(1);
         self.fwd_dirty = true;
-        if list.selected == Some(e.link) {
+        if self.routes.has_list(id) {
             // Only finite entries stay selected; dropping one is a loss handled by select().
-            list.selected = None;
-        }
-        let empty = list.entries.is_empty();
-        if let Some(l) = self.links.get_mut(&e.link) {
-            l.subnets.remove(&subnet);
-        }
-        if empty {
-            self.routes.remove(&subnet);
+            let m = self.routes.meta_mut(id);
+            if m.selected() == Some(e.link) {
+                m.set_selected(None);
+            }
+        } else {
             self.route_plens.remove(subnet.prefix_len());
         }
     }
 
-    fn is_feasible(&self, subnet: Subnet, rid: RouterId, seqno: SeqNo, metric: Metric) -> bool {
+    /// Whether an Update is feasible (docs/protocol.md §5.4). A subnet or router-id without an
+    /// id has no distance: every distance holds its names.
+    fn is_feasible(
+        &self,
+        subnet: Option<SubnetId>,
+        rid: Option<RidId>,
+        seqno: SeqNo,
+        metric: Metric,
+    ) -> bool {
         if metric.is_infinite() {
             return true;
         }
-        match self.sources.get(&(subnet, rid)) {
+        let (Some(s), Some(r)) = (subnet, rid) else {
+            return true;
+        };
+        match self.routes.source(s, r) {
             None => true,
             Some(fd) => seqno.gt(fd.seqno) || (seqno == fd.seqno && metric < fd.metric),
         }
     }
 
     /// Runs route selection for one subnet and sends what a change calls for.
-    fn select(&mut self, subnet: Subnet, now: Time) {
-        let Some(list) = self.routes.get(&subnet) else {
+    fn select(&mut self, subnet: Subnet, id: SubnetId, now: Time) {
+        let t = &self.routes;
+        let Some(meta) = t.meta(id) else {
             return;
         };
+        let list = t.entries(id);
+        let selected = meta.selected();
         let mut best: Option<(usize, Metric)> = None;
         let mut cur: Option<(usize, Metric)> = None;
         // Entries nearly always share one router-id: look its distance up once.
-        let mut fd_cache: Option<(RouterId, Option<Fd>)> = None;
-        for (i, e) in list.entries.iter().enumerate() {
+        let mut fd_cache: Option<(RidId, Option<Fd>)> = None;
+        for (i, e) in list.iter().enumerate() {
             if e.metric.is_infinite() {
                 continue;
             }
-            let Some(l) = self.links.get(&e.link) else {
+            let Some(l) = self.links.get(&t.links.id(e.link)) else {
                 continue;
             };
             let fd = match fd_cache {
-                Some((rid, fd)) if rid == e.router_id => fd,
+                Some((rid, fd)) if rid == e.rid => fd,
                 _ => {
-                    let fd = self.sources.get(&(subnet, e.router_id)).copied();
-                    fd_cache = Some((e.router_id, fd));
+                    let fd = t.source(id, e.rid);
+                    fd_cache = Some((e.rid, fd));
                     fd
                 }
             };
@@ -1351,7 +1402,7 @@ impl Router {
                 continue;
             }
             let total = e.metric.saturating_add(l.cost());
-            let is_cur = list.selected == Some(e.link);
+            let is_cur = selected == Some(e.link);
             if is_cur {
                 cur = Some((i, total));
             }
@@ -1362,7 +1413,7 @@ impl Router {
         let chosen = match (cur, best) {
             (Some(c), Some(b)) => {
                 let better = b.1 < c.1.saturating_sub(Metric(HYSTERESIS));
-                if b.0 != c.0 && (better || list.entries[b.0].metric == Metric(0)) {
+                if b.0 != c.0 && (better || list[b.0].metric == Metric(0)) {
                     Some(b)
                 } else {
                     Some(c)
@@ -1370,18 +1421,16 @@ impl Router {
             }
             (_, b) => b,
         };
-        let old = list.selected.map(|l| (l, list.sel_rid, list.sel_metric));
+        let old = selected.map(|l| (l, meta.sel_rid, meta.sel_metric));
         let new = chosen.map(|(i, total)| {
-            let e = &list.entries[i];
-            (e.link, e.router_id, e.seqno, total)
+            let e = &list[i];
+            (e.link, e.rid, e.seqno, total)
         });
-        let Some(list) = self.routes.get_mut(&subnet) else {
-            return;
-        };
-        list.selected = new.map(|n| n.0);
+        let m = self.routes.meta_mut(id);
+        m.set_selected(new.map(|n| n.0));
         if let Some((_, rid, _, total)) = new {
-            list.sel_rid = rid;
-            list.sel_metric = total;
+            m.sel_metric = total;
+            self.routes.set_sel_rid(id, rid);
         }
         match (old, new) {
             (None, None) => {}
@@ -1389,16 +1438,18 @@ impl Router {
                 self.selection_changed(subnet);
                 self.end_query(subnet);
                 self.event(Event::RouteAcquired(subnet));
-                if !self.damped(subnet, true, now) {
-                    self.send_route(subnet, rid, seqno, total, None, Some(link), now);
+                if !self.damped(subnet, id, true, now) {
+                    let link = self.routes.links.id(link);
+                    self.send_route(subnet, id, rid, seqno, total, None, Some(link), now);
                 }
             }
             (Some((_, old_rid, _)), None) => {
                 self.selection_changed(subnet);
                 self.event(Event::RouteLost(subnet));
-                if !self.damped(subnet, true, now) {
+                if !self.damped(subnet, id, true, now) {
                     self.send_retraction(subnet, None);
                 }
+                let old_rid = self.routes.names.rid(old_rid);
                 self.originate_snr(subnet, old_rid, Targets::Advertisers, now);
             }
             (Some((old_link, old_rid, old_metric)), Some((link, rid, seqno, total))) => {
@@ -1412,8 +1463,9 @@ impl Router {
                     // A better metric from the same source is how routes converge (link costs
                     // settle, shorter paths answer later): not counted as a flap.
                     let flap = old_rid != rid || total > old_metric;
-                    if !self.damped(subnet, flap, now) {
-                        self.send_route(subnet, rid, seqno, total, None, Some(link), now);
+                    if !self.damped(subnet, id, flap, now) {
+                        let link = self.routes.links.id(link);
+                        self.send_route(subnet, id, rid, seqno, total, None, Some(link), now);
                     }
                 }
             }
@@ -1435,27 +1487,27 @@ impl Router {
     ///
     /// When not damped, a subnet's triggered updates are also held to [`TRIGGER_RATE`] (see
     /// [`Router::held`]).
-    fn damped(&mut self, subnet: Subnet, flap: bool, now: Time) -> bool {
+    fn damped(&mut self, subnet: Subnet, id: SubnetId, flap: bool, now: Time) -> bool {
         if self.cfg.limits.flap_threshold == 0 {
             return false;
         }
-        self.damping(subnet, flap, now) || self.held(subnet, now)
+        self.damping(subnet, id, flap, now) || self.held(subnet, id, now)
     }
 
     /// The damping part of [`Router::damped`]: true if the update is held back because the
     /// subnet is damped.
-    fn damping(&mut self, subnet: Subnet, flap: bool, now: Time) -> bool {
+    fn damping(&mut self, subnet: Subnet, id: SubnetId, flap: bool, now: Time) -> bool {
         let lim = &self.cfg.limits;
-        let list = self.routes.get_mut(&subnet);
+        let has_list = self.routes.has_list(id);
         let remembered = self.flaps.get(&subnet);
         let previous = match remembered {
             Some(f) => f.last,
-            None => list.as_ref().and_then(|l| l.last_trigger),
+            None => self.routes.meta(id).and_then(|m| m.last_trigger()),
         };
         let counted = flap && previous.is_none_or(|t| now.saturating_since(t) >= FLAP_COALESCE);
         if counted {
-            if let Some(l) = list {
-                l.last_trigger = Some(now);
+            if has_list {
+                self.routes.meta_mut(id).set_last_trigger(Some(now));
             }
             let recent = previous.is_some_and(|t| now.saturating_since(t) < lim.flap_window);
             if remembered.is_none() && recent {
@@ -1519,7 +1571,7 @@ impl Router {
     /// an entry in the flap memory (bounded by [`Limits::max_flapping`]; when full, updates go
     /// out unheld). The source table only learns what is actually sent, so feasibility (and
     /// loop freedom) is unaffected.
-    fn held(&mut self, subnet: Subnet, now: Time) -> bool {
+    fn held(&mut self, subnet: Subnet, id: SubnetId, now: Time) -> bool {
         if let Some(f) = self.flaps.get_mut(&subnet) {
             if f.held_until.is_some() {
                 f.pending = true;
@@ -1527,16 +1579,17 @@ impl Router {
                 return true;
             }
         }
-        let Some(list) = self.routes.get_mut(&subnet) else {
-            return false;
-        };
-        if list.triggers.admit(TRIGGER_RATE, TRIGGER_BURST, now) {
+        if !self.routes.has_list(id) {
             return false;
         }
-        let until = list
-            .triggers
-            .next_admit(TRIGGER_RATE, TRIGGER_BURST)
-            .max(now);
+        let list = self.routes.meta_mut(id);
+        let mut triggers = Bucket { tat: list.tat() };
+        let admitted = triggers.admit(TRIGGER_RATE, TRIGGER_BURST, now);
+        list.set_tat(triggers.tat);
+        if admitted {
+            return false;
+        }
+        let until = triggers.next_admit(TRIGGER_RATE, TRIGGER_BURST).max(now);
         let lim = &self.cfg.limits;
         let full = self.flaps.len() >= lim.max_flapping;
         let f = match self.flaps.entry(subnet) {
@@ -1548,7 +1601,7 @@ impl Router {
                 }
                 // Remembered from here as if it had flapped: the last flap counted (if recent)
                 // is counted in the window that opens here.
-                let last = list.last_trigger;
+                let last = list.last_trigger();
                 let recent = last.is_some_and(|t| now.saturating_since(t) < lim.flap_window);
                 v.insert(Flap {
                     window_start: now,
@@ -1596,14 +1649,18 @@ impl Router {
         if !std::mem::take(&mut f.pending) {
             return;
         }
-        match self.selected(&subnet) {
-            Some((link, rid, seqno, metric)) => {
-                self.send_route(subnet, rid, seqno, metric, None, Some(link), now);
+        let id = self.routes.list_id(&subnet);
+        match id.and_then(|id| self.selected(id).map(|s| (id, s))) {
+            Some((id, (link, rid, seqno, metric))) => {
+                self.send_route(subnet, id, rid, seqno, metric, None, Some(link), now);
             }
             None => self.send_retraction(subnet, None),
         }
-        if let Some(list) = self.routes.get_mut(&subnet) {
-            list.triggers.admit(TRIGGER_RATE, TRIGGER_BURST, now);
+        if let Some(id) = id {
+            let list = self.routes.meta_mut(id);
+            let mut triggers = Bucket { tat: list.tat() };
+            triggers.admit(TRIGGER_RATE, TRIGGER_BURST, now);
+            list.set_tat(triggers.tat);
         }
     }
 
@@ -1624,21 +1681,22 @@ impl Router {
     fn send_route(
         &mut self,
         subnet: Subnet,
-        rid: RouterId,
+        id: SubnetId,
+        rid: RidId,
         seqno: SeqNo,
         metric: Metric,
         only: Option<LinkId>,
         except: Option<LinkId>,
         now: Time,
     ) {
-        self.note_advertised(subnet, rid, seqno, metric, now);
+        self.note_advertised(id, rid, seqno, metric, now);
         let u = Tlv::Update(Update {
             flags: 0,
             interval: UPDATE_INTERVAL_CS,
             seqno,
             metric,
             prefix: Prefix::V6(subnet),
-            router_id: rid,
+            router_id: self.routes.names.rid(rid),
         });
         let limit = self.cfg.limits.max_transmits;
         match only {
@@ -1653,10 +1711,11 @@ impl Router {
         }
     }
 
+    /// Records an Update sent for `id` (which has a route list) in the source table.
     fn note_advertised(
         &mut self,
-        subnet: Subnet,
-        rid: RouterId,
+        id: SubnetId,
+        rid: RidId,
         seqno: SeqNo,
         metric: Metric,
         now: Time,
@@ -1665,27 +1724,21 @@ impl Router {
             return;
         }
         let expires = now + SOURCE_TTL;
+        let new = Fd {
+            metric,
+            seqno,
+            expires,
+        };
         let max = self.cfg.limits.max_sources;
-        let len = self.sources.len();
-        match self.sources.get_mut(&(subnet, rid)) {
-            Some(fd) => {
-                if seqno.gt(fd.seqno) || (seqno == fd.seqno && metric < fd.metric) {
-                    fd.seqno = seqno;
-                    fd.metric = metric;
-                }
-                fd.expires = expires;
+        let stored = self.routes.upsert_source(id, rid, new, max, |fd| {
+            if seqno.gt(fd.seqno) || (seqno == fd.seqno && metric < fd.metric) {
+                fd.seqno = seqno;
+                fd.metric = metric;
             }
-            None if len < max => {
-                self.sources.insert(
-                    (subnet, rid),
-                    Fd {
-                        metric,
-                        seqno,
-                        expires,
-                    },
-                );
-            }
-            None => self.counters.source_table_full += 1,
+            fd.expires = expires;
+        });
+        if !stored {
+            self.counters.source_table_full += 1;
         }
     }
 
@@ -1729,28 +1782,29 @@ impl Router {
         }
     }
 
-    /// The selected route of `subnet` as (link, router-id, seqno, advertised metric).
-    fn selected(&self, subnet: &Subnet) -> Option<(LinkId, RouterId, SeqNo, Metric)> {
-        let list = self.routes.get(subnet)?;
-        let sel = list.selected?;
-        let e = list.entries.iter().find(|e| e.link == sel)?;
-        let cost = self.links.get(&sel)?.cost();
-        Some((sel, e.router_id, e.seqno, e.metric.saturating_add(cost)))
+    /// The selected route of `id` as (link, router-id, seqno, advertised metric).
+    fn selected(&self, id: SubnetId) -> Option<(LinkId, RidId, SeqNo, Metric)> {
+        let sel = self.routes.meta(id)?.selected()?;
+        let e = self.routes.entries(id).iter().find(|e| e.link == sel)?;
+        let link = self.routes.links.id(sel);
+        let cost = self.links.get(&link)?.cost();
+        Some((link, e.rid, e.seqno, e.metric.saturating_add(cost)))
     }
 
-    fn serve_waiters(&mut self, subnet: Subnet, now: Time) {
+    fn serve_waiters(&mut self, subnet: Subnet, id: SubnetId, now: Time) {
         if self.snr_waiters.is_empty() {
             return;
         }
-        let Some((link, rid, seqno, metric)) = self.selected(&subnet) else {
+        let Some((link, rid, seqno, metric)) = self.selected(id) else {
             return;
         };
         let Some(waiters) = self.snr_waiters.get_mut(&subnet) else {
             return;
         };
+        let rid_name = self.routes.names.rid(rid);
         let mut served = Vec::new();
         waiters.retain(|w| {
-            let answers = w.router_id != rid || !seqno.lt(w.seqno);
+            let answers = w.router_id != rid_name || !seqno.lt(w.seqno);
             if answers {
                 served.push(w.link);
             }
@@ -1764,7 +1818,7 @@ impl Router {
         served.dedup();
         for w in served {
             if w != link && self.links.contains_key(&w) {
-                self.send_route(subnet, rid, seqno, metric, Some(w), None, now);
+                self.send_route(subnet, id, rid, seqno, metric, Some(w), None, now);
             }
         }
     }
@@ -1773,11 +1827,11 @@ impl Router {
     // Requests
     // ----------------------------------------------------------------------------------------
 
-    fn longest_route_match(&self, a: Ipv6Addr) -> Option<Subnet> {
+    fn longest_route_match(&self, a: Ipv6Addr) -> Option<(Subnet, SubnetId)> {
         for p in self.route_plens.lengths() {
             if let Some(s) = Subnet::new(a, p) {
-                if self.routes.contains_key(&s) {
-                    return Some(s);
+                if let Some(id) = self.routes.list_id(&s) {
+                    return Some((s, id));
                 }
             }
         }
@@ -1922,10 +1976,11 @@ impl Router {
             self.counters.route_request_answered += 1;
             return;
         }
-        if let Some(list) = self.routes.get(&p) {
-            if list.selected.is_some_and(|l| l != link) {
-                if let Some((_, rid, seqno, metric)) = self.selected(&p) {
-                    self.send_route(p, rid, seqno, metric, Some(link), None, now);
+        if let Some(id) = self.routes.list_id(&p) {
+            let sel = self.routes.meta(id).and_then(|m| m.selected());
+            if sel.is_some_and(|l| self.routes.links.id(l) != link) {
+                if let Some((_, rid, seqno, metric)) = self.selected(id) {
+                    self.send_route(p, id, rid, seqno, metric, Some(link), None, now);
                     self.counters.route_request_answered += 1;
                 }
             }
@@ -1988,16 +2043,20 @@ impl Router {
     fn dump(&mut self, link: LinkId, now: Time) {
         let u = self.own_update();
         self.tx(link, Tlv::Update(u));
-        let mut subnets: Vec<Subnet> = self
-            .routes
-            .iter()
-            .filter(|(_, l)| l.selected.is_some_and(|s| s != link))
-            .map(|(s, _)| *s)
+        let t = &self.routes;
+        let mut subnets: Vec<(Subnet, SubnetId)> = t
+            .list_ids()
+            .filter(|&id| {
+                t.meta(id)
+                    .and_then(|m| m.selected())
+                    .is_some_and(|s| t.links.id(s) != link)
+            })
+            .map(|id| (t.names.subnet(id), id))
             .collect();
-        subnets.sort_unstable();
-        for s in subnets {
-            if let Some((_, rid, seqno, metric)) = self.selected(&s) {
-                self.send_route(s, rid, seqno, metric, Some(link), None, now);
+        subnets.sort_unstable_by_key(|&(s, _)| s);
+        for (s, id) in subnets {
+            if let Some((_, rid, seqno, metric)) = self.selected(id) {
+                self.send_route(s, id, rid, seqno, metric, Some(link), None, now);
             }
         }
     }
@@ -2024,9 +2083,12 @@ impl Router {
             self.counters.seqno_request_dup += 1;
             return;
         }
-        if let Some((_, rid, seqno, metric)) = self.selected(&p) {
-            if rid != r.router_id || !seqno.lt(r.seqno) {
-                self.send_route(p, rid, seqno, metric, Some(link), None, now);
+        let pid = self.routes.list_id(&p);
+        if let Some((id, (_, rid, seqno, metric))) =
+            pid.and_then(|id| self.selected(id).map(|s| (id, s)))
+        {
+            if self.routes.names.rid_id(&r.router_id) != Some(rid) || !seqno.lt(r.seqno) {
+                self.send_route(p, id, rid, seqno, metric, Some(link), None, now);
                 return;
             }
         }
@@ -2055,16 +2117,17 @@ impl Router {
         // Forward to one neighbour that advertised P: feasible routes first, then any live
         // finite one; never back to the requester.
         let mut pick: Option<(bool, Metric, LinkId)> = None;
-        if let Some(list) = self.routes.get(&p) {
-            for e in &list.entries {
-                if e.link == link || e.metric.is_infinite() {
+        if let Some(id) = pid {
+            for e in self.routes.entries(id) {
+                let e_link = self.routes.links.id(e.link);
+                if e_link == link || e.metric.is_infinite() {
                     continue;
                 }
-                let Some(l) = self.links.get(&e.link) else {
+                let Some(l) = self.links.get(&e_link) else {
                     continue;
                 };
-                let feasible = self.is_feasible(p, e.router_id, e.seqno, e.metric);
-                let cand = (!feasible, e.metric.saturating_add(l.cost()), e.link);
+                let feasible = self.is_feasible(Some(id), Some(e.rid), e.seqno, e.metric);
+                let cand = (!feasible, e.metric.saturating_add(l.cost()), e_link);
                 if pick.is_none_or(|b| cand < b) {
                     pick = Some(cand);
                 }
@@ -2108,10 +2171,12 @@ impl Router {
 
     /// Asks for a seqno above our feasibility distance for (subnet, rid), hop count 64.
     fn originate_snr(&mut self, subnet: Subnet, rid: RouterId, targets: Targets, now: Time) {
-        let seqno = self
-            .sources
-            .get(&(subnet, rid))
-            .map_or(SeqNo(1), |fd| fd.seqno.next());
+        let names = &self.routes.names;
+        let fd = names
+            .subnet_id(&subnet)
+            .zip(names.rid_id(&rid))
+            .and_then(|(s, r)| self.routes.source(s, r));
+        let seqno = fd.map_or(SeqNo(1), |fd| fd.seqno.next());
         let key = (rid, subnet, seqno);
         if self
             .seqno_cache
@@ -2123,12 +2188,13 @@ impl Router {
         }
         let links: Vec<LinkId> = match targets {
             Targets::One(l) => vec![l],
-            Targets::Advertisers => match self.routes.get(&subnet) {
-                Some(list) => {
-                    let mut v: Vec<LinkId> = list
-                        .entries
+            Targets::Advertisers => match self.routes.list_id(&subnet) {
+                Some(id) => {
+                    let mut v: Vec<LinkId> = self
+                        .routes
+                        .entries(id)
                         .iter()
-                        .map(|e| e.link)
+                        .map(|e| self.routes.links.id(e.link))
                         .filter(|l| self.links.contains_key(l))
                         .collect();
                     v.sort_unstable();
@@ -2184,13 +2250,12 @@ impl Router {
             }
             Timer::SourceGc => {
                 if now >= self.next_source_gc {
-                    self.sources.retain(|_, fd| fd.expires > now);
+                    self.routes.collect_sources(now);
                     self.next_source_gc = now + SOURCE_GC_INTERVAL;
                     self.timers
                         .push(Reverse((self.next_source_gc, Timer::SourceGc)));
                 }
             }
-            Timer::Expiry(subnet, link) => self.on_expiry(subnet, link, now),
             Timer::Query(subnet) => {
                 if self.queries.get(&subnet).is_some_and(|q| q.expires <= now) {
                     self.end_query(subnet);
@@ -2209,6 +2274,7 @@ impl Router {
         });
         self.seqno_cache
             .retain(|_, t| now.saturating_since(*t) < SEQNO_CACHE_TTL);
+        self.routes.prune_refreshes(now, REFRESH_BEFORE_EXPIRY);
         let window = self.cfg.limits.flap_window;
         self.flaps.retain(|_, f| {
             f.damped_until.is_some()
@@ -2224,42 +2290,50 @@ impl Router {
         self.waiter_count = count;
     }
 
-    fn on_expiry(&mut self, subnet: Subnet, link: LinkId, now: Time) {
-        let Some(list) = self.routes.get_mut(&subnet) else {
-            return;
-        };
-        let Some(i) = list.entries.iter().position(|e| e.link == link) else {
-            return;
-        };
-        let is_sel = list.selected == Some(link);
-        let e = &mut list.entries[i];
-        if e.expires > now {
-            if e.scheduled <= now {
-                e.scheduled = e.expires;
-                self.timers
-                    .push(Reverse((e.expires, Timer::Expiry(subnet, link))));
+    /// The expiry timer of `id` ran: its entries due by `now` expire, in link order (the order
+    /// of the per-entry timers this replaces); then the timer is set for the next one.
+    fn on_expiry(&mut self, subnet: Subnet, id: SubnetId, now: Time) {
+        let t = &self.routes;
+        let mut due: Vec<(LinkId, LinkSlot)> = t
+            .entries(id)
+            .iter()
+            .filter(|e| e.expires() <= now)
+            .map(|e| (t.links.id(e.link), e.link))
+            .collect();
+        due.sort_unstable_by_key(|&(l, _)| l);
+        for (_, slot) in due {
+            let Some(i) = self.routes.entries(id).iter().position(|e| e.link == slot) else {
+                continue;
+            };
+            let is_sel = self.routes.meta(id).and_then(|m| m.selected()) == Some(slot);
+            let e = self.routes.entries(id)[i];
+            if e.expires() > now {
+                continue;
             }
-            return;
+            if is_sel && !e.metric.is_infinite() {
+                let expires = now + RETRACTED_HOLD;
+                let (_, entries) = self.routes.list_mut(id);
+                entries[i].metric = Metric::INFINITE;
+                entries[i].set_expires(expires);
+                self.routes.schedule(id, expires);
+                self.select(subnet, id, now);
+            } else {
+                self.remove_entry(subnet, id, i);
+                if is_sel {
+                    self.select(subnet, id, now);
+                }
+            }
         }
-        if is_sel && !e.metric.is_infinite() {
-            e.metric = Metric::INFINITE;
-            e.expires = now + RETRACTED_HOLD;
-            e.scheduled = e.expires;
-            self.timers
-                .push(Reverse((e.expires, Timer::Expiry(subnet, link))));
-            self.select(subnet, now);
-        } else {
-            self.remove_entry(subnet, i);
-            if is_sel {
-                self.select(subnet, now);
-            }
+        if let Some(next) = self.routes.entries(id).iter().map(|e| e.expires()).min() {
+            self.routes.schedule(id, next);
         }
     }
 
-    /// Rebuilds the timer heap from the state when stale entries pile up, so it stays bounded.
+    /// Rebuilds the timer heaps from the state when stale entries pile up, so they stay
+    /// bounded.
     fn compact_timers_if_needed(&mut self) {
-        let live =
-            self.entry_count + 2 * self.links.len() + self.queries.len() + self.flaps.len() + 4;
+        self.routes.compact_timers_if_needed();
+        let live = 2 * self.links.len() + self.queries.len() + self.flaps.len() + 4;
         if self.timers.len() <= 2 * live + 64 {
             return;
         }
@@ -2284,12 +2358,6 @@ impl Router {
         for (s, q) in &self.queries {
             v.push(Reverse((q.expires, Timer::Query(*s))));
         }
-        for (s, list) in self.routes.iter_mut() {
-            for e in list.entries.iter_mut() {
-                e.scheduled = e.expires;
-                v.push(Reverse((e.expires, Timer::Expiry(*s, e.link))));
-            }
-        }
         self.timers = BinaryHeap::from(v);
     }
 
@@ -2312,23 +2380,24 @@ impl Router {
 
     fn route_infos(&self, now: Time, selected: bool) -> Vec<RouteInfo> {
         let mut v = Vec::new();
-        for (s, list) in &self.routes {
-            for e in &list.entries {
-                if (list.selected == Some(e.link)) != selected {
+        let t = &self.routes;
+        for id in t.list_ids() {
+            let s = t.names.subnet(id);
+            let sel = t.meta(id).and_then(|m| m.selected());
+            for e in t.entries(id) {
+                if (sel == Some(e.link)) != selected {
                     continue;
                 }
-                let cost = self
-                    .links
-                    .get(&e.link)
-                    .map_or(Metric::INFINITE, |l| l.cost());
+                let link = t.links.id(e.link);
+                let cost = self.links.get(&link).map_or(Metric::INFINITE, |l| l.cost());
                 v.push(RouteInfo {
-                    subnet: *s,
-                    next_hop: e.link,
+                    subnet: s,
+                    next_hop: link,
                     metric: e.metric,
                     total: e.metric.saturating_add(cost),
                     seqno: e.seqno,
-                    router_id: e.router_id,
-                    expires_in: e.expires.saturating_since(now),
+                    router_id: t.names.rid(e.rid),
+                    expires_in: e.expires().saturating_since(now),
                 });
             }
         }

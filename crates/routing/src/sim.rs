@@ -13,11 +13,15 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::Ipv6Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crypto::address_from_public_key;
-use wire::babel::{RouterId, Subnet, Tlv};
+use wire::babel::{
+    Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest, Subnet, Tlv, Update,
+};
 
+use crate::names::SharedNames;
 use crate::{consts, Config, Event, LinkId, Router, Time};
 
 /// splitmix64: small, fast, and good enough to pick topologies and losses.
@@ -83,9 +87,133 @@ struct SimLink {
     up: bool,
     epoch: u32,
     /// In-flight TLVs per direction (0: a→b, 1: b→a), in arrival order: the latency is fixed.
-    fifo: [VecDeque<(Time, Tlv)>; 2],
+    fifo: [VecDeque<(Time, Packed)>; 2],
     /// Arrival time of the head the queue holds an event for, per direction.
     head: [Option<Time>; 2],
+}
+
+/// A TLV in flight in 16 bytes (a `Tlv` takes 72): names are ids in the simulator's shared
+/// table. During a cold start of a large mesh tens of millions are in flight at once. A TLV
+/// that does not fit (a name the table lacks, an IHU with an address, a prefix that is not an
+/// IPv6 one) is kept whole in [`Sim::boxed`] and this holds its index.
+#[derive(Clone, Copy, Debug)]
+struct Packed {
+    kind: u8,
+    /// Update flags, RouteRequest generation, SeqNoRequest hop count.
+    a: u8,
+    /// Intervals.
+    b: u16,
+    /// Seqnos.
+    c: u16,
+    /// Metrics, Hello flags.
+    d: u16,
+    /// Subnet id ([`NO_ID`] for a wildcard), or the index of a boxed TLV.
+    x: u32,
+    /// Router-id id.
+    y: u32,
+}
+
+const HELLO: u8 = 0;
+const IHU: u8 = 1;
+const UPDATE: u8 = 2;
+const ROUTE_REQUEST: u8 = 3;
+const SEQNO_REQUEST: u8 = 4;
+const BOXED: u8 = 5;
+const NO_ID: u32 = u32::MAX;
+
+impl Packed {
+    fn new(kind: u8, a: u8, b: u16, c: u16, d: u16, x: u32, y: u32) -> Packed {
+        Packed {
+            kind,
+            a,
+            b,
+            c,
+            d,
+            x,
+            y,
+        }
+    }
+
+    /// Packs `tlv` if its names are in `names`.
+    fn pack(tlv: &Tlv, names: &SharedNames) -> Option<Packed> {
+        let v6 = |p: &Prefix| match p {
+            Prefix::V6(s) => names.subnet_index(s),
+            _ => None,
+        };
+        Some(match tlv {
+            Tlv::Hello(h) => Packed::new(HELLO, 0, h.interval, h.seqno.0, h.flags, 0, 0),
+            Tlv::Ihu(i) if i.address.is_none() => {
+                Packed::new(IHU, 0, i.interval, 0, i.rx_cost.0, 0, 0)
+            }
+            Tlv::Update(u) => Packed::new(
+                UPDATE,
+                u.flags,
+                u.interval,
+                u.seqno.0,
+                u.metric.0,
+                v6(&u.prefix)?,
+                names.router_id_index(&u.router_id)?,
+            ),
+            Tlv::RouteRequest(r) => {
+                let x = match r.prefix {
+                    Prefix::Wildcard => NO_ID,
+                    ref p => v6(p)?,
+                };
+                Packed::new(ROUTE_REQUEST, r.generation, 0, 0, 0, x, 0)
+            }
+            Tlv::SeqNoRequest(r) => Packed::new(
+                SEQNO_REQUEST,
+                r.hop_count,
+                0,
+                r.seqno.0,
+                0,
+                v6(&r.prefix)?,
+                names.router_id_index(&r.router_id)?,
+            ),
+            _ => return None,
+        })
+    }
+
+    /// The TLV back; `None` for a boxed one.
+    fn unpack(&self, names: &SharedNames) -> Option<Tlv> {
+        let subnet = || names.subnet_at(self.x).map(Prefix::V6);
+        let rid = || names.router_id_at(self.y);
+        Some(match self.kind {
+            HELLO => Tlv::Hello(Hello {
+                flags: self.d,
+                seqno: SeqNo(self.c),
+                interval: self.b,
+            }),
+            IHU => Tlv::Ihu(Ihu {
+                rx_cost: Metric(self.d),
+                interval: self.b,
+                address: None,
+            }),
+            UPDATE => Tlv::Update(Update {
+                flags: self.a,
+                interval: self.b,
+                seqno: SeqNo(self.c),
+                metric: Metric(self.d),
+                prefix: subnet()?,
+                router_id: rid()?,
+            }),
+            ROUTE_REQUEST => Tlv::RouteRequest(RouteRequest {
+                generation: self.a,
+                prefix: if self.x == NO_ID {
+                    Prefix::Wildcard
+                } else {
+                    subnet()?
+                },
+            }),
+            SEQNO_REQUEST => Tlv::SeqNoRequest(SeqNoRequest {
+                seqno: SeqNo(self.c),
+                hop_count: self.a,
+                router_id: rid()?,
+                prefix: subnet()?,
+            }),
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -124,6 +252,8 @@ pub struct SimStats {
     pub routes_lost: u64,
     pub links_declared_dead: u64,
     pub loop_checks: u64,
+    /// Most TLVs in flight at once.
+    pub max_in_flight: u64,
     /// With [`Sim::digest_tlvs`]: a digest (FNV-1a) of every TLV the routers sent, with its time
     /// and link, in order. Two runs with equal digests sent the same TLVs at the same instants,
     /// which shows that a change to the core's internals left its behaviour alone.
@@ -161,6 +291,15 @@ pub struct Sim {
     query_timeouts: Vec<(Time, usize, Subnet)>,
     pub stats: SimStats,
     work: Vec<usize>,
+    /// Every node's subnet and router-id (restarted nodes' new ones too), shared by all cores
+    /// so that none holds copies of the names of a full table; also names packed TLVs.
+    names: SharedNames,
+    /// The table the cores hold, if it is up to date.
+    shared: Option<Arc<SharedNames>>,
+    /// TLVs in flight that [`Packed`] cannot hold, and free places among them.
+    boxed: Vec<Option<Tlv>>,
+    boxed_free: Vec<u32>,
+    in_flight: usize,
 }
 
 fn link_id(index: usize, epoch: u32) -> LinkId {
@@ -190,6 +329,11 @@ impl Sim {
                 ..SimStats::default()
             },
             work: Vec::new(),
+            names: SharedNames::default(),
+            shared: None,
+            boxed: Vec::new(),
+            boxed_free: Vec::new(),
+            in_flight: 0,
         }
     }
 
@@ -239,9 +383,26 @@ impl Sim {
     fn new_router(&mut self, public_key: [u8; 32], subnet: Subnet) -> Router {
         let mut suffix = [0u8; 6];
         self.rng.fill(&mut suffix);
-        let mut cfg = Config::new(RouterId::new(public_key, suffix), subnet);
+        let rid = RouterId::new(public_key, suffix);
+        let mut cfg = Config::new(rid, subnet);
         cfg.record_selection_changes = true;
+        self.names.add_subnet(subnet);
+        self.names.add_router_id(rid);
+        self.shared = None;
         Router::new(cfg, self.now)
+    }
+
+    /// Gives every core the current shared names (after nodes came or restarted), before
+    /// they can hear of them: names are learned only over links.
+    fn share_names(&mut self) {
+        if self.shared.is_some() {
+            return;
+        }
+        let shared = Arc::new(self.names.clone());
+        for n in &mut self.nodes {
+            n.router.share_names(shared.clone());
+        }
+        self.shared = Some(shared);
     }
 
     /// Adds a running node with a random key.
@@ -289,6 +450,7 @@ impl Sim {
         if self.links[l].up {
             return;
         }
+        self.share_names();
         let link = &mut self.links[l];
         link.up = true;
         link.epoch = link.epoch.wrapping_add(1);
@@ -362,6 +524,7 @@ impl Sim {
         }
         let t = self.now + link.latency;
         let d = usize::from(link.a != n);
+        self.share_names();
         self.enqueue(l, d, t, tlv);
     }
 
@@ -375,8 +538,23 @@ impl Sim {
                 self.now.as_micros()
             );
         }
+        let packed = Packed::pack(&tlv, &self.names).unwrap_or_else(|| {
+            let i = match self.boxed_free.pop() {
+                Some(i) => {
+                    self.boxed[i as usize] = Some(tlv);
+                    i
+                }
+                None => {
+                    self.boxed.push(Some(tlv));
+                    (self.boxed.len() - 1) as u32
+                }
+            };
+            Packed::new(BOXED, 0, 0, 0, 0, i, 0)
+        });
+        self.in_flight += 1;
+        self.stats.max_in_flight = self.stats.max_in_flight.max(self.in_flight as u64);
         let link = &mut self.links[l];
-        link.fifo[d].push_back((t, tlv));
+        link.fifo[d].push_back((t, packed));
         if link.head[d].is_none() {
             link.head[d] = Some(t);
             self.push(
@@ -483,7 +661,7 @@ impl Sim {
                     return;
                 }
                 l.head[d] = None;
-                let Some((_, tlv)) = l.fifo[d].pop_front() else {
+                let Some((_, packed)) = l.fifo[d].pop_front() else {
                     return;
                 };
                 if let Some(&(next, _)) = l.fifo[d].front() {
@@ -496,6 +674,9 @@ impl Sim {
                         },
                     );
                 }
+                let Some(tlv) = self.unpack(packed) else {
+                    return;
+                };
                 let l = &self.links[link];
                 let to = if d == 0 { l.b } else { l.a };
                 let id = link_id(link, l.epoch);
@@ -531,14 +712,29 @@ impl Sim {
         }));
     }
 
+    /// The TLV a packed one stands for (a boxed one leaves the box).
+    fn unpack(&mut self, p: Packed) -> Option<Tlv> {
+        self.in_flight -= 1;
+        if p.kind != BOXED {
+            return p.unpack(&self.names);
+        }
+        let tlv = self.boxed.get_mut(p.x as usize)?.take();
+        self.boxed_free.push(p.x);
+        tlv
+    }
+
     /// Marks a link down and forgets what was in flight on it.
     fn close(&mut self, l: usize) {
         let link = &mut self.links[l];
         link.up = false;
+        let mut gone = Vec::new();
         for d in 0..2 {
             self.stats.tlvs_on_down_link += link.fifo[d].len() as u64;
-            link.fifo[d].clear();
+            gone.extend(link.fifo[d].drain(..).map(|(_, p)| p));
             link.head[d] = None;
+        }
+        for p in gone {
+            self.unpack(p);
         }
     }
 

@@ -224,6 +224,11 @@ impl Names {
         self.shared = shared;
     }
 
+    /// Subnets in the shared table.
+    pub(crate) fn shared_subnets(&self) -> usize {
+        self.shared.subnet_list.len()
+    }
+
     pub(crate) fn subnet_id(&self, s: &Subnet) -> Option<SubnetId> {
         self.subnets
             .get(s)

@@ -790,10 +790,10 @@ impl Router {
             let Some(meta) = self.routes.meta(id) else {
                 return;
             };
-            let entries = self.routes.entries(id);
+            let mut entries = self.routes.entries(id);
             match meta
                 .selected()
-                .and_then(|l| entries.iter().find(|e| e.link == l))
+                .and_then(|l| entries.clone().find(|e| e.link == l))
             {
                 Some(e) => {
                     let near = e.expires().saturating_since(now) < REFRESH_BEFORE_EXPIRY;
@@ -807,7 +807,7 @@ impl Router {
                     }
                 }
                 None => {
-                    let rid = entries.iter().find(|e| !e.metric.is_infinite());
+                    let rid = entries.find(|e| !e.metric.is_infinite());
                     if let Some(rid) = rid.map(|e| self.routes.names.rid(e.rid)) {
                         self.originate_snr(subnet, rid, Targets::Advertisers, now);
                     }
@@ -864,18 +864,17 @@ impl Router {
             let mut entries = Vec::with_capacity(self.routes.len());
             let t = &self.routes;
             for id in t.list_ids() {
-                let list = t.entries(id);
+                let mut list = t.entries(id);
                 let sel = t
                     .meta(id)
                     .and_then(|m| m.selected())
-                    .and_then(|l| list.iter().find(|e| e.link == l))
+                    .and_then(|l| list.clone().find(|e| e.link == l))
                     .map(|e| NextHop {
                         link: t.links.id(e.link),
                         router_id: t.names.rid(e.rid),
                     });
                 let key = sel.map(|n| n.router_id).or_else(|| {
-                    list.iter()
-                        .find(|e| !e.metric.is_infinite())
+                    list.find(|e| !e.metric.is_infinite())
                         .map(|e| t.names.rid(e.rid))
                 });
                 entries.push((t.names.subnet(id), sel, key));
@@ -916,7 +915,7 @@ impl Router {
             if let Some(e) = t
                 .meta(id)
                 .and_then(|m| m.selected())
-                .and_then(|l| t.entries(id).iter().find(|e| e.link == l))
+                .and_then(|l| t.entries(id).find(|e| e.link == l))
             {
                 return Lookup::Route(NextHop {
                     link: t.links.id(e.link),
@@ -945,12 +944,12 @@ impl Router {
     pub fn lookup_source(&self, src: Ipv6Addr) -> Option<(Subnet, [u8; 32])> {
         let (s, id) = self.longest_route_match(src)?;
         let t = &self.routes;
-        let list = t.entries(id);
+        let mut list = t.entries(id);
         let sel = t
             .meta(id)?
             .selected()
-            .and_then(|l| list.iter().find(|e| e.link == l));
-        sel.or_else(|| list.iter().find(|e| !e.metric.is_infinite()))
+            .and_then(|l| list.clone().find(|e| e.link == l));
+        sel.or_else(|| list.find(|e| !e.metric.is_infinite()))
             .map(|e| (s, t.names.rid(e.rid).public_key()))
     }
 
@@ -1053,21 +1052,21 @@ impl Router {
                 return Err(format!("{s}: name and id disagree"));
             }
             let list = t.entries(id);
-            if list.is_empty() {
+            if list.len() == 0 {
                 return Err(format!("empty route list for {s}"));
             }
             lists += 1;
             entries += list.len();
             if let Some(sel) = t.meta(id).and_then(|m| m.selected()) {
-                let Some(e) = list.iter().find(|e| e.link == sel) else {
+                let Some(e) = list.clone().find(|e| e.link == sel) else {
                     return Err(format!("{s}: selected entry missing"));
                 };
                 if e.metric.is_infinite() || !self.links.contains_key(&t.links.id(sel)) {
                     return Err(format!("{s}: selected route infinite or via a dead link"));
                 }
             }
-            for e in list {
-                if list.iter().filter(|x| x.link == e.link).count() != 1 {
+            for e in list.clone() {
+                if list.clone().filter(|x| x.link == e.link).count() != 1 {
                     return Err(format!("{s}: two entries for one link"));
                 }
                 if t.names.rid_id(&t.names.rid(e.rid)) != Some(e.rid) {
@@ -1189,20 +1188,19 @@ impl Router {
         let t = &self.routes;
         let mut subnets: Vec<(Subnet, SubnetId)> = t
             .list_ids()
-            .filter(|&id| t.entries(id).iter().any(|e| e.link == slot))
+            .filter(|&id| t.entries(id).any(|e| e.link == slot))
             .map(|id| (t.names.subnet(id), id))
             .collect();
         subnets.sort_unstable_by_key(|&(s, _)| s);
         for (subnet, id) in subnets {
-            let Some(i) = self.routes.entries(id).iter().position(|e| e.link == slot) else {
+            let Some(i) = self.routes.position(id, slot) else {
                 continue;
             };
             if self.routes.meta(id).and_then(|m| m.selected()) == Some(slot) {
-                let expires = now + RETRACTED_HOLD;
-                let (_, entries) = self.routes.list_mut(id);
-                entries[i].metric = Metric::INFINITE;
-                entries[i].set_expires(expires);
-                self.routes.schedule(id, expires);
+                if let Some(e) = self.routes.entry_mut(id, i) {
+                    e.metric = Metric::INFINITE;
+                }
+                self.routes.set_expires(id, i, now + RETRACTED_HOLD);
                 self.select(subnet, id, now);
             } else {
                 self.remove_entry(subnet, id, i);
@@ -1281,10 +1279,12 @@ impl Router {
             return;
         };
 
-        match self.routes.entries(id).iter().position(|e| e.link == slot) {
+        match self.routes.position(id, slot) {
             Some(i) => {
                 let is_sel = self.routes.meta(id).and_then(|m| m.selected()) == Some(slot);
-                let e = self.routes.entries(id)[i];
+                let Some(&e) = self.routes.entry(id, i) else {
+                    return;
+                };
                 let same_rid = rid == Some(e.rid);
                 if !feasible && is_sel && same_rid {
                     self.counters.update_unfeasible += 1;
@@ -1299,13 +1299,12 @@ impl Router {
                     self.fwd_dirty = true;
                     self.routes.set_entry_rid(id, i, new_rid);
                 }
-                let (_, entries) = self.routes.list_mut(id);
-                let e = &mut entries[i];
-                e.seqno = u.seqno;
-                e.metric = u.metric;
+                if let Some(e) = self.routes.entry_mut(id, i) {
+                    e.seqno = u.seqno;
+                    e.metric = u.metric;
+                }
                 if feasible {
-                    e.set_expires(expires);
-                    self.routes.schedule(id, expires);
+                    self.routes.set_expires(id, i, expires);
                 } else {
                     self.counters.update_unfeasible += 1;
                 }
@@ -1376,11 +1375,12 @@ impl Router {
         };
         let list = t.entries(id);
         let selected = meta.selected();
+        let at = |i: usize| t.entry(id, i).copied();
         let mut best: Option<(usize, Metric)> = None;
         let mut cur: Option<(usize, Metric)> = None;
         // Entries nearly always share one router-id: look its distance up once.
         let mut fd_cache: Option<(RidId, Option<Fd>)> = None;
-        for (i, e) in list.iter().enumerate() {
+        for (i, e) in list.enumerate() {
             if e.metric.is_infinite() {
                 continue;
             }
@@ -1413,7 +1413,7 @@ impl Router {
         let chosen = match (cur, best) {
             (Some(c), Some(b)) => {
                 let better = b.1 < c.1.saturating_sub(Metric(HYSTERESIS));
-                if b.0 != c.0 && (better || list[b.0].metric == Metric(0)) {
+                if b.0 != c.0 && (better || at(b.0).is_some_and(|e| e.metric == Metric(0))) {
                     Some(b)
                 } else {
                     Some(c)
@@ -1422,10 +1422,7 @@ impl Router {
             (_, b) => b,
         };
         let old = selected.map(|l| (l, meta.sel_rid, meta.sel_metric));
-        let new = chosen.map(|(i, total)| {
-            let e = &list[i];
-            (e.link, e.rid, e.seqno, total)
-        });
+        let new = chosen.and_then(|(i, total)| at(i).map(|e| (e.link, e.rid, e.seqno, total)));
         let m = self.routes.meta_mut(id);
         m.set_selected(new.map(|n| n.0));
         if let Some((_, rid, _, total)) = new {
@@ -1785,7 +1782,7 @@ impl Router {
     /// The selected route of `id` as (link, router-id, seqno, advertised metric).
     fn selected(&self, id: SubnetId) -> Option<(LinkId, RidId, SeqNo, Metric)> {
         let sel = self.routes.meta(id)?.selected()?;
-        let e = self.routes.entries(id).iter().find(|e| e.link == sel)?;
+        let e = self.routes.entries(id).find(|e| e.link == sel)?;
         let link = self.routes.links.id(sel);
         let cost = self.links.get(&link)?.cost();
         Some((link, e.rid, e.seqno, e.metric.saturating_add(cost)))
@@ -2193,7 +2190,6 @@ impl Router {
                     let mut v: Vec<LinkId> = self
                         .routes
                         .entries(id)
-                        .iter()
                         .map(|e| self.routes.links.id(e.link))
                         .filter(|l| self.links.contains_key(l))
                         .collect();
@@ -2296,26 +2292,26 @@ impl Router {
         let t = &self.routes;
         let mut due: Vec<(LinkId, LinkSlot)> = t
             .entries(id)
-            .iter()
             .filter(|e| e.expires() <= now)
             .map(|e| (t.links.id(e.link), e.link))
             .collect();
         due.sort_unstable_by_key(|&(l, _)| l);
         for (_, slot) in due {
-            let Some(i) = self.routes.entries(id).iter().position(|e| e.link == slot) else {
+            let Some(i) = self.routes.position(id, slot) else {
                 continue;
             };
             let is_sel = self.routes.meta(id).and_then(|m| m.selected()) == Some(slot);
-            let e = self.routes.entries(id)[i];
+            let Some(&e) = self.routes.entry(id, i) else {
+                continue;
+            };
             if e.expires() > now {
                 continue;
             }
             if is_sel && !e.metric.is_infinite() {
-                let expires = now + RETRACTED_HOLD;
-                let (_, entries) = self.routes.list_mut(id);
-                entries[i].metric = Metric::INFINITE;
-                entries[i].set_expires(expires);
-                self.routes.schedule(id, expires);
+                if let Some(e) = self.routes.entry_mut(id, i) {
+                    e.metric = Metric::INFINITE;
+                }
+                self.routes.set_expires(id, i, now + RETRACTED_HOLD);
                 self.select(subnet, id, now);
             } else {
                 self.remove_entry(subnet, id, i);
@@ -2324,8 +2320,8 @@ impl Router {
                 }
             }
         }
-        if let Some(next) = self.routes.entries(id).iter().map(|e| e.expires()).min() {
-            self.routes.schedule(id, next);
+        if let Some(next) = self.routes.first_expiry(id) {
+            self.routes.push_due(id, next);
         }
     }
 

@@ -11,7 +11,8 @@
 //! by hop (a loop created by that change must pass through that node).
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
+
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,8 +87,9 @@ struct SimLink {
     loss_ppm: u32,
     up: bool,
     epoch: u32,
-    /// In-flight TLVs per direction (0: a→b, 1: b→a), in arrival order: the latency is fixed.
-    fifo: [VecDeque<(Time, Packed)>; 2],
+    /// In-flight TLVs per direction (0: a→b, 1: b→a), in arrival order (the latency is
+    /// fixed), threaded through [`Sim::flights`]: (first, last), or [`NIL`].
+    fifo: [(u32, u32); 2],
     /// Arrival time of the head the queue holds an event for, per direction.
     head: [Option<Time>; 2],
 }
@@ -216,6 +218,78 @@ impl Packed {
     }
 }
 
+/// A TLV in flight (24 bytes).
+#[derive(Clone, Copy, Debug)]
+struct Flight {
+    msg: Packed,
+    /// The next TLV on the same link direction, or [`NIL`].
+    next: u32,
+    /// The low 32 bits of the arrival time in microseconds: the arrival is at most a link
+    /// latency (under an hour, 2³² µs being 71 minutes) after the time of the one before.
+    at: u32,
+}
+
+const NIL: u32 = u32::MAX;
+const FLIGHT_CHUNK: usize = 1 << 16;
+
+/// The arrival time whose low 32 bits are `at`, the first at or after `now`.
+fn arrival(at: u32, now: Time) -> Time {
+    let n = now.as_micros();
+    let mut t = (n & !0xFFFF_FFFF) | u64::from(at);
+    if t < n {
+        t += 1 << 32;
+    }
+    Time::from_micros(t)
+}
+
+/// Every TLV in flight, in one arena of fixed-size chunks: it grows without copying and
+/// without the slack of doubling (a cold start of ten thousand nodes has a hundred million in
+/// flight), and freed places are reused.
+#[derive(Default)]
+struct Flights {
+    chunks: Vec<Box<[Flight]>>,
+    /// Places handed out so far.
+    len: u32,
+    /// A list of freed places threaded through `next`.
+    free: Option<u32>,
+}
+
+impl Flights {
+    fn alloc(&mut self, f: Flight) -> u32 {
+        if let Some(i) = self.free {
+            let next = self.get(i).next;
+            self.free = (next != NIL).then_some(next);
+            *self.get_mut(i) = f;
+            return i;
+        }
+        let i = self.len;
+        if i as usize / FLIGHT_CHUNK == self.chunks.len() {
+            self.chunks.push(vec![f; FLIGHT_CHUNK].into_boxed_slice());
+        }
+        self.len += 1;
+        *self.get_mut(i) = f;
+        i
+    }
+
+    /// Frees place `i` and returns what it held.
+    fn free(&mut self, i: u32) -> Flight {
+        let next_free = self.free.unwrap_or(NIL);
+        let slot = self.get_mut(i);
+        let f = *slot;
+        slot.next = next_free;
+        self.free = Some(i);
+        f
+    }
+
+    fn get(&self, i: u32) -> &Flight {
+        &self.chunks[i as usize / FLIGHT_CHUNK][i as usize % FLIGHT_CHUNK]
+    }
+
+    fn get_mut(&mut self, i: u32) -> &mut Flight {
+        &mut self.chunks[i as usize / FLIGHT_CHUNK][i as usize % FLIGHT_CHUNK]
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ev {
     /// The first TLV waiting on a link direction arrives.
@@ -296,6 +370,8 @@ pub struct Sim {
     names: SharedNames,
     /// The table the cores hold, if it is up to date.
     shared: Option<Arc<SharedNames>>,
+    /// Every TLV in flight.
+    flights: Flights,
     /// TLVs in flight that [`Packed`] cannot hold, and free places among them.
     boxed: Vec<Option<Tlv>>,
     boxed_free: Vec<u32>,
@@ -331,6 +407,7 @@ impl Sim {
             work: Vec::new(),
             names: SharedNames::default(),
             shared: None,
+            flights: Flights::default(),
             boxed: Vec::new(),
             boxed_free: Vec::new(),
             in_flight: 0,
@@ -426,16 +503,17 @@ impl Sim {
         n
     }
 
-    /// Connects two nodes; the link comes up now.
+    /// Connects two nodes; the link comes up now. Latencies are capped at an hour.
     pub fn connect(&mut self, a: usize, b: usize, latency: Duration, loss_ppm: u32) -> usize {
         self.links.push(SimLink {
             a,
             b,
-            latency,
+            // In-flight TLVs keep the low 32 bits of their arrival time (see `Flight`).
+            latency: latency.min(Duration::from_secs(3600)),
             loss_ppm,
             up: false,
             epoch: 0,
-            fifo: [VecDeque::new(), VecDeque::new()],
+            fifo: [(NIL, NIL); 2],
             head: [None, None],
         });
         let l = self.links.len() - 1;
@@ -553,8 +631,19 @@ impl Sim {
         });
         self.in_flight += 1;
         self.stats.max_in_flight = self.stats.max_in_flight.max(self.in_flight as u64);
+        let i = self.flights.alloc(Flight {
+            msg: packed,
+            next: NIL,
+            at: t.as_micros() as u32,
+        });
         let link = &mut self.links[l];
-        link.fifo[d].push_back((t, packed));
+        match link.fifo[d] {
+            (NIL, _) => link.fifo[d] = (i, i),
+            (first, last) => {
+                self.flights.get_mut(last).next = i;
+                link.fifo[d] = (first, i);
+            }
+        }
         if link.head[d].is_none() {
             link.head[d] = Some(t);
             self.push(
@@ -661,10 +750,19 @@ impl Sim {
                     return;
                 }
                 l.head[d] = None;
-                let Some((_, packed)) = l.fifo[d].pop_front() else {
+                let (first, last) = l.fifo[d];
+                if first == NIL {
                     return;
+                }
+                let f = self.flights.free(first);
+                let packed = f.msg;
+                l.fifo[d] = if first == last {
+                    (NIL, NIL)
+                } else {
+                    (f.next, last)
                 };
-                if let Some(&(next, _)) = l.fifo[d].front() {
+                if f.next != NIL && first != last {
+                    let next = arrival(self.flights.get(f.next).at, self.now);
                     l.head[d] = Some(next);
                     self.push(
                         next,
@@ -729,10 +827,15 @@ impl Sim {
         link.up = false;
         let mut gone = Vec::new();
         for d in 0..2 {
-            self.stats.tlvs_on_down_link += link.fifo[d].len() as u64;
-            gone.extend(link.fifo[d].drain(..).map(|(_, p)| p));
+            let (mut i, _) = std::mem::replace(&mut link.fifo[d], (NIL, NIL));
+            while i != NIL {
+                let f = self.flights.free(i);
+                gone.push(f.msg);
+                i = f.next;
+            }
             link.head[d] = None;
         }
+        self.stats.tlvs_on_down_link += gone.len() as u64;
         for p in gone {
             self.unpack(p);
         }

@@ -50,6 +50,7 @@ pub use crypto::overlay;
 pub use fib::{ForwardingTable, Lookup, NextHop};
 pub use router::{
     consts, Config, Counters, Event, Limits, LinkError, LinkId, LinkInfo, RouteInfo, Router,
+    TableSizes,
 };
 pub use time::Time;
 

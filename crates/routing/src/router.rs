@@ -96,6 +96,7 @@ pub struct Limits {
     /// burst of four: one that comes sooner is held back and the subnet's state then goes out
     /// instead. 0 turns damping, and that holding back, off.
     pub flap_threshold: u32,
+    /// At most 10 minutes (a longer window is cut to that).
     pub flap_window: Duration,
     /// A damped subnet's triggered updates are held back until it has not flapped for this
     /// long; then its current state (route or retraction) goes out once.
@@ -495,6 +496,22 @@ pub struct RouteInfo {
     pub expires_in: Duration,
 }
 
+/// What a route table holds ([`Router::table_sizes`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct TableSizes {
+    /// Subnets with routes.
+    pub subnets: usize,
+    /// Subnets with a selected route.
+    pub selected: usize,
+    /// Routes (one per subnet and neighbour that advertised it).
+    pub entries: usize,
+    /// Feasibility distances.
+    pub sources: usize,
+    /// Subnets and router-ids the core keeps names for itself (not in a shared table).
+    pub own_subnets: usize,
+    pub own_router_ids: usize,
+}
+
 /// One neighbour as shown by the admin API.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct LinkInfo {
@@ -597,9 +614,11 @@ fn hold_time(interval_cs: u16) -> Duration {
 }
 
 impl Router {
-    pub fn new(cfg: Config, now: Time) -> Router {
+    pub fn new(mut cfg: Config, now: Time) -> Router {
+        // The route table keeps the last flap of a subnet only as far back as this.
+        cfg.limits.flap_window = cfg.limits.flap_window.min(crate::routes::EPOCH_LAG);
         let fwd = Arc::new(ForwardingTable::empty(cfg.own_subnet));
-        let routes = RouteTable::new(cfg.address_of);
+        let routes = RouteTable::new(cfg.address_of, now);
         let mut r = Router {
             cfg,
             seqno: SeqNo(0),
@@ -650,6 +669,7 @@ impl Router {
         static_cost: u16,
         now: Time,
     ) -> Result<(), LinkError> {
+        self.routes.rebase(now);
         if self.links.contains_key(&link) {
             self.counters.links_refused += 1;
             return Err(LinkError::Exists);
@@ -698,11 +718,13 @@ impl Router {
 
     /// The connection closed: the link is gone at once. Unknown links are ignored.
     pub fn handle_link_down(&mut self, link: LinkId, now: Time) {
+        self.routes.rebase(now);
         self.drop_link(link, now);
     }
 
     /// One control TLV received on `link`.
     pub fn handle_tlv(&mut self, link: LinkId, tlv: &Tlv, now: Time) {
+        self.routes.rebase(now);
         if !self.links.contains_key(&link) {
             self.counters.unknown_link += 1;
             return;
@@ -721,6 +743,7 @@ impl Router {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
+        self.routes.rebase(now);
         // Two queues merged in time order: the timers here and the route table's expiry
         // timers, which come out one instant at a time, in subnet order.
         let mut expiring = Vec::new().into_iter();
@@ -783,6 +806,7 @@ impl Router {
     }
 
     fn request(&mut self, dst: Ipv6Addr, by: Option<LinkId>, now: Time) {
+        self.routes.rebase(now);
         if !overlay().contains_addr(dst) || self.cfg.own_subnet.contains_addr(dst) {
             return;
         }
@@ -796,7 +820,7 @@ impl Router {
                 .and_then(|l| entries.clone().find(|e| e.link == l))
             {
                 Some(e) => {
-                    let near = e.expires().saturating_since(now) < REFRESH_BEFORE_EXPIRY;
+                    let near = self.routes.expires(e).saturating_since(now) < REFRESH_BEFORE_EXPIRY;
                     let recently = self
                         .routes
                         .refresh_sent(id)
@@ -968,15 +992,21 @@ impl Router {
         self.routes.names.share(names);
     }
 
-    /// Route lists, route entries, feasibility distances, and names this core holds apart from
-    /// shared ones (subnets, router-ids): for tests and the simulator's memory report.
-    pub fn table_sizes(&self) -> (usize, usize, usize, (usize, usize)) {
-        (
-            self.routes.len(),
-            self.routes.entry_count(),
-            self.routes.source_count(),
-            self.routes.names.own_counts(),
-        )
+    /// How much the route table holds, for tests, metrics and the simulator's report.
+    pub fn table_sizes(&self) -> TableSizes {
+        let t = &self.routes;
+        let (own_subnets, own_router_ids) = t.names.own_counts();
+        TableSizes {
+            subnets: t.len(),
+            selected: t
+                .list_ids()
+                .filter(|&id| t.meta(id).is_some_and(|m| m.selected().is_some()))
+                .count(),
+            entries: t.entry_count(),
+            sources: t.source_count(),
+            own_subnets,
+            own_router_ids,
+        }
     }
 
     /// Selected routes, sorted by subnet.
@@ -1499,12 +1529,12 @@ impl Router {
         let remembered = self.flaps.get(&subnet);
         let previous = match remembered {
             Some(f) => f.last,
-            None => self.routes.meta(id).and_then(|m| m.last_trigger()),
+            None => self.routes.last_trigger(id),
         };
         let counted = flap && previous.is_none_or(|t| now.saturating_since(t) >= FLAP_COALESCE);
         if counted {
             if has_list {
-                self.routes.meta_mut(id).set_last_trigger(Some(now));
+                self.routes.set_last_trigger(id, Some(now));
             }
             let recent = previous.is_some_and(|t| now.saturating_since(t) < lim.flap_window);
             if remembered.is_none() && recent {
@@ -1579,10 +1609,11 @@ impl Router {
         if !self.routes.has_list(id) {
             return false;
         }
-        let list = self.routes.meta_mut(id);
-        let mut triggers = Bucket { tat: list.tat() };
+        let mut triggers = Bucket {
+            tat: self.routes.tat(id),
+        };
         let admitted = triggers.admit(TRIGGER_RATE, TRIGGER_BURST, now);
-        list.set_tat(triggers.tat);
+        self.routes.set_tat(id, triggers.tat);
         if admitted {
             return false;
         }
@@ -1598,7 +1629,7 @@ impl Router {
                 }
                 // Remembered from here as if it had flapped: the last flap counted (if recent)
                 // is counted in the window that opens here.
-                let last = list.last_trigger();
+                let last = self.routes.last_trigger(id);
                 let recent = last.is_some_and(|t| now.saturating_since(t) < lim.flap_window);
                 v.insert(Flap {
                     window_start: now,
@@ -1654,10 +1685,11 @@ impl Router {
             None => self.send_retraction(subnet, None),
         }
         if let Some(id) = id {
-            let list = self.routes.meta_mut(id);
-            let mut triggers = Bucket { tat: list.tat() };
+            let mut triggers = Bucket {
+                tat: self.routes.tat(id),
+            };
             triggers.admit(TRIGGER_RATE, TRIGGER_BURST, now);
-            list.set_tat(triggers.tat);
+            self.routes.set_tat(id, triggers.tat);
         }
     }
 
@@ -2292,7 +2324,7 @@ impl Router {
         let t = &self.routes;
         let mut due: Vec<(LinkId, LinkSlot)> = t
             .entries(id)
-            .filter(|e| e.expires() <= now)
+            .filter(|e| t.expires(e) <= now)
             .map(|e| (t.links.id(e.link), e.link))
             .collect();
         due.sort_unstable_by_key(|&(l, _)| l);
@@ -2304,7 +2336,7 @@ impl Router {
             let Some(&e) = self.routes.entry(id, i) else {
                 continue;
             };
-            if e.expires() > now {
+            if self.routes.expires(&e) > now {
                 continue;
             }
             if is_sel && !e.metric.is_infinite() {
@@ -2393,7 +2425,7 @@ impl Router {
                     total: e.metric.saturating_add(cost),
                     seqno: e.seqno,
                     router_id: t.names.rid(e.rid),
-                    expires_in: e.expires().saturating_since(now),
+                    expires_in: t.expires(e).saturating_since(now),
                 });
             }
         }

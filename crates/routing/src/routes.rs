@@ -38,39 +38,61 @@ pub(crate) const CHUNK: usize = 2;
 /// No chunk.
 const NO_CHUNK: u32 = u32::MAX;
 
-/// A [`Time`] in two halves (4-byte aligned); [`Stamp::NEVER`] stands for "none".
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Debug)]
-pub(crate) struct Stamp {
-    hi: u32,
-    lo: u32,
+/// A [`Time`] stored in 32 bits: microseconds after the table's [`Epoch`], which moves
+/// forward as time passes ([`RouteTable::rebase`]). [`Stamp::NEVER`] stands for "none".
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub(crate) struct Stamp(u32);
+
+impl Stamp {
+    pub(crate) const NEVER: Stamp = Stamp(u32::MAX);
+    const ZERO: Stamp = Stamp(0);
+}
+
+/// The instant stamps count from. Every time the core stores lies within 38.3 minutes ahead
+/// of the current time (the longest route hold: 3.5 × 655.35 s) and the epoch is kept between
+/// 10 and 30 minutes behind it, so stamps (71.6 minutes) hold them exactly. Times older than
+/// the epoch are stored as the epoch: the core only asks of such a time whether it is at least
+/// a second, or a flap window (at most 10 minutes), before now, and whether it has passed, and
+/// the answers stay the same.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epoch(Time);
+
+/// How far the epoch trails the current time after a rebase, and at most before the next.
+pub(crate) const EPOCH_LAG: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+const EPOCH_LAG_MAX: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+impl Epoch {
+    fn at(now: Time) -> Epoch {
+        Epoch(Time::from_micros(
+            now.as_micros().saturating_sub(EPOCH_LAG.as_micros() as u64),
+        ))
+    }
+
+    pub(crate) fn stamp(self, t: Time) -> Stamp {
+        let us = t.as_micros().saturating_sub(self.0.as_micros());
+        Stamp(u32::try_from(us).unwrap_or(u32::MAX - 1).min(u32::MAX - 1))
+    }
+
+    pub(crate) fn time(self, s: Stamp) -> Time {
+        Time::from_micros(self.0.as_micros() + u64::from(s.0))
+    }
+
+    fn stamp_opt(self, t: Option<Time>) -> Stamp {
+        t.map_or(Stamp::NEVER, |t| self.stamp(t))
+    }
+
+    fn time_opt(self, s: Stamp) -> Option<Time> {
+        (s != Stamp::NEVER).then(|| self.time(s))
+    }
 }
 
 impl Stamp {
-    pub(crate) const NEVER: Stamp = Stamp {
-        hi: u32::MAX,
-        lo: u32::MAX,
-    };
-
-    pub(crate) fn new(t: Time) -> Stamp {
-        let us = t.as_micros();
-        Stamp {
-            hi: (us >> 32) as u32,
-            lo: us as u32,
+    /// The same instant after the epoch moved `by` microseconds forward.
+    fn shift(self, by: u64) -> Stamp {
+        if self == Stamp::NEVER {
+            return self;
         }
-    }
-
-    pub(crate) fn get(self) -> Time {
-        Time::from_micros((u64::from(self.hi) << 32) | u64::from(self.lo))
-    }
-
-    /// `None` for [`Stamp::NEVER`] (so `Some(Time::MAX)` cannot be stored; no caller's clock
-    /// gets there).
-    pub(crate) fn opt(self) -> Option<Time> {
-        (self != Stamp::NEVER).then(|| self.get())
-    }
-
-    pub(crate) fn from_opt(t: Option<Time>) -> Stamp {
-        t.map_or(Stamp::NEVER, Stamp::new)
+        Stamp(u32::try_from(u64::from(self.0).saturating_sub(by)).unwrap_or(0))
     }
 }
 
@@ -153,7 +175,7 @@ impl LinkSlots {
     }
 }
 
-/// One neighbour's route to a subnet (20 bytes).
+/// One neighbour's route to a subnet (16 bytes).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Entry {
     expires: Stamp,
@@ -172,10 +194,6 @@ impl Entry {
         seqno: SeqNo(0),
         link: LinkSlot::NONE,
     };
-
-    pub(crate) fn expires(&self) -> Time {
-        self.expires.get()
-    }
 }
 
 /// A feasibility distance (docs/protocol.md §5.4).
@@ -211,7 +229,7 @@ impl Meta {
     const EMPTY: Meta = Meta {
         sel_rid: RidId::NONE,
         last_trigger: Stamp::NEVER,
-        tat: Stamp { hi: 0, lo: 0 },
+        tat: Stamp::ZERO,
         fd_expires: Stamp::NEVER,
         fd_rid: RidId::NONE,
         fd_metric: Metric::INFINITE,
@@ -228,24 +246,12 @@ impl Meta {
     pub(crate) fn set_selected(&mut self, s: Option<LinkSlot>) {
         self.selected = s.unwrap_or(LinkSlot::NONE);
     }
-    pub(crate) fn last_trigger(&self) -> Option<Time> {
-        self.last_trigger.opt()
-    }
-    pub(crate) fn set_last_trigger(&mut self, t: Option<Time>) {
-        self.last_trigger = Stamp::from_opt(t);
-    }
-    pub(crate) fn tat(&self) -> Time {
-        self.tat.get()
-    }
-    pub(crate) fn set_tat(&mut self, t: Time) {
-        self.tat = Stamp::new(t);
-    }
     fn occupied(&self) -> bool {
         self.len > 0 || self.fd_rid != RidId::NONE
     }
 }
 
-/// A subnet's state (88 bytes).
+/// A subnet's state (68 bytes).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     inline: [Entry; INLINE],
@@ -313,8 +319,9 @@ pub(crate) struct NewRid<'a> {
     pub(crate) addr: Option<Ipv6Addr>,
 }
 
-/// An expiry timer: subnet `id` is due at `at`. Ordered by time, then id; timers due at the
-/// same instant are put in subnet order before they run (see [`RouteTable::due`]).
+/// An expiry timer (8 bytes): subnet `id` is due at `at`. Ordered by time, then id; timers
+/// due at the same instant are put in subnet order before they run (see
+/// [`RouteTable::due`]).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 struct Due {
     at: Stamp,
@@ -352,6 +359,7 @@ fn slots_for<'a>(
 #[derive(Debug)]
 pub(crate) struct RouteTable {
     pub(crate) names: Names,
+    epoch: Epoch,
     pub(crate) links: LinkSlots,
     /// Slots of shared subnet ids, then of the core's own (index without [`LOCAL`]).
     shared: Vec<Slot>,
@@ -370,9 +378,10 @@ pub(crate) struct RouteTable {
 }
 
 impl RouteTable {
-    pub(crate) fn new(address_of: fn(&[u8; 32]) -> Ipv6Addr) -> RouteTable {
+    pub(crate) fn new(address_of: fn(&[u8; 32]) -> Ipv6Addr, now: Time) -> RouteTable {
         RouteTable {
             names: Names::new(address_of),
+            epoch: Epoch::at(now),
             links: LinkSlots::default(),
             shared: Vec::new(),
             own: Vec::new(),
@@ -617,7 +626,7 @@ impl RouteTable {
         self.links.retain(link);
         self.entries += 1;
         let e = Entry {
-            expires: Stamp::new(expires),
+            expires: self.epoch.stamp(expires),
             rid,
             metric,
             seqno,
@@ -714,6 +723,68 @@ impl RouteTable {
         self.names.release_rid(old);
     }
 
+    /// When entry `e` expires.
+    pub(crate) fn expires(&self, e: &Entry) -> Time {
+        self.epoch.time(e.expires)
+    }
+
+    /// When `id` last flapped (for flap damping).
+    pub(crate) fn last_trigger(&self, id: SubnetId) -> Option<Time> {
+        self.meta(id)
+            .and_then(|m| self.epoch.time_opt(m.last_trigger))
+    }
+
+    pub(crate) fn set_last_trigger(&mut self, id: SubnetId, t: Option<Time>) {
+        let s = self.epoch.stamp_opt(t);
+        self.meta_mut(id).last_trigger = s;
+    }
+
+    /// The theoretical arrival time of `id`'s triggered-update bucket.
+    pub(crate) fn tat(&self, id: SubnetId) -> Time {
+        self.meta(id).map_or(Time::ZERO, |m| self.epoch.time(m.tat))
+    }
+
+    pub(crate) fn set_tat(&mut self, id: SubnetId, t: Time) {
+        let s = self.epoch.stamp(t);
+        self.meta_mut(id).tat = s;
+    }
+
+    /// Moves the epoch to [`EPOCH_LAG`] before `now` once it trails by more than 30 minutes,
+    /// so that stamps keep holding the times stored. Call before storing any time derived from
+    /// `now`; costs a pass over the table every 20 minutes.
+    pub(crate) fn rebase(&mut self, now: Time) {
+        if now.saturating_since(self.epoch.0) <= EPOCH_LAG_MAX {
+            return;
+        }
+        let new = Epoch::at(now);
+        let by = new.0.as_micros() - self.epoch.0.as_micros();
+        for s in self.shared.iter_mut().chain(self.own.iter_mut()) {
+            for e in &mut s.inline {
+                e.expires = e.expires.shift(by);
+            }
+            let m = &mut s.meta;
+            m.last_trigger = m.last_trigger.shift(by);
+            m.tat = m.tat.shift(by);
+            m.fd_expires = m.fd_expires.shift(by);
+        }
+        for c in &mut self.chunks {
+            for e in &mut c.e {
+                e.expires = e.expires.shift(by);
+            }
+        }
+        let heap = std::mem::take(&mut self.expiries).into_vec();
+        self.expiries = heap
+            .into_iter()
+            .map(|Reverse(d)| {
+                Reverse(Due {
+                    at: d.at.shift(by),
+                    id: d.id,
+                })
+            })
+            .collect();
+        self.epoch = new;
+    }
+
     // ----------------------------------------------------------------------------------------
     // Sources
     // ----------------------------------------------------------------------------------------
@@ -725,7 +796,7 @@ impl RouteTable {
             return Some(Fd {
                 metric: m.fd_metric,
                 seqno: m.fd_seqno,
-                expires: m.fd_expires.get(),
+                expires: self.epoch.time(m.fd_expires),
             });
         }
         if self.more_sources.is_empty() {
@@ -744,17 +815,18 @@ impl RouteTable {
         max: usize,
         f: impl FnOnce(&mut Fd),
     ) -> bool {
+        let epoch = self.epoch;
         let m = &mut self.slot_mut(id).meta;
         if m.fd_rid == rid {
             let mut fd = Fd {
                 metric: m.fd_metric,
                 seqno: m.fd_seqno,
-                expires: m.fd_expires.get(),
+                expires: epoch.time(m.fd_expires),
             };
             f(&mut fd);
             m.fd_metric = fd.metric;
             m.fd_seqno = fd.seqno;
-            m.fd_expires = Stamp::new(fd.expires);
+            m.fd_expires = epoch.stamp(fd.expires);
             return true;
         }
         if let Some(fd) = self.more_sources.get_mut(&(id, rid)) {
@@ -772,7 +844,7 @@ impl RouteTable {
             m.fd_rid = rid;
             m.fd_metric = new.metric;
             m.fd_seqno = new.seqno;
-            m.fd_expires = Stamp::new(new.expires);
+            m.fd_expires = epoch.stamp(new.expires);
         } else {
             self.names.retain_subnet(id);
             self.more_sources.insert((id, rid), new);
@@ -783,10 +855,11 @@ impl RouteTable {
     /// Forgets the distances that expired by `now`.
     pub(crate) fn collect_sources(&mut self, now: Time) {
         let mut freed = Vec::new();
+        let epoch = self.epoch;
         for (v, tag) in [(&mut self.shared, 0), (&mut self.own, LOCAL)] {
             for (i, s) in v.iter_mut().enumerate() {
                 let m = &mut s.meta;
-                if m.fd_rid != RidId::NONE && m.fd_expires.get() <= now {
+                if m.fd_rid != RidId::NONE && epoch.time(m.fd_expires) <= now {
                     freed.push((SubnetId(i as u32 | tag), m.fd_rid));
                     m.fd_rid = RidId::NONE;
                     m.fd_expires = Stamp::NEVER;
@@ -838,15 +911,20 @@ impl RouteTable {
 
     /// The earliest expiry among `id`'s entries.
     pub(crate) fn first_expiry(&self, id: SubnetId) -> Option<Time> {
-        self.entries(id).map(|e| e.expires).min().map(Stamp::get)
+        let epoch = self.epoch;
+        self.entries(id)
+            .map(|e| e.expires)
+            .min()
+            .map(|s| epoch.time(s))
     }
 
     /// Entry `i` of `id` expires at `t`; a timer is added if that brings the subnet's first
     /// expiry forward (the heap holds one no later than the old first expiry already).
     pub(crate) fn set_expires(&mut self, id: SubnetId, i: usize, t: Time) {
         let first = self.first_expiry(id);
+        let stamp = self.epoch.stamp(t);
         if let Some(e) = self.entry_mut(id, i) {
-            e.expires = Stamp::new(t);
+            e.expires = stamp;
             if first.is_none_or(|f| t < f) {
                 self.push_due(id, t);
             }
@@ -861,14 +939,14 @@ impl RouteTable {
             self.expiries.reserve_exact(self.expiries.len() / 4 + 16);
         }
         self.expiries.push(Reverse(Due {
-            at: Stamp::new(at),
+            at: self.epoch.stamp(at),
             id: id.0,
         }));
     }
 
     /// The time of the earliest expiry timer, if any.
     pub(crate) fn next_due(&self) -> Option<Time> {
-        self.expiries.peek().map(|Reverse(d)| d.at.get())
+        self.expiries.peek().map(|Reverse(d)| self.epoch.time(d.at))
     }
 
     /// Takes every expiry timer due at the earliest time if that is no later than `now`: that
@@ -878,7 +956,7 @@ impl RouteTable {
     /// timer for the next expiry.
     pub(crate) fn due(&mut self, now: Time) -> Option<(Time, Vec<(Subnet, SubnetId)>)> {
         let at = self.expiries.peek()?.0.at;
-        if at.get() > now {
+        if self.epoch.time(at) > now {
             return None;
         }
         let mut v = Vec::new();
@@ -894,7 +972,7 @@ impl RouteTable {
         }
         v.sort_unstable_by_key(|(s, _)| *s);
         v.dedup_by_key(|(s, _)| *s);
-        Some((at.get(), v))
+        Some((self.epoch.time(at), v))
     }
 
     /// Rebuilds the heap with one timer per list when stale or duplicate ones pile up.
@@ -933,15 +1011,15 @@ mod tests {
 
     #[test]
     fn sizes_stay_small() {
-        assert_eq!(std::mem::size_of::<Entry>(), 20);
-        assert_eq!(std::mem::size_of::<Slot>(), 88);
-        assert_eq!(std::mem::size_of::<Chunk>(), 44);
-        assert_eq!(std::mem::size_of::<Reverse<Due>>(), 12);
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
+        assert_eq!(std::mem::size_of::<Slot>(), 68);
+        assert_eq!(std::mem::size_of::<Chunk>(), 36);
+        assert_eq!(std::mem::size_of::<Reverse<Due>>(), 8);
     }
 
     #[test]
     fn entries_keep_vec_order_inline_and_spilled() {
-        let mut t = RouteTable::new(address_from_public_key);
+        let mut t = RouteTable::new(address_from_public_key, Time::ZERO);
         let mut links = Vec::new();
         for l in 0..8 {
             links.push(t.links.open(LinkId(l)).unwrap());
@@ -1009,7 +1087,7 @@ mod tests {
 
     #[test]
     fn a_second_router_id_goes_to_the_side_map_and_all_expire() {
-        let mut t = RouteTable::new(address_from_public_key);
+        let mut t = RouteTable::new(address_from_public_key, Time::ZERO);
         let l = t.links.open(LinkId(1)).unwrap();
         let (r1, r2) = (rid(1), rid(2));
         let id = t.create(sub(1), l, Metric(5), SeqNo(1), new_rid(&r1), Time::ZERO);
@@ -1039,8 +1117,36 @@ mod tests {
     }
 
     #[test]
+    fn times_survive_the_epoch_moving_and_old_ones_stay_old() {
+        let mut t = RouteTable::new(address_from_public_key, Time::ZERO);
+        let l = t.links.open(LinkId(1)).unwrap();
+        let r = rid(1);
+        let hour = Time::from_secs(3600);
+        let exp = hour + std::time::Duration::from_micros(38 * 60 * 1_000_000 + 7);
+        // The table is used at `hour` for the first time: the epoch moves before storing.
+        t.rebase(hour);
+        let id = t.create(sub(1), l, Metric(5), SeqNo(1), new_rid(&r), exp);
+        let flap = Time::from_secs(3600 + 25 * 60);
+        t.set_last_trigger(id, Some(flap));
+        t.set_tat(id, flap + std::time::Duration::from_micros(3));
+        // 31 minutes on the epoch moves to 10 minutes back; times since then are exact.
+        let later = Time::from_secs(3600 + 31 * 60);
+        t.rebase(later);
+        assert_eq!(t.first_expiry(id), Some(exp));
+        assert_eq!(t.next_due(), Some(exp));
+        assert_eq!(t.last_trigger(id), Some(flap));
+        assert_eq!(t.tat(id), flap + std::time::Duration::from_micros(3));
+        // Two hours on, the flap is as old as the epoch (10 minutes), older than any window.
+        let much_later = Time::from_secs(3 * 3600 + 31 * 60);
+        t.rebase(much_later);
+        let lt = t.last_trigger(id).unwrap();
+        assert!(much_later.saturating_since(lt) >= EPOCH_LAG);
+        assert!(t.first_expiry(id).unwrap() <= much_later, "still expired");
+    }
+
+    #[test]
     fn link_slots_outlive_their_link_while_named() {
-        let mut t = RouteTable::new(address_from_public_key);
+        let mut t = RouteTable::new(address_from_public_key, Time::ZERO);
         let a = t.links.open(LinkId(1)).unwrap();
         let r = rid(1);
         let id = t.create(sub(1), a, Metric(5), SeqNo(1), new_rid(&r), Time::ZERO);
@@ -1057,7 +1163,7 @@ mod tests {
 
     #[test]
     fn due_timers_come_in_subnet_order_once_each() {
-        let mut t = RouteTable::new(address_from_public_key);
+        let mut t = RouteTable::new(address_from_public_key, Time::ZERO);
         let l = t.links.open(LinkId(1)).unwrap();
         let l2 = t.links.open(LinkId(2)).unwrap();
         let r = rid(1);

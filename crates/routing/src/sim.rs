@@ -56,6 +56,21 @@ impl SimRng {
     }
 }
 
+/// Links of a peer in [`Sim::peer_mesh`]: 3 for 70 % of nodes, 4 for 15 %, then 5, 6, 7 and 8
+/// for 6, 4, 3 and 2 % (3.6 on average). Most nodes of an overlay keep the few peers they were
+/// given or found; a few keep more. Degree costs memory in a simulation: each neighbour that
+/// does not route through a node adds an entry per subnet there.
+pub fn peer_degree(rng: &mut SimRng) -> usize {
+    match rng.below(100) {
+        0..70 => 3,
+        70..85 => 4,
+        85..91 => 5,
+        91..95 => 6,
+        95..98 => 7,
+        _ => 8,
+    }
+}
+
 /// Why following next hops did not reach the destination.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum PathError {
@@ -77,6 +92,8 @@ struct SimNode {
     address: Ipv6Addr,
     subnet: Subnet,
     links: Vec<usize>,
+    /// Subnets its core has a selected route for (from its events).
+    routes: usize,
 }
 
 struct SimLink {
@@ -94,83 +111,88 @@ struct SimLink {
     head: [Option<Time>; 2],
 }
 
-/// A TLV in flight in 16 bytes (a `Tlv` takes 72): names are ids in the simulator's shared
-/// table. During a cold start of a large mesh tens of millions are in flight at once. A TLV
-/// that does not fit (a name the table lacks, an IHU with an address, a prefix that is not an
-/// IPv6 one) is kept whole in [`Sim::boxed`] and this holds its index.
+/// A TLV in flight in 12 bytes (a `Tlv` takes 72): names are ids in the simulator's shared
+/// table, and an Update's flags and interval are the ones the core always sends. During a cold
+/// start of a large mesh a hundred million are in flight at once. A TLV that does not fit (a
+/// name the table lacks, other flags or interval, an IHU with an address, a prefix that is not
+/// an IPv6 one) is kept whole in [`Sim::boxed`] and this holds its index.
 #[derive(Clone, Copy, Debug)]
 struct Packed {
-    kind: u8,
-    /// Update flags, RouteRequest generation, SeqNoRequest hop count.
-    a: u8,
-    /// Intervals.
-    b: u16,
-    /// Seqnos.
-    c: u16,
-    /// Metrics, Hello flags.
-    d: u16,
-    /// Subnet id ([`NO_ID`] for a wildcard), or the index of a boxed TLV.
-    x: u32,
-    /// Router-id id.
+    /// The kind (top 3 bits), then a subnet id ([`NO_ID`] for a wildcard) or a box index.
+    kx: u32,
+    /// A router-id id, or an interval, a generation, a hop count.
     y: u32,
+    /// A seqno (high half), a metric or Hello flags (low half).
+    cd: u32,
 }
 
-const HELLO: u8 = 0;
-const IHU: u8 = 1;
-const UPDATE: u8 = 2;
-const ROUTE_REQUEST: u8 = 3;
-const SEQNO_REQUEST: u8 = 4;
-const BOXED: u8 = 5;
-const NO_ID: u32 = u32::MAX;
+const HELLO: u32 = 0;
+const IHU: u32 = 1;
+const UPDATE: u32 = 2;
+const ROUTE_REQUEST: u32 = 3;
+const SEQNO_REQUEST: u32 = 4;
+const BOXED: u32 = 5;
+const KIND_SHIFT: u32 = 29;
+const ID_MASK: u32 = (1 << KIND_SHIFT) - 1;
+const NO_ID: u32 = ID_MASK;
 
 impl Packed {
-    fn new(kind: u8, a: u8, b: u16, c: u16, d: u16, x: u32, y: u32) -> Packed {
+    fn new(kind: u32, x: u32, y: u32, c: u16, d: u16) -> Packed {
         Packed {
-            kind,
-            a,
-            b,
-            c,
-            d,
-            x,
+            kx: (kind << KIND_SHIFT) | (x & ID_MASK),
             y,
+            cd: (u32::from(c) << 16) | u32::from(d),
         }
     }
 
-    /// Packs `tlv` if its names are in `names`.
+    fn kind(&self) -> u32 {
+        self.kx >> KIND_SHIFT
+    }
+    fn x(&self) -> u32 {
+        self.kx & ID_MASK
+    }
+    fn c(&self) -> u16 {
+        (self.cd >> 16) as u16
+    }
+    fn d(&self) -> u16 {
+        self.cd as u16
+    }
+
+    /// Packs `tlv` if it fits.
     fn pack(tlv: &Tlv, names: &SharedNames) -> Option<Packed> {
+        let id = |i: Option<u32>| i.filter(|&i| i < NO_ID);
         let v6 = |p: &Prefix| match p {
-            Prefix::V6(s) => names.subnet_index(s),
+            Prefix::V6(s) => id(names.subnet_index(s)),
             _ => None,
         };
+        let rid = |r: &RouterId| id(names.router_id_index(r));
         Some(match tlv {
-            Tlv::Hello(h) => Packed::new(HELLO, 0, h.interval, h.seqno.0, h.flags, 0, 0),
+            Tlv::Hello(h) => Packed::new(HELLO, 0, u32::from(h.interval), h.seqno.0, h.flags),
             Tlv::Ihu(i) if i.address.is_none() => {
-                Packed::new(IHU, 0, i.interval, 0, i.rx_cost.0, 0, 0)
+                Packed::new(IHU, 0, u32::from(i.interval), 0, i.rx_cost.0)
             }
-            Tlv::Update(u) => Packed::new(
-                UPDATE,
-                u.flags,
-                u.interval,
-                u.seqno.0,
-                u.metric.0,
-                v6(&u.prefix)?,
-                names.router_id_index(&u.router_id)?,
-            ),
+            Tlv::Update(u) if u.flags == 0 && u.interval == consts::UPDATE_INTERVAL_CS => {
+                Packed::new(
+                    UPDATE,
+                    v6(&u.prefix)?,
+                    rid(&u.router_id)?,
+                    u.seqno.0,
+                    u.metric.0,
+                )
+            }
             Tlv::RouteRequest(r) => {
                 let x = match r.prefix {
                     Prefix::Wildcard => NO_ID,
                     ref p => v6(p)?,
                 };
-                Packed::new(ROUTE_REQUEST, r.generation, 0, 0, 0, x, 0)
+                Packed::new(ROUTE_REQUEST, x, u32::from(r.generation), 0, 0)
             }
             Tlv::SeqNoRequest(r) => Packed::new(
                 SEQNO_REQUEST,
-                r.hop_count,
-                0,
-                r.seqno.0,
-                0,
                 v6(&r.prefix)?,
-                names.router_id_index(&r.router_id)?,
+                rid(&r.router_id)?,
+                r.seqno.0,
+                u16::from(r.hop_count),
             ),
             _ => return None,
         })
@@ -178,38 +200,39 @@ impl Packed {
 
     /// The TLV back; `None` for a boxed one.
     fn unpack(&self, names: &SharedNames) -> Option<Tlv> {
-        let subnet = || names.subnet_at(self.x).map(Prefix::V6);
+        let subnet = || names.subnet_at(self.x()).map(Prefix::V6);
         let rid = || names.router_id_at(self.y);
-        Some(match self.kind {
+        let narrow = |v: u32| u16::try_from(v).ok();
+        Some(match self.kind() {
             HELLO => Tlv::Hello(Hello {
-                flags: self.d,
-                seqno: SeqNo(self.c),
-                interval: self.b,
+                flags: self.d(),
+                seqno: SeqNo(self.c()),
+                interval: narrow(self.y)?,
             }),
             IHU => Tlv::Ihu(Ihu {
-                rx_cost: Metric(self.d),
-                interval: self.b,
+                rx_cost: Metric(self.d()),
+                interval: narrow(self.y)?,
                 address: None,
             }),
             UPDATE => Tlv::Update(Update {
-                flags: self.a,
-                interval: self.b,
-                seqno: SeqNo(self.c),
-                metric: Metric(self.d),
+                flags: 0,
+                interval: consts::UPDATE_INTERVAL_CS,
+                seqno: SeqNo(self.c()),
+                metric: Metric(self.d()),
                 prefix: subnet()?,
                 router_id: rid()?,
             }),
             ROUTE_REQUEST => Tlv::RouteRequest(RouteRequest {
-                generation: self.a,
-                prefix: if self.x == NO_ID {
+                generation: u8::try_from(self.y).ok()?,
+                prefix: if self.x() == NO_ID {
                     Prefix::Wildcard
                 } else {
                     subnet()?
                 },
             }),
             SEQNO_REQUEST => Tlv::SeqNoRequest(SeqNoRequest {
-                seqno: SeqNo(self.c),
-                hop_count: self.a,
+                seqno: SeqNo(self.c()),
+                hop_count: u8::try_from(self.d()).ok()?,
                 router_id: rid()?,
                 prefix: subnet()?,
             }),
@@ -218,7 +241,7 @@ impl Packed {
     }
 }
 
-/// A TLV in flight (24 bytes).
+/// A TLV in flight (20 bytes).
 #[derive(Clone, Copy, Debug)]
 struct Flight {
     msg: Packed,
@@ -328,6 +351,8 @@ pub struct SimStats {
     pub loop_checks: u64,
     /// Most TLVs in flight at once.
     pub max_in_flight: u64,
+    /// When a selected route last changed anywhere (routes converge when this stops moving).
+    pub last_selection_change: Option<Time>,
     /// With [`Sim::digest_tlvs`]: a digest (FNV-1a) of every TLV the routers sent, with its time
     /// and link, in order. Two runs with equal digests sent the same TLVs at the same instants,
     /// which shows that a change to the core's internals left its behaviour alone.
@@ -497,6 +522,7 @@ impl Sim {
             address,
             subnet,
             links: Vec::new(),
+            routes: 0,
         });
         let n = self.nodes.len() - 1;
         self.settle(n);
@@ -583,6 +609,7 @@ impl Sim {
         let pk = self.nodes[n].public_key;
         let subnet = self.nodes[n].subnet;
         self.nodes[n].router = self.new_router(pk, subnet);
+        self.nodes[n].routes = 0;
         self.nodes[n].alive = true;
         self.nodes[n].next_wake = None;
         for &l in &links {
@@ -627,7 +654,7 @@ impl Sim {
                     (self.boxed.len() - 1) as u32
                 }
             };
-            Packed::new(BOXED, 0, 0, 0, 0, i, 0)
+            Packed::new(BOXED, i, 0, 0, 0)
         });
         self.in_flight += 1;
         self.stats.max_in_flight = self.stats.max_in_flight.max(self.in_flight as u64);
@@ -736,6 +763,49 @@ impl Sim {
         None
     }
 
+    /// Subnets node `n` has a selected route for.
+    pub fn selected_routes(&self, n: usize) -> usize {
+        self.nodes[n].routes
+    }
+
+    /// Whether every running node has a selected route to every other running node.
+    pub fn full_tables(&self) -> bool {
+        let alive = self.nodes.iter().filter(|n| n.alive).count();
+        self.nodes.iter().all(|n| !n.alive || n.routes + 1 >= alive)
+    }
+
+    /// Runs until every running node has a route to every other one and no selected route has
+    /// changed for `quiet`, or until `deadline`. Returns (when every table was first full,
+    /// when the last selection changed), the first `None` if that never happened; the second
+    /// is the convergence time when it is followed by `quiet`.
+    pub fn run_until_converged(
+        &mut self,
+        deadline: Time,
+        quiet: Duration,
+    ) -> (Option<Time>, Option<Time>) {
+        let mut full_at = None;
+        let mut next_check = self.now;
+        while self.queue.peek().is_some_and(|Reverse(q)| q.t <= deadline) {
+            self.step();
+            if self.now < next_check {
+                continue;
+            }
+            next_check = self.now + self.cond_resolution;
+            if full_at.is_none() && self.full_tables() {
+                full_at = Some(self.now);
+            }
+            let settled = self
+                .stats
+                .last_selection_change
+                .is_none_or(|t| self.now.saturating_since(t) >= quiet);
+            if full_at.is_some() && settled {
+                return (full_at, self.stats.last_selection_change);
+            }
+        }
+        self.now = self.now.max(deadline);
+        (full_at, self.stats.last_selection_change)
+    }
+
     fn step(&mut self) {
         let Some(Reverse(item)) = self.queue.pop() else {
             return;
@@ -813,11 +883,11 @@ impl Sim {
     /// The TLV a packed one stands for (a boxed one leaves the box).
     fn unpack(&mut self, p: Packed) -> Option<Tlv> {
         self.in_flight -= 1;
-        if p.kind != BOXED {
+        if p.kind() != BOXED {
             return p.unpack(&self.names);
         }
-        let tlv = self.boxed.get_mut(p.x as usize)?.take();
-        self.boxed_free.push(p.x);
+        let tlv = self.boxed.get_mut(p.x() as usize)?.take();
+        self.boxed_free.push(p.x());
         tlv
     }
 
@@ -886,12 +956,21 @@ impl Sim {
                             }
                         }
                     }
-                    Event::RouteAcquired(_) => self.stats.routes_acquired += 1,
-                    Event::RouteLost(_) => self.stats.routes_lost += 1,
+                    Event::RouteAcquired(_) => {
+                        self.stats.routes_acquired += 1;
+                        self.nodes[n].routes += 1;
+                    }
+                    Event::RouteLost(_) => {
+                        self.stats.routes_lost += 1;
+                        self.nodes[n].routes = self.nodes[n].routes.saturating_sub(1);
+                    }
                     Event::QueryTimedOut(s) => self.query_timeouts.push((self.now, n, s)),
                 }
             }
             let changed = self.nodes[n].router.take_selection_changes();
+            if !changed.is_empty() {
+                self.stats.last_selection_change = Some(self.now);
+            }
             if self.check_loops {
                 for s in changed {
                     self.stats.loop_checks += 1;
@@ -994,6 +1073,68 @@ impl Sim {
         s
     }
 
+    /// A mesh of `n` peers with 3 to 8 links each (see [`peer_degree`]): the topology of the
+    /// large-mesh scenarios.
+    pub fn peer_mesh(seed: u64, n: usize) -> Sim {
+        Sim::degree_mesh(seed, n, peer_degree)
+    }
+
+    /// A connected mesh of `n` nodes in which node `i` has about `degree(rng)` links (drawn
+    /// once per node): a random spanning tree first (each node links to an earlier one that
+    /// has room), then random pairs of nodes short of their degree. Nodes may end a link short
+    /// of their draw when no free partner is left.
+    pub fn degree_mesh(seed: u64, n: usize, mut degree: impl FnMut(&mut SimRng) -> usize) -> Sim {
+        let mut s = Sim::new(seed);
+        for _ in 0..n {
+            s.add_node();
+        }
+        let want: Vec<usize> = (0..n).map(|_| degree(&mut s.rng).max(1)).collect();
+        let mut have = vec![0usize; n];
+        let mut edges = rustc_hash::FxHashSet::default();
+        let link = |s: &mut Sim,
+                    have: &mut Vec<usize>,
+                    edges: &mut rustc_hash::FxHashSet<(usize, usize)>,
+                    a: usize,
+                    b: usize| {
+            let lat = s.latency();
+            s.connect(a, b, lat, 0);
+            edges.insert((a.min(b), a.max(b)));
+            have[a] += 1;
+            have[b] += 1;
+        };
+        for i in 1..n {
+            let mut j = s.rng.below(i as u64) as usize;
+            for _ in 0..16 {
+                if have[j] < want[j] {
+                    break;
+                }
+                j = s.rng.below(i as u64) as usize;
+            }
+            link(&mut s, &mut have, &mut edges, j, i);
+        }
+        for _ in 0..8 {
+            let mut stubs: Vec<usize> = (0..n)
+                .flat_map(|i| std::iter::repeat_n(i, want[i].saturating_sub(have[i])))
+                .collect();
+            if stubs.len() < 2 {
+                break;
+            }
+            for i in (1..stubs.len()).rev() {
+                let j = s.rng.below(i as u64 + 1) as usize;
+                stubs.swap(i, j);
+            }
+            for p in stubs.chunks_exact(2) {
+                let (a, b) = (p[0], p[1]);
+                let key = (a.min(b), a.max(b));
+                if a == b || have[a] >= want[a] || have[b] >= want[b] || edges.contains(&key) {
+                    continue;
+                }
+                link(&mut s, &mut have, &mut edges, a, b);
+            }
+        }
+        s
+    }
+
     /// Links of node `n`.
     pub fn node_links(&self, n: usize) -> &[usize] {
         &self.nodes[n].links
@@ -1037,5 +1178,91 @@ impl Sim {
             }
         }
         dist
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::babel::Ihu;
+
+    #[test]
+    fn tlvs_in_flight_pack_small_and_come_back_whole() {
+        assert_eq!(std::mem::size_of::<Flight>(), 20);
+        let mut names = SharedNames::default();
+        let s = Subnet::slash64(address_from_public_key(&[1; 32]));
+        let r = RouterId::new([1; 32], [2; 6]);
+        names.add_subnet(s);
+        names.add_router_id(r);
+        let other = Subnet::slash64(address_from_public_key(&[3; 32]));
+        let update = |flags, interval, prefix, router_id| {
+            Tlv::Update(Update {
+                flags,
+                interval,
+                seqno: SeqNo(7),
+                metric: Metric(300),
+                prefix,
+                router_id,
+            })
+        };
+        let std_interval = consts::UPDATE_INTERVAL_CS;
+        let packed = [
+            Tlv::Hello(Hello {
+                flags: 0x8000,
+                seqno: SeqNo(9),
+                interval: 2000,
+            }),
+            Tlv::Ihu(Ihu {
+                rx_cost: Metric(1010),
+                interval: 6000,
+                address: None,
+            }),
+            update(0, std_interval, Prefix::V6(s), r),
+            Tlv::RouteRequest(RouteRequest {
+                generation: 3,
+                prefix: Prefix::V6(s),
+            }),
+            Tlv::RouteRequest(RouteRequest {
+                generation: 0,
+                prefix: Prefix::Wildcard,
+            }),
+            Tlv::SeqNoRequest(SeqNoRequest {
+                seqno: SeqNo(5),
+                hop_count: 64,
+                router_id: r,
+                prefix: Prefix::V6(s),
+            }),
+        ];
+        for t in packed {
+            let p = Packed::pack(&t, &names).expect("fits");
+            assert_eq!(p.unpack(&names), Some(t));
+        }
+        let boxed = [
+            update(0x80, std_interval, Prefix::V6(s), r),
+            update(0, 0, Prefix::V6(s), r),
+            update(0, std_interval, Prefix::V6(other), r),
+            update(
+                0,
+                std_interval,
+                Prefix::V6(s),
+                RouterId::new([4; 32], [0; 6]),
+            ),
+            Tlv::Ihu(Ihu {
+                rx_cost: Metric(1),
+                interval: 1,
+                address: Some(Prefix::V6(s)),
+            }),
+        ];
+        for t in boxed {
+            assert!(Packed::pack(&t, &names).is_none(), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn arrival_times_come_back_from_their_low_bits() {
+        let now = Time::from_micros((5 << 32) + 0xFFFF_FF00);
+        let at = now + Duration::from_millis(50);
+        assert_eq!(arrival(at.as_micros() as u32, now), at);
+        assert_eq!(arrival(now.as_micros() as u32, now), now);
     }
 }

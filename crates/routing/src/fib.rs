@@ -1,6 +1,14 @@
-//! Immutable forwarding snapshots for the data path.
+//! Immutable forwarding snapshots for the data path, published by copy-on-write.
+//!
+//! A snapshot is a fixed array of shards, each an `Arc` of a hash map. The core publishes the
+//! next snapshot by applying only the subnets that changed since the last one
+//! ([`ForwardingTable::set`]): the array of shard pointers is copied (reference counts only), and
+//! a shard is copied only when a change lands in it while an older snapshot still holds it. So
+//! publishing after k changes costs O(k × shard size) at worst, instead of rebuilding all n
+//! subnets; a neighbour announcing a full table no longer costs O(n²) (docs/protocol.md §5.11).
 
 use std::net::Ipv6Addr;
+use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 use wire::babel::{RouterId, Subnet};
@@ -36,92 +44,202 @@ pub enum Lookup {
     Unknown,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Slot {
-    selected: Option<NextHop>,
+/// What the data path needs of one subnet. The selected route's router is always the key
+/// owner, so the next hop is kept as its link alone (64 bytes a slot instead of 104: the
+/// shards a publish copies are that much smaller).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Slot {
+    /// Link of the selected route, if any; its router-id is `key_owner`.
+    link: Option<LinkId>,
+    /// The selected route's router, or else that of a finite unselected one: whose key
+    /// authenticates packets from the subnet.
     key_owner: Option<RouterId>,
 }
 
-/// A read-only copy of the selected routes (plus, for decryption, the key owner of every known
-/// subnet). Built by [`crate::Router::forwarding_table`] only when the selection changed; data
-/// path threads share it through an `Arc` (the node keeps it in an arc-swap) and look up without
-/// locks. Lookups cost one hash probe per prefix length in use (normally just /64).
-#[derive(Debug)]
-pub struct ForwardingTable {
-    generation: u64,
-    own_subnet: Subnet,
-    plens: Vec<u8>,
-    map: FxHashMap<Subnet, Slot>,
-}
-
-impl ForwardingTable {
-    pub(crate) fn empty(own_subnet: Subnet) -> ForwardingTable {
-        ForwardingTable {
-            generation: 0,
-            own_subnet,
-            plens: Vec::new(),
-            map: FxHashMap::default(),
+impl Slot {
+    /// A slot for a subnet with the given selected route and, without one, key owner.
+    pub(crate) fn new(selected: Option<NextHop>, key_owner: Option<RouterId>) -> Slot {
+        match selected {
+            Some(n) => Slot {
+                link: Some(n.link),
+                key_owner: Some(n.router_id),
+            },
+            None => Slot {
+                link: None,
+                key_owner,
+            },
         }
     }
 
+    fn next_hop(&self) -> Option<NextHop> {
+        Some(NextHop {
+            link: self.link?,
+            router_id: self.key_owner?,
+        })
+    }
+}
+
+/// Number of shards. Publishing copies the shard array (this many reference counts) and each
+/// shard a change lands in (1/SHARDS of the table): 256 keeps both at about a microsecond for
+/// tables up to `Limits::max_subnets` (1,024 subnets a shard at 262,144).
+const SHARDS: usize = 256;
+
+type Shard = FxHashMap<Subnet, Slot>;
+
+/// Picks a subnet's shard: multiply-shift hashing with secret odd multipliers. Keyed because
+/// an overlay address is BLAKE3 of a public key anyone may choose (docs/protocol.md §2.2): with
+/// a fixed hash a peer could grind keys so that all its routes land in one shard, and every
+/// publish would copy that shard again — O(n) per change, the cost this table exists to avoid.
+/// Multiply-shift is universal for a random odd multiplier, so without the key a peer can do
+/// no better than chance; and it costs three multiplications on the data path, where a keyed
+/// SipHash would cost more than the probe itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ShardKey([u64; 3]);
+
+impl ShardKey {
+    /// Multipliers derived from `seed` (splitmix64), forced odd.
+    pub(crate) fn new(seed: u64) -> ShardKey {
+        let mut z = seed;
+        let mut next = || {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (x ^ (x >> 31)) | 1
+        };
+        ShardKey([next(), next(), next()])
+    }
+
+    #[inline]
+    fn shard(&self, s: &Subnet) -> usize {
+        let a = u128::from(s.addr());
+        let h = ((a >> 64) as u64).wrapping_mul(self.0[0])
+            ^ (a as u64).wrapping_mul(self.0[1])
+            ^ u64::from(s.prefix_len()).wrapping_mul(self.0[2]);
+        // The top bits: the ones every input bit reaches through the multiplication.
+        (h >> (64 - SHARDS.trailing_zeros())) as usize
+    }
+}
+
+/// A read-only copy of the selected routes (plus, for decryption, the key owner of every known
+/// subnet). Published by [`crate::Router::forwarding_table`] only when something changed; data
+/// path threads share it through an `Arc` (the node keeps it in an arc-swap) and look up without
+/// locks. Lookups cost one hash probe per prefix length in use (normally just /64). Cloning one
+/// is cheap and shares its shards.
+#[derive(Clone, Debug)]
+pub struct ForwardingTable {
+    generation: u64,
+    own_subnet: Subnet,
+    key: ShardKey,
+    len: usize,
+    /// Subnets per prefix length, kept as slots come and go.
+    plens: PlenIndex,
+    shards: Box<[Arc<Shard>]>,
+}
+
+impl ForwardingTable {
+    pub(crate) fn empty(own_subnet: Subnet, key: ShardKey) -> ForwardingTable {
+        ForwardingTable {
+            generation: 0,
+            own_subnet,
+            key,
+            len: 0,
+            plens: PlenIndex::default(),
+            shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(),
+        }
+    }
+
+    /// A table holding exactly `entries`, generation `generation`.
     pub(crate) fn build(
         generation: u64,
         own_subnet: Subnet,
-        entries: Vec<(Subnet, Option<NextHop>, Option<RouterId>)>,
+        key: ShardKey,
+        entries: impl IntoIterator<Item = (Subnet, Slot)>,
     ) -> ForwardingTable {
-        let mut idx = PlenIndex::default();
-        let mut map = FxHashMap::default();
-        map.reserve(entries.len());
-        for (s, selected, key_owner) in entries {
-            idx.add_pub(s.prefix_len());
-            map.insert(
-                s,
-                Slot {
-                    selected,
-                    key_owner,
-                },
-            );
+        let mut t = ForwardingTable::empty(own_subnet, key);
+        for (s, slot) in entries {
+            t.set(s, Some(slot));
         }
-        ForwardingTable {
-            generation,
-            own_subnet,
-            plens: idx.lengths().collect(),
-            map,
-        }
+        t.generation = generation;
+        t
     }
 
     /// A table holding exactly `routes` (each subnet's key owner is its next hop's router), for
     /// simulators, benchmarks and tests of a data path without a running routing core.
     pub fn from_routes(own_subnet: Subnet, routes: &[(Subnet, NextHop)]) -> ForwardingTable {
-        let entries = routes
-            .iter()
-            .map(|&(s, nh)| (s, Some(nh), Some(nh.router_id)))
-            .collect();
-        ForwardingTable::build(1, own_subnet, entries)
+        // Nothing here comes from a peer, so a fixed key will do.
+        let entries = routes.iter().map(|&(s, nh)| (s, Slot::new(Some(nh), None)));
+        ForwardingTable::build(1, own_subnet, ShardKey::new(0), entries)
     }
 
-    /// Increases by one at every rebuild.
+    /// Increases by one at every snapshot that changed something.
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
+    pub(crate) fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
     /// Number of subnets known.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
 
-    fn longest(&self, a: Ipv6Addr) -> Option<&Slot> {
-        self.longest_entry(a).map(|(_, slot)| slot)
+    pub(crate) fn get(&self, s: &Subnet) -> Option<&Slot> {
+        self.shards[self.key.shard(s)].get(s)
     }
 
+    /// Sets (`Some`) or removes (`None`) the slot of `s`; true if that changed the table. The
+    /// shard is copied first if another snapshot still shares it, and only then.
+    pub(crate) fn set(&mut self, s: Subnet, slot: Option<Slot>) -> bool {
+        let shard = &mut self.shards[self.key.shard(&s)];
+        if shard.get(&s) == slot.as_ref() {
+            return false;
+        }
+        match slot {
+            Some(slot) => {
+                if Arc::make_mut(shard).insert(s, slot).is_none() {
+                    self.len += 1;
+                    self.plens.add_pub(s.prefix_len());
+                }
+            }
+            None => {
+                Arc::make_mut(shard).remove(&s);
+                self.len -= 1;
+                self.plens.remove_pub(s.prefix_len());
+            }
+        }
+        true
+    }
+
+    /// Every subnet with its slot, in no particular order.
+    #[cfg(test)]
+    pub(crate) fn slots(&self) -> impl Iterator<Item = (Subnet, Slot)> + '_ {
+        self.shards
+            .iter()
+            .flat_map(|m| m.iter().map(|(s, slot)| (*s, *slot)))
+    }
+
+    /// Whether this table shares shard `i` with `other` (copy-on-write tests).
+    #[cfg(test)]
+    pub(crate) fn shares_shards_with(&self, other: &ForwardingTable) -> usize {
+        self.shards
+            .iter()
+            .zip(other.shards.iter())
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count()
+    }
+
+    #[inline]
     fn longest_entry(&self, a: Ipv6Addr) -> Option<(Subnet, &Slot)> {
-        self.plens.iter().find_map(|&p| {
+        self.plens.lengths().find_map(|p| {
             let s = Subnet::new(a, p)?;
-            self.map.get(&s).map(|slot| (s, slot))
+            self.get(&s).map(|slot| (s, slot))
         })
     }
 
@@ -130,18 +248,15 @@ impl ForwardingTable {
         if self.own_subnet.contains_addr(dst) {
             return Lookup::Local;
         }
-        match self.longest(dst) {
-            Some(Slot {
-                selected: Some(n), ..
-            }) => Lookup::Route(*n),
-            Some(_) => Lookup::NoRoute,
+        match self.longest_entry(dst) {
+            Some((_, slot)) => slot.next_hop().map_or(Lookup::NoRoute, Lookup::Route),
             None => Lookup::Unknown,
         }
     }
 
     /// Public key of the sender of a packet from `src` (longest match over all routes).
     pub fn source_key(&self, src: Ipv6Addr) -> Option<[u8; 32]> {
-        self.longest(src)?.key_owner.map(|r| r.public_key())
+        self.longest_entry(src)?.1.key_owner.map(|r| r.public_key())
     }
 
     /// The subnet a packet from `src` comes from (longest match) and the public key of its owner:
@@ -149,5 +264,101 @@ impl ForwardingTable {
     pub fn source(&self, src: Ipv6Addr) -> Option<(Subnet, [u8; 32])> {
         let (s, slot) = self.longest_entry(src)?;
         Some((s, slot.key_owner?.public_key()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subnet(i: u64, plen: u8) -> Subnet {
+        let hi = 0x0400_0000_0000_0000u64 | (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 8);
+        Subnet::new(Ipv6Addr::from(u128::from(hi) << 64 | u128::from(i)), plen).unwrap()
+    }
+
+    fn slot(i: u64) -> Slot {
+        Slot::new(
+            Some(NextHop {
+                link: LinkId(i % 3),
+                router_id: RouterId::new([i as u8; 32], [1; 6]),
+            }),
+            None,
+        )
+    }
+
+    #[test]
+    fn shard_key_spreads_and_depends_on_the_key() {
+        let (a, b) = (ShardKey::new(1), ShardKey::new(2));
+        let mut counts = [0u32; SHARDS];
+        let mut same = 0;
+        for i in 0..SHARDS as u64 * 64 {
+            let s = subnet(i, 64);
+            counts[a.shard(&s)] += 1;
+            same += u32::from(a.shard(&s) == b.shard(&s));
+        }
+        // 64 a shard on average: none empty, none more than three times the mean.
+        assert!(counts.iter().all(|&c| c > 0 && c < 192), "{counts:?}");
+        // Another key puts a subnet in the same shard by chance only (1/256).
+        assert!(same < 200, "{same}");
+    }
+
+    #[test]
+    fn set_counts_lengths_and_skips_no_ops() {
+        let mut t = ForwardingTable::empty(subnet(999, 64), ShardKey::new(7));
+        let (s64, s96) = (subnet(1, 64), subnet(1, 96));
+        assert!(t.set(s64, Some(slot(1))));
+        assert!(!t.set(s64, Some(slot(1))), "same slot: no change");
+        assert!(t.set(s96, Some(slot(2))));
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.plens.lengths().collect::<Vec<_>>(), vec![96, 64]);
+        let inside96 = Ipv6Addr::from(u128::from(s96.addr()) | 5);
+        assert_eq!(t.source(inside96).map(|x| x.0), Some(s96), "longest first");
+        assert!(t.set(s96, None));
+        assert!(!t.set(s96, None), "already gone");
+        assert_eq!(t.source(inside96).map(|x| x.0), Some(s64));
+        assert_eq!(t.plens.lengths().collect::<Vec<_>>(), vec![64]);
+        assert_eq!(t.len(), 1);
+        let unselected = Slot::new(None, Some(RouterId::new([4; 32], [0; 6])));
+        assert!(t.set(s64, Some(unselected)));
+        assert_eq!(t.lookup(inside96), Lookup::NoRoute);
+        assert_eq!(t.source_key(inside96), Some([4; 32]));
+    }
+
+    #[test]
+    fn a_snapshot_is_not_changed_by_later_sets() {
+        let routes: Vec<(Subnet, NextHop)> = (0..5000)
+            .map(|i| (subnet(i, 64), slot(i).next_hop().unwrap()))
+            .collect();
+        let old = Arc::new(ForwardingTable::from_routes(subnet(999_999, 64), &routes));
+        let mut next = (*old).clone();
+        assert_eq!(next.shares_shards_with(&old), SHARDS);
+        let (changed, removed, added) = (subnet(1, 64), subnet(2, 64), subnet(7777, 64));
+        next.set(changed, Some(slot(5)));
+        next.set(removed, None);
+        next.set(added, Some(slot(8)));
+        // Only the shards the three changes landed in were copied.
+        let touched = [changed, removed, added].map(|s| next.key.shard(&s));
+        let mut distinct = touched.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(next.shares_shards_with(&old), SHARDS - distinct.len());
+        // The old snapshot still answers as before; the new one has the changes.
+        let at = |s: Subnet| Ipv6Addr::from(u128::from(s.addr()) | 1);
+        assert_eq!(
+            old.lookup(at(changed)),
+            Lookup::Route(slot(1).next_hop().unwrap())
+        );
+        assert_eq!(
+            next.lookup(at(changed)),
+            Lookup::Route(slot(5).next_hop().unwrap())
+        );
+        assert!(old.source(at(removed)).is_some());
+        assert_eq!(next.lookup(at(removed)), Lookup::Unknown);
+        assert_eq!(old.lookup(at(added)), Lookup::Unknown);
+        assert_eq!((old.len(), next.len()), (5000, 5000));
+        for (s, nh) in &routes[3..] {
+            assert_eq!(old.get(s), next.get(s));
+            assert_eq!(old.lookup(at(*s)), Lookup::Route(*nh));
+        }
     }
 }

@@ -6,12 +6,12 @@ use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use wire::babel::{
     Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest, Subnet, Tlv, Update,
 };
 
-use crate::fib::{ForwardingTable, Lookup, NextHop};
+use crate::fib::{ForwardingTable, Lookup, NextHop, ShardKey, Slot};
 use crate::time::Time;
 use crypto::{address_from_public_key, overlay};
 
@@ -152,6 +152,11 @@ pub struct Config {
     /// Record every subnet whose next hop changed, for [`Router::take_selection_changes`]
     /// (used by the simulator's loop check). Off by default; bounded by `limits.max_subnets`.
     pub record_selection_changes: bool,
+    /// Secret that spreads subnets over the forwarding table's shards, so that a peer cannot
+    /// choose keys whose subnets all land in one (see [`ForwardingTable`]). [`Config::new`]
+    /// takes it from std's per-process random hash keys (what `HashMap::new` uses); nothing
+    /// the core does depends on it but the cost of publishing a snapshot.
+    pub fib_seed: u64,
 }
 
 impl Config {
@@ -162,6 +167,10 @@ impl Config {
             address_of: address_from_public_key,
             limits: Limits::default(),
             record_selection_changes: false,
+            fib_seed: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                0x6879_7068_615f_6669u64,
+            ),
         }
     }
 }
@@ -449,7 +458,6 @@ impl PlenIndex {
             self.mask[p / 64] |= 1 << (p % 64);
         }
     }
-    #[cfg(test)]
     pub(crate) fn remove_pub(&mut self, plen: u8) {
         self.remove(plen)
     }
@@ -585,8 +593,13 @@ pub struct Router {
     transmits: VecDeque<(LinkId, Tlv)>,
     events: VecDeque<Event>,
     counters: Counters,
-    fwd_dirty: bool,
+    /// Subnets whose forwarding slot may have changed since the last snapshot: every subnet
+    /// that went through selection or lost an entry. At most `max_subnets`; beyond that
+    /// `fwd_rebuild` is set and the next snapshot is built whole.
+    fwd_dirty: FxHashSet<Subnet>,
+    fwd_rebuild: bool,
     fwd_generation: u64,
+    /// The last snapshot published; the next one is this one with the dirty subnets applied.
     fwd: Arc<ForwardingTable>,
     changes: Vec<Subnet>,
 }
@@ -610,9 +623,30 @@ fn hold_time(interval_cs: u16) -> Duration {
     Duration::from_millis(u64::from(interval_cs) * 35)
 }
 
+/// What the data path needs of a subnet: its selected route, and the key of its owner (the
+/// selected route's router, else any finite route's).
+fn fwd_slot(list: &RouteList) -> Slot {
+    let sel = list
+        .selected
+        .and_then(|l| list.entries.iter().find(|e| e.link == l))
+        .map(|e| NextHop {
+            link: e.link,
+            router_id: e.router_id,
+        });
+    let key = list
+        .entries
+        .iter()
+        .find(|e| !e.metric.is_infinite())
+        .map(|e| e.router_id);
+    Slot::new(sel, key)
+}
+
 impl Router {
     pub fn new(cfg: Config, now: Time) -> Router {
-        let fwd = Arc::new(ForwardingTable::empty(cfg.own_subnet));
+        let fwd = Arc::new(ForwardingTable::empty(
+            cfg.own_subnet,
+            ShardKey::new(cfg.fib_seed),
+        ));
         let mut r = Router {
             cfg,
             seqno: SeqNo(0),
@@ -638,7 +672,8 @@ impl Router {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
-            fwd_dirty: false,
+            fwd_dirty: FxHashSet::default(),
+            fwd_rebuild: false,
             fwd_generation: 0,
             fwd,
             changes: Vec::new(),
@@ -827,43 +862,80 @@ impl Router {
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// A new snapshot if the selection changed since the last one was taken.
+    /// A new snapshot if the forwarding state (a selected route, or the key owner of a subnet)
+    /// changed since the last one was taken.
     pub fn forwarding_table_if_changed(&mut self) -> Option<Arc<ForwardingTable>> {
-        if !self.fwd_dirty {
-            return None;
-        }
-        Some(self.forwarding_table())
+        let generation = self.fwd_generation;
+        self.apply_fwd_changes();
+        (self.fwd_generation != generation).then(|| self.fwd.clone())
     }
 
-    /// The current snapshot, rebuilt only if something changed.
+    /// The current snapshot. Only the subnets that changed since the last one are applied to
+    /// it, copying only the shards they fall in that an earlier snapshot still holds (see
+    /// [`ForwardingTable`]): O(changes), not O(table).
     pub fn forwarding_table(&mut self) -> Arc<ForwardingTable> {
-        if self.fwd_dirty {
-            self.fwd_dirty = false;
-            self.fwd_generation += 1;
-            let mut entries = Vec::with_capacity(self.routes.len());
-            for (s, list) in &self.routes {
-                let sel = list
-                    .selected
-                    .and_then(|l| list.entries.iter().find(|e| e.link == l))
-                    .map(|e| NextHop {
-                        link: e.link,
-                        router_id: e.router_id,
-                    });
-                let key = sel.map(|n| n.router_id).or_else(|| {
-                    list.entries
-                        .iter()
-                        .find(|e| !e.metric.is_infinite())
-                        .map(|e| e.router_id)
-                });
-                entries.push((*s, sel, key));
-            }
-            self.fwd = Arc::new(ForwardingTable::build(
-                self.fwd_generation,
-                self.cfg.own_subnet,
-                entries,
-            ));
-        }
+        self.apply_fwd_changes();
         self.fwd.clone()
+    }
+
+    /// A new snapshot built from the whole route table, as every snapshot was before they were
+    /// updated in place: the reference that tests compare the incremental table with, and the
+    /// "before" of the benchmarks. Not for the node.
+    #[doc(hidden)]
+    pub fn forwarding_table_rebuilt(&mut self) -> Arc<ForwardingTable> {
+        self.fwd_dirty.clear();
+        self.fwd_rebuild = false;
+        self.fwd_generation += 1;
+        let entries = self.routes.iter().map(|(s, list)| (*s, fwd_slot(list)));
+        self.fwd = Arc::new(ForwardingTable::build(
+            self.fwd_generation,
+            self.cfg.own_subnet,
+            ShardKey::new(self.cfg.fib_seed),
+            entries,
+        ));
+        self.fwd.clone()
+    }
+
+    fn apply_fwd_changes(&mut self) {
+        if self.fwd_rebuild {
+            self.forwarding_table_rebuilt();
+            return;
+        }
+        if self.fwd_dirty.is_empty() {
+            return;
+        }
+        let mut changed = false;
+        for s in self.fwd_dirty.drain() {
+            let slot = self.routes.get(&s).map(fwd_slot);
+            if self.fwd.get(&s) == slot.as_ref() {
+                continue;
+            }
+            // The first change copies the table's shard array (unless no one else holds the
+            // snapshot any more); `set` copies a shard the first time it changes one.
+            changed |= Arc::make_mut(&mut self.fwd).set(s, slot);
+        }
+        // A burst (a peer announcing its table) need not keep its dirty set's memory.
+        self.fwd_dirty.shrink_to(1024);
+        if changed {
+            self.fwd_generation += 1;
+            let generation = self.fwd_generation;
+            Arc::make_mut(&mut self.fwd).set_generation(generation);
+        }
+    }
+
+    /// `subnet`'s forwarding slot may have changed: selection ran for it, or it lost an entry
+    /// (everything that changes an entry ends in one of the two).
+    fn fwd_touch(&mut self, subnet: Subnet) {
+        if self.fwd_rebuild {
+            return;
+        }
+        if self.fwd_dirty.len() >= self.cfg.limits.max_subnets && !self.fwd_dirty.contains(&subnet)
+        {
+            self.fwd_dirty.clear();
+            self.fwd_rebuild = true;
+            return;
+        }
+        self.fwd_dirty.insert(subnet);
     }
 
     // ----------------------------------------------------------------------------------------
@@ -988,6 +1060,7 @@ impl Router {
             (self.transmits.len() <= l.max_transmits, "transmits"),
             (self.events.len() <= l.max_events, "events"),
             (self.changes.len() <= l.max_subnets, "changes"),
+            (self.fwd_dirty.len() <= l.max_subnets, "forwarding changes"),
             (self.flaps.len() <= l.max_flapping, "flap memory"),
         ];
         for (ok, what) in checks {
@@ -1239,9 +1312,6 @@ impl Router {
                     self.counters.update_retraction_ignored += 1;
                     return;
                 }
-                if e.router_id != u.router_id {
-                    self.fwd_dirty = true;
-                }
                 e.seqno = u.seqno;
                 e.metric = u.metric;
                 e.router_id = u.router_id;
@@ -1278,7 +1348,6 @@ impl Router {
 
     fn added_entry(&mut self, subnet: Subnet, link: LinkId, expires: Time) {
         self.entry_count += 1;
-        self.fwd_dirty = true;
         if let Some(l) = self.links.get_mut(&link) {
             l.subnets.insert(subnet);
         }
@@ -1287,6 +1356,7 @@ impl Router {
     }
 
     fn remove_entry(&mut self, subnet: Subnet, index: usize) {
+        self.fwd_touch(subnet);
         let Some(list) = self.routes.get_mut(&subnet) else {
             return;
         };
@@ -1295,7 +1365,6 @@ impl Router {
         }
         let e = list.entries.swap_remove(index);
         self.entry_count = self.entry_count.saturating_sub(1);
-        self.fwd_dirty = true;
         if list.selected == Some(e.link) {
             // Only finite entries stay selected; dropping one is a loss handled by select().
             list.selected = None;
@@ -1322,6 +1391,7 @@ impl Router {
 
     /// Runs route selection for one subnet and sends what a change calls for.
     fn select(&mut self, subnet: Subnet, now: Time) {
+        self.fwd_touch(subnet);
         let Some(list) = self.routes.get(&subnet) else {
             return;
         };
@@ -1404,8 +1474,6 @@ impl Router {
             (Some((old_link, old_rid, old_metric)), Some((link, rid, seqno, total))) => {
                 if old_link != link {
                     self.selection_changed(subnet);
-                } else if old_rid != rid {
-                    self.fwd_dirty = true;
                 }
                 let diff = old_metric.0.abs_diff(total.0);
                 if old_rid != rid || diff > BIG_METRIC_CHANGE {
@@ -1608,7 +1676,6 @@ impl Router {
     }
 
     fn selection_changed(&mut self, subnet: Subnet) {
-        self.fwd_dirty = true;
         if self.cfg.record_selection_changes {
             if self.changes.len() < self.cfg.limits.max_subnets {
                 self.changes.push(subnet);

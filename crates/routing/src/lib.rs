@@ -47,9 +47,12 @@ mod time;
 pub use crypto::overlay;
 pub use fib::{ForwardingTable, Lookup, NextHop};
 pub use router::{
-    consts, Config, Counters, Event, Limits, LinkError, LinkId, LinkInfo, RouteInfo, Router,
+    consts, Config, Counters, Event, Limits, LinkError, LinkId, LinkInfo, LinkStats, RouteInfo,
+    Router,
 };
 pub use time::Time;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_fib;

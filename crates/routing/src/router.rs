@@ -62,6 +62,12 @@ pub struct Limits {
     pub max_links: usize,
     /// Distinct subnets in the routing table.
     pub max_subnets: usize,
+    /// A link's share of the routing table: the subnets it may hold a route entry for. An
+    /// Update that would give a link at its share an entry for one more subnet is refused
+    /// (not stored, counted as `route_link_quota_full`), so one neighbour announcing a huge
+    /// table (or forged routes) leaves room for everyone else's. Entries it has are updated as
+    /// usual. The default, half of [`Limits::max_subnets`], lets a real full table through.
+    pub max_subnets_per_link: usize,
     /// Feasibility distances (subnet, router-id).
     pub max_sources: usize,
     /// Subnets being queried at once.
@@ -106,6 +112,12 @@ pub struct Limits {
     pub max_seqno_cache: usize,
     /// Requesters waiting for the answer to a forwarded SeqNoRequest.
     pub max_snr_waiters: usize,
+    /// Sustained rate (per second) at which a link's SeqNoRequests may be forwarded, and the
+    /// burst before it applies; 0 turns the limit off. Each forwarded one takes a slot of the
+    /// seqno cache and of the waiters for 60 s, so this bounds one link's part of both
+    /// (60 × rate + burst) and keeps room for everyone else's requests and our own.
+    pub link_seqno_request_rate: u32,
+    pub link_seqno_request_burst: u32,
     /// TLVs waiting in [`Router::poll_transmit`].
     pub max_transmits: usize,
     /// Events waiting in [`Router::poll_event`].
@@ -117,6 +129,7 @@ impl Default for Limits {
         Limits {
             max_links: 4096,
             max_subnets: 1 << 18,
+            max_subnets_per_link: 1 << 17,
             max_sources: 1 << 19,
             max_queries: 1 << 14,
             queries_reserved_own: 1 << 10,
@@ -132,6 +145,8 @@ impl Default for Limits {
             max_rr_cache: 1 << 14,
             max_seqno_cache: 1 << 16,
             max_snr_waiters: 1 << 14,
+            link_seqno_request_rate: 50,
+            link_seqno_request_burst: 400,
             max_transmits: 1 << 20,
             max_events: 1 << 16,
         }
@@ -221,6 +236,9 @@ pub struct Counters {
     /// Retraction for a route we do not have or already hold as retracted.
     pub update_retraction_ignored: u64,
     pub route_table_full: u64,
+    /// Update for a subnet new to its link refused: the link holds entries for its share of
+    /// the table ([`Limits::max_subnets_per_link`]).
+    pub route_link_quota_full: u64,
     pub source_table_full: u64,
     /// RouteRequest for IPv4, link-local, a short prefix or outside 400::/7.
     pub route_request_bad_prefix: u64,
@@ -254,6 +272,9 @@ pub struct Counters {
     /// Bump not needed: requested seqno not above ours (no reply, as the protocol does).
     pub seqno_request_stale_own: u64,
     pub seqno_request_no_forward: u64,
+    /// SeqNoRequest not forwarded: its link's rate was exceeded
+    /// ([`Limits::link_seqno_request_rate`]).
+    pub seqno_request_rate_limited: u64,
     pub seqno_cache_full: u64,
     pub snr_waiters_full: u64,
     pub seqno_bumps: u64,
@@ -296,6 +317,11 @@ struct Link {
     /// When the last wildcard dump went to it, and whether a request waits for the next.
     last_dump: Option<Time>,
     dump_pending: bool,
+    /// SeqNoRequests from it that were forwarded ([`Limits::link_seqno_request_rate`]).
+    seqno_requests: Bucket,
+    /// What it was refused ([`LinkStats`]).
+    routes_refused: u64,
+    seqno_requests_refused: u64,
 }
 
 /// A token bucket in its virtual-scheduling form (GCRA): a theoretical arrival time that each
@@ -517,6 +543,18 @@ pub struct RouteInfo {
     pub expires_in: Duration,
 }
 
+/// What one neighbour put in the routing table, and what it was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct LinkStats {
+    /// Subnets it holds a route entry for (against [`Limits::max_subnets_per_link`]).
+    pub subnets: usize,
+    /// Updates for subnets new to it refused because it was at that share.
+    pub routes_refused: u64,
+    /// SeqNoRequests from it not forwarded because of its rate
+    /// ([`Limits::link_seqno_request_rate`]).
+    pub seqno_requests_refused: u64,
+}
+
 /// One neighbour as shown by the admin API.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct LinkInfo {
@@ -722,6 +760,9 @@ impl Router {
                 relayed_queries: Quota::default(),
                 last_dump: None,
                 dump_pending: false,
+                seqno_requests: Bucket::default(),
+                routes_refused: 0,
+                seqno_requests_refused: 0,
             },
         );
         self.timers.push(Reverse((now, Timer::Hello(link))));
@@ -886,14 +927,19 @@ impl Router {
         self.fwd_dirty.clear();
         self.fwd_rebuild = false;
         self.fwd_generation += 1;
+        self.fwd = Arc::new(self.fwd_build(self.fwd_generation));
+        self.fwd.clone()
+    }
+
+    /// The table of the current route table, built from scratch.
+    pub(crate) fn fwd_build(&self, generation: u64) -> ForwardingTable {
         let entries = self.routes.iter().map(|(s, list)| (*s, fwd_slot(list)));
-        self.fwd = Arc::new(ForwardingTable::build(
-            self.fwd_generation,
+        ForwardingTable::build(
+            generation,
             self.cfg.own_subnet,
             ShardKey::new(self.cfg.fib_seed),
             entries,
-        ));
-        self.fwd.clone()
+        )
     }
 
     fn apply_fwd_changes(&mut self) {
@@ -1039,6 +1085,16 @@ impl Router {
             .collect()
     }
 
+    /// What `link` put in the routing table and was refused; `None` for a link the core does
+    /// not know.
+    pub fn link_stats(&self, link: LinkId) -> Option<LinkStats> {
+        self.links.get(&link).map(|l| LinkStats {
+            subnets: l.subnets.len(),
+            routes_refused: l.routes_refused,
+            seqno_requests_refused: l.seqno_requests_refused,
+        })
+    }
+
     /// Subnets whose selected next hop changed (or appeared or vanished) since the last call (only with
     /// `Config::record_selection_changes`).
     pub fn take_selection_changes(&mut self) -> Vec<Subnet> {
@@ -1108,6 +1164,9 @@ impl Router {
             return Err("charged query count mismatch".into());
         }
         for (id, link) in &self.links {
+            if link.subnets.len() > l.max_subnets_per_link {
+                return Err(format!("{id:?} holds more subnets than its share"));
+            }
             let own = Charge::Neighbour(*id);
             let relayed = Charge::Relayed(*id);
             for (charge, quota) in [(own, link.own_queries), (relayed, link.relayed_queries)] {
@@ -1247,6 +1306,10 @@ impl Router {
             self.counters.update_own_subnet += 1;
             return;
         }
+        // Before the feasibility check: no SeqNoRequest for a route we would not store.
+        if !u.metric.is_infinite() && self.link_at_quota(link, subnet) {
+            return;
+        }
         let feasible = self.is_feasible(subnet, u.router_id, u.seqno, u.metric);
         let hold = if u.metric.is_infinite() {
             RETRACTED_HOLD
@@ -1344,6 +1407,22 @@ impl Router {
         }
         self.select(subnet, now);
         self.serve_waiters(subnet, now);
+    }
+
+    /// True (and counted) if `subnet` would be new to `link` and the link already holds
+    /// entries for its share of the table (docs/protocol.md §5.11). The count is of subnets,
+    /// not Updates: a neighbour at its share still refreshes, changes and retracts what it has.
+    fn link_at_quota(&mut self, link: LinkId, subnet: Subnet) -> bool {
+        let max = self.cfg.limits.max_subnets_per_link;
+        let Some(l) = self.links.get_mut(&link) else {
+            return false;
+        };
+        if l.subnets.len() < max || l.subnets.contains(&subnet) {
+            return false;
+        }
+        l.routes_refused += 1;
+        self.counters.route_link_quota_full += 1;
+        true
     }
 
     fn added_entry(&mut self, subnet: Subnet, link: LinkId, expires: Time) {
@@ -2141,6 +2220,19 @@ impl Router {
             self.counters.seqno_request_no_forward += 1;
             return;
         };
+        // Only a request we forward takes cache and waiter slots (60 s each), so only those are
+        // charged to the link: a request answered from our table costs nothing to keep.
+        let (rate, burst) = (
+            self.cfg.limits.link_seqno_request_rate,
+            self.cfg.limits.link_seqno_request_burst,
+        );
+        if let Some(l) = self.links.get_mut(&link) {
+            if !l.seqno_requests.admit(rate, burst, now) {
+                l.seqno_requests_refused += 1;
+                self.counters.seqno_request_rate_limited += 1;
+                return;
+            }
+        }
         if !self.cache_seqno_request(key, now) {
             return;
         }

@@ -266,14 +266,17 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
     let _ = writeln!(
         o,
         "limits  queries refused: rate {}, link share {}, table full {}; wildcard dumps deferred \
-         {}; updates held to the minimum {}, damped {}; flapping subnets not tracked {}",
+         {}; updates held to the minimum {}, damped {}; flapping subnets not tracked {}; routes \
+         refused over a peer's share {}; seqno requests refused by rate {}",
         r.queries_refused_rate,
         r.queries_refused_share,
         r.queries_refused_table_full,
         r.wildcard_dumps_deferred,
         r.updates_short_hold,
         r.updates_damped,
-        r.flap_table_full
+        r.flap_table_full,
+        r.routes_refused_link_share,
+        r.seqno_requests_refused_rate
     );
     let a = &s.api;
     let _ = writeln!(

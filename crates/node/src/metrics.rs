@@ -335,6 +335,13 @@ pub struct RoutingStats {
     /// Flapping subnets not remembered for damping (its table full).
     #[serde(default)]
     pub flap_table_full: u64,
+    /// Updates for a subnet new to a peer refused because the peer holds routes for its share
+    /// of the table.
+    #[serde(default)]
+    pub routes_refused_link_share: u64,
+    /// SeqNoRequests from a peer not forwarded because of its rate.
+    #[serde(default)]
+    pub seqno_requests_refused_rate: u64,
 }
 
 /// Link-local discovery and the guards on who becomes a peer.
@@ -808,6 +815,8 @@ impl Collector for StatsCollector {
                 ("short_hold", r.updates_short_hold),
                 ("damped", r.updates_damped),
                 ("flap_table_full", r.flap_table_full),
+                ("route_link_share", r.routes_refused_link_share),
+                ("seqno_request_rate", r.seqno_requests_refused_rate),
             ]
             .map(|(k, v)| ([("reason", k)], v)),
         )?;

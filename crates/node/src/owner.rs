@@ -766,6 +766,8 @@ impl Owner {
                 updates_short_hold: c.update_short_hold,
                 updates_damped: c.update_damped,
                 flap_table_full: c.flap_table_full,
+                routes_refused_link_share: c.route_link_quota_full,
+                seqno_requests_refused_rate: c.seqno_request_rate_limited,
             },
             peering: PeeringStats::new(
                 self.discovered_peers() as u64,

@@ -44,11 +44,14 @@ fn own_subnet() -> Subnet {
     Subnet::slash64(address_from_public_key(&key(usize::MAX - 1)))
 }
 
+/// The old slot: the selected route, and the key owner.
+type FlatSlot = (Option<NextHop>, Option<RouterId>);
+
 /// The single-map table the sharded one replaced, lookups as they were.
 struct FlatTable {
     own_subnet: Subnet,
     plens: Vec<u8>,
-    map: FxHashMap<Subnet, (Option<NextHop>, Option<RouterId>)>,
+    map: FxHashMap<Subnet, FlatSlot>,
 }
 
 impl FlatTable {
@@ -66,7 +69,7 @@ impl FlatTable {
             map,
         }
     }
-    fn longest_entry(&self, a: Ipv6Addr) -> Option<(Subnet, &(Option<NextHop>, Option<RouterId>))> {
+    fn longest_entry(&self, a: Ipv6Addr) -> Option<(Subnet, &FlatSlot)> {
         self.plens.iter().find_map(|&p| {
             let s = Subnet::new(a, p)?;
             self.map.get(&s).map(|slot| (s, slot))

@@ -7,7 +7,8 @@
 //! forwarding with generations and a dedup cache, SeqNoRequest origination, forwarding and seqno
 //! bumps). Inputs are `handle_*` calls with the current [`Time`]; outputs are polled
 //! (`poll_transmit`, `poll_event`, `poll_timeout`). The data path reads immutable
-//! [`ForwardingTable`] snapshots without locks.
+//! [`ForwardingTable`] snapshots without locks; publishing one after k changes costs O(k), not
+//! O(table) (copy-on-write shards).
 //!
 //! The crate never does I/O, never reads a clock, never spawns, never allocates per data packet
 //! and never panics on input: malformed or hostile TLVs are counted in [`Counters`] and skipped.
@@ -29,6 +30,9 @@
 //! * the query table is shared out: each link may cause a bounded number of queries at a
 //!   bounded rate (its own RouteRequests apart from those it relays), and some room is kept
 //!   for the node's own queries, so one peer cannot stop everyone else's route lookups;
+//! * a link may hold routes for a bounded share of the route table (an Update for a subnet new
+//!   to a link at its share is refused), and the SeqNoRequests it makes us forward are
+//!   rate-limited, so one peer cannot fill the tables everyone shares;
 //! * a finite route is held at least a minimum time whatever interval its Update carries
 //!   (mycelium sends interval 0 only in retractions), and a subnet that keeps flapping has its
 //!   triggered updates damped (see [`Limits`]).

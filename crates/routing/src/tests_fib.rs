@@ -38,7 +38,9 @@ fn drain(r: &mut Router) {
     while r.poll_event().is_some() {}
 }
 
-fn sorted_slots(t: &ForwardingTable) -> Vec<(Subnet, Slot)> {
+type Slots = Vec<(Subnet, Slot)>;
+
+fn sorted_slots(t: &ForwardingTable) -> Slots {
     let mut v: Vec<_> = t.slots().collect();
     v.sort_unstable_by_key(|(s, _)| *s);
     v
@@ -150,7 +152,8 @@ proptest! {
         for id in ids {
             r.handle_link_up(id, 10, now).unwrap();
         }
-        let mut held: Vec<(Arc<ForwardingTable>, Vec<(Subnet, Slot)>)> = Vec::new();
+        // Every snapshot handed out, with what it held then.
+        let mut held: Vec<(Arc<ForwardingTable>, Slots)> = Vec::new();
         let mut generation = r.forwarding_table().generation();
         for op in ops.into_iter().chain([Op::Publish]) {
             match op {

@@ -116,6 +116,7 @@ fn lookups(c: &mut Criterion) {
             }
         })
         .collect();
+    lookups_ab(&fib, &flat, &addrs);
     let mut g = c.benchmark_group("fib");
     g.throughput(Throughput::Elements(addrs.len() as u64));
     g.bench_function("lookup_50k/sharded", |b| {
@@ -147,6 +148,45 @@ fn lookups(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// The two tables measured in alternation, best of 200 rounds each (the machine is shared:
+/// the best round is the one nothing else got in the way of), nanoseconds per lookup.
+fn lookups_ab(fib: &ForwardingTable, flat: &FlatTable, addrs: &[Ipv6Addr]) {
+    let time = |f: &dyn Fn(Ipv6Addr)| {
+        let start = Instant::now();
+        for _ in 0..16 {
+            for a in addrs {
+                f(*a);
+            }
+        }
+        start.elapsed().as_nanos() as f64 / (16 * addrs.len()) as f64
+    };
+    let mut best = [f64::MAX; 4];
+    for _ in 0..200 {
+        let t = [
+            time(&|a| {
+                black_box(fib.lookup(a));
+            }),
+            time(&|a| {
+                black_box(flat.lookup(a));
+            }),
+            time(&|a| {
+                black_box(fib.source(a));
+            }),
+            time(&|a| {
+                black_box(flat.source(a));
+            }),
+        ];
+        for (b, t) in best.iter_mut().zip(t) {
+            *b = b.min(t);
+        }
+    }
+    println!(
+        "lookups on 50,000 routes, half unknown, best of 200 rounds: lookup {:.2} ns sharded, \
+         {:.2} ns flat; source {:.2} ns sharded, {:.2} ns flat",
+        best[0], best[1], best[2], best[3]
+    );
 }
 
 /// One link announcing `n` new /64s, each its own origin (metric 100, seqno 1).

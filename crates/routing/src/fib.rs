@@ -45,37 +45,54 @@ pub enum Lookup {
 }
 
 /// What the data path needs of one subnet. The selected route's router is always the key
-/// owner, so the next hop is kept as its link alone (64 bytes a slot instead of 104: the
-/// shards a publish copies are that much smaller).
+/// owner, so one router-id serves both: 56 bytes a slot instead of 104 for an optional next hop
+/// and an optional key owner side by side, and the shards a publish copies are that much
+/// smaller. A lookup copies `hop` out as it is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Slot {
-    /// Link of the selected route, if any; its router-id is `key_owner`.
-    link: Option<LinkId>,
-    /// The selected route's router, or else that of a finite unselected one: whose key
-    /// authenticates packets from the subnet.
-    key_owner: Option<RouterId>,
+    /// The selected route (`Has::Route`); else `hop.router_id` is the key owner
+    /// (`Has::Key`), and `hop.link` means nothing.
+    hop: NextHop,
+    has: Has,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Has {
+    Route,
+    /// No selected route; the router of a finite unselected one, whose key authenticates
+    /// packets from the subnet.
+    Key,
+    /// Only retracted routes: the subnet is known, with no route and no key.
+    Nothing,
 }
 
 impl Slot {
     /// A slot for a subnet with the given selected route and, without one, key owner.
     pub(crate) fn new(selected: Option<NextHop>, key_owner: Option<RouterId>) -> Slot {
-        match selected {
-            Some(n) => Slot {
-                link: Some(n.link),
-                key_owner: Some(n.router_id),
+        match (selected, key_owner) {
+            (Some(hop), _) => Slot {
+                hop,
+                has: Has::Route,
             },
-            None => Slot {
-                link: None,
-                key_owner,
+            (None, Some(router_id)) => Slot {
+                hop: NextHop {
+                    link: LinkId(0),
+                    router_id,
+                },
+                has: Has::Key,
+            },
+            (None, None) => Slot {
+                hop: NextHop {
+                    link: LinkId(0),
+                    router_id: RouterId([0; RouterId::LEN]),
+                },
+                has: Has::Nothing,
             },
         }
     }
 
-    fn next_hop(&self) -> Option<NextHop> {
-        Some(NextHop {
-            link: self.link?,
-            router_id: self.key_owner?,
-        })
+    fn key_owner(&self) -> Option<&RouterId> {
+        (self.has != Has::Nothing).then_some(&self.hop.router_id)
     }
 }
 
@@ -86,38 +103,34 @@ const SHARDS: usize = 256;
 
 type Shard = FxHashMap<Subnet, Slot>;
 
-/// Picks a subnet's shard: multiply-shift hashing with secret odd multipliers. Keyed because
-/// an overlay address is BLAKE3 of a public key anyone may choose (docs/protocol.md §2.2): with
-/// a fixed hash a peer could grind keys so that all its routes land in one shard, and every
-/// publish would copy that shard again — O(n) per change, the cost this table exists to avoid.
-/// Multiply-shift is universal for a random odd multiplier, so without the key a peer can do
-/// no better than chance; and it costs three multiplications on the data path, where a keyed
-/// SipHash would cost more than the probe itself.
+/// Picks a subnet's shard from its first 64 bits: multiply-shift hashing with a secret odd
+/// multiplier. Keyed because an overlay address is BLAKE3 of a public key anyone may choose
+/// (docs/protocol.md §2.2): with a fixed hash a peer could grind keys so that all its routes
+/// land in one shard, and every publish would copy that shard again — O(n) per change, the cost
+/// this table exists to avoid. Multiply-shift is universal for a random odd multiplier (two
+/// given /64s share a shard with probability at most 2/256), so without the key a peer can do
+/// no better than chance; and it costs one multiplication on the data path, where a keyed
+/// SipHash would cost more than the probe itself. Longer prefixes inside one /64 share its
+/// shard: a key gives a peer at most 65 of them (/64 to /128 around its address).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct ShardKey([u64; 3]);
+pub(crate) struct ShardKey(u64);
 
 impl ShardKey {
-    /// Multipliers derived from `seed` (splitmix64), forced odd.
+    /// The multiplier derived from `seed` (splitmix64), forced odd.
     pub(crate) fn new(seed: u64) -> ShardKey {
-        let mut z = seed;
-        let mut next = || {
-            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut x = z;
-            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            (x ^ (x >> 31)) | 1
-        };
-        ShardKey([next(), next(), next()])
+        let mut x = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ShardKey((x ^ (x >> 31)) | 1)
     }
 
     #[inline]
     fn shard(&self, s: &Subnet) -> usize {
-        let a = u128::from(s.addr());
-        let h = ((a >> 64) as u64).wrapping_mul(self.0[0])
-            ^ (a as u64).wrapping_mul(self.0[1])
-            ^ u64::from(s.prefix_len()).wrapping_mul(self.0[2]);
+        let o = s.addr().octets();
+        // Byte order does not matter to the hash, so no byte swap.
+        let hi = u64::from_ne_bytes([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]]);
         // The top bits: the ones every input bit reaches through the multiplication.
-        (h >> (64 - SHARDS.trailing_zeros())) as usize
+        (hi.wrapping_mul(self.0) >> (64 - SHARDS.trailing_zeros())) as usize
     }
 }
 
@@ -134,7 +147,11 @@ pub struct ForwardingTable {
     len: usize,
     /// Subnets per prefix length, kept as slots come and go.
     plens: PlenIndex,
-    shards: Box<[Arc<Shard>]>,
+    /// The lengths in use, longest first: what a lookup walks (a short slice is quicker to walk
+    /// than the index's bitmask).
+    lens: Vec<u8>,
+    /// Inline rather than boxed: one pointer less to follow on every lookup.
+    shards: [Arc<Shard>; SHARDS],
 }
 
 impl ForwardingTable {
@@ -145,7 +162,8 @@ impl ForwardingTable {
             key,
             len: 0,
             plens: PlenIndex::default(),
-            shards: (0..SHARDS).map(|_| Arc::new(Shard::default())).collect(),
+            lens: Vec::new(),
+            shards: std::array::from_fn(|_| Arc::new(Shard::default())),
         }
     }
 
@@ -190,6 +208,7 @@ impl ForwardingTable {
         self.len == 0
     }
 
+    #[inline]
     pub(crate) fn get(&self, s: &Subnet) -> Option<&Slot> {
         self.shards[self.key.shard(s)].get(s)
     }
@@ -201,18 +220,21 @@ impl ForwardingTable {
         if shard.get(&s) == slot.as_ref() {
             return false;
         }
-        match slot {
+        let lengths_changed = match slot {
             Some(slot) => {
-                if Arc::make_mut(shard).insert(s, slot).is_none() {
+                Arc::make_mut(shard).insert(s, slot).is_none() && {
                     self.len += 1;
-                    self.plens.add_pub(s.prefix_len());
+                    self.plens.add_pub(s.prefix_len())
                 }
             }
             None => {
                 Arc::make_mut(shard).remove(&s);
                 self.len -= 1;
-                self.plens.remove_pub(s.prefix_len());
+                self.plens.remove_pub(s.prefix_len())
             }
+        };
+        if lengths_changed {
+            self.lens = self.plens.lengths().collect();
         }
         true
     }
@@ -237,33 +259,40 @@ impl ForwardingTable {
 
     #[inline]
     fn longest_entry(&self, a: Ipv6Addr) -> Option<(Subnet, &Slot)> {
-        self.plens.lengths().find_map(|p| {
+        self.lens.iter().find_map(|&p| {
             let s = Subnet::new(a, p)?;
             self.get(&s).map(|slot| (s, slot))
         })
     }
 
     /// Destination lookup. Never says `Resolving`: queries live in the core.
+    #[inline]
     pub fn lookup(&self, dst: Ipv6Addr) -> Lookup {
         if self.own_subnet.contains_addr(dst) {
             return Lookup::Local;
         }
         match self.longest_entry(dst) {
-            Some((_, slot)) => slot.next_hop().map_or(Lookup::NoRoute, Lookup::Route),
+            Some((_, slot)) if slot.has == Has::Route => Lookup::Route(slot.hop),
+            Some(_) => Lookup::NoRoute,
             None => Lookup::Unknown,
         }
     }
 
     /// Public key of the sender of a packet from `src` (longest match over all routes).
+    #[inline]
     pub fn source_key(&self, src: Ipv6Addr) -> Option<[u8; 32]> {
-        self.longest_entry(src)?.1.key_owner.map(|r| r.public_key())
+        self.longest_entry(src)?
+            .1
+            .key_owner()
+            .map(|r| r.public_key())
     }
 
     /// The subnet a packet from `src` comes from (longest match) and the public key of its owner:
     /// what that key authenticates is that subnet, and only that subnet.
+    #[inline]
     pub fn source(&self, src: Ipv6Addr) -> Option<(Subnet, [u8; 32])> {
         let (s, slot) = self.longest_entry(src)?;
-        Some((s, slot.key_owner?.public_key()))
+        Some((s, slot.key_owner()?.public_key()))
     }
 }
 
@@ -303,6 +332,11 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_is_a_next_hop_and_a_tag() {
+        assert_eq!(std::mem::size_of::<Slot>(), 56);
+    }
+
+    #[test]
     fn set_counts_lengths_and_skips_no_ops() {
         let mut t = ForwardingTable::empty(subnet(999, 64), ShardKey::new(7));
         let (s64, s96) = (subnet(1, 64), subnet(1, 96));
@@ -310,25 +344,28 @@ mod tests {
         assert!(!t.set(s64, Some(slot(1))), "same slot: no change");
         assert!(t.set(s96, Some(slot(2))));
         assert_eq!(t.len(), 2);
-        assert_eq!(t.plens.lengths().collect::<Vec<_>>(), vec![96, 64]);
+        assert_eq!(t.lens, vec![96, 64]);
         let inside96 = Ipv6Addr::from(u128::from(s96.addr()) | 5);
         assert_eq!(t.source(inside96).map(|x| x.0), Some(s96), "longest first");
         assert!(t.set(s96, None));
         assert!(!t.set(s96, None), "already gone");
         assert_eq!(t.source(inside96).map(|x| x.0), Some(s64));
-        assert_eq!(t.plens.lengths().collect::<Vec<_>>(), vec![64]);
+        assert_eq!(t.lens, vec![64]);
         assert_eq!(t.len(), 1);
         let unselected = Slot::new(None, Some(RouterId::new([4; 32], [0; 6])));
         assert!(t.set(s64, Some(unselected)));
         assert_eq!(t.lookup(inside96), Lookup::NoRoute);
         assert_eq!(t.source_key(inside96), Some([4; 32]));
+        assert!(t.set(s64, Some(Slot::new(None, None))));
+        assert_eq!(t.lookup(inside96), Lookup::NoRoute);
+        assert_eq!(t.source_key(inside96), None);
+        assert_eq!(t.source(inside96), None);
     }
 
     #[test]
     fn a_snapshot_is_not_changed_by_later_sets() {
-        let routes: Vec<(Subnet, NextHop)> = (0..5000)
-            .map(|i| (subnet(i, 64), slot(i).next_hop().unwrap()))
-            .collect();
+        let routes: Vec<(Subnet, NextHop)> =
+            (0..5000).map(|i| (subnet(i, 64), slot(i).hop)).collect();
         let old = Arc::new(ForwardingTable::from_routes(subnet(999_999, 64), &routes));
         let mut next = (*old).clone();
         assert_eq!(next.shares_shards_with(&old), SHARDS);
@@ -344,14 +381,8 @@ mod tests {
         assert_eq!(next.shares_shards_with(&old), SHARDS - distinct.len());
         // The old snapshot still answers as before; the new one has the changes.
         let at = |s: Subnet| Ipv6Addr::from(u128::from(s.addr()) | 1);
-        assert_eq!(
-            old.lookup(at(changed)),
-            Lookup::Route(slot(1).next_hop().unwrap())
-        );
-        assert_eq!(
-            next.lookup(at(changed)),
-            Lookup::Route(slot(5).next_hop().unwrap())
-        );
+        assert_eq!(old.lookup(at(changed)), Lookup::Route(slot(1).hop));
+        assert_eq!(next.lookup(at(changed)), Lookup::Route(slot(5).hop));
         assert!(old.source(at(removed)).is_some());
         assert_eq!(next.lookup(at(removed)), Lookup::Unknown);
         assert_eq!(old.lookup(at(added)), Lookup::Unknown);

@@ -474,8 +474,11 @@ impl Default for PlenIndex {
 }
 
 impl PlenIndex {
-    pub(crate) fn add_pub(&mut self, plen: u8) {
-        self.add(plen)
+    /// As `add`; true if `plen` was not in use before.
+    pub(crate) fn add_pub(&mut self, plen: u8) -> bool {
+        let before = self.mask;
+        self.add(plen);
+        self.mask != before
     }
     fn add(&mut self, plen: u8) {
         let p = usize::from(plen);
@@ -484,8 +487,11 @@ impl PlenIndex {
             self.mask[p / 64] |= 1 << (p % 64);
         }
     }
-    pub(crate) fn remove_pub(&mut self, plen: u8) {
-        self.remove(plen)
+    /// As `remove`; true if `plen` is no longer in use.
+    pub(crate) fn remove_pub(&mut self, plen: u8) -> bool {
+        let before = self.mask;
+        self.remove(plen);
+        self.mask != before
     }
     fn remove(&mut self, plen: u8) {
         let p = usize::from(plen);

@@ -637,9 +637,8 @@ pub struct Router {
     transmits: VecDeque<(LinkId, Tlv)>,
     events: VecDeque<Event>,
     counters: Counters,
-    /// Subnets whose forwarding slot may have changed since the last snapshot: every subnet
-    /// that went through selection or lost an entry. At most `max_subnets`; beyond that
-    /// `fwd_rebuild` is set and the next snapshot is built whole.
+    /// Subnets whose forwarding slot changed since the last snapshot (see `fwd_touch`). At most
+    /// `max_subnets`; beyond that `fwd_rebuild` is set and the next snapshot is built whole.
     fwd_dirty: FxHashSet<Subnet>,
     fwd_rebuild: bool,
     fwd_generation: u64,
@@ -917,6 +916,12 @@ impl Router {
         (self.fwd_generation != generation).then(|| self.fwd.clone())
     }
 
+    /// Whether a snapshot taken now would differ from the last one (or, rarely, a change was
+    /// undone since: then [`Router::forwarding_table_if_changed`] says `None`).
+    pub fn forwarding_table_dirty(&self) -> bool {
+        self.fwd_rebuild || !self.fwd_dirty.is_empty()
+    }
+
     /// The current snapshot. Only the subnets that changed since the last one are applied to
     /// it, copying only the shards they fall in that an earlier snapshot still holds (see
     /// [`ForwardingTable`]): O(changes), not O(table).
@@ -935,6 +940,12 @@ impl Router {
         self.fwd_generation += 1;
         self.fwd = Arc::new(self.fwd_build(self.fwd_generation));
         self.fwd.clone()
+    }
+
+    /// The last snapshot published, without applying anything.
+    #[cfg(test)]
+    pub(crate) fn fwd_published(&self) -> &ForwardingTable {
+        &self.fwd
     }
 
     /// The table of the current route table, built from scratch.
@@ -975,10 +986,17 @@ impl Router {
         }
     }
 
-    /// `subnet`'s forwarding slot may have changed: selection ran for it, or it lost an entry
-    /// (everything that changes an entry ends in one of the two).
+    /// `subnet` went through selection or lost an entry (everything that changes an entry ends
+    /// in one of the two): it joins the changes for the next snapshot if its slot now differs
+    /// from the last snapshot's. Comparing here rather than only when publishing keeps
+    /// [`Router::forwarding_table_dirty`] exact for the many Updates that only refresh a route.
     fn fwd_touch(&mut self, subnet: Subnet) {
         if self.fwd_rebuild {
+            return;
+        }
+        let slot = self.routes.get(&subnet).map(fwd_slot);
+        if self.fwd.get(&subnet) == slot.as_ref() {
+            // Unchanged, or changed back: if it is in the set already, publishing skips it.
             return;
         }
         if self.fwd_dirty.len() >= self.cfg.limits.max_subnets && !self.fwd_dirty.contains(&subnet)
@@ -1441,7 +1459,6 @@ impl Router {
     }
 
     fn remove_entry(&mut self, subnet: Subnet, index: usize) {
-        self.fwd_touch(subnet);
         let Some(list) = self.routes.get_mut(&subnet) else {
             return;
         };
@@ -1462,6 +1479,7 @@ impl Router {
             self.routes.remove(&subnet);
             self.route_plens.remove(subnet.prefix_len());
         }
+        self.fwd_touch(subnet);
     }
 
     fn is_feasible(&self, subnet: Subnet, rid: RouterId, seqno: SeqNo, metric: Metric) -> bool {
@@ -1476,7 +1494,6 @@ impl Router {
 
     /// Runs route selection for one subnet and sends what a change calls for.
     fn select(&mut self, subnet: Subnet, now: Time) {
-        self.fwd_touch(subnet);
         let Some(list) = self.routes.get(&subnet) else {
             return;
         };
@@ -1538,6 +1555,7 @@ impl Router {
             list.sel_rid = rid;
             list.sel_metric = total;
         }
+        self.fwd_touch(subnet);
         match (old, new) {
             (None, None) => {}
             (None, Some((link, rid, seqno, total))) => {

@@ -835,6 +835,11 @@ impl Router {
         Some(self.forwarding_table())
     }
 
+    /// Whether the forwarding table changed since the last snapshot was taken.
+    pub fn forwarding_table_dirty(&self) -> bool {
+        self.fwd_dirty
+    }
+
     /// The current snapshot, rebuilt only if something changed.
     pub fn forwarding_table(&mut self) -> Arc<ForwardingTable> {
         if self.fwd_dirty {

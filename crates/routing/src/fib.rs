@@ -163,7 +163,12 @@ impl ForwardingTable {
             len: 0,
             plens: PlenIndex::default(),
             lens: Vec::new(),
-            shards: std::array::from_fn(|_| Arc::new(Shard::default())),
+            // One empty shard shared by all: a core that never publishes (the simulator's
+            // thousands) pays one allocation, and the first change to a shard copies it.
+            shards: {
+                let empty = Arc::new(Shard::default());
+                std::array::from_fn(|_| empty.clone())
+            },
         }
     }
 

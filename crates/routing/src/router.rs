@@ -638,7 +638,10 @@ pub struct Router {
     events: VecDeque<Event>,
     counters: Counters,
     /// Subnets whose forwarding slot changed since the last snapshot (see `fwd_touch`). At most
-    /// `max_subnets`; beyond that `fwd_rebuild` is set and the next snapshot is built whole.
+    /// half the route table (or 1,024, and never more than `max_subnets`): beyond that applying
+    /// them would cost about as much as building the table whole, so `fwd_rebuild` is set
+    /// instead and the set freed; a core whose table no one takes (the simulator's) keeps no
+    /// list of changes.
     fwd_dirty: FxHashSet<Subnet>,
     fwd_rebuild: bool,
     fwd_generation: u64,
@@ -999,9 +1002,11 @@ impl Router {
             // Unchanged, or changed back: if it is in the set already, publishing skips it.
             return;
         }
-        if self.fwd_dirty.len() >= self.cfg.limits.max_subnets && !self.fwd_dirty.contains(&subnet)
-        {
-            self.fwd_dirty.clear();
+        let cap = (self.routes.len() / 2)
+            .max(1024)
+            .min(self.cfg.limits.max_subnets);
+        if self.fwd_dirty.len() >= cap && !self.fwd_dirty.contains(&subnet) {
+            self.fwd_dirty = FxHashSet::default();
             self.fwd_rebuild = true;
             return;
         }

@@ -245,8 +245,13 @@ fn a_snapshot_is_not_changed_by_later_updates_and_shares_the_untouched_shards() 
         r.handle_tlv(l1, &update(s, id, 1, 100), Time::ZERO);
     }
     drain(&mut r);
+    // 5,000 changes and no snapshot taken: more than half the table, so the core stopped
+    // listing them and builds the next snapshot whole.
+    assert!(r.forwarding_table_dirty());
     let before = r.forwarding_table();
     let frozen = sorted_slots(&before);
+    assert_eq!(frozen, sorted_slots(&r.fwd_build(0)));
+    assert!(!r.forwarding_table_dirty());
     // Ten changes: a retraction, a move to another link, a new route, seven refreshes that
     // change nothing the data path sees.
     let (s0, id0) = many(0);

@@ -12,6 +12,9 @@
 //!
 //! The crate never does I/O, never reads a clock, never spawns, never allocates per data packet
 //! and never panics on input: malformed or hostile TLVs are counted in [`Counters`] and skipped.
+//! Its one random number, the forwarding table's shard key, is [`Config::fib_seed`]:
+//! [`Config::new`] draws it from std's `RandomState` (as every `HashMap::new` does), and no
+//! behaviour depends on it.
 //! Every table and queue has a bound ([`Limits`]). It works on the decoded TLV structs of
 //! `wire::babel` and never sees bytes.
 //!

@@ -17,6 +17,8 @@ use node::metrics::Stats;
 use crate::cli::{Command, PeersCmd, RoutesCmd};
 
 /// The API is local and answers from memory; anything slower than this is a stuck node.
+/// Largest answer read from the API.
+const MAX_BODY: u64 = 256 << 20;
 const TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -484,8 +486,12 @@ impl Api {
         };
         let mut res = res.map_err(|e| self.transport_error(e))?;
         let status = res.status().as_u16();
+        // A full routing table is tens of megabytes of JSON (262,144 routes at most); the
+        // client's default limit of 10 MB would refuse it.
         let text = res
             .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
             .read_to_string()
             .map_err(|e| self.transport_error(e))?;
         Ok((status, text))

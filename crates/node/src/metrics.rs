@@ -228,6 +228,12 @@ pub struct PeerStats {
     pub tx_control_frames: u64,
     pub rx_data_frames: u64,
     pub rx_control_frames: u64,
+    /// Subnets the peer's link holds a route entry for (against its share of the table).
+    #[serde(default)]
+    pub routes: u64,
+    /// Updates from the peer refused because it held its share of the route table.
+    #[serde(default)]
+    pub routes_refused: u64,
 }
 
 macro_rules! data_stats {
@@ -557,6 +563,20 @@ impl Collector for StatsCollector {
             s.peers
                 .iter()
                 .filter_map(|p| p.link_cost.map(|c| (peer(p), u64::from(c)))),
+        )?;
+        family(
+            e,
+            "hypha_peer_routes",
+            "Subnets the peer's link holds a route entry for",
+            Gauge,
+            s.peers.iter().map(|p| (peer(p), p.routes)),
+        )?;
+        family(
+            e,
+            "hypha_peer_routes_refused",
+            "Updates from the peer refused because it held its share of the route table",
+            Counter,
+            s.peers.iter().map(|p| (peer(p), p.routes_refused)),
         )?;
 
         let d = &s.data;
@@ -932,6 +952,8 @@ mod tests {
                     tx_control_frames: 6,
                     rx_data_frames: 7,
                     rx_control_frames: 8,
+                    routes: 1200,
+                    routes_refused: 7,
                 },
                 PeerStats {
                     endpoint: "tcp://[fe80::1%2]:9651".to_owned(),
@@ -943,6 +965,8 @@ mod tests {
                     tx_control_frames: 0,
                     rx_data_frames: 0,
                     rx_control_frames: 0,
+                    routes: 0,
+                    routes_refused: 0,
                 },
             ],
             data: DataStats {

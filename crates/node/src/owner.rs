@@ -92,6 +92,8 @@ struct Peer {
     rx_done: u64,
     /// Frames of finished connections: data and control sent, data and control received.
     frames_done: [u64; 4],
+    /// Route Updates refused past its share on finished connections.
+    routes_refused_done: u64,
     stats: Option<Arc<LinkStats>>,
 }
 
@@ -428,6 +430,10 @@ impl Owner {
             return;
         };
         self.link_ctx.closes.count(why);
+        let refused = self.router.link_stats(id).map_or(0, |l| l.routes_refused);
+        if let Some(p) = self.peers.get_mut(&l.peer) {
+            p.routes_refused_done += refused;
+        }
         l.handles.abort();
         let now = self.now();
         self.router.handle_link_down(id, now);
@@ -739,6 +745,7 @@ impl Owner {
                 let load = |f: fn(&LinkStats) -> &std::sync::atomic::AtomicU64| {
                     p.stats.as_ref().map_or(0, |s| f(s).load(Ordering::Relaxed))
                 };
+                let link_stats = p.link.and_then(|l| self.router.link_stats(l));
                 PeerStats {
                     endpoint: e.to_string(),
                     connection_state: p.state(),
@@ -749,6 +756,9 @@ impl Owner {
                     tx_control_frames: p.frames_done[1] + load(|s| &s.tx_control_frames),
                     rx_data_frames: p.frames_done[2] + load(|s| &s.rx_data_frames),
                     rx_control_frames: p.frames_done[3] + load(|s| &s.rx_control_frames),
+                    routes: link_stats.map_or(0, |l| l.subnets as u64),
+                    routes_refused: p.routes_refused_done
+                        + link_stats.map_or(0, |l| l.routes_refused),
                 }
             })
             .collect();
@@ -809,12 +819,16 @@ impl Owner {
                         s.rx_bytes.load(Ordering::Relaxed),
                     )
                 });
+                let link_stats = p.link.and_then(|l| self.router.link_stats(l));
                 PeerInfo {
                     endpoint: *e,
                     kind: p.kind,
                     connection_state: p.state(),
                     tx_bytes: p.tx_done + tx,
                     rx_bytes: p.rx_done + rx,
+                    routes: link_stats.map_or(0, |l| l.subnets as u64),
+                    routes_refused: p.routes_refused_done
+                        + link_stats.map_or(0, |l| l.routes_refused),
                     discovered: p.learned.elapsed().as_secs(),
                     last_connected: p.connected_at.map(|t| t.elapsed().as_secs()),
                 }
@@ -954,6 +968,7 @@ impl Peer {
             tx_done: 0,
             rx_done: 0,
             frames_done: [0; 4],
+            routes_refused_done: 0,
             stats: None,
         }
     }

@@ -27,6 +27,29 @@ pub enum Command {
     /// One node of the bench's forwarding floor (started by the bench in its namespaces)
     #[command(hide = true)]
     Floor(FloorArgs),
+    /// The control path under a burst of announced routes (root): how fast a node absorbs a full
+    /// table from one peer while a new node joins elsewhere, beside the routing core alone
+    Routes(RoutesArgs),
+}
+
+/// Options of `hypha-bench routes`.
+#[derive(Args, Debug, Clone)]
+pub struct RoutesArgs {
+    /// Routes the hand-made peer announces in one burst
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub routes: u32,
+
+    /// Repetitions (the table shows medians)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+
+    /// Another node binary taking mycelium's flags to put side by side (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub compare: Vec<PathBuf>,
+
+    /// The hypha binary to run in the namespaces [default: `hypha` beside this binary]
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
 }
 
 const BENCH_ABOUT: &str = "\

@@ -13,6 +13,7 @@ mod cli;
 mod floor;
 mod measure;
 mod report;
+mod routes;
 mod run;
 
 use clap::Parser;
@@ -21,6 +22,7 @@ fn main() {
     let cli = cli::Cli::parse();
     let result = match &cli.command {
         Some(cli::Command::Floor(args)) => floor::run(args),
+        Some(cli::Command::Routes(args)) => routes::run(args),
         None => run::run(&cli.bench),
     };
     if let Err(e) = result {

@@ -102,7 +102,7 @@ fn check_stop() -> anyhow::Result<()> {
 
 /// Polls `cond` until it holds (true) or `timeout` passes (false); an error once the bench is
 /// interrupted.
-fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<bool> {
+pub(crate) fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<bool> {
     let held = testbed::wait_until(timeout, || testbed::interrupted() || cond()).is_ok();
     check_stop()?;
     Ok(held)

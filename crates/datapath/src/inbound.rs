@@ -1,6 +1,7 @@
 //! Inbound: data frames from a peer, opened and admitted to the TUN when they are for us,
 //! forwarded to the next hop otherwise.
 
+use std::borrow::Cow;
 use std::net::Ipv6Addr;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
@@ -261,9 +262,28 @@ fn admit_l3(
     Ok(())
 }
 
+/// Counts what became of a received out-of-band ICMP error; the refusal, if any.
+fn count_oob(got: Result<(), OobRefusal>, counters: &DataCounters) -> Option<OobRefusal> {
+    match got {
+        Ok(()) => {
+            bump(&counters.icmp_received);
+            None
+        }
+        Err(why) => {
+            bump(match why {
+                OobRefusal::Forged => &counters.refused_icmp_forged,
+                OobRefusal::Malformed => &counters.drop_inner,
+            });
+            Some(why)
+        }
+    }
+}
+
 /// Opens a frame kept by the owner until its sender's key was known (`sender` is the subnet
-/// that key is for) and adds it to `tun_out` if it is an IPv6 packet that passes
-/// [`check_inner`]. Counts what it refuses.
+/// that key is for) and adds what it carries to `tun_out`: an IPv6 packet that passes
+/// [`check_inner`], or the ICMPv6 error an out-of-band one reports about a packet of ours
+/// (`orig_cipher` gives the key of that packet's destination). Counts what it refuses; true
+/// when a packet was delivered (errors are counted as received here).
 pub fn deliver_pending(
     cipher: &Cipher,
     sender: Subnet,
@@ -271,10 +291,11 @@ pub fn deliver_pending(
     frame: &mut InboundFrame,
     tun_out: &mut TunBatch,
     counters: &DataCounters,
+    orig_cipher: &dyn Fn(Ipv6Addr) -> Option<Cipher>,
 ) -> bool {
-    let packet = match cipher.open_payload(&mut frame.body) {
-        Ok((PayloadType::L3, packet)) => packet,
-        Ok(_) | Err(crypto::OpenError::InnerVersion(_)) => {
+    let (kind, payload) = match cipher.open_payload(&mut frame.body) {
+        Ok(opened) => opened,
+        Err(crypto::OpenError::InnerVersion(_)) => {
             bump(&counters.drop_inner);
             return false;
         }
@@ -283,11 +304,32 @@ pub fn deliver_pending(
             return false;
         }
     };
-    if admit_l3(packet, sender, own, frame.hop, counters).is_err() {
-        return false;
+    match kind {
+        PayloadType::L3 => {
+            if admit_l3(payload, sender, own, frame.hop, counters).is_err() {
+                return false;
+            }
+            tun_out.push(payload);
+            true
+        }
+        PayloadType::OobIcmp => {
+            let got = oob::deliver(
+                orig_cipher,
+                own,
+                frame.hop,
+                frame.src,
+                frame.dst,
+                payload,
+                tun_out,
+            );
+            count_oob(got, counters);
+            false
+        }
+        _ => {
+            bump(&counters.drop_inner);
+            false
+        }
     }
-    tun_out.push(packet);
-    true
 }
 
 impl<N: NeedSink> Inbound<'_, N> {
@@ -354,9 +396,8 @@ impl<N: NeedSink> Inbound<'_, N> {
     ) {
         let src = frame.src;
         let sender = table.fib.source(src);
-        let Some((sender, cipher)) = sender.and_then(|(s, k)| Some((s, table.ciphers.get(&k)?)))
-        else {
-            self.hold(hop, src, body);
+        let Some((sender, cipher)) = sender.and_then(|(s, k)| Some((s, table.cipher(&k)?))) else {
+            self.hold(hop, src, frame.dst, body);
             return;
         };
         let (kind, payload) = match cipher.open_payload(body) {
@@ -387,23 +428,19 @@ impl<N: NeedSink> Inbound<'_, N> {
                     bump(&self.counters.refused_icmp_rate);
                     return;
                 }
-                match oob::deliver(
-                    table,
+                let orig = |dst| table.source_cipher(dst).map(Cow::into_owned);
+                let got = oob::deliver(
+                    &orig,
                     self.own_subnet,
                     hop,
                     src,
                     frame.dst,
                     payload,
                     tun_out,
-                ) {
-                    Ok(()) => bump(&self.counters.icmp_received),
-                    Err(OobRefusal::Forged) => {
-                        bump(&self.counters.refused_icmp_forged);
-                        let what =
-                            "an ICMP error about a packet we did not send to its destination";
-                        self.budgets.warn_refused(self.link, self.now, what, src);
-                    }
-                    Err(OobRefusal::Malformed) => bump(&self.counters.drop_inner),
+                );
+                if count_oob(got, self.counters) == Some(OobRefusal::Forged) {
+                    let what = "an ICMP error about a packet we did not send to its destination";
+                    self.budgets.warn_refused(self.link, self.now, what, src);
                 }
             }
             _ => bump(&self.counters.drop_inner),
@@ -413,7 +450,7 @@ impl<N: NeedSink> Inbound<'_, N> {
     /// Keeps a frame for us whose sender's key is not known yet while its route is looked up
     /// (bounded here while on its way, and by the owner while it waits); refuses it outright
     /// when no route query can ever give it a key.
-    fn hold(&mut self, hop: u8, src: Ipv6Addr, body: &[u8]) {
+    fn hold(&mut self, hop: u8, src: Ipv6Addr, dst: Ipv6Addr, body: &[u8]) {
         if !may_have_key(src, self.own_subnet) {
             bump(&self.counters.refused_sender);
             return;
@@ -430,6 +467,7 @@ impl<N: NeedSink> Inbound<'_, N> {
         let frame = InboundFrame {
             hop,
             src,
+            dst,
             body: body.to_vec(),
             link: self.link,
         };
@@ -476,9 +514,9 @@ impl<N: NeedSink> Inbound<'_, N> {
             return;
         };
         let from = self.own_subnet.addr();
-        if oob::push(
+        if oob::push_oob_icmp(
             out.buf(nh.link),
-            cipher,
+            &cipher,
             kind,
             from,
             orig_src,

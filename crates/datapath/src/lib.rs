@@ -25,6 +25,7 @@ mod batch;
 mod counters;
 mod inbound;
 mod oob;
+pub use oob::push_oob_icmp;
 mod outbound;
 pub mod pool;
 pub mod ratelimit;
@@ -35,7 +36,7 @@ pub use counters::{bump, DataCounters};
 pub use inbound::{check_inner, deliver_pending, may_have_key, DataFrame, InnerRefusal, Receiver};
 pub use inbound::{LinkBudgets, ICMP_BURST, ICMP_PER_SEC, LINK_NEEDS_BURST, LINK_NEEDS_PER_SEC};
 pub use outbound::{push_sealed_l3, FrameSink, Sender};
-pub use table::{DataTable, InboundFrame, Need, NeedSink, Needs, PENDING_IN_FLIGHT_MAX};
+pub use table::{DataTable, InboundFrame, KeySource, Need, NeedSink, Needs, PENDING_IN_FLIGHT_MAX};
 
 /// The cipher shared with one remote node (AES-256-GCM keyed by the X25519 shared secret).
 pub use crypto::PeerCipher as Cipher;

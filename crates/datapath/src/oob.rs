@@ -12,7 +12,6 @@ use wire::ip::ipv6::Ipv6Packet;
 
 use crate::batch::TunBatch;
 use crate::outbound::seal_tail;
-use crate::table::DataTable;
 use crate::{Cipher, ICMP_HOP_LIMIT};
 
 /// Why a received out-of-band ICMP error is not written to the TUN.
@@ -29,7 +28,7 @@ pub(crate) enum OobRefusal {
 /// Appends to `buf` a data frame from `from` to `orig_src` carrying an out-of-band ICMP error
 /// about a frame to `orig_dst` whose still-sealed body was `dropped` (quoted when small enough),
 /// sealed with `cipher` (the key shared with `orig_src`). False if sealing failed.
-pub(crate) fn push(
+pub fn push_oob_icmp(
     buf: &mut Vec<u8>,
     cipher: &Cipher,
     kind: IcmpError,
@@ -49,10 +48,10 @@ pub(crate) fn push(
 }
 
 /// Receiving an out-of-band ICMP error: open the quoted body with the key of the original
-/// destination and write a plain ICMPv6 error about our own packet to the TUN — only if the quote
+/// destination (`orig_cipher` finds it) and write a plain ICMPv6 error about our own packet to the TUN — only if the quote
 /// is a packet from our /64 to that original destination.
-pub(crate) fn deliver<L>(
-    table: &DataTable<L>,
+pub(crate) fn deliver(
+    orig_cipher: &dyn Fn(Ipv6Addr) -> Option<Cipher>,
     own: Subnet,
     hop: u8,
     outer_src: Ipv6Addr,
@@ -63,7 +62,7 @@ pub(crate) fn deliver<L>(
     let mut view = OobIcmp::new_checked(payload).map_err(|_| OobRefusal::Malformed)?;
     let orig_dst = view.orig_dst();
     let kind = view.kind().ok_or(OobRefusal::Malformed)?;
-    let cipher = table.source_cipher(orig_dst).ok_or(OobRefusal::Malformed)?;
+    let cipher = orig_cipher(orig_dst).ok_or(OobRefusal::Malformed)?;
     let original = match cipher.open_payload(view.quote_mut()) {
         Ok((PayloadType::L3, original)) => original,
         _ => return Err(OobRefusal::Malformed),

@@ -2,6 +2,7 @@
 //! answer with an ICMPv6 error, hold for the owner, or seal for a next hop) and sealed and framed
 //! where the offload split wrote it.
 
+use std::borrow::Cow;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -179,7 +180,7 @@ pub(crate) enum Verdict<'t> {
     /// Seal it for `cipher` and send it to `link` with outer hop limit `hop`.
     Seal {
         link: LinkId,
-        cipher: &'t Cipher,
+        cipher: Cow<'t, Cipher>,
         hop: u8,
         src: Ipv6Addr,
         dst: Ipv6Addr,
@@ -229,10 +230,9 @@ pub(crate) fn classify<'t, L, N: NeedSink>(
             if ctx.refresh.due(dst, ctx.now) {
                 let _ = ctx.needs.try_push(Need::Route(dst));
             }
-            let Some(cipher) = table.ciphers.get(&nh.public_key()) else {
-                // The key is computed when the route is published; a miss is a race with an
-                // update: let the owner hold it.
-                hold(ctx, packet);
+            let Some(cipher) = table.cipher(&nh.public_key()) else {
+                // A key no secret can be shared with: nothing can be sealed for it.
+                bump(&ctx.counters.drop_no_key);
                 return Verdict::Handled;
             };
             if !table.links.contains_key(&nh.link) {
@@ -340,7 +340,7 @@ impl FrameSink {
             if main.is_some_and(|m| m != link) || len > MAX_SINK_SEGMENT {
                 // Another next hop (several reads went into this batch): copy it over.
                 let packet = &self.buf[seg_at..seg_at + len];
-                if push_sealed_l3(out.buf(link), cipher, packet, hop, src, dst) {
+                if push_sealed_l3(out.buf(link), &cipher, packet, hop, src, dst) {
                     bump(&ctx.counters.frames_sent);
                 }
                 holes = true;

@@ -1,6 +1,7 @@
 //! What the data path reads (the [`DataTable`] snapshot) and what it asks of the owner of the
 //! routing core ([`Need`]s, collected in a bounded [`Needs`]).
 
+use std::borrow::Cow;
 use std::net::Ipv6Addr;
 use std::sync::Arc;
 
@@ -9,14 +10,24 @@ use rustc_hash::FxHashMap;
 
 use crate::Cipher;
 
+/// Derives ciphers the snapshot does not hold yet: the key of a destination or sender first met
+/// since the last snapshot. The shell's implementation caches what it derives (bounded) and has
+/// it published with the next snapshot, so a flow takes this path for its first packets only.
+pub trait KeySource: Send + Sync {
+    /// The cipher shared with the owner of `key`; `None` for a key no secret can be shared with
+    /// (a low-order point).
+    fn cipher(&self, key: &[u8; 32]) -> Option<Cipher>;
+}
+
 /// The snapshot the data path reads: routes, the links that can take frames and the ciphers of
-/// the keys the routes name. `L` is whatever the shell keeps per link (its queue's sender); the
-/// core only asks whether a link is there. Rebuilt by the owner task whenever one of them changes
-/// and read without locks.
+/// the keys in use, with a [`KeySource`] for the keys not in use yet. `L` is whatever the shell
+/// keeps per link (its queue's sender); the core only asks whether a link is there. Rebuilt by the
+/// owner task whenever one of them changes and read without locks.
 pub struct DataTable<L> {
     pub fib: Arc<ForwardingTable>,
     pub links: FxHashMap<LinkId, L>,
     pub ciphers: FxHashMap<[u8; 32], Cipher>,
+    pub keys: Option<Arc<dyn KeySource>>,
 }
 
 impl<L> DataTable<L> {
@@ -25,12 +36,22 @@ impl<L> DataTable<L> {
             fib,
             links: FxHashMap::default(),
             ciphers: FxHashMap::default(),
+            keys: None,
+        }
+    }
+
+    /// The cipher for `key`: from the snapshot, or derived through the [`KeySource`].
+    #[inline]
+    pub fn cipher(&self, key: &[u8; 32]) -> Option<Cow<'_, Cipher>> {
+        match self.ciphers.get(key) {
+            Some(c) => Some(Cow::Borrowed(c)),
+            None => self.keys.as_ref()?.cipher(key).map(Cow::Owned),
         }
     }
 
     /// The cipher for the key of the route that covers `addr` as a source.
-    pub(crate) fn source_cipher(&self, addr: Ipv6Addr) -> Option<&Cipher> {
-        self.fib.source_key(addr).and_then(|k| self.ciphers.get(&k))
+    pub(crate) fn source_cipher(&self, addr: Ipv6Addr) -> Option<Cow<'_, Cipher>> {
+        self.cipher(&self.fib.source_key(addr)?)
     }
 }
 
@@ -57,6 +78,8 @@ pub enum Need {
 pub struct InboundFrame {
     pub hop: u8,
     pub src: Ipv6Addr,
+    /// Ours: the address it was sent to.
+    pub dst: Ipv6Addr,
     pub body: Vec<u8>,
     /// The link it came in on: its share of the waiting room is charged.
     pub link: LinkId,

@@ -659,3 +659,49 @@ fn a_read_buffer_of_frames_is_opened_in_place_and_forwarded_through_the_receiver
     assert_eq!(count(&f.counters.frames_forwarded), 1);
     assert_eq!(count(&f.counters.refused_inner_source), 1);
 }
+
+/// A key source that derives as A and counts what it was asked.
+struct CountingKeys {
+    a: Identity,
+    asked: std::sync::Mutex<Vec<[u8; 32]>>,
+}
+
+impl KeySource for CountingKeys {
+    fn cipher(&self, key: &[u8; 32]) -> Option<Cipher> {
+        self.asked.lock().unwrap().push(*key);
+        self.a.cipher_for(key)
+    }
+}
+
+#[test]
+fn keys_missing_from_the_snapshot_are_derived_through_the_key_source() {
+    let mut f = fixture();
+    // The snapshot holds no cipher yet (keys are derived when first used).
+    f.table.ciphers.clear();
+    let keys = Arc::new(CountingKeys {
+        a: Identity::new(SecretKey::from_bytes([1; 32])),
+        asked: Default::default(),
+    });
+    f.table.keys = Some(keys.clone());
+    let (a, b) = (f.a.address(), f.b.address());
+    // Outbound: sealed for B with the derived key.
+    let mut s = sender(&f, 4096);
+    let p = packet(a, b, 64, 0x11, 100);
+    put(&mut s, &p);
+    let (main, _, _) = seal(&f, &mut s);
+    let (_, batch) = main.expect("sealed with a derived key");
+    assert_eq!(open_all(&batch.bytes, &f.b, &f.a), vec![(63, p)]);
+    // (The route refresh it asked for.)
+    f.needs.borrow_mut().drain().for_each(drop);
+    // Inbound: B's frame opened with the derived key, not held for the owner.
+    let mut budgets = LinkBudgets::default();
+    let q = packet(b, a, 64, 0x22, 10);
+    let got = from_b(&f, &mut budgets, &q);
+    assert_eq!(got.tun.len(), 1);
+    assert!(f.next_need().is_none());
+    assert_eq!(*keys.asked.lock().unwrap(), vec![f.b.public_key(); 2]);
+    // Without a key source, a miss is a frame that cannot be opened yet: held for the owner.
+    f.table.keys = None;
+    from_b(&f, &mut budgets, &q);
+    assert!(matches!(f.next_need(), Some(Need::PendingInbound(_))));
+}

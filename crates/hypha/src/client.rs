@@ -17,6 +17,8 @@ use node::metrics::Stats;
 use crate::cli::{Command, PeersCmd, RoutesCmd};
 
 /// The API is local and answers from memory; anything slower than this is a stuck node.
+/// Largest answer read from the API.
+const MAX_BODY: u64 = 256 << 20;
 const TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -266,14 +268,17 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
     let _ = writeln!(
         o,
         "limits  queries refused: rate {}, link share {}, table full {}; wildcard dumps deferred \
-         {}; updates held to the minimum {}, damped {}; flapping subnets not tracked {}",
+         {}; updates held to the minimum {}, damped {}; flapping subnets not tracked {}; routes \
+         refused over a peer's share {}; seqno requests refused by rate {}",
         r.queries_refused_rate,
         r.queries_refused_share,
         r.queries_refused_table_full,
         r.wildcard_dumps_deferred,
         r.updates_short_hold,
         r.updates_damped,
-        r.flap_table_full
+        r.flap_table_full,
+        r.routes_refused_link_share,
+        r.seqno_requests_refused_rate
     );
     let a = &s.api;
     let _ = writeln!(
@@ -481,8 +486,12 @@ impl Api {
         };
         let mut res = res.map_err(|e| self.transport_error(e))?;
         let status = res.status().as_u16();
+        // A full routing table is tens of megabytes of JSON (262,144 routes at most); the
+        // client's default limit of 10 MB would refuse it.
         let text = res
             .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
             .read_to_string()
             .map_err(|e| self.transport_error(e))?;
         Ok((status, text))
@@ -591,8 +600,17 @@ impl Table {
 
 fn peers_table(peers: &[PeerRow]) -> Table {
     Table {
-        header: vec!["ENDPOINT", "TYPE", "STATE", "TX", "RX", "CONNECTED"],
-        right: vec![false, false, false, true, true, true],
+        header: vec![
+            "ENDPOINT",
+            "TYPE",
+            "STATE",
+            "TX",
+            "RX",
+            "CONNECTED",
+            "ROUTES",
+            "REFUSED",
+        ],
+        right: vec![false, false, false, true, true, true, true, true],
         rows: peers
             .iter()
             .map(|p| {
@@ -621,6 +639,8 @@ fn peers_table(peers: &[PeerRow]) -> Table {
                     human_bytes(p.tx_bytes),
                     human_bytes(p.rx_bytes),
                     connected,
+                    p.routes.to_string(),
+                    p.routes_refused.to_string(),
                 ]
             })
             .collect(),
@@ -748,7 +768,7 @@ mod tests {
             r#"[
             {"endpoint":{"proto":"tcp","addr":{"socket":"198.18.0.6:9651"}},"type":"static",
              "connectionState":"alive","txBytes":1536,"rxBytes":3221225472,"discovered":90,
-             "lastConnected":307},
+             "lastConnected":307,"routes":1200,"routesRefused":7},
             {"endpoint":{"proto":"tcp","addr":{"socket":"[fe80::1%2]:9651"}},
              "type":"linkLocalDiscovery","connectionState":"connecting","txBytes":0,"rxBytes":0,
              "discovered":5,"lastConnected":null},
@@ -764,10 +784,10 @@ mod tests {
     fn peers_table_format() {
         assert_eq!(
             peers_table(&peer_rows()).render(),
-            "ENDPOINT                TYPE        STATE            TX       RX  CONNECTED\n\
-             tcp://198.18.0.6:9651   static      alive       1.5 KiB  3.0 GiB     5m 07s\n\
-             tcp://[fe80::1%2]:9651  link-local  connecting      0 B      0 B          -\n\
-             vsock://3:9651          inbound     dead           10 B     20 B          -\n"
+            "ENDPOINT                TYPE        STATE            TX       RX  CONNECTED  ROUTES  REFUSED\n\
+             tcp://198.18.0.6:9651   static      alive       1.5 KiB  3.0 GiB     5m 07s    1200        7\n\
+             tcp://[fe80::1%2]:9651  link-local  connecting      0 B      0 B          -       0        0\n\
+             vsock://3:9651          inbound     dead           10 B     20 B          -       0        0\n"
         );
     }
 
@@ -835,6 +855,8 @@ mod tests {
                         rx_bytes: 0,
                         discovered: 0,
                         last_connected: None,
+                        routes: 0,
+                        routes_refused: 0,
                     });
                     Ok(())
                 };
@@ -899,6 +921,8 @@ mod tests {
                     rx_bytes: 100,
                     discovered: 400,
                     last_connected: Some(65),
+                    routes: 1200,
+                    routes_refused: 7,
                 }],
                 keys: HashMap::new(),
             };
@@ -943,8 +967,8 @@ mod tests {
         r.unwrap();
         assert_eq!(
             out,
-            "ENDPOINT               TYPE    STATE       TX     RX  CONNECTED\n\
-             tcp://198.18.0.6:9651  static  alive  2.0 KiB  100 B     1m 05s\n"
+            "ENDPOINT               TYPE    STATE       TX     RX  CONNECTED  ROUTES  REFUSED\n\
+             tcp://198.18.0.6:9651  static  alive  2.0 KiB  100 B     1m 05s    1200        7\n"
         );
 
         let (r, out) = run_cmd(&["peers", "list", "--json"], a);
@@ -1046,6 +1070,8 @@ mod tests {
                 tx_control_frames: 2,
                 rx_data_frames: 1,
                 rx_control_frames: 3,
+                routes: 1200,
+                routes_refused: 7,
             }],
             ..Stats::default()
         };

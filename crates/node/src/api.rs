@@ -211,6 +211,8 @@ impl From<PeerInfo> for PeerRow {
             rx_bytes: p.rx_bytes,
             discovered: p.discovered,
             last_connected: p.last_connected,
+            routes: p.routes,
+            routes_refused: p.routes_refused,
         }
     }
 }
@@ -395,6 +397,8 @@ mod tests {
             rx_bytes: 0,
             discovered: 0,
             last_connected: None,
+            routes: 0,
+            routes_refused: 0,
         }
     }
 
@@ -601,10 +605,12 @@ mod tests {
             json!([
                 {"endpoint":{"proto":"tcp","addr":{"socket":"198.18.0.6:9651"}},
                  "type":"static","connectionState":"alive",
-                 "txBytes":123,"rxBytes":456,"discovered":70,"lastConnected":60},
+                 "txBytes":123,"rxBytes":456,"discovered":70,"lastConnected":60,
+                 "routes":0,"routesRefused":0},
                 {"endpoint":{"proto":"tcp","addr":{"socket":"[fe80::1%2]:9651"}},
                  "type":"linkLocalDiscovery","connectionState":"dead",
-                 "txBytes":0,"rxBytes":0,"discovered":0,"lastConnected":null},
+                 "txBytes":0,"rxBytes":0,"discovered":0,"lastConnected":null,
+                 "routes":0,"routesRefused":0},
             ])
         );
     }

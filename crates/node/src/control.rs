@@ -46,6 +46,10 @@ pub struct PeerInfo {
     pub discovered: u64,
     /// Seconds since the current (or last) connection was established.
     pub last_connected: Option<u64>,
+    /// Subnets the peer's link holds a route entry for (against its share of the table).
+    pub routes: u64,
+    /// Updates from the peer refused because it held its share of the route table.
+    pub routes_refused: u64,
 }
 
 /// One row of `GET /api/v1/admin/routes/{selected,fallback}`.

@@ -228,6 +228,12 @@ pub struct PeerStats {
     pub tx_control_frames: u64,
     pub rx_data_frames: u64,
     pub rx_control_frames: u64,
+    /// Subnets the peer's link holds a route entry for (against its share of the table).
+    #[serde(default)]
+    pub routes: u64,
+    /// Updates from the peer refused because it held its share of the route table.
+    #[serde(default)]
+    pub routes_refused: u64,
 }
 
 macro_rules! data_stats {
@@ -335,6 +341,13 @@ pub struct RoutingStats {
     /// Flapping subnets not remembered for damping (its table full).
     #[serde(default)]
     pub flap_table_full: u64,
+    /// Updates for a subnet new to a peer refused because the peer holds routes for its share
+    /// of the table.
+    #[serde(default)]
+    pub routes_refused_link_share: u64,
+    /// SeqNoRequests from a peer not forwarded because of its rate.
+    #[serde(default)]
+    pub seqno_requests_refused_rate: u64,
 }
 
 /// Link-local discovery and the guards on who becomes a peer.
@@ -550,6 +563,20 @@ impl Collector for StatsCollector {
             s.peers
                 .iter()
                 .filter_map(|p| p.link_cost.map(|c| (peer(p), u64::from(c)))),
+        )?;
+        family(
+            e,
+            "hypha_peer_routes",
+            "Subnets the peer's link holds a route entry for",
+            Gauge,
+            s.peers.iter().map(|p| (peer(p), p.routes)),
+        )?;
+        family(
+            e,
+            "hypha_peer_routes_refused",
+            "Updates from the peer refused because it held its share of the route table",
+            Counter,
+            s.peers.iter().map(|p| (peer(p), p.routes_refused)),
         )?;
 
         let d = &s.data;
@@ -808,6 +835,8 @@ impl Collector for StatsCollector {
                 ("short_hold", r.updates_short_hold),
                 ("damped", r.updates_damped),
                 ("flap_table_full", r.flap_table_full),
+                ("route_link_share", r.routes_refused_link_share),
+                ("seqno_request_rate", r.seqno_requests_refused_rate),
             ]
             .map(|(k, v)| ([("reason", k)], v)),
         )?;
@@ -923,6 +952,8 @@ mod tests {
                     tx_control_frames: 6,
                     rx_data_frames: 7,
                     rx_control_frames: 8,
+                    routes: 1200,
+                    routes_refused: 7,
                 },
                 PeerStats {
                     endpoint: "tcp://[fe80::1%2]:9651".to_owned(),
@@ -934,6 +965,8 @@ mod tests {
                     tx_control_frames: 0,
                     rx_data_frames: 0,
                     rx_control_frames: 0,
+                    routes: 0,
+                    routes_refused: 0,
                 },
             ],
             data: DataStats {

@@ -24,7 +24,7 @@ use crate::control::{
 };
 use crate::discovery::{Admission, DiscoveryLimits};
 use crate::endpoint::Endpoint;
-use crate::keys::{Cipher, Identity};
+use crate::keys::{Cipher, Identity, SharedKeys};
 use crate::link::tcp::canonical;
 use crate::link::{self, CloseReason, LinkContext, LinkEvent, LinkHandles, LinkStats, Transport};
 use crate::metrics::{
@@ -35,6 +35,9 @@ use crate::pending::{self, Pending};
 use crate::ratelimit::LogLimiter;
 use crate::transmit::DataTable;
 
+/// Least time between two publications of the data path's snapshot while route changes keep
+/// coming: a burst of n changes costs n / (burst length / this) publications, not n.
+const PUBLISH_EVERY: Duration = Duration::from_millis(5);
 /// Redial period of static and discovered peers (`docs/protocol.md` §3.1).
 const REDIAL_EVERY: Duration = Duration::from_secs(5);
 /// A dial that takes longer than this failed.
@@ -89,6 +92,8 @@ struct Peer {
     rx_done: u64,
     /// Frames of finished connections: data and control sent, data and control received.
     frames_done: [u64; 4],
+    /// Route Updates refused past its share on finished connections.
+    routes_refused_done: u64,
     stats: Option<Arc<LinkStats>>,
 }
 
@@ -105,7 +110,12 @@ pub(crate) struct Owner {
     peers: HashMap<Endpoint, Peer>,
     links: FxHashMap<LinkId, LinkEntry>,
     next_link: u64,
-    ciphers: FxHashMap<[u8; 32], Option<Cipher>>,
+    /// Ciphers of the keys in use (not of every route's key), shared with the data path.
+    keys: Arc<SharedKeys>,
+    /// The data path's snapshot is out of date; it is republished at most every
+    /// [`PUBLISH_EVERY`], and once a burst of changes has been drained.
+    publish_wanted: bool,
+    last_publish: Instant,
     /// Packets from the TUN waiting for a route, by destination /64.
     pending: Pending<Vec<u8>>,
     /// Frames for us whose sender's key is not known yet, by the sender's /64.
@@ -213,6 +223,7 @@ impl Owner {
         msgs_tx: mpsc::Sender<OwnerMsg>,
         static_peers: Vec<Endpoint>,
     ) -> Owner {
+        let keys = Arc::new(SharedKeys::new(Arc::clone(&identity)));
         let mut o = Owner {
             router,
             epoch,
@@ -220,7 +231,9 @@ impl Owner {
             peers: HashMap::new(),
             links: FxHashMap::default(),
             next_link: 1,
-            ciphers: FxHashMap::default(),
+            keys,
+            publish_wanted: false,
+            last_publish: Instant::now(),
             pending: Pending::new(PENDING),
             pending_in: Pending::new(PENDING_IN),
             table,
@@ -281,6 +294,10 @@ impl Owner {
                 Some(m) = inputs.msgs.recv() => self.on_msg(m),
                 Some(n) = inputs.needs.recv() => self.on_need(n),
                 Some(r) = inputs.requests.recv() => self.on_request(r),
+                _ = tokio::time::sleep_until((self.last_publish + PUBLISH_EVERY).into()),
+                    if self.publish_wanted => self.publish(),
+                // The data path derived a key: publish it, so the flow leaves the slow path.
+                _ = self.keys.derived.notified() => self.publish_wanted = true,
             }
             self.drain_router();
         }
@@ -413,6 +430,10 @@ impl Owner {
             return;
         };
         self.link_ctx.closes.count(why);
+        let refused = self.router.link_stats(id).map_or(0, |l| l.routes_refused);
+        if let Some(p) = self.peers.get_mut(&l.peer) {
+            p.routes_refused_done += refused;
+        }
         l.handles.abort();
         let now = self.now();
         self.router.handle_link_down(id, now);
@@ -590,8 +611,17 @@ impl Owner {
                 bump(&self.counters.drop_no_key);
                 continue;
             };
+            // An out-of-band error quotes a packet of ours: its destination's key is one we
+            // used, found the same way.
+            let router = &self.router;
+            let keys = &*self.keys;
+            let orig = |dst| {
+                let (_, key) = router.lookup_source(dst)?;
+                datapath::KeySource::cipher(keys, &key)
+            };
             let counters = &self.counters;
-            if datapath::deliver_pending(&cipher, sender, own, &mut f, &mut batch, counters) {
+            if datapath::deliver_pending(&cipher, sender, own, &mut f, &mut batch, counters, &orig)
+            {
                 bump(&self.counters.frames_delivered);
             }
         }
@@ -609,11 +639,7 @@ impl Owner {
     }
 
     fn cipher_for(&mut self, key: [u8; 32]) -> Option<Cipher> {
-        let id = &self.identity;
-        self.ciphers
-            .entry(key)
-            .or_insert_with(|| id.cipher_for(&key))
-            .clone()
+        datapath::KeySource::cipher(&*self.keys, &key)
     }
 
     fn on_request(&mut self, r: Request) {
@@ -719,6 +745,7 @@ impl Owner {
                 let load = |f: fn(&LinkStats) -> &std::sync::atomic::AtomicU64| {
                     p.stats.as_ref().map_or(0, |s| f(s).load(Ordering::Relaxed))
                 };
+                let link_stats = p.link.and_then(|l| self.router.link_stats(l));
                 PeerStats {
                     endpoint: e.to_string(),
                     connection_state: p.state(),
@@ -729,6 +756,9 @@ impl Owner {
                     tx_control_frames: p.frames_done[1] + load(|s| &s.tx_control_frames),
                     rx_data_frames: p.frames_done[2] + load(|s| &s.rx_data_frames),
                     rx_control_frames: p.frames_done[3] + load(|s| &s.rx_control_frames),
+                    routes: link_stats.map_or(0, |l| l.subnets as u64),
+                    routes_refused: p.routes_refused_done
+                        + link_stats.map_or(0, |l| l.routes_refused),
                 }
             })
             .collect();
@@ -766,6 +796,8 @@ impl Owner {
                 updates_short_hold: c.update_short_hold,
                 updates_damped: c.update_damped,
                 flap_table_full: c.flap_table_full,
+                routes_refused_link_share: c.route_link_quota_full,
+                seqno_requests_refused_rate: c.seqno_request_rate_limited,
             },
             peering: PeeringStats::new(
                 self.discovered_peers() as u64,
@@ -787,12 +819,16 @@ impl Owner {
                         s.rx_bytes.load(Ordering::Relaxed),
                     )
                 });
+                let link_stats = p.link.and_then(|l| self.router.link_stats(l));
                 PeerInfo {
                     endpoint: *e,
                     kind: p.kind,
                     connection_state: p.state(),
                     tx_bytes: p.tx_done + tx,
                     rx_bytes: p.rx_done + rx,
+                    routes: link_stats.map_or(0, |l| l.subnets as u64),
+                    routes_refused: p.routes_refused_done
+                        + link_stats.map_or(0, |l| l.routes_refused),
                     discovered: p.learned.elapsed().as_secs(),
                     last_connected: p.connected_at.map(|t| t.elapsed().as_secs()),
                 }
@@ -815,8 +851,9 @@ impl Owner {
                     self.route_counts.acquired += 1;
                     self.route_log.note(subnet, true);
                     debug!(%subnet, "route acquired");
-                    // Publish first so the keys exist, then release the queue.
-                    self.publish();
+                    // What waited for this route is sealed and sent by the owner itself (its
+                    // keys and routes are current); the data path learns of the route at the
+                    // next publication.
                     let q = self.pending.take(&subnet);
                     if !q.is_empty() {
                         self.send_pending(subnet, q);
@@ -849,7 +886,10 @@ impl Owner {
                 self.send_tlv(link, tlv);
             }
         }
-        if self.router.forwarding_table_if_changed().is_some() {
+        if self.router.forwarding_table_dirty() {
+            self.publish_wanted = true;
+        }
+        if self.publish_wanted && self.last_publish.elapsed() >= PUBLISH_EVERY {
             self.publish();
         }
         match self.route_log.due(Instant::now()) {
@@ -893,37 +933,26 @@ impl Owner {
         }
     }
 
-    /// Rebuilds the data path's snapshot: routes, link senders, ciphers for every known key.
+    /// Publishes the data path's snapshot: the forwarding table (rebuilt only where routes
+    /// changed), the link senders and the ciphers of the keys in use. A cipher the data path
+    /// misses sends its packet here (as one waiting for a route), which derives the key and has
+    /// it published with the next snapshot.
     fn publish(&mut self) {
         let fib = self.router.forwarding_table();
-        let now = self.now();
-        let mut keys: Vec<[u8; 32]> = self
-            .router
-            .selected_routes(now)
-            .iter()
-            .chain(self.router.fallback_routes(now).iter())
-            .map(|r| r.router_id.public_key())
-            .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        let mut ciphers = FxHashMap::default();
-        for k in keys {
-            if let Some(c) = self.cipher_for(k) {
-                ciphers.insert(k, c);
-            }
-        }
-        // Forget ciphers no route names any more.
-        self.ciphers.retain(|k, _| ciphers.contains_key(k));
         let links = self
             .links
             .iter()
             .map(|(id, l)| (*id, l.handles.data.clone()))
             .collect();
+        let keys: Arc<dyn datapath::KeySource> = self.keys.clone();
         self.table.store(Arc::new(DataTable {
             fib,
             links,
-            ciphers,
+            ciphers: self.keys.snapshot(),
+            keys: Some(keys),
         }));
+        self.publish_wanted = false;
+        self.last_publish = Instant::now();
     }
 }
 
@@ -939,6 +968,7 @@ impl Peer {
             tx_done: 0,
             rx_done: 0,
             frames_done: [0; 4],
+            routes_refused_done: 0,
             stats: None,
         }
     }

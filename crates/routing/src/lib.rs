@@ -7,10 +7,14 @@
 //! forwarding with generations and a dedup cache, SeqNoRequest origination, forwarding and seqno
 //! bumps). Inputs are `handle_*` calls with the current [`Time`]; outputs are polled
 //! (`poll_transmit`, `poll_event`, `poll_timeout`). The data path reads immutable
-//! [`ForwardingTable`] snapshots without locks.
+//! [`ForwardingTable`] snapshots without locks; publishing one after k changes costs O(k), not
+//! O(table) (copy-on-write shards).
 //!
 //! The crate never does I/O, never reads a clock, never spawns, never allocates per data packet
 //! and never panics on input: malformed or hostile TLVs are counted in [`Counters`] and skipped.
+//! Its one random number, the forwarding table's shard key, is [`Config::fib_seed`]:
+//! [`Config::new`] draws it from std's `RandomState` (as every `HashMap::new` does), and no
+//! behaviour depends on it.
 //! Every table and queue has a bound ([`Limits`]). It works on the decoded TLV structs of
 //! `wire::babel` and never sees bytes.
 //!
@@ -29,6 +33,9 @@
 //! * the query table is shared out: each link may cause a bounded number of queries at a
 //!   bounded rate (its own RouteRequests apart from those it relays), and some room is kept
 //!   for the node's own queries, so one peer cannot stop everyone else's route lookups;
+//! * a link may hold routes for a bounded share of the route table (an Update for a subnet new
+//!   to a link at its share is refused), and the SeqNoRequests it makes us forward are
+//!   rate-limited, so one peer cannot fill the tables everyone shares;
 //! * a finite route is held at least a minimum time whatever interval its Update carries
 //!   (mycelium sends interval 0 only in retractions), and a subnet that keeps flapping has its
 //!   triggered updates damped (see [`Limits`]).
@@ -49,10 +56,12 @@ mod time;
 pub use crypto::overlay;
 pub use fib::{ForwardingTable, Lookup, NextHop};
 pub use router::{
-    consts, Config, Counters, Event, Limits, LinkError, LinkId, LinkInfo, RouteInfo, Router,
-    TableSizes,
+    consts, Config, Counters, Event, Limits, LinkError, LinkId, LinkInfo, LinkStats, RouteInfo,
+    Router, TableSizes,
 };
 pub use time::Time;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_fib;

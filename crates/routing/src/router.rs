@@ -6,12 +6,12 @@ use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use wire::babel::{
     Hello, Ihu, Metric, Prefix, RouteRequest, RouterId, SeqNo, SeqNoRequest, Subnet, Tlv, Update,
 };
 
-use crate::fib::{ForwardingTable, Lookup, NextHop};
+use crate::fib::{ForwardingTable, Lookup, NextHop, ShardKey, Slot};
 use crate::names::{RidId, SharedNames, SubnetId};
 use crate::routes::{Fd, LinkSlot, NewRid, RouteTable};
 use crate::time::Time;
@@ -64,6 +64,12 @@ pub struct Limits {
     pub max_links: usize,
     /// Distinct subnets in the routing table.
     pub max_subnets: usize,
+    /// A link's share of the routing table: the subnets it may hold a route entry for. An
+    /// Update that would give a link at its share an entry for one more subnet is refused
+    /// (not stored, counted as `route_link_quota_full`), so one neighbour announcing a huge
+    /// table (or forged routes) leaves room for everyone else's. Entries it has are updated as
+    /// usual. The default, half of [`Limits::max_subnets`], lets a real full table through.
+    pub max_subnets_per_link: usize,
     /// Feasibility distances (subnet, router-id).
     pub max_sources: usize,
     /// Subnets being queried at once.
@@ -109,6 +115,12 @@ pub struct Limits {
     pub max_seqno_cache: usize,
     /// Requesters waiting for the answer to a forwarded SeqNoRequest.
     pub max_snr_waiters: usize,
+    /// Sustained rate (per second) at which a link's SeqNoRequests may be forwarded, and the
+    /// burst before it applies; 0 turns the limit off. Each forwarded one takes a slot of the
+    /// seqno cache and of the waiters for 60 s, so this bounds one link's part of both
+    /// (60 × rate + burst) and keeps room for everyone else's requests and our own.
+    pub link_seqno_request_rate: u32,
+    pub link_seqno_request_burst: u32,
     /// TLVs waiting in [`Router::poll_transmit`].
     pub max_transmits: usize,
     /// Events waiting in [`Router::poll_event`].
@@ -120,6 +132,7 @@ impl Default for Limits {
         Limits {
             max_links: 4096,
             max_subnets: 1 << 18,
+            max_subnets_per_link: 1 << 17,
             max_sources: 1 << 19,
             max_queries: 1 << 14,
             queries_reserved_own: 1 << 10,
@@ -135,6 +148,8 @@ impl Default for Limits {
             max_rr_cache: 1 << 14,
             max_seqno_cache: 1 << 16,
             max_snr_waiters: 1 << 14,
+            link_seqno_request_rate: 50,
+            link_seqno_request_burst: 400,
             max_transmits: 1 << 20,
             max_events: 1 << 16,
         }
@@ -155,6 +170,11 @@ pub struct Config {
     /// Record every subnet whose next hop changed, for [`Router::take_selection_changes`]
     /// (used by the simulator's loop check). Off by default; bounded by `limits.max_subnets`.
     pub record_selection_changes: bool,
+    /// Secret that spreads subnets over the forwarding table's shards, so that a peer cannot
+    /// choose keys whose subnets all land in one (see [`ForwardingTable`]). [`Config::new`]
+    /// takes it from std's per-process random hash keys (what `HashMap::new` uses); nothing
+    /// the core does depends on it but the cost of publishing a snapshot.
+    pub fib_seed: u64,
 }
 
 impl Config {
@@ -165,6 +185,10 @@ impl Config {
             address_of: address_from_public_key,
             limits: Limits::default(),
             record_selection_changes: false,
+            fib_seed: std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                0x6879_7068_615f_6669u64,
+            ),
         }
     }
 }
@@ -215,6 +239,9 @@ pub struct Counters {
     /// Retraction for a route we do not have or already hold as retracted.
     pub update_retraction_ignored: u64,
     pub route_table_full: u64,
+    /// Update for a subnet new to its link refused: the link holds entries for its share of
+    /// the table ([`Limits::max_subnets_per_link`]).
+    pub route_link_quota_full: u64,
     pub source_table_full: u64,
     /// RouteRequest for IPv4, link-local, a short prefix or outside 400::/7.
     pub route_request_bad_prefix: u64,
@@ -248,6 +275,9 @@ pub struct Counters {
     /// Bump not needed: requested seqno not above ours (no reply, as the protocol does).
     pub seqno_request_stale_own: u64,
     pub seqno_request_no_forward: u64,
+    /// SeqNoRequest not forwarded: its link's rate was exceeded
+    /// ([`Limits::link_seqno_request_rate`]).
+    pub seqno_request_rate_limited: u64,
     pub seqno_cache_full: u64,
     pub snr_waiters_full: u64,
     pub seqno_bumps: u64,
@@ -307,6 +337,11 @@ struct Link {
     /// When the last wildcard dump went to it, and whether a request waits for the next.
     last_dump: Option<Time>,
     dump_pending: bool,
+    /// SeqNoRequests from it that were forwarded ([`Limits::link_seqno_request_rate`]).
+    seqno_requests: Bucket,
+    /// What it was refused ([`LinkStats`]).
+    routes_refused: u64,
+    seqno_requests_refused: u64,
 }
 
 /// A token bucket in its virtual-scheduling form (GCRA): a theoretical arrival time that each
@@ -426,8 +461,11 @@ impl Default for PlenIndex {
 }
 
 impl PlenIndex {
-    pub(crate) fn add_pub(&mut self, plen: u8) {
-        self.add(plen)
+    /// As `add`; true if `plen` was not in use before.
+    pub(crate) fn add_pub(&mut self, plen: u8) -> bool {
+        let before = self.mask;
+        self.add(plen);
+        self.mask != before
     }
     fn add(&mut self, plen: u8) {
         let p = usize::from(plen);
@@ -436,9 +474,11 @@ impl PlenIndex {
             self.mask[p / 64] |= 1 << (p % 64);
         }
     }
-    #[cfg(test)]
-    pub(crate) fn remove_pub(&mut self, plen: u8) {
-        self.remove(plen)
+    /// As `remove`; true if `plen` is no longer in use.
+    pub(crate) fn remove_pub(&mut self, plen: u8) -> bool {
+        let before = self.mask;
+        self.remove(plen);
+        self.mask != before
     }
     fn remove(&mut self, plen: u8) {
         let p = usize::from(plen);
@@ -510,6 +550,18 @@ pub struct TableSizes {
     /// Subnets and router-ids the core keeps names for itself (not in a shared table).
     pub own_subnets: usize,
     pub own_router_ids: usize,
+}
+
+/// What one neighbour put in the routing table, and what it was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct LinkStats {
+    /// Subnets it holds a route entry for (against [`Limits::max_subnets_per_link`]).
+    pub subnets: usize,
+    /// Updates for subnets new to it refused because it was at that share.
+    pub routes_refused: u64,
+    /// SeqNoRequests from it not forwarded because of its rate
+    /// ([`Limits::link_seqno_request_rate`]).
+    pub seqno_requests_refused: u64,
 }
 
 /// One neighbour as shown by the admin API.
@@ -588,8 +640,15 @@ pub struct Router {
     transmits: VecDeque<(LinkId, Tlv)>,
     events: VecDeque<Event>,
     counters: Counters,
-    fwd_dirty: bool,
+    /// Subnets whose forwarding slot changed since the last snapshot (see `fwd_touch`). At most
+    /// half the route table (or 1,024, and never more than `max_subnets`): beyond that applying
+    /// them would cost about as much as building the table whole, so `fwd_rebuild` is set
+    /// instead and the set freed; a core whose table no one takes (the simulator's) keeps no
+    /// list of changes.
+    fwd_dirty: FxHashSet<Subnet>,
+    fwd_rebuild: bool,
     fwd_generation: u64,
+    /// The last snapshot published; the next one is this one with the dirty subnets applied.
     fwd: Arc<ForwardingTable>,
     changes: Vec<Subnet>,
 }
@@ -613,11 +672,32 @@ fn hold_time(interval_cs: u16) -> Duration {
     Duration::from_millis(u64::from(interval_cs) * 35)
 }
 
+/// What the data path needs of a subnet: its selected route, and the key of its owner (the
+/// selected route's router, else any finite route's).
+fn fwd_slot(t: &RouteTable, id: SubnetId) -> Option<Slot> {
+    let m = t.meta(id)?;
+    let sel = m
+        .selected()
+        .and_then(|l| t.entries(id).find(|e| e.link == l))
+        .map(|e| NextHop {
+            link: t.links.id(e.link),
+            router_id: t.names.rid(e.rid),
+        });
+    let key = t
+        .entries(id)
+        .find(|e| !e.metric.is_infinite())
+        .map(|e| t.names.rid(e.rid));
+    Some(Slot::new(sel, key))
+}
+
 impl Router {
     pub fn new(mut cfg: Config, now: Time) -> Router {
         // The route table keeps the last flap of a subnet only as far back as this.
         cfg.limits.flap_window = cfg.limits.flap_window.min(crate::routes::EPOCH_LAG);
-        let fwd = Arc::new(ForwardingTable::empty(cfg.own_subnet));
+        let fwd = Arc::new(ForwardingTable::empty(
+            cfg.own_subnet,
+            ShardKey::new(cfg.fib_seed),
+        ));
         let routes = RouteTable::new(cfg.address_of, now);
         let mut r = Router {
             cfg,
@@ -642,7 +722,8 @@ impl Router {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             counters: Counters::default(),
-            fwd_dirty: false,
+            fwd_dirty: FxHashSet::default(),
+            fwd_rebuild: false,
             fwd_generation: 0,
             fwd,
             changes: Vec::new(),
@@ -697,6 +778,9 @@ impl Router {
                 relayed_queries: Quota::default(),
                 last_dump: None,
                 dump_pending: false,
+                seqno_requests: Bucket::default(),
+                routes_refused: 0,
+                seqno_requests_refused: 0,
             },
         );
         self.timers.push(Reverse((now, Timer::Hello(link))));
@@ -872,44 +956,115 @@ impl Router {
         }
     }
 
-    /// A new snapshot if the selection changed since the last one was taken.
+    /// A new snapshot if the forwarding state (a selected route, or the key owner of a subnet)
+    /// changed since the last one was taken.
     pub fn forwarding_table_if_changed(&mut self) -> Option<Arc<ForwardingTable>> {
-        if !self.fwd_dirty {
-            return None;
-        }
-        Some(self.forwarding_table())
+        let generation = self.fwd_generation;
+        self.apply_fwd_changes();
+        (self.fwd_generation != generation).then(|| self.fwd.clone())
     }
 
-    /// The current snapshot, rebuilt only if something changed.
+    /// Whether a snapshot taken now would differ from the last one (or, rarely, a change was
+    /// undone since: then [`Router::forwarding_table_if_changed`] says `None`).
+    pub fn forwarding_table_dirty(&self) -> bool {
+        self.fwd_rebuild || !self.fwd_dirty.is_empty()
+    }
+
+    /// The current snapshot. Only the subnets that changed since the last one are applied to
+    /// it, copying only the shards they fall in that an earlier snapshot still holds (see
+    /// [`ForwardingTable`]): O(changes), not O(table).
     pub fn forwarding_table(&mut self) -> Arc<ForwardingTable> {
-        if self.fwd_dirty {
-            self.fwd_dirty = false;
-            self.fwd_generation += 1;
-            let mut entries = Vec::with_capacity(self.routes.len());
-            let t = &self.routes;
-            for id in t.list_ids() {
-                let mut list = t.entries(id);
-                let sel = t
-                    .meta(id)
-                    .and_then(|m| m.selected())
-                    .and_then(|l| list.clone().find(|e| e.link == l))
-                    .map(|e| NextHop {
-                        link: t.links.id(e.link),
-                        router_id: t.names.rid(e.rid),
-                    });
-                let key = sel.map(|n| n.router_id).or_else(|| {
-                    list.find(|e| !e.metric.is_infinite())
-                        .map(|e| t.names.rid(e.rid))
-                });
-                entries.push((t.names.subnet(id), sel, key));
-            }
-            self.fwd = Arc::new(ForwardingTable::build(
-                self.fwd_generation,
-                self.cfg.own_subnet,
-                entries,
-            ));
-        }
+        self.apply_fwd_changes();
         self.fwd.clone()
+    }
+
+    /// A new snapshot built from the whole route table, as every snapshot was before they were
+    /// updated in place: the reference that tests compare the incremental table with, and the
+    /// "before" of the benchmarks. Not for the node.
+    #[doc(hidden)]
+    pub fn forwarding_table_rebuilt(&mut self) -> Arc<ForwardingTable> {
+        self.fwd_dirty.clear();
+        self.fwd_rebuild = false;
+        self.fwd_generation += 1;
+        self.fwd = Arc::new(self.fwd_build(self.fwd_generation));
+        self.fwd.clone()
+    }
+
+    /// The last snapshot published, without applying anything.
+    #[cfg(test)]
+    pub(crate) fn fwd_published(&self) -> &ForwardingTable {
+        &self.fwd
+    }
+
+    /// The table of the current route table, built from scratch.
+    pub(crate) fn fwd_build(&self, generation: u64) -> ForwardingTable {
+        let t = &self.routes;
+        let entries = t
+            .list_ids()
+            .filter_map(|id| Some((t.names.subnet(id), fwd_slot(t, id)?)));
+        ForwardingTable::build(
+            generation,
+            self.cfg.own_subnet,
+            ShardKey::new(self.cfg.fib_seed),
+            entries,
+        )
+    }
+
+    fn apply_fwd_changes(&mut self) {
+        if self.fwd_rebuild {
+            self.forwarding_table_rebuilt();
+            return;
+        }
+        if self.fwd_dirty.is_empty() {
+            return;
+        }
+        let mut changed = false;
+        for s in self.fwd_dirty.drain() {
+            let slot = self
+                .routes
+                .list_id(&s)
+                .and_then(|id| fwd_slot(&self.routes, id));
+            if self.fwd.get(&s) == slot.as_ref() {
+                continue;
+            }
+            // The first change copies the table's shard array (unless no one else holds the
+            // snapshot any more); `set` copies a shard the first time it changes one.
+            changed |= Arc::make_mut(&mut self.fwd).set(s, slot);
+        }
+        // A burst (a peer announcing its table) need not keep its dirty set's memory.
+        self.fwd_dirty.shrink_to(1024);
+        if changed {
+            self.fwd_generation += 1;
+            let generation = self.fwd_generation;
+            Arc::make_mut(&mut self.fwd).set_generation(generation);
+        }
+    }
+
+    /// `subnet` went through selection or lost an entry (everything that changes an entry ends
+    /// in one of the two): it joins the changes for the next snapshot if its slot now differs
+    /// from the last snapshot's. Comparing here rather than only when publishing keeps
+    /// [`Router::forwarding_table_dirty`] exact for the many Updates that only refresh a route.
+    fn fwd_touch(&mut self, subnet: Subnet) {
+        if self.fwd_rebuild {
+            return;
+        }
+        let slot = self
+            .routes
+            .list_id(&subnet)
+            .and_then(|id| fwd_slot(&self.routes, id));
+        if self.fwd.get(&subnet) == slot.as_ref() {
+            // Unchanged, or changed back: if it is in the set already, publishing skips it.
+            return;
+        }
+        let cap = (self.routes.len() / 2)
+            .max(1024)
+            .min(self.cfg.limits.max_subnets);
+        if self.fwd_dirty.len() >= cap && !self.fwd_dirty.contains(&subnet) {
+            self.fwd_dirty = FxHashSet::default();
+            self.fwd_rebuild = true;
+            return;
+        }
+        self.fwd_dirty.insert(subnet);
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1042,6 +1197,16 @@ impl Router {
             .collect()
     }
 
+    /// What `link` put in the routing table and was refused; `None` for a link the core does
+    /// not know.
+    pub fn link_stats(&self, link: LinkId) -> Option<LinkStats> {
+        self.links.get(&link).map(|l| LinkStats {
+            subnets: self.routes.links.entries(l.slot),
+            routes_refused: l.routes_refused,
+            seqno_requests_refused: l.seqno_requests_refused,
+        })
+    }
+
     /// Subnets whose selected next hop changed (or appeared or vanished) since the last call (only with
     /// `Config::record_selection_changes`).
     pub fn take_selection_changes(&mut self) -> Vec<Subnet> {
@@ -1063,6 +1228,7 @@ impl Router {
             (self.transmits.len() <= l.max_transmits, "transmits"),
             (self.events.len() <= l.max_events, "events"),
             (self.changes.len() <= l.max_subnets, "changes"),
+            (self.fwd_dirty.len() <= l.max_subnets, "forwarding changes"),
             (self.flaps.len() <= l.max_flapping, "flap memory"),
         ];
         for (ok, what) in checks {
@@ -1116,6 +1282,9 @@ impl Router {
             return Err("charged query count mismatch".into());
         }
         for (id, link) in &self.links {
+            if self.routes.links.entries(link.slot) > l.max_subnets_per_link {
+                return Err(format!("{id:?} holds more subnets than its share"));
+            }
             let own = Charge::Neighbour(*id);
             let relayed = Charge::Relayed(*id);
             for (charge, quota) in [(own, link.own_queries), (relayed, link.relayed_queries)] {
@@ -1269,6 +1438,10 @@ impl Router {
             return;
         };
         let sid = self.routes.names.subnet_id(&subnet);
+        // Before the feasibility check: no SeqNoRequest for a route we would not store.
+        if !u.metric.is_infinite() && self.link_at_quota(link, slot, sid) {
+            return;
+        }
         let feasible = self.is_feasible(sid, rid, u.seqno, u.metric);
         let hold = if u.metric.is_infinite() {
             RETRACTED_HOLD
@@ -1302,7 +1475,6 @@ impl Router {
                     .routes
                     .create(subnet, slot, u.metric, u.seqno, new_rid, expires);
                 self.route_plens.add(subnet.prefix_len());
-                self.fwd_dirty = true;
                 self.select(subnet, id, now);
                 self.serve_waiters(subnet, id, now);
             }
@@ -1326,7 +1498,6 @@ impl Router {
                     return;
                 }
                 if !same_rid {
-                    self.fwd_dirty = true;
                     self.routes.set_entry_rid(id, i, new_rid);
                 }
                 if let Some(e) = self.routes.entry_mut(id, i) {
@@ -1353,18 +1524,36 @@ impl Router {
                 }
                 self.routes
                     .push(id, slot, u.metric, u.seqno, new_rid, expires);
-                self.fwd_dirty = true;
             }
         }
         self.select(subnet, id, now);
         self.serve_waiters(subnet, id, now);
     }
 
+    /// True (and counted) if the subnet (`id`, if it has one) would be new to `link` (entries
+    /// name it as `slot`) and the link already holds entries for its share of the table
+    /// (docs/protocol.md §5.11). The count is of subnets, not Updates: a neighbour at its share
+    /// still refreshes, changes and retracts what it has.
+    fn link_at_quota(&mut self, link: LinkId, slot: LinkSlot, id: Option<SubnetId>) -> bool {
+        let max = self.cfg.limits.max_subnets_per_link;
+        // Entries naming the link's slot: one per subnet it advertised.
+        if self.routes.links.entries(slot) < max
+            || id.is_some_and(|id| self.routes.position(id, slot).is_some())
+        {
+            return false;
+        }
+        let Some(l) = self.links.get_mut(&link) else {
+            return false;
+        };
+        l.routes_refused += 1;
+        self.counters.route_link_quota_full += 1;
+        true
+    }
+
     fn remove_entry(&mut self, subnet: Subnet, id: SubnetId, index: usize) {
         let Some(e) = self.routes.swap_remove(id, index) else {
             return;
         };
-        self.fwd_dirty = true;
         if self.routes.has_list(id) {
             // Only finite entries stay selected; dropping one is a loss handled by select().
             let m = self.routes.meta_mut(id);
@@ -1374,6 +1563,7 @@ impl Router {
         } else {
             self.route_plens.remove(subnet.prefix_len());
         }
+        self.fwd_touch(subnet);
     }
 
     /// Whether an Update is feasible (docs/protocol.md §5.4). A subnet or router-id without an
@@ -1459,6 +1649,7 @@ impl Router {
             m.sel_metric = total;
             self.routes.set_sel_rid(id, rid);
         }
+        self.fwd_touch(subnet);
         match (old, new) {
             (None, None) => {}
             (None, Some((link, rid, seqno, total))) => {
@@ -1482,8 +1673,6 @@ impl Router {
             (Some((old_link, old_rid, old_metric)), Some((link, rid, seqno, total))) => {
                 if old_link != link {
                     self.selection_changed(subnet);
-                } else if old_rid != rid {
-                    self.fwd_dirty = true;
                 }
                 let diff = old_metric.0.abs_diff(total.0);
                 if old_rid != rid || diff > BIG_METRIC_CHANGE {
@@ -1694,7 +1883,6 @@ impl Router {
     }
 
     fn selection_changed(&mut self, subnet: Subnet) {
-        self.fwd_dirty = true;
         if self.cfg.record_selection_changes {
             if self.changes.len() < self.cfg.limits.max_subnets {
                 self.changes.push(subnet);
@@ -2166,6 +2354,19 @@ impl Router {
             self.counters.seqno_request_no_forward += 1;
             return;
         };
+        // Only a request we forward takes cache and waiter slots (60 s each), so only those are
+        // charged to the link: a request answered from our table costs nothing to keep.
+        let (rate, burst) = (
+            self.cfg.limits.link_seqno_request_rate,
+            self.cfg.limits.link_seqno_request_burst,
+        );
+        if let Some(l) = self.links.get_mut(&link) {
+            if !l.seqno_requests.admit(rate, burst, now) {
+                l.seqno_requests_refused += 1;
+                self.counters.seqno_request_rate_limited += 1;
+                return;
+            }
+        }
         if !self.cache_seqno_request(key, now) {
             return;
         }

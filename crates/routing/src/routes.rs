@@ -157,6 +157,11 @@ impl LinkSlots {
             .unwrap_or(LinkId(u64::MAX))
     }
 
+    /// Entries naming slot `s`: for a link that is up, the subnets it holds a route for.
+    pub(crate) fn entries(&self, s: LinkSlot) -> usize {
+        self.refs.get(usize::from(s.0)).map_or(0, |&r| r as usize)
+    }
+
     fn retain(&mut self, s: LinkSlot) {
         if let Some(r) = self.refs.get_mut(usize::from(s.0)) {
             *r += 1;

@@ -60,6 +60,12 @@ pub struct PeerRow {
     pub discovered: u64,
     /// Seconds since the current (or last) connection was established.
     pub last_connected: Option<u64>,
+    /// Subnets the peer's link holds a route entry for, and Updates refused past its share of
+    /// the table (hypha's own; absent from other nodes' answers).
+    #[serde(default)]
+    pub routes: u64,
+    #[serde(default)]
+    pub routes_refused: u64,
 }
 
 /// One row of `GET /api/v1/admin/routes/{selected,fallback}`.
@@ -127,7 +133,7 @@ pub struct ErrorBody {
 mod tests {
     use super::*;
 
-    const PEER: &str = r#"{"endpoint":{"proto":"tcp","addr":{"socket":"198.18.0.6:9651"}},"type":"static","connectionState":"alive","txBytes":1,"rxBytes":2,"discovered":3,"lastConnected":null}"#;
+    const PEER: &str = r#"{"endpoint":{"proto":"tcp","addr":{"socket":"198.18.0.6:9651"}},"type":"static","connectionState":"alive","txBytes":1,"rxBytes":2,"discovered":3,"lastConnected":null,"routes":4,"routesRefused":5}"#;
 
     #[test]
     fn rows_round_trip_to_the_same_text() {

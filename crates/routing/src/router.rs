@@ -175,6 +175,12 @@ pub struct Config {
     /// takes it from std's per-process random hash keys (what `HashMap::new` uses); nothing
     /// the core does depends on it but the cost of publishing a snapshot.
     pub fib_seed: u64,
+    /// Keep the subnets changed since the last forwarding-table snapshot, so that the next one
+    /// costs O(changes) (on by default). A core whose table is never taken (the simulator's
+    /// thousands) turns it off: its list would grow to half the table before being dropped,
+    /// in every core at once during a cold start. Off, a snapshot is built whole, and
+    /// [`Router::forwarding_table_dirty`] always says yes.
+    pub snapshot_changes: bool,
 }
 
 impl Config {
@@ -189,6 +195,7 @@ impl Config {
                 &std::collections::hash_map::RandomState::new(),
                 0x6879_7068_615f_6669u64,
             ),
+            snapshot_changes: true,
         }
     }
 }
@@ -645,7 +652,7 @@ pub struct Router {
     /// them would cost about as much as building the table whole, so `fwd_rebuild` is set
     /// instead and the set freed; a core whose table no one takes (the simulator's) keeps no
     /// list of changes.
-    fwd_dirty: FxHashSet<Subnet>,
+    pub(crate) fwd_dirty: FxHashSet<Subnet>,
     fwd_rebuild: bool,
     fwd_generation: u64,
     /// The last snapshot published; the next one is this one with the dirty subnets applied.
@@ -699,6 +706,7 @@ impl Router {
             ShardKey::new(cfg.fib_seed),
         ));
         let routes = RouteTable::new(cfg.address_of, now);
+        let snapshot_changes = cfg.snapshot_changes;
         let mut r = Router {
             cfg,
             seqno: SeqNo(0),
@@ -723,7 +731,8 @@ impl Router {
             events: VecDeque::new(),
             counters: Counters::default(),
             fwd_dirty: FxHashSet::default(),
-            fwd_rebuild: false,
+            // Off, every snapshot is built whole (and no change is noted before one is).
+            fwd_rebuild: !snapshot_changes,
             fwd_generation: 0,
             fwd,
             changes: Vec::new(),
@@ -984,7 +993,7 @@ impl Router {
     #[doc(hidden)]
     pub fn forwarding_table_rebuilt(&mut self) -> Arc<ForwardingTable> {
         self.fwd_dirty.clear();
-        self.fwd_rebuild = false;
+        self.fwd_rebuild = !self.cfg.snapshot_changes;
         self.fwd_generation += 1;
         self.fwd = Arc::new(self.fwd_build(self.fwd_generation));
         self.fwd.clone()

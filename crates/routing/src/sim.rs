@@ -488,6 +488,8 @@ impl Sim {
         let rid = RouterId::new(public_key, suffix);
         let mut cfg = Config::new(rid, subnet);
         cfg.record_selection_changes = true;
+        // No one takes the cores' forwarding tables here.
+        cfg.snapshot_changes = false;
         self.names.add_subnet(subnet);
         self.names.add_router_id(rid);
         self.shared = None;

@@ -399,3 +399,30 @@ fn seqno_requests_a_link_makes_us_forward_are_rate_limited_per_link() {
     assert_eq!(forwarded(&mut r), 50);
     r.check_invariants().unwrap();
 }
+
+#[test]
+fn a_core_that_notes_no_changes_still_publishes_correct_snapshots() {
+    let (s, id) = many(u64::MAX);
+    let mut cfg = Config::new(id, s);
+    cfg.address_of = cheap_address;
+    cfg.snapshot_changes = false;
+    let mut r = Router::new(cfg, Time::ZERO);
+    let l = LinkId(1);
+    r.handle_link_up(l, 10, Time::ZERO).unwrap();
+    for i in 0..100 {
+        let (s, id) = many(i);
+        r.handle_tlv(l, &update(s, id, 1, 100), Time::ZERO);
+    }
+    drain(&mut r);
+    // Nothing listed: the table is built whole when taken, and again after every change.
+    assert!(r.fwd_dirty.is_empty());
+    let first = r.forwarding_table_if_changed().expect("a first snapshot");
+    assert_eq!(sorted_slots(&first), sorted_slots(&r.fwd_build(0)));
+    assert_eq!(first.len(), 100);
+    let (s0, id0) = many(0);
+    r.handle_tlv(l, &update(s0, id0, 1, 0xFFFF), Time::ZERO);
+    assert!(r.fwd_dirty.is_empty());
+    let second = r.forwarding_table();
+    assert_eq!(second.lookup(inside(s0)), Lookup::NoRoute);
+    assert_eq!(sorted_slots(&second), sorted_slots(&r.fwd_build(0)));
+}

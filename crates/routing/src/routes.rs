@@ -11,10 +11,13 @@
 //!   few); further entries go to [`CHUNK`]-entry chunks chained from the slot, in a pool;
 //! * the feasibility distance of the router-id a subnet is advertised under sits in its slot;
 //!   a second router-id's distance for the same subnet (after a restart, say) goes to a side map;
-//! * expiry timers per subnet rather than per entry, 12 bytes in a heap, and none in the slot:
+//! * expiry timers per subnet rather than per entry, 8 bytes in a heap, and none in the slot:
 //!   the heap holds a timer no later than a subnet's earliest expiry, and a new one is pushed
-//!   only when that earliest expiry comes forward;
-//! * times are stored as two `u32` halves so that these structs need 4-byte alignment only.
+//!   only when that earliest expiry comes forward. Timers of one instant run by subnet, and a
+//!   subnet's due entries by link, the order of the per-entry timers before; only when
+//!   `handle_timeout` comes late, past several instants, can two subnets' expiries come in
+//!   another order than theirs did (each subnet's at its earliest timer);
+//! * times are stored in 32 bits from a moving epoch ([`Epoch`]).
 //!
 //! The order of entries in a list is that of the `Vec` it replaces (appended, removed by
 //! swapping in the last), because selection breaks ties by it.

@@ -122,8 +122,9 @@ impl LinkSlots {
     /// the id, which the core tolerates as before: its held entries are the new link's), else a
     /// free or new one. `None` when every slot is taken.
     pub(crate) fn open(&mut self, id: LinkId) -> Option<LinkSlot> {
-        let revived = (0..self.ids.len()).find(|&i| !self.live[i] && self.ids[i] == id);
-        if let Some(i) = revived.filter(|&i| self.refs[i] > 0) {
+        let revived =
+            (0..self.ids.len()).find(|&i| !self.live[i] && self.refs[i] > 0 && self.ids[i] == id);
+        if let Some(i) = revived {
             self.live[i] = true;
             return Some(LinkSlot(i as u16));
         }

@@ -83,7 +83,14 @@ fn chain_relays_without_reading() {
     let out = a
         .ping(c.addr)
         .unwrap_or_else(|e| panic!("ping a->c: {e}\n{}", a.log_tail()));
-    assert!(out.contains(" 0% packet loss"), "{out}");
+    assert!(
+        out.contains(" 0% packet loss"),
+        "{out}\n--- a ---\n{}\n--- b ---\n{}\n--- c ---\n{}\n{}",
+        a.cli(&["stats"]).unwrap_or_default(),
+        b.cli(&["stats"]).unwrap_or_default(),
+        c.cli(&["stats"]).unwrap_or_default(),
+        c.log_tail()
+    );
     // Three decrements: A, B and C.
     assert!(out.contains("ttl=61"), "{out}");
     // A's route to C goes through its only neighbour, B.

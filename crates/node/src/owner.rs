@@ -116,6 +116,11 @@ pub(crate) struct Owner {
     /// [`PUBLISH_EVERY`], and once a burst of changes has been drained.
     publish_wanted: bool,
     last_publish: Instant,
+    /// Control TLVs made while the routing core's forwarding table was ahead of the data
+    /// path's: they go out right after the next publication. A neighbour may forward through
+    /// us the moment it hears of a route, so it must not hear of one our data path does not
+    /// have yet (its first packets would be dropped here as "no route").
+    held: Vec<(LinkId, Tlv)>,
     /// Packets from the TUN waiting for a route, by destination /64.
     pending: Pending<Vec<u8>>,
     /// Frames for us whose sender's key is not known yet, by the sender's /64.
@@ -234,6 +239,7 @@ impl Owner {
             keys,
             publish_wanted: false,
             last_publish: Instant::now(),
+            held: Vec::new(),
             pending: Pending::new(PENDING),
             pending_in: Pending::new(PENDING_IN),
             table,
@@ -903,6 +909,15 @@ impl Owner {
     }
 
     fn send_tlv(&mut self, link: LinkId, tlv: Tlv) {
+        if self.router.forwarding_table_dirty() {
+            self.publish_wanted = true;
+            self.held.push((link, tlv));
+            return;
+        }
+        self.send_tlv_now(link, tlv);
+    }
+
+    fn send_tlv_now(&mut self, link: LinkId, tlv: Tlv) {
         if let Some(l) = self.links.get(&link) {
             let request = matches!(tlv, Tlv::RouteRequest(_));
             if l.handles.control.try_send(tlv).is_err() {
@@ -953,6 +968,9 @@ impl Owner {
         }));
         self.publish_wanted = false;
         self.last_publish = Instant::now();
+        for (link, tlv) in std::mem::take(&mut self.held) {
+            self.send_tlv_now(link, tlv);
+        }
     }
 }
 

@@ -609,8 +609,9 @@ fn peers_table(peers: &[PeerRow]) -> Table {
             "CONNECTED",
             "ROUTES",
             "REFUSED",
+            "RETRY",
         ],
-        right: vec![false, false, false, true, true, true, true, true],
+        right: vec![false, false, false, true, true, true, true, true, false],
         rows: peers
             .iter()
             .map(|p| {
@@ -641,9 +642,27 @@ fn peers_table(peers: &[PeerRow]) -> Table {
                     connected,
                     p.routes.to_string(),
                     p.routes_refused.to_string(),
+                    retry(p),
                 ]
             })
             .collect(),
+    }
+}
+
+/// When a peer that is not connected is dialled next, and how many times in a row it failed.
+fn retry(p: &PeerRow) -> String {
+    if matches!(p.connection_state, Lenient::Known(ConnectionState::Alive)) {
+        return "-".to_owned();
+    }
+    let when = match p.next_dial_in_ms {
+        None => return "-".to_owned(),
+        Some(ms) if ms < 10_000 => format!("in {:.1}s", ms as f64 / 1000.0),
+        Some(ms) => format!("in {}", human_duration(ms / 1000)),
+    };
+    match p.failures {
+        0 => when,
+        1 => format!("{when}, 1 failure"),
+        n => format!("{when}, {n} failures"),
     }
 }
 
@@ -771,7 +790,7 @@ mod tests {
              "lastConnected":307,"routes":1200,"routesRefused":7},
             {"endpoint":{"proto":"tcp","addr":{"socket":"[fe80::1%2]:9651"}},
              "type":"linkLocalDiscovery","connectionState":"connecting","txBytes":0,"rxBytes":0,
-             "discovered":5,"lastConnected":null},
+             "discovered":5,"lastConnected":null,"failures":3,"nextDialInMs":1234},
             {"endpoint":{"proto":"vsock","addr":{"vsock":{"cid":3,"port":9651}}},"type":"inbound",
              "connectionState":"dead","txBytes":10,"rxBytes":20,"discovered":5,"lastConnected":9,
              "someNewField":true}
@@ -784,10 +803,10 @@ mod tests {
     fn peers_table_format() {
         assert_eq!(
             peers_table(&peer_rows()).render(),
-            "ENDPOINT                TYPE        STATE            TX       RX  CONNECTED  ROUTES  REFUSED\n\
-             tcp://198.18.0.6:9651   static      alive       1.5 KiB  3.0 GiB     5m 07s    1200        7\n\
-             tcp://[fe80::1%2]:9651  link-local  connecting      0 B      0 B          -       0        0\n\
-             vsock://3:9651          inbound     dead           10 B     20 B          -       0        0\n"
+            "ENDPOINT                TYPE        STATE            TX       RX  CONNECTED  ROUTES  REFUSED  RETRY\n\
+             tcp://198.18.0.6:9651   static      alive       1.5 KiB  3.0 GiB     5m 07s    1200        7  -\n\
+             tcp://[fe80::1%2]:9651  link-local  connecting      0 B      0 B          -       0        0  in 1.2s, 3 failures\n\
+             vsock://3:9651          inbound     dead           10 B     20 B          -       0        0  -\n"
         );
     }
 
@@ -857,6 +876,8 @@ mod tests {
                         last_connected: None,
                         routes: 0,
                         routes_refused: 0,
+                        failures: 0,
+                        next_dial_ms: Some(0),
                     });
                     Ok(())
                 };
@@ -923,6 +944,8 @@ mod tests {
                     last_connected: Some(65),
                     routes: 1200,
                     routes_refused: 7,
+                    failures: 0,
+                    next_dial_ms: None,
                 }],
                 keys: HashMap::new(),
             };
@@ -967,8 +990,8 @@ mod tests {
         r.unwrap();
         assert_eq!(
             out,
-            "ENDPOINT               TYPE    STATE       TX     RX  CONNECTED  ROUTES  REFUSED\n\
-             tcp://198.18.0.6:9651  static  alive  2.0 KiB  100 B     1m 05s    1200        7\n"
+            "ENDPOINT               TYPE    STATE       TX     RX  CONNECTED  ROUTES  REFUSED  RETRY\n\
+             tcp://198.18.0.6:9651  static  alive  2.0 KiB  100 B     1m 05s    1200        7  -\n"
         );
 
         let (r, out) = run_cmd(&["peers", "list", "--json"], a);

@@ -46,6 +46,8 @@ fn serve() -> (tokio::runtime::Runtime, SocketAddr) {
                 last_connected: Some(3700),
                 routes: 3,
                 routes_refused: 0,
+                failures: 0,
+                next_dial_ms: None,
             }];
             while let Some(r) = rx.recv().await {
                 match r {

@@ -213,6 +213,8 @@ impl From<PeerInfo> for PeerRow {
             last_connected: p.last_connected,
             routes: p.routes,
             routes_refused: p.routes_refused,
+            failures: p.failures,
+            next_dial_in_ms: p.next_dial_ms,
         }
     }
 }
@@ -399,6 +401,8 @@ mod tests {
             last_connected: None,
             routes: 0,
             routes_refused: 0,
+            failures: 0,
+            next_dial_ms: None,
         }
     }
 
@@ -606,11 +610,11 @@ mod tests {
                 {"endpoint":{"proto":"tcp","addr":{"socket":"198.18.0.6:9651"}},
                  "type":"static","connectionState":"alive",
                  "txBytes":123,"rxBytes":456,"discovered":70,"lastConnected":60,
-                 "routes":0,"routesRefused":0},
+                 "routes":0,"routesRefused":0,"failures":0,"nextDialInMs":null},
                 {"endpoint":{"proto":"tcp","addr":{"socket":"[fe80::1%2]:9651"}},
                  "type":"linkLocalDiscovery","connectionState":"dead",
                  "txBytes":0,"rxBytes":0,"discovered":0,"lastConnected":null,
-                 "routes":0,"routesRefused":0},
+                 "routes":0,"routesRefused":0,"failures":0,"nextDialInMs":null},
             ])
         );
     }

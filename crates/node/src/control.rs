@@ -50,6 +50,11 @@ pub struct PeerInfo {
     pub routes: u64,
     /// Updates from the peer refused because it held its share of the route table.
     pub routes_refused: u64,
+    /// Failed dials, and connections that closed before they were stable, in a row.
+    pub failures: u32,
+    /// Milliseconds until the peer is dialled again (a static or discovered peer that is not
+    /// connected).
+    pub next_dial_ms: Option<u64>,
 }
 
 /// One row of `GET /api/v1/admin/routes/{selected,fallback}`.

@@ -14,6 +14,7 @@ mod link;
 mod node;
 mod owner;
 mod pending;
+mod redial;
 mod transmit;
 mod tunio;
 

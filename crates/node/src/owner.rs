@@ -33,13 +33,12 @@ use crate::metrics::{
 };
 use crate::pending::{self, Pending};
 use crate::ratelimit::LogLimiter;
+use crate::redial;
 use crate::transmit::DataTable;
 
 /// Least time between two publications of the data path's snapshot while route changes keep
 /// coming: a burst of n changes costs n / (burst length / this) publications, not n.
 const PUBLISH_EVERY: Duration = Duration::from_millis(5);
-/// Redial period of static and discovered peers (`docs/protocol.md` §3.1).
-const REDIAL_EVERY: Duration = Duration::from_secs(5);
 /// A dial that takes longer than this failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Discovered peers are forgotten after this many failures in a row: dials that failed, or
@@ -86,7 +85,15 @@ struct Peer {
     link: Option<LinkId>,
     connected_at: Option<Instant>,
     dialing: bool,
+    /// Failed dials in a row (and, for a discovered peer, connections that closed before any
+    /// control frame): a discovered peer is forgotten after a few.
     failures: u32,
+    /// Failed dials and connections that closed before they were stable, in a row: how long
+    /// to wait before the next dial.
+    backoff: u32,
+    /// When to dial it again (static and discovered peers that are neither connected nor
+    /// being dialled); see [`redial`](crate::redial).
+    next_dial: Option<Instant>,
     /// Bytes of finished connections, plus the live one's counters.
     tx_done: u64,
     rx_done: u64,
@@ -116,6 +123,8 @@ pub(crate) struct Owner {
     /// [`PUBLISH_EVERY`], and once a burst of changes has been drained.
     publish_wanted: bool,
     last_publish: Instant,
+    /// The earliest [`Peer::next_dial`].
+    next_redial: Option<Instant>,
     /// Control TLVs made while the routing core's forwarding table was ahead of the data
     /// path's: they go out right after the next publication. A neighbour may forward through
     /// us the moment it hears of a route, so it must not hear of one our data path does not
@@ -239,6 +248,7 @@ impl Owner {
             keys,
             publish_wanted: false,
             last_publish: Instant::now(),
+            next_redial: None,
             held: Vec::new(),
             pending: Pending::new(PENDING),
             pending_in: Pending::new(PENDING_IN),
@@ -278,8 +288,7 @@ impl Owner {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
-        let mut redial = tokio::time::interval(REDIAL_EVERY);
-        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.redial();
         let mut sweep = tokio::time::interval(PENDING_SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -294,7 +303,8 @@ impl Owner {
                     let now = self.now();
                     self.router.handle_timeout(now);
                 }
-                _ = redial.tick() => self.redial(),
+                _ = tokio::time::sleep_until(self.next_redial.unwrap_or(self.epoch).into()),
+                    if self.next_redial.is_some() => self.redial(),
                 _ = sweep.tick() => self.expire_pending(),
                 Some(ev) = inputs.link_events.recv() => self.on_link_event(ev),
                 Some(m) = inputs.msgs.recv() => self.on_msg(m),
@@ -312,22 +322,39 @@ impl Owner {
         }
     }
 
+    /// Dials the peers that are due, and finds when the next one is.
     fn redial(&mut self) {
+        let now = Instant::now();
         let due: Vec<Endpoint> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.kind != PeerKind::Inbound && p.link.is_none() && !p.dialing)
+            .filter(|(_, p)| p.next_dial.is_some_and(|t| t <= now))
             .map(|(e, _)| *e)
             .collect();
         for e in due {
             self.dial(e);
         }
+        self.next_redial = self.peers.values().filter_map(|p| p.next_dial).min();
+    }
+
+    /// Schedules the next dial of a peer that failed, or whose connection closed.
+    fn schedule_dial(&mut self, e: &Endpoint) {
+        let Some(p) = self.peers.get_mut(e) else {
+            return;
+        };
+        if p.kind == PeerKind::Inbound || p.link.is_some() || p.dialing {
+            return;
+        }
+        let at = Instant::now() + redial::delay(p.backoff, redial::jitter());
+        p.next_dial = Some(at);
+        self.next_redial = Some(self.next_redial.map_or(at, |t| t.min(at)));
     }
 
     /// Starts one dial; the result comes back as [`OwnerMsg::Dialed`].
     fn dial(&mut self, e: Endpoint) {
         if let Some(p) = self.peers.get_mut(&e) {
             p.dialing = true;
+            p.next_dial = None;
         }
         let tx = self.msgs_tx.clone();
         tokio::spawn(async move {
@@ -352,7 +379,8 @@ impl Owner {
                 match r {
                     Ok(stream) if p.link.is_none() => {
                         // A discovered endpoint proves itself by a control frame, not by
-                        // accepting a connection (see `close_link`).
+                        // accepting a connection (see `close_link`); and the backoff ends with
+                        // a connection that lives, not one that is accepted and closed at once.
                         if p.kind != PeerKind::LinkLocalDiscovery {
                             p.failures = 0;
                         }
@@ -361,6 +389,7 @@ impl Owner {
                     Ok(_) => {}
                     Err(err) => {
                         p.failures += 1;
+                        p.backoff += 1;
                         debug!(peer = %e, "dial failed: {err}");
                         if p.kind == PeerKind::LinkLocalDiscovery
                             && p.failures >= DISCOVERED_MAX_FAILURES
@@ -368,6 +397,8 @@ impl Owner {
                             info!(peer = %e, "forgetting discovered peer after {} failed dials", p.failures);
                             self.peers.remove(&e);
                             self.discovery.failed(e, Instant::now());
+                        } else {
+                            self.schedule_dial(&e);
                         }
                     }
                 }
@@ -446,10 +477,15 @@ impl Owner {
         info!(peer = %l.peer, link = id.0, reason = why.label(), "peer disconnected: {why}");
         let mut remove = false;
         let mut forget = false;
+        let mut dial_again = false;
         let ourselves = why == CloseReason::SelfLink;
         if let Some(p) = self.peers.get_mut(&l.peer) {
             if p.link == Some(id) {
                 p.link = None;
+                dial_again = true;
+                let stable = p
+                    .connected_at
+                    .is_some_and(|t| t.elapsed() >= redial::STABLE);
                 let mut proven = false;
                 if let Some(s) = p.stats.take() {
                     proven = s.rx_control_frames.load(Ordering::Relaxed) > 0;
@@ -475,6 +511,7 @@ impl Owner {
                     p.failures = if proven { 0 } else { p.failures + 1 };
                     forget = p.failures >= DISCOVERED_MAX_FAILURES;
                 }
+                p.backoff = if proven && stable { 0 } else { p.backoff + 1 };
             }
         }
         if remove {
@@ -488,6 +525,8 @@ impl Owner {
             info!(peer = %l.peer, "forgetting discovered peer: {DISCOVERED_MAX_FAILURES} connections in a row closed before any control frame");
             self.peers.remove(&l.peer);
             self.discovery.failed(l.peer, Instant::now());
+        } else if dial_again {
+            self.schedule_dial(&l.peer);
         }
         self.publish();
     }
@@ -837,6 +876,10 @@ impl Owner {
                         + link_stats.map_or(0, |l| l.routes_refused),
                     discovered: p.learned.elapsed().as_secs(),
                     last_connected: p.connected_at.map(|t| t.elapsed().as_secs()),
+                    failures: p.backoff,
+                    next_dial_ms: p
+                        .next_dial
+                        .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
                 }
             })
             .collect();
@@ -983,6 +1026,8 @@ impl Peer {
             connected_at: None,
             dialing: false,
             failures: 0,
+            backoff: 0,
+            next_dial: (kind != PeerKind::Inbound).then(Instant::now),
             tx_done: 0,
             rx_done: 0,
             frames_done: [0; 4],

@@ -56,6 +56,32 @@ impl Node {
         addr: Ipv6Addr,
         extra: &[&str],
     ) -> Node {
+        let node = Self::spawn_with_key(ns, dir, name, key, addr, extra);
+        node.wait_api();
+        node
+    }
+
+    /// Starts `hypha` like [`Node::start`], without waiting for it to be up.
+    pub fn spawn(ns: &Netns, dir: &Path, name: &str, extra: &[&str]) -> Node {
+        let (key, addr) = make_key(dir, name);
+        Self::spawn_with_key(ns, dir, name, key, addr, extra)
+    }
+
+    /// Waits until the node's API answers.
+    pub fn wait_api(&self) {
+        self.wait(Duration::from_secs(20), "API up", |n| {
+            n.cli(&["peers", "list", "--json"]).is_ok()
+        });
+    }
+
+    fn spawn_with_key(
+        ns: &Netns,
+        dir: &Path,
+        name: &str,
+        key: PathBuf,
+        addr: Ipv6Addr,
+        extra: &[&str],
+    ) -> Node {
         let log = dir.join(format!("{name}.log"));
         let mut cmd = format!("exec {BIN} -k {} --debug", key.display());
         for a in extra {
@@ -64,18 +90,13 @@ impl Node {
         }
         cmd.push_str(&format!(" 2>>{}", log.display()));
         let child = ns.spawn("sh", &["-c", &cmd]).expect("spawn hypha");
-        let node = Node {
+        Node {
             ns: ns.name().to_owned(),
             key,
             log,
             addr,
             child: Some(child),
-        };
-        // Ready when its API answers.
-        node.wait(Duration::from_secs(20), "API up", |n| {
-            n.cli(&["peers", "list", "--json"]).is_ok()
-        });
-        node
+        }
     }
 
     pub fn subnet(&self) -> String {

@@ -66,6 +66,12 @@ pub struct PeerRow {
     pub routes: u64,
     #[serde(default)]
     pub routes_refused: u64,
+    /// Failed dials, and connections that closed before they were stable, in a row; and
+    /// milliseconds until the next dial of a peer that is not connected (hypha's own).
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub next_dial_in_ms: Option<u64>,
 }
 
 /// One row of `GET /api/v1/admin/routes/{selected,fallback}`.
@@ -133,7 +139,7 @@ pub struct ErrorBody {
 mod tests {
     use super::*;
 
-    const PEER: &str = r#"{"endpoint":{"proto":"tcp","addr":{"socket":"198.18.0.6:9651"}},"type":"static","connectionState":"alive","txBytes":1,"rxBytes":2,"discovered":3,"lastConnected":null,"routes":4,"routesRefused":5}"#;
+    const PEER: &str = r#"{"endpoint":{"proto":"tcp","addr":{"socket":"198.18.0.6:9651"}},"type":"static","connectionState":"alive","txBytes":1,"rxBytes":2,"discovered":3,"lastConnected":null,"routes":4,"routesRefused":5,"failures":6,"nextDialInMs":700}"#;
 
     #[test]
     fn rows_round_trip_to_the_same_text() {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use testbed::{Daemon, Lab, Netns, ScratchDir};
-use wire::babel::{Metric, Prefix, RouterId, SeqNo, Tlv, Update};
+use wire::babel::{RouterId, Tlv};
 
 use crate::cli::RoutesArgs;
 use crate::measure::{median, peak_rss_mb};
@@ -30,37 +30,6 @@ const PORT: u16 = 9651;
 const ABSORB_TARGET_S: f64 = 5.0;
 const REACH_TARGET_S: f64 = 1.0;
 const RSS_TARGET_MB: f64 = 64.0;
-
-/// 32 bytes that look random, from `n` (splitmix64): distinct for distinct `n`.
-fn random_key(n: u64) -> [u8; 32] {
-    let mut x = n;
-    let mut key = [0u8; 32];
-    for chunk in key.chunks_mut(8) {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        chunk.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
-    }
-    key
-}
-
-/// `n` Updates announcing the /64s of `n` random keys at metric 0, as TLVs.
-fn updates(n: usize, seed: u64) -> Vec<Tlv> {
-    (0..n)
-        .map(|i| {
-            let key = random_key(seed << 32 | i as u64);
-            Tlv::Update(Update {
-                flags: 0,
-                interval: 30000,
-                seqno: SeqNo(0),
-                metric: Metric(0),
-                prefix: Prefix::V6(crypto::PublicKey(key).subnet()),
-                router_id: RouterId::new(key, [9; 6]),
-            })
-        })
-        .collect()
-}
 
 /// The same Updates as the link carries them: one control frame each.
 fn encode(tlvs: &[Tlv]) -> anyhow::Result<Vec<u8>> {
@@ -75,7 +44,9 @@ fn encode(tlvs: &[Tlv]) -> anyhow::Result<Vec<u8>> {
 /// published every 1,000 (the best of three tries).
 fn core_rate(tlvs: &[Tlv]) -> f64 {
     use routing::{Config, LinkId, Router, Time};
-    let own = crypto::PublicKey(random_key(u64::MAX));
+    let mut own = [0u8; 32];
+    routing::sim::SimRng::new(u64::MAX).fill(&mut own);
+    let own = crypto::PublicKey(own);
     let mut best = 0.0f64;
     for _ in 0..3 {
         let now = Time::ZERO;
@@ -141,7 +112,7 @@ pub fn run(args: &RoutesArgs) -> anyhow::Result<()> {
     }
     testbed::require_tools(&[("ip", "iproute2"), ("ping", "iputils-ping")])?;
     testbed::watch_signals(|| {})?;
-    let tlvs = updates(args.routes as usize, 1);
+    let tlvs = routing::sim::full_table_updates(args.routes as usize, 1);
     let burst = encode(&tlvs)?;
     eprintln!("routing core alone: {} Updates …", tlvs.len());
     let core = core_rate(&tlvs);

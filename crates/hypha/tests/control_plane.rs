@@ -16,41 +16,16 @@ use common::rogue::Rogue;
 use common::Node;
 use serde_json::Value;
 use testbed::Lab;
-use wire::babel::{Metric, Prefix, RouterId, SeqNo, Tlv, Update};
 
 const QUIET: &str = "--disable-peer-discovery";
 
-/// `n` Updates for the /64s of `n` distinct random keys (valid overlay subnets, as a real full
-/// table has; the keys need not be curve points for a route), each as one control frame.
-fn announcements(n: usize, seed: u8) -> Vec<u8> {
+/// `n` Updates for the /64s of `n` distinct random keys, each as one control frame.
+fn announcements(n: usize, seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * 72);
-    for i in 0..n {
-        let key = random_key(u64::from(seed) << 32 | i as u64);
-        let tlv = Tlv::Update(Update {
-            flags: 0,
-            interval: 30000,
-            seqno: SeqNo(0),
-            metric: Metric(0),
-            prefix: Prefix::V6(crypto::PublicKey(key).subnet()),
-            router_id: RouterId::new(key, [9; 6]),
-        });
+    for tlv in routing::sim::full_table_updates(n, seed) {
         wire::frame::encode_control(&mut out, &tlv).expect("encode update");
     }
     out
-}
-
-/// 32 bytes that look random, from `n` (splitmix64): distinct for distinct `n`.
-fn random_key(n: u64) -> [u8; 32] {
-    let mut x = n;
-    let mut key = [0u8; 32];
-    for chunk in key.chunks_mut(8) {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        chunk.copy_from_slice(&(z ^ (z >> 31)).to_be_bytes());
-    }
-    key
 }
 
 /// A's routing counters (`hypha stats --json`).

@@ -56,6 +56,27 @@ impl SimRng {
     }
 }
 
+/// `n` Updates announcing, at metric 0, the /64s of `n` keys drawn from `seed`: valid overlay
+/// subnets of distinct keys, as a large network's full table has (a route needs no curve point).
+/// What a peer with a full table (or an attacker) sends, for tests and benches of a node.
+pub fn full_table_updates(n: usize, seed: u64) -> Vec<Tlv> {
+    let mut rng = SimRng::new(seed);
+    (0..n)
+        .map(|_| {
+            let mut key = [0u8; 32];
+            rng.fill(&mut key);
+            Tlv::Update(Update {
+                flags: 0,
+                interval: 30000,
+                seqno: SeqNo(0),
+                metric: Metric(0),
+                prefix: Prefix::V6(crypto::PublicKey(key).subnet()),
+                router_id: RouterId::new(key, [9; 6]),
+            })
+        })
+        .collect()
+}
+
 /// Links of a peer in [`Sim::peer_mesh`]: 3 for 70 % of nodes, 4 for 15 %, then 5, 6, 7 and 8
 /// for 6, 4, 3 and 2 % (3.6 on average). Most nodes of an overlay keep the few peers they were
 /// given or found; a few keep more. Degree costs memory in a simulation: each neighbour that

@@ -5,7 +5,7 @@
 #
 # For each round and each binary in turn: two namespaces joined by a veth pair (198.18.90.1/24 –
 # .2/24), node A and node B (B dials A), one iperf3 TCP stream A -> B through the overlay for $SECS
-# seconds (default 5) with 100 pings A -> B during the flow, then each node's CPU seconds per Gbit
+# seconds (default 5) with 100 pings A -> B during the flow (and 200 before it, idle), then each node's CPU seconds per Gbit
 # moved (/proc/PID/stat) and A's peak RSS. Binaries alternate, so a noisy machine hits all alike.
 # Everything it creates is removed on exit. Needs root, iproute2, iperf3, ping, python3.
 set -eu
@@ -52,6 +52,7 @@ for r in $(seq "$ROUNDS"); do
         # shellcheck disable=SC2086 # FLAGS is a list of flags
         pair_start "$BIN" "$DIR" 198.18.90 $FLAGS
         pair_wait 10 || { echo "with $BIN" >&2; exit 1; }
+        IDLE=$(ip netns exec "$A" ping -6 -q -c 200 -i 0.01 "$ADDR_B" | tail -1 | cut -d/ -f5)
         ip netns exec "$B" iperf3 -s -1 >/dev/null 2>&1 &
         SRV=$!
         i=0
@@ -67,13 +68,13 @@ for r in $(seq "$ROUNDS"); do
         wait "$SRV" || true
         a1=$(ticks "$PA"); b1=$(ticks "$PB")
         HWM=$(awk '/VmHWM/ {print $2}' "/proc/$PA/status")
-        python3 - "$DIR/iperf3.json" "$BIN $FLAGS" "$RTT" "$a0" "$a1" "$b0" "$b1" "$HWM" "$(getconf CLK_TCK)" <<'PY'
+        python3 - "$DIR/iperf3.json" "$BIN $FLAGS" "$IDLE" "$RTT" "$a0" "$a1" "$b0" "$b1" "$HWM" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
-f, name, rtt, a0, a1, b0, b1, hwm, hz = sys.argv[1:]
+f, name, idle, rtt, a0, a1, b0, b1, hwm, hz = sys.argv[1:]
 end = json.load(open(f))["end"]["sum_received"]
 gbit = end["bytes"] * 8 / 1e9
 hz = float(hz)
-print(f"{name}: {end['bits_per_second'] / 1e9:.2f} Gbit/s  rtt under load {rtt} ms  "
+print(f"{name}: {end['bits_per_second'] / 1e9:.2f} Gbit/s  rtt idle {idle} ms, under load {rtt} ms  "
       f"CPU s/Gbit A {(float(a1) - float(a0)) / hz / gbit:.3f} B {(float(b1) - float(b0)) / hz / gbit:.3f}  "
       f"A peak RSS {int(hwm) / 1024:.1f} MB")
 PY

@@ -635,7 +635,7 @@ impl Owner {
         }
         for (link, buf) in per_link {
             if let Some(l) = self.links.get(&link) {
-                if l.handles.data.data.try_send(buf).is_err() {
+                if l.handles.data.try_send(buf).is_err() {
                     bump(&self.counters.drop_queue_full);
                 }
             }

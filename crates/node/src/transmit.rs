@@ -1,20 +1,204 @@
-//! Handing frame batches to link writers: the bounded wait for room in a full link queue, and
-//! the links found stalled; and the channel that carries the data path's needs to the owner.
+//! Handing frame batches to link writers: straight to the socket when the link is idle, else
+//! through its queue, with a bounded wait for room in a full one and the links found stalled;
+//! and the channel that carries the data path's needs to the owner.
 
-use std::sync::atomic::Ordering;
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use datapath::{DataCounters, FrameBatch, Need, NeedSink};
 use routing::LinkId;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
+
+use crate::link::LinkStats;
 
 /// The data path's snapshot as the shell keeps it: each link with its queue's sender.
 pub(crate) type DataTable = datapath::DataTable<LinkTx>;
 
-/// Where data frames for one link go: batches of encoded frames, bounded (back-pressure).
+/// Where data frames for one link go: batches of encoded frames, bounded (back-pressure); and,
+/// while nothing of the link is queued or being written, its socket itself.
 #[derive(Clone, Debug)]
 pub(crate) struct LinkTx {
-    pub data: mpsc::Sender<FrameBatch>,
+    data: mpsc::Sender<FrameBatch>,
+    direct: Option<Arc<Direct>>,
+}
+
+/// A socket written without blocking, by whoever holds the lock around it.
+pub(crate) trait DirectWrite: Send + Sync {
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
+}
+
+impl DirectWrite for std::net::TcpStream {
+    fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        std::io::Write::write_vectored(&mut &*self, bufs)
+    }
+}
+
+/// The sender's side of a link's socket. A batch for an idle link is written by the thread
+/// that sealed it (the TUN reader, a relaying link reader), in one non-blocking `writev`,
+/// instead of waking the link's writer task for it: a lone packet pays no thread hop. Anything
+/// queued for the link, or being written by its writer, makes senders queue behind it, so
+/// frames of one sender stay in order and writes never interleave.
+pub(crate) struct Direct {
+    /// Batches in the link's queue or in its writer's hands, plus one while the writer writes
+    /// (control frames included) and one for a `leftover`: the socket is the writer's while
+    /// this is not zero. Changed under `lock` when it goes from or to zero matters.
+    busy: AtomicUsize,
+    /// Held around every write of the socket, by senders and the writer alike.
+    lock: Mutex<DirectState>,
+    /// Wakes the writer for a leftover.
+    pub(crate) wake: Notify,
+    stats: Arc<LinkStats>,
+}
+
+struct DirectState {
+    /// `None` once the link closed: the descriptor goes with the link, not with the last
+    /// snapshot of the data table that names it.
+    sock: Option<Box<dyn DirectWrite>>,
+    /// The rest of a batch the socket took only in part: the writer writes it before anything
+    /// else.
+    leftover: Vec<u8>,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("busy", &self.busy.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Direct {
+    pub(crate) fn new(sock: Box<dyn DirectWrite>, stats: Arc<LinkStats>) -> Direct {
+        Direct {
+            busy: AtomicUsize::new(0),
+            lock: Mutex::new(DirectState {
+                sock: Some(sock),
+                leftover: Vec::new(),
+            }),
+            wake: Notify::new(),
+            stats,
+        }
+    }
+
+    /// The writer takes the socket for one round of writes: returns what a sender left half
+    /// written, to go first. Pair with [`Direct::writer_done`].
+    pub(crate) fn writer_begin(&self) -> Vec<u8> {
+        let mut st = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        let rest = std::mem::take(&mut st.leftover);
+        if !rest.is_empty() {
+            // The leftover's own count goes with it.
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+        }
+        rest
+    }
+
+    /// The writer wrote `batches` queued batches in its round.
+    pub(crate) fn writer_done(&self, batches: usize) {
+        self.busy.fetch_sub(batches + 1, Ordering::SeqCst);
+    }
+
+    /// The link closed: no more writes from senders, and the descriptor is closed now.
+    pub(crate) fn close(&self) {
+        let mut st = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Never idle again, whatever the counts do from here.
+        self.busy.fetch_add(usize::MAX / 2, Ordering::SeqCst);
+        st.sock = None;
+        st.leftover = Vec::new();
+    }
+
+    /// Writes the batch now if the link is idle: `Err` gives it back (the link is busy, or the
+    /// socket took nothing). A batch the socket took in part is finished by the writer.
+    fn try_write(&self, batch: FrameBatch) -> Result<FrameBatch, FrameBatch> {
+        if self.busy.load(Ordering::SeqCst) != 0 || batch.bytes.is_empty() {
+            return Err(batch);
+        }
+        let Ok(mut st) = self.lock.try_lock() else {
+            return Err(batch);
+        };
+        if self.busy.load(Ordering::SeqCst) != 0 {
+            return Err(batch);
+        }
+        let Some(sock) = &st.sock else {
+            return Err(batch);
+        };
+        let n = match sock.write_vectored(&[IoSlice::new(&batch.bytes)]) {
+            Ok(n) if n > 0 => n,
+            // Would block, or failed: the writer will find out and close the link.
+            _ => return Err(batch),
+        };
+        if n < batch.bytes.len() {
+            st.leftover.extend_from_slice(&batch.bytes[n..]);
+            self.busy.fetch_add(1, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
+        drop(st);
+        self.stats.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.stats
+            .tx_data_frames
+            .fetch_add(u64::from(batch.frames), Ordering::Relaxed);
+        Ok(batch)
+    }
+}
+
+impl LinkTx {
+    pub(crate) fn new(data: mpsc::Sender<FrameBatch>, direct: Option<Arc<Direct>>) -> LinkTx {
+        LinkTx { data, direct }
+    }
+
+    /// Writes the batch to the socket at once if the link is idle (its buffer goes back to the
+    /// pool), else queues it without waiting.
+    pub(crate) fn try_send(
+        &self,
+        batch: FrameBatch,
+    ) -> Result<(), mpsc::error::TrySendError<FrameBatch>> {
+        let batch = match &self.direct {
+            Some(d) => match d.try_write(batch) {
+                Ok(done) => {
+                    crate::pool::give(done.bytes);
+                    return Ok(());
+                }
+                Err(b) => b,
+            },
+            None => batch,
+        };
+        self.count_queued(1);
+        self.data
+            .try_send(batch)
+            .inspect_err(|_| self.count_queued(-1))
+    }
+
+    /// Queues the batch, waiting for room.
+    pub(crate) async fn send(
+        &self,
+        batch: FrameBatch,
+    ) -> Result<(), mpsc::error::SendError<FrameBatch>> {
+        self.count_queued(1);
+        let r = self.data.send(batch).await;
+        if r.is_err() {
+            self.count_queued(-1);
+        }
+        r
+    }
+
+    /// The link closed: senders stop writing its socket.
+    pub(crate) fn close(&self) {
+        if let Some(d) = &self.direct {
+            d.close();
+        }
+    }
+
+    fn count_queued(&self, n: isize) {
+        if let Some(d) = &self.direct {
+            if n > 0 {
+                d.busy.fetch_add(n as usize, Ordering::SeqCst);
+            } else {
+                d.busy.fetch_sub(n.unsigned_abs(), Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 /// How long a sender waits for room in a link's full queue before it treats the link as stalled.
@@ -50,7 +234,7 @@ impl Stalled {
 /// stalled — the caller waits up to [`LINK_STALL_WAIT`] for room (blocking or async) and marks the
 /// link stalled if the time runs out.
 pub(crate) fn offer_batch(
-    tx: &mpsc::Sender<FrameBatch>,
+    tx: &LinkTx,
     link: LinkId,
     batch: FrameBatch,
     stalled: &mut Stalled,
@@ -86,7 +270,7 @@ pub(crate) fn offer_batch(
 /// frames count as `queue_full`. Returns true when the link was just marked stalled. Async, so
 /// that the timer is created inside the runtime whether the caller awaits it or blocks on it.
 pub(crate) async fn wait_for_room(
-    tx: &mpsc::Sender<FrameBatch>,
+    tx: &LinkTx,
     link: LinkId,
     batch: FrameBatch,
     stalled: &mut Stalled,
@@ -139,6 +323,7 @@ mod tests {
     #[test]
     fn a_full_link_is_waited_for_until_found_stalled_then_skipped_until_it_drains() {
         let (tx, mut rx) = mpsc::channel(1);
+        let tx = LinkTx::new(tx, None);
         let counters = DataCounters::default();
         let mut stalled = Stalled::default();
         let link = LinkId(7);
@@ -170,6 +355,7 @@ mod tests {
             .build()
             .unwrap();
         let (tx, mut rx) = mpsc::channel(1);
+        let tx = LinkTx::new(tx, None);
         let counters = DataCounters::default();
         let mut stalled = Stalled::default();
         let link = LinkId(7);
@@ -194,6 +380,93 @@ mod tests {
         )));
         assert_eq!(counters.drop_no_route.load(Ordering::Relaxed), 5);
         assert!(!stalled.contains(LinkId(8)));
+    }
+
+    impl DirectWrite for std::os::unix::net::UnixStream {
+        fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+            std::io::Write::write_vectored(&mut &*self, bufs)
+        }
+    }
+
+    fn direct_pair() -> (
+        LinkTx,
+        Arc<Direct>,
+        mpsc::Receiver<FrameBatch>,
+        std::os::unix::net::UnixStream,
+    ) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let direct = Arc::new(Direct::new(Box::new(ours), Arc::default()));
+        let (tx, rx) = mpsc::channel(4);
+        (LinkTx::new(tx, Some(direct.clone())), direct, rx, theirs)
+    }
+
+    fn read_all(sock: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        loop {
+            match std::io::Read::read(sock, &mut buf) {
+                Ok(0) => return out,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => return out,
+            }
+        }
+    }
+
+    fn bytes(fill: u8, len: usize) -> FrameBatch {
+        FrameBatch {
+            bytes: vec![fill; len],
+            frames: 1,
+        }
+    }
+
+    #[test]
+    fn an_idle_link_is_written_at_once_and_a_busy_one_queues_in_order() {
+        let (tx, direct, mut rx, mut far) = direct_pair();
+        // Idle: written by the sender, nothing queued.
+        tx.try_send(bytes(1, 100)).unwrap();
+        assert!(rx.try_recv().is_err());
+        assert_eq!(read_all(&mut far), vec![1; 100]);
+        assert_eq!(direct.stats.tx_bytes.load(Ordering::Relaxed), 100);
+        tx.try_send(bytes(2, 10)).unwrap();
+        assert!(rx.try_recv().is_err());
+        // While the writer has the socket, batches queue, whatever the socket could take.
+        let leftover = direct.writer_begin();
+        assert!(leftover.is_empty());
+        tx.try_send(bytes(3, 10)).unwrap();
+        assert_eq!(rx.try_recv().unwrap().bytes, vec![3; 10]);
+        direct.writer_done(1);
+        // Idle again: straight out.
+        tx.try_send(bytes(4, 10)).unwrap();
+        assert!(rx.try_recv().is_err());
+        assert_eq!(read_all(&mut far), [vec![2; 10], vec![4; 10]].concat());
+    }
+
+    #[test]
+    fn a_batch_the_socket_takes_in_part_is_finished_by_the_writer_before_anything_else() {
+        let (tx, direct, mut rx, mut far) = direct_pair();
+        // Far larger than the socket buffer: it takes a part.
+        tx.try_send(bytes(5, 4 << 20)).unwrap();
+        let got = read_all(&mut far);
+        assert!(!got.is_empty() && got.len() < 4 << 20);
+        // The link is busy until the writer wrote the rest: later batches queue.
+        tx.try_send(bytes(6, 10)).unwrap();
+        assert_eq!(rx.try_recv().unwrap().bytes, vec![6; 10]);
+        let rest = direct.writer_begin();
+        assert_eq!(got.len() + rest.len(), 4 << 20);
+        assert!(rest.iter().all(|&b| b == 5));
+        direct.writer_done(1);
+        assert_eq!(direct.busy.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_closed_link_takes_no_direct_writes() {
+        let (tx, _direct, mut rx, mut far) = direct_pair();
+        tx.close();
+        tx.try_send(bytes(7, 10)).unwrap();
+        assert_eq!(rx.try_recv().unwrap().bytes, vec![7; 10]);
+        assert!(read_all(&mut far).is_empty());
     }
 
     #[test]

@@ -151,13 +151,12 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
                     continue;
                 };
                 let Some(batch) =
-                    transmit::offer_batch(&tx.data, link, batch, &mut stalled, &cfg.counters)
+                    transmit::offer_batch(tx, link, batch, &mut stalled, &cfg.counters)
                 else {
                     continue;
                 };
                 // The queue is full: wait for the writer (back-pressure), but not for long.
-                let wait =
-                    transmit::wait_for_room(&tx.data, link, batch, &mut stalled, &cfg.counters);
+                let wait = transmit::wait_for_room(tx, link, batch, &mut stalled, &cfg.counters);
                 if cfg.runtime.block_on(wait) {
                     if let Some(n) = stall_log.allow(Instant::now()) {
                         warn!(

@@ -29,7 +29,7 @@ use datapath::{bump, DataCounters, DataFrame, FrameBatch, Need, Receiver, TunBat
 
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
-use crate::transmit::{self, ChannelNeeds, DataTable, LinkTx, Stalled};
+use crate::transmit::{self, ChannelNeeds, DataTable, Direct, DirectWrite, LinkTx, Stalled};
 use tun::{Tun, Writer as TunWriter};
 
 /// A write that makes no progress for this long means the peer stalled: drop it.
@@ -101,6 +101,12 @@ pub(crate) trait Transport: Send + 'static {
 
     /// Tunes the connection for a link and splits it into its two directions.
     fn split(self) -> (Self::Reader, Self::Writer);
+
+    /// The sending side as a socket that senders may write without blocking while the link is
+    /// idle (see [`transmit::Direct`]); `None` if the transport has none.
+    fn direct(&self) -> Option<Box<dyn DirectWrite>> {
+        None
+    }
 }
 
 /// Everything a link's tasks share with the rest of the node.
@@ -136,21 +142,26 @@ impl LinkHandles {
     pub fn abort(&self) {
         self.reader.abort();
         self.writer.abort();
+        self.data.close();
     }
 }
 
 /// Starts the tasks of a connected transport.
 pub(crate) fn spawn<T: Transport>(id: LinkId, transport: T, ctx: LinkContext) -> LinkHandles {
-    let (rd, wr) = transport.split();
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let (data_tx, data_rx) = mpsc::channel(DATA_QUEUE);
     let stats = Arc::new(LinkStats::default());
+    let direct = transport
+        .direct()
+        .map(|sock| Arc::new(Direct::new(sock, stats.clone())));
+    let (rd, wr) = transport.split();
     let events = ctx.events.clone();
     let writer = tokio::spawn({
         let stats = stats.clone();
         let events = events.clone();
+        let direct = direct.clone();
         async move {
-            let why = match write_loop(wr, ctl_rx, data_rx, &stats).await {
+            let why = match write_loop(wr, ctl_rx, data_rx, direct.as_deref(), &stats).await {
                 Ok(()) => CloseReason::Shutdown,
                 Err(e) => e,
             };
@@ -169,7 +180,7 @@ pub(crate) fn spawn<T: Transport>(id: LinkId, transport: T, ctx: LinkContext) ->
     });
     LinkHandles {
         control: ctl_tx,
-        data: LinkTx { data: data_tx },
+        data: LinkTx::new(data_tx, direct),
         stats,
         reader: reader.abort_handle(),
         writer: writer.abort_handle(),
@@ -181,6 +192,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut control: mpsc::Receiver<Tlv>,
     mut data: mpsc::Receiver<FrameBatch>,
+    direct: Option<&Direct>,
     stats: &LinkStats,
 ) -> Result<(), CloseReason> {
     // Control frames are encoded here; data batches are written as they came, several per
@@ -192,6 +204,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let mut data_frames = 0u64;
         let mut control_frames = 0u64;
         let mut bytes = 0usize;
+        let leftover_ready = async {
+            match direct {
+                Some(d) => d.wake.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             t = control.recv() => match t {
@@ -206,6 +224,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 None => return Ok(()),
             },
+            // A sender's batch the socket took only in part.
+            () = leftover_ready => {}
         }
         // Gather whatever else is ready into the same write.
         while let Ok(tlv) = control.try_recv() {
@@ -221,8 +241,18 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Err(_) => break,
             }
         }
-        let total = ctl.len() + bytes;
-        match tokio::time::timeout(WRITE_STALL, write_all_vectored(&mut wr, &ctl, &batches)).await {
+        // The socket is ours for this round; what a sender left half written goes first.
+        let leftover = direct.map(Direct::writer_begin).unwrap_or_default();
+        let total = leftover.len() + ctl.len() + bytes;
+        let written = tokio::time::timeout(
+            WRITE_STALL,
+            write_all_vectored(&mut wr, &leftover, &ctl, &batches),
+        )
+        .await;
+        if let Some(d) = direct {
+            d.writer_done(batches.len());
+        }
+        match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(CloseReason::WriteFailed(e.kind())),
             Err(_) => return Err(CloseReason::WriteStalled),
@@ -251,10 +281,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 /// Writes the control bytes, then every batch, with as few `writev` calls as the socket allows.
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
     wr: &mut W,
+    leftover: &[u8],
     ctl: &[u8],
     batches: &[FrameBatch],
 ) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batches.len() + 1);
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batches.len() + 2);
+    if !leftover.is_empty() {
+        slices.push(IoSlice::new(leftover));
+    }
     if !ctl.is_empty() {
         slices.push(IoSlice::new(ctl));
     }
@@ -481,12 +515,7 @@ async fn forward(ctx: &LinkContext, core: &mut Receiver, stalled: &mut Stalled) 
     let table = ctx.table.load();
     let sends: Vec<_> = core
         .transmits()
-        .filter_map(|(link, batch)| {
-            table
-                .links
-                .get(&link)
-                .map(|tx| (link, tx.data.clone(), batch))
-        })
+        .filter_map(|(link, batch)| table.links.get(&link).map(|tx| (link, tx.clone(), batch)))
         .collect();
     drop(table);
     for (link, tx, buf) in sends {

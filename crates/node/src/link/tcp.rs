@@ -7,6 +7,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::Transport;
+use crate::transmit::DirectWrite;
 
 /// Unsent bytes the kernel may hold for a peer socket before it stops reporting it writable.
 const NOTSENT_LOWAT: u32 = 128 * 1024;
@@ -41,6 +42,12 @@ impl Transport for TcpStream {
         // behind megabytes of bulk data (bufferbloat).
         let _ = socket2::SockRef::from(&self).set_tcp_notsent_lowat(NOTSENT_LOWAT);
         self.into_split()
+    }
+
+    fn direct(&self) -> Option<Box<dyn DirectWrite>> {
+        // The same socket (a second descriptor, non-blocking like the first).
+        let sock = socket2::SockRef::from(self).try_clone().ok()?;
+        Some(Box::new(std::net::TcpStream::from(sock)))
     }
 }
 

@@ -327,6 +327,8 @@ fn pump(
             }
             pool.push(p);
         }
+        // Published before sleeping, so a reader sees every packet already let out.
+        shared.publish(&emu.stats());
         let wait = emu
             .next_due()
             .map_or(IDLE, |d| d.saturating_duration_since(now).min(IDLE));
@@ -345,8 +347,8 @@ fn pump(
                     pool.push(p);
                 }
             }
+            shared.publish(&emu.stats());
         }
-        shared.publish(&emu.stats());
         if last_cpu.elapsed() >= Duration::from_millis(10) {
             shared
                 .cpu_ns

@@ -362,9 +362,7 @@ fn pump(
             shared.publish(&emu.stats());
         }
         if last_cpu.elapsed() >= Duration::from_millis(10) {
-            shared
-                .cpu_ns
-                .store(thread_cpu().as_nanos() as u64, Relaxed);
+            shared.cpu_ns.store(thread_cpu().as_nanos() as u64, Relaxed);
             last_cpu = Instant::now();
         }
     }

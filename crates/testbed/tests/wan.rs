@@ -34,7 +34,16 @@ fn ping_rtts(ns: &Netns, to: Ipv4Addr, count: u32, interval: &str) -> Vec<f64> {
     let out = ns
         .spawn(
             "ping",
-            &["-n", "-c", &count.to_string(), "-i", interval, "-W", "2", &to.to_string()],
+            &[
+                "-n",
+                "-c",
+                &count.to_string(),
+                "-i",
+                interval,
+                "-W",
+                "2",
+                &to.to_string(),
+            ],
         )
         .unwrap()
         .wait_with_output()
@@ -66,10 +75,18 @@ fn delay_adds_its_rtt() {
     let rtts = ping_rtts(&a, wan.addrs[1], 30, "0.05");
     assert!(rtts.len() >= 28, "{} of 30 replies", rtts.len());
     let (m, want) = (median(&rtts), 40.0 + bare_rtt);
-    println!("bare path {bare_rtt:.3} ms; delay=20ms each way: median RTT {m:.3} ms (want {want:.3})");
+    println!(
+        "bare path {bare_rtt:.3} ms; delay=20ms each way: median RTT {m:.3} ms (want {want:.3})"
+    );
     println!("a→b {}\nb→a {}", wan.stats()[0], wan.stats()[1]);
-    assert!((m - want).abs() <= 0.1 * want, "median RTT {m} ms, want {want} ±10%");
-    assert!(rtts.iter().all(|&r| r >= 40.0), "an echo came back under 40 ms: {rtts:?}");
+    assert!(
+        (m - want).abs() <= 0.1 * want,
+        "median RTT {m} ms, want {want} ±10%"
+    );
+    assert!(
+        rtts.iter().all(|&r| r >= 40.0),
+        "an echo came back under 40 ms: {rtts:?}"
+    );
 }
 
 /// One iperf3 TCP run A→B through `a_to_b` (B→A, the ACKs, unshaped): the receiver's rate, bit/s,
@@ -134,8 +151,12 @@ fn rate_at_1_gbit_is_reported() {
 fn udp_train(wan: &Wan, a: &Netns, b: &Netns, n: u32) -> Vec<bool> {
     let to = (wan.addrs[1], 9390);
     let rx = b.run(|| UdpSocket::bind(to)).unwrap().unwrap();
-    rx.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-    let tx = a.run(|| UdpSocket::bind((wan.addrs[0], 0))).unwrap().unwrap();
+    rx.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let tx = a
+        .run(|| UdpSocket::bind((wan.addrs[0], 0)))
+        .unwrap()
+        .unwrap();
     let got = Arc::new(Mutex::new(vec![false; n as usize]));
     let count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -189,10 +210,17 @@ fn random_loss_is_five_percent() {
     let lost = got.iter().filter(|&&g| !g).count();
     let frac = lost as f64 / f64::from(n);
     let s = wan.stats()[0];
-    println!("loss=5%: {lost} of {n} lost ({:.2} %); a→b {s}", frac * 100.0);
+    println!(
+        "loss=5%: {lost} of {n} lost ({:.2} %); a→b {s}",
+        frac * 100.0
+    );
     assert_eq!(lost as u64, s.dir.lost, "every drop is the emulator's");
     // σ = sqrt(0.05 · 0.95 / 4000) = 0.34 %; 3.5–6.5 % is ±4.4σ.
-    assert!((0.035..=0.065).contains(&frac), "{:.2} % lost", frac * 100.0);
+    assert!(
+        (0.035..=0.065).contains(&frac),
+        "{:.2} % lost",
+        frac * 100.0
+    );
 }
 
 #[test]
@@ -216,7 +244,11 @@ fn bursty_loss_comes_in_runs() {
     );
     assert_eq!(lost as u64, wan.stats()[0].dir.lost);
     // About 190 bursts of geometric length: σ of the loss ≈ 10 % of it; ±30 % is 3σ.
-    assert!((0.033..=0.062).contains(&frac), "{:.2} % lost", frac * 100.0);
+    assert!(
+        (0.033..=0.062).contains(&frac),
+        "{:.2} % lost",
+        frac * 100.0
+    );
     assert!(run_len > 1.5, "losses not clustered: mean run {run_len:.2}");
 }
 
@@ -238,7 +270,10 @@ fn full_queue_drops_and_bounds_the_rtt() {
     let to = (wan.addrs[1], 9397);
     // A sink that is never read: once its buffer is full B drops quietly (no ICMP back).
     let _sink = b.run(|| UdpSocket::bind(to)).unwrap().unwrap();
-    let tx = a.run(|| UdpSocket::bind((wan.addrs[0], 0))).unwrap().unwrap();
+    let tx = a
+        .run(|| UdpSocket::bind((wan.addrs[0], 0)))
+        .unwrap()
+        .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let flood = {
         let stop = stop.clone();

@@ -333,7 +333,9 @@ pub fn ppoll_one(
         tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: t.subsec_nanos() as libc::c_long,
     });
-    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
     loop {
         // SAFETY: `pfd` is one valid, exclusively borrowed `pollfd`; `ts_ptr` is null or points
         // to `ts`, which outlives the call; a null signal mask leaves the mask unchanged.

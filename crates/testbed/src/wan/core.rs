@@ -258,7 +258,13 @@ mod tests {
 
     /// Feeds `n` packets of `len` bytes every `gap` from `t0`, and returns (index, exit time) of
     /// those that came out, polling every 10 µs of virtual time.
-    fn run(e: &mut Emulator<u32>, t0: Instant, n: u32, len: usize, gap: Duration) -> Vec<(u32, Duration)> {
+    fn run(
+        e: &mut Emulator<u32>,
+        t0: Instant,
+        n: u32,
+        len: usize,
+        gap: Duration,
+    ) -> Vec<(u32, Duration)> {
         let mut out = Vec::new();
         let step = Duration::from_micros(10);
         let mut next_in = 0;
@@ -297,7 +303,10 @@ mod tests {
             assert_eq!(p, i as u32);
             let sent = Duration::from_micros(100) * p;
             let d = at - sent;
-            assert!(d >= ms(20) && d < ms(20) + Duration::from_micros(20), "{d:?}");
+            assert!(
+                d >= ms(20) && d < ms(20) + Duration::from_micros(20),
+                "{d:?}"
+            );
         }
     }
 
@@ -312,7 +321,10 @@ mod tests {
         assert_eq!(out.len(), 10);
         for (i, &(_, at)) in out.iter().enumerate() {
             let want = ms(i as u64 + 1);
-            assert!(at >= want && at < want + Duration::from_micros(20), "{i}: {at:?}");
+            assert!(
+                at >= want && at < want + Duration::from_micros(20),
+                "{i}: {at:?}"
+            );
         }
         // Once drained, the queue takes packets again.
         let t1 = t0 + ms(50);
@@ -323,7 +335,9 @@ mod tests {
     fn packet_limit() {
         let mut e = emu("rate=12mbit,queue=3p");
         let t0 = Instant::now();
-        let ok = (0..10).filter(|&i| e.handle_packet(t0, 100, i).is_ok()).count();
+        let ok = (0..10)
+            .filter(|&i| e.handle_packet(t0, 100, i).is_ok())
+            .count();
         assert_eq!(ok, 3);
     }
 
@@ -343,7 +357,10 @@ mod tests {
             let mut sum = 0.0;
             for &(p, at) in &out {
                 let d = at - gap * p;
-                assert!(d >= ms(5) && d <= ms(15) + Duration::from_micros(20), "{d:?}");
+                assert!(
+                    d >= ms(5) && d <= ms(15) + Duration::from_micros(20),
+                    "{d:?}"
+                );
                 sum += d.as_secs_f64();
             }
             let mean = sum / 2000.0;
@@ -360,7 +377,9 @@ mod tests {
         let go = |seed| {
             let mut e: Emulator<u32> = Emulator::new("loss=5%".parse().unwrap(), seed);
             let t0 = Instant::now();
-            (0..100_000).map(|i| lost(&mut e, t0, i)).collect::<Vec<_>>()
+            (0..100_000)
+                .map(|i| lost(&mut e, t0, i))
+                .collect::<Vec<_>>()
         };
         let a = go(9);
         assert_eq!(a, go(9));

@@ -191,7 +191,11 @@ fn number_with_unit(value: &str, units: &[(&str, f64)], what: &str) -> Result<f6
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(value.len());
     let (num, unit) = value.split_at(split);
-    let names: Vec<&str> = units.iter().map(|u| u.0).filter(|u| !u.is_empty()).collect();
+    let names: Vec<&str> = units
+        .iter()
+        .map(|u| u.0)
+        .filter(|u| !u.is_empty())
+        .collect();
     let n: f64 = num
         .parse()
         .ok()
@@ -209,7 +213,10 @@ fn number_with_unit(value: &str, units: &[(&str, f64)], what: &str) -> Result<f6
             if unit.is_empty() {
                 format!("`{value}` needs a unit ({})", names.join(", "))
             } else {
-                format!("unknown unit `{unit}` in `{value}` (use {})", names.join(", "))
+                format!(
+                    "unknown unit `{unit}` in `{value}` (use {})",
+                    names.join(", ")
+                )
             }
         })?;
     Ok(n * factor)
@@ -250,7 +257,9 @@ fn parse_queue(value: &str) -> Result<QueueLimit, String> {
     if let Some(n) = packets {
         return match n.trim().parse::<u64>() {
             Ok(n) if n > 0 => Ok(QueueLimit::Packets(n)),
-            _ => Err(format!("`{value}` is not a whole number of packets above 0")),
+            _ => Err(format!(
+                "`{value}` is not a whole number of packets above 0"
+            )),
         };
     }
     let units = [

@@ -149,6 +149,16 @@ fn rate_at_1_gbit_is_reported() {
 /// Sends `n` numbered datagrams A→B (paced, so no socket overflows) and returns which arrived,
 /// after the emulator has let out everything it took in.
 fn udp_train(wan: &Wan, a: &Netns, b: &Netns, n: u32) -> Vec<bool> {
+    let mut got = vec![false; n as usize];
+    for seq in udp_arrivals(wan, a, b, n) {
+        assert!(!got[seq as usize], "datagram {seq} twice");
+        got[seq as usize] = true;
+    }
+    got
+}
+
+/// Like [`udp_train`], but returns the sequence numbers in the order they arrived.
+fn udp_arrivals(wan: &Wan, a: &Netns, b: &Netns, n: u32) -> Vec<u32> {
     let to = (wan.addrs[1], 9390);
     let rx = b.run(|| UdpSocket::bind(to)).unwrap().unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(20)))
@@ -157,7 +167,7 @@ fn udp_train(wan: &Wan, a: &Netns, b: &Netns, n: u32) -> Vec<bool> {
         .run(|| UdpSocket::bind((wan.addrs[0], 0)))
         .unwrap()
         .unwrap();
-    let got = Arc::new(Mutex::new(vec![false; n as usize]));
+    let got = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let receiver = {
@@ -166,11 +176,9 @@ fn udp_train(wan: &Wan, a: &Netns, b: &Netns, n: u32) -> Vec<bool> {
             let mut buf = [0u8; 64];
             while !stop.load(Relaxed) {
                 if let Ok(len) = rx.recv(&mut buf) {
-                    let seq = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
                     assert_eq!(len, 32);
-                    let mut got = got.lock().unwrap();
-                    assert!(!got[seq], "datagram {seq} twice");
-                    got[seq] = true;
+                    let seq = u32::from_be_bytes(buf[..4].try_into().unwrap());
+                    got.lock().unwrap().push(seq);
                     count.fetch_add(1, Relaxed);
                 }
             }
@@ -197,6 +205,61 @@ fn udp_train(wan: &Wan, a: &Netns, b: &Netns, n: u32) -> Vec<bool> {
     receiver.join().unwrap();
     let got = got.lock().unwrap().clone();
     got
+}
+
+/// Jitter spreads the RTT within its bounds; `reorder` lets datagrams overtake delayed ones.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn jitter_spreads_and_reorder_overtakes() {
+    let _serial = serial();
+    let (a, b) = pair("wan-jit");
+    let j = spec("delay=10ms,jitter=4ms");
+    let wan = Wan::between(&a, &b, 98, j.clone(), j).unwrap();
+    // 50 ms apart: wider than the jitter, so FIFO holds nothing back.
+    let rtts = ping_rtts(&a, wan.addrs[1], 30, "0.05");
+    let (min, max) = rtts
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    println!(
+        "delay=10ms,jitter=4ms each way: RTT {min:.2}..{max:.2} ms, median {:.2}",
+        median(&rtts)
+    );
+    assert!(rtts.len() >= 28, "{} of 30 replies", rtts.len());
+    assert!(
+        min >= 12.0 && max <= 28.0 + 2.0,
+        "RTT {min}..{max} ms outside 12..28 (+2)"
+    );
+    assert!(max - min >= 3.0, "no visible jitter: {min}..{max} ms");
+    drop(wan);
+
+    let wan = Wan::between(
+        &a,
+        &b,
+        99,
+        spec("delay=10ms,reorder=5%,seed=13"),
+        WanSpec::default(),
+    )
+    .unwrap();
+    let n = 2000;
+    let order = udp_arrivals(&wan, &a, &b, n);
+    // A datagram overtook if one sent before it arrived after it.
+    let mut later_min = u32::MAX;
+    let mut overtakers = 0u64;
+    for &seq in order.iter().rev() {
+        if seq > later_min {
+            overtakers += 1;
+        }
+        later_min = later_min.min(seq);
+    }
+    let s = wan.stats()[0];
+    println!("reorder=5%: {overtakers} datagrams arrived ahead of an earlier one; a→b {s}");
+    assert_eq!(order.len(), n as usize);
+    assert!(s.dir.reordered >= 50, "{s}");
+    assert!(
+        overtakers.abs_diff(s.dir.reordered) <= 5,
+        "{overtakers} overtook, the emulator counted {}",
+        s.dir.reordered
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 /// | key | value | meaning |
 /// |---|---|---|
 /// | `delay` | `10ms`, `500us`, `1.5s`, `0` | one-way propagation delay |
-/// | `jitter` | a duration ≤ `delay` | each packet's delay is uniform in `delay ± jitter` (FIFO kept) |
+/// | `jitter` | a duration ≤ `delay` | each packet's delay is uniform in `delay ± jitter`; FIFO is kept (a packet never leaves before the one in front), so packets closer together than the jitter see more than `delay` on average |
 /// | `rate` | `100mbit`, `1.5gbit`, `64kbit`, `9600bit` | bottleneck rate of IP bytes (headers included) |
 /// | `queue` | `256kb`, `64k`, `1mb`, `1500b`, `100p` | bottleneck FIFO limit in bytes (`kb` = 1024, as in tc) or packets; needs `rate` |
 /// | `loss` | `1%` or `0.01` | independent random loss |

@@ -56,10 +56,17 @@ fn ping_rtts(ns: &Netns, to: Ipv4Addr, count: u32, interval: &str) -> Vec<f64> {
 }
 
 fn median(v: &[f64]) -> f64 {
+    percentile(v, 50)
+}
+
+/// The `pct`-th percentile (nearest rank). Upper bounds are checked on the 90th, not the
+/// maximum: on a shared machine one echo in 30 may wait a few ms for a CPU (the ping process or
+/// the emulator thread), which says nothing about the emulated link.
+fn percentile(v: &[f64], pct: usize) -> f64 {
     assert!(!v.is_empty(), "no samples");
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v[((v.len() * pct).div_ceil(100)).clamp(1, v.len()) - 1]
 }
 
 #[test]
@@ -225,9 +232,12 @@ fn jitter_spreads_and_reorder_overtakes() {
         median(&rtts)
     );
     assert!(rtts.len() >= 28, "{} of 30 replies", rtts.len());
+    let p90 = percentile(&rtts, 90);
+    // Never early: the floor is exact. The ceiling, 28 ms + the bare path, on the 90th percentile.
+    assert!(min >= 12.0, "RTT {min} ms under 12 ms");
     assert!(
-        min >= 12.0 && max <= 28.0 + 2.0,
-        "RTT {min}..{max} ms outside 12..28 (+2)"
+        p90 <= 28.0 + 1.0,
+        "90th percentile RTT {p90} ms over 28 ms (+1)"
     );
     assert!(max - min >= 3.0, "no visible jitter: {min}..{max} ms");
     drop(wan);
@@ -369,7 +379,11 @@ fn full_queue_drops_and_bounds_the_rtt() {
     );
     assert!(rtts.len() >= 5, "only {} pings answered", rtts.len());
     assert!(s.dir.queue_full > 100, "{s}");
-    assert!(max <= bound * 1.1 + 2.0, "max RTT {max} ms over {bound} ms");
+    let p90 = percentile(&rtts, 90);
+    assert!(
+        p90 <= bound * 1.1,
+        "90th percentile RTT {p90} ms over {bound} ms + 10 %"
+    );
     // The queue was really full: most echoes waited behind most of it.
     assert!(median(&rtts) >= 0.75 * bound, "median {} ms", median(&rtts));
 }

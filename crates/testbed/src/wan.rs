@@ -46,6 +46,12 @@
 //! 1.3 s at 200 Mbit/s and 2.3 s at 1 Gbit/s. Above a few hundred Mbit/s the figures depend on
 //! what else the machine runs; 1 Gbit/s is reported by the tests, not promised.
 //!
+//! Delay is as accurate as the wake-ups: with `delay=20ms` each way the median ping RTT was
+//! 40.40 ms over a bare path (same namespaces, empty spec) of 0.13 ms, i.e. 0.13 ms late per
+//! direction on the loaded machine; a packet never leaves early. Loss follows the seeded
+//! generator exactly (`loss=5%`: 201 of 4,000 datagrams; `gloss=1%:20%`: 4.40 % in runs of 4.9
+//! on average, for 4.76 % and 5 expected).
+//!
 //! The link carries IPv4 only (IPv6 is off in M). Addresses come from `198.18.<net>.0/24`. M's own
 //! addresses (`.2`, `.129`) are reached without the emulator.
 

@@ -164,6 +164,15 @@ fn udp_train(wan: &Wan, a: &Netns, b: &Netns, n: u32) -> Vec<bool> {
     got
 }
 
+/// Sets the flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Relaxed);
+    }
+}
+
 /// Like [`udp_train`], but returns the sequence numbers in the order they arrived.
 fn udp_arrivals(wan: &Wan, a: &Netns, b: &Netns, n: u32) -> Vec<u32> {
     let to = (wan.addrs[1], 9390);
@@ -177,6 +186,8 @@ fn udp_arrivals(wan: &Wan, a: &Netns, b: &Netns, n: u32) -> Vec<u32> {
     let got = Arc::new(Mutex::new(Vec::new()));
     let count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    // Ends the receiver however this function ends (a failed wait panics).
+    let _stop_guard = StopOnDrop(stop.clone());
     let receiver = {
         let (got, count, stop) = (got.clone(), count.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -348,6 +359,7 @@ fn full_queue_drops_and_bounds_the_rtt() {
         .unwrap()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let _stop_guard = StopOnDrop(stop.clone());
     let flood = {
         let stop = stop.clone();
         std::thread::spawn(move || {

@@ -16,6 +16,9 @@
 //! * [`iperf3`] and [`ping`]: run the tools and parse what they print.
 //! * [`xfer`]: a seeded pseudo-random TCP stream with BLAKE3 digests (also the `hy-xfer` binary),
 //!   and [`udp`]: datagram trains of mixed sizes whose sizes and contents are checked on arrival.
+//! * [`Wan`]: an emulated WAN link between two namespaces (delay, jitter, rate, bounded queue,
+//!   loss, bursty loss, reordering), set from a [`WanSpec`] such as
+//!   `rate=100mbit,delay=20ms,loss=1%`; also the `hy-wan` binary.
 //!
 //! It only ever creates namespaces and devices it owns, and only sends traffic inside them or on
 //! loopback (underlay addresses come from `198.18.0.0/15` and `fd00::/8`). It contains no unsafe
@@ -32,6 +35,7 @@ pub mod ping;
 mod process;
 mod scratch;
 pub mod udp;
+pub mod wan;
 pub mod xfer;
 
 pub use daemon::Daemon;
@@ -41,3 +45,4 @@ pub use lab::{link, Lab, Link};
 pub use netns::{exec_in, ip, owner_pid, run_in, veth_pair, Netns};
 pub use process::{command, describe, last_lines, run, wait_until, ChildGuard, Finished, TimedOut};
 pub use scratch::ScratchDir;
+pub use wan::{Wan, WanSpec};

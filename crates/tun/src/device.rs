@@ -260,6 +260,12 @@ impl Tun {
         sys::poll_one(&self.fd, libc::POLLIN, ms)
     }
 
+    /// Like [`Tun::wait_readable`], with the timeout kept to the nanosecond (`ppoll`): for loops
+    /// with sub-millisecond deadlines, such as a link emulator releasing packets at their due time.
+    pub fn wait_readable_precise(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        sys::ppoll_one(&self.fd, libc::POLLIN, timeout)
+    }
+
     /// One raw `read()`: the vnet header (when the device has one) followed by the packet or
     /// super-packet, exactly as the kernel hands them over; nothing is parsed or counted. For
     /// tools that carry packets opaquely (the bench's forwarding floor); a node uses [`Tun::read`].

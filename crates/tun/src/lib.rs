@@ -9,7 +9,8 @@
 //!   [`Tun::set_mtu`], [`Tun::add_ipv6`], [`Tun::set_ipv4`] and [`Tun::up`] configure the
 //!   interface with ioctls in the caller's network namespace; [`Tun::add_queue`] opens more queues.
 //! * Fds are non-blocking by default and expose `AsFd`/`AsRawFd`: use [`Tun::wait_readable`] from
-//!   plain threads, or `AsyncTun` (feature `tokio`) from tokio.
+//!   plain threads ([`Tun::wait_readable_precise`] for sub-millisecond deadlines), or `AsyncTun`
+//!   (feature `tokio`) from tokio.
 //! * [`Tun::read`] does one `read()` into the [`Reader`]'s reused 65535+header buffer and hands the
 //!   packets of one super-packet, already split (`offload::split`), to the caller's
 //!   `offload::SegmentSink`. [`Tun::write_batch`] plans a batch of IP packets with the [`Writer`]'s

@@ -316,6 +316,41 @@ pub fn poll_one(fd: &impl AsRawFd, events: i16, timeout_ms: i32) -> io::Result<b
     }
 }
 
+/// `ppoll(2)` on one fd for `events` with a nanosecond timeout (`None`: forever); `Ok(true)` when
+/// ready, `Ok(false)` on timeout. For loops with sub-millisecond deadlines, which `poll`'s
+/// millisecond timeout would round to a busy loop or a late wake-up.
+pub fn ppoll_one(
+    fd: &impl AsRawFd,
+    events: i16,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    let ts = timeout.map(|t| libc::timespec {
+        tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+        tv_nsec: t.subsec_nanos() as libc::c_long,
+    });
+    let ts_ptr = ts
+        .as_ref()
+        .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    loop {
+        // SAFETY: `pfd` is one valid, exclusively borrowed `pollfd`; `ts_ptr` is null or points
+        // to `ts`, which outlives the call; a null signal mask leaves the mask unchanged.
+        let rc = unsafe { libc::ppoll(&mut pfd, 1, ts_ptr, std::ptr::null()) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        return Ok(rc > 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,39 @@ pub enum Command {
     /// The control path under a burst of announced routes (root): how fast a node absorbs a full
     /// table from one peer while a new node joins elsewhere, beside the routing core alone
     Routes(RoutesArgs),
+    /// The overlay over emulated WAN links (root): limited rate, delay, loss and a bottleneck
+    /// queue; throughput, RTT under load (average, p99, max), the inner flow's retransmits and
+    /// the recovery after a 2 s outage, beside the raw link
+    Wan(WanArgs),
+}
+
+/// Options of `hypha-bench wan`.
+#[derive(Args, Debug, Clone)]
+pub struct WanArgs {
+    /// Only these scenarios (repeatable or comma-separated): lossy, lossy-near, gbit,
+    /// bloat-cubic, bloat-bbr [default: all]
+    #[arg(long, value_delimiter = ',')]
+    pub scenario: Vec<String>,
+
+    /// Repetitions (the table shows medians)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+
+    /// Seconds of each bulk flow
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(3..=600))]
+    pub secs: u32,
+
+    /// Print the results as JSON (every sample) instead of the table (which then goes to stderr)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Another node binary taking mycelium's flags to put side by side (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub compare: Vec<PathBuf>,
+
+    /// The hypha binary to run in the namespaces [default: `hypha` beside this binary]
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
 }
 
 /// Options of `hypha-bench routes`.

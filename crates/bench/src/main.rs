@@ -15,6 +15,7 @@ mod measure;
 mod report;
 mod routes;
 mod run;
+mod wan;
 
 use clap::Parser;
 
@@ -23,6 +24,7 @@ fn main() {
     let result = match &cli.command {
         Some(cli::Command::Floor(args)) => floor::run(args),
         Some(cli::Command::Routes(args)) => routes::run(args),
+        Some(cli::Command::Wan(args)) => wan::run(args),
         None => run::run(&cli.bench),
     };
     if let Err(e) = result {

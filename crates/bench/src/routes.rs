@@ -223,13 +223,13 @@ fn one_run(
 }
 
 /// Whether `bin --help` mentions `flag`.
-fn help_mentions(bin: &Path, flag: &str) -> anyhow::Result<bool> {
+pub(crate) fn help_mentions(bin: &Path, flag: &str) -> anyhow::Result<bool> {
     let help = testbed::run(testbed::command(bin).arg("--help"), Duration::from_secs(20))?;
     Ok(help.stdout.contains(flag))
 }
 
 /// Makes a key file, returns the overlay address.
-fn keygen(bin: &Path, key: &Path) -> anyhow::Result<String> {
+pub(crate) fn keygen(bin: &Path, key: &Path) -> anyhow::Result<String> {
     let t = Duration::from_secs(20);
     let with_key = |args: &[&str]| {
         let mut cmd = testbed::command(bin);

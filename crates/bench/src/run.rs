@@ -913,7 +913,7 @@ fn wait_reachable(ends: &Ends, nodes: &mut [&mut Node], timeout: Duration) -> an
 }
 
 /// A helper process (iperf3) with its output discarded, asked with SIGTERM to stop on drop.
-fn quiet(cmd: &mut std::process::Command) -> anyhow::Result<ChildGuard> {
+pub(crate) fn quiet(cmd: &mut std::process::Command) -> anyhow::Result<ChildGuard> {
     let guard = ChildGuard::spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null()))?;
     Ok(guard.stop_on_drop(Duration::from_secs(5)))
 }
@@ -923,7 +923,7 @@ fn exited(child: &mut ChildGuard) -> bool {
 }
 
 /// Runs `prog args` in `ns` to completion (at most 5 s); its stdout, or an error if it failed.
-fn ok_in(ns: &Netns, prog: &str, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn ok_in(ns: &Netns, prog: &str, args: &[&str]) -> anyhow::Result<String> {
     let mut cmd = ns.command(prog);
     Ok(testbed::run(cmd.args(args), Duration::from_secs(5))?.ok()?)
 }
@@ -964,7 +964,7 @@ fn next_port() -> u16 {
 }
 
 /// A one-shot iperf3 server in `ns`, once it listens.
-fn iperf_server(ns: &Netns, port: u16) -> anyhow::Result<ChildGuard> {
+pub(crate) fn iperf_server(ns: &Netns, port: u16) -> anyhow::Result<ChildGuard> {
     let p = port.to_string();
     let mut server = quiet(ns.command("iperf3").args(["-s", "-1", "-p", &p]))?;
     let sport = format!(":{port}");

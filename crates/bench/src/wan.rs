@@ -2,8 +2,8 @@
 //! loss and a bottleneck queue, as real links have and veth has not.
 //!
 //! For each scenario two namespaces A and B are joined by an emulated link (a middle namespace,
-//! see `testbed::wan`), with the inner flows' congestion control set in both when the scenario
-//! names one. Each subject — the raw link (iperf3 and ping over the underlay itself), hypha, and
+//! see `testbed::wan`); the bulk flows use the congestion control the scenario names (iperf3
+//! `-C`; the peer links keep the machine's default). Each subject — the raw link (iperf3 and ping over the underlay itself), hypha, and
 //! every `--compare` binary (B dials A over the link) — is measured in turn, repetition after
 //! repetition:
 //!
@@ -45,7 +45,7 @@ pub struct Scenario {
     pub about: &'static str,
     /// Each direction's `WanSpec`.
     pub spec: &'static str,
-    /// The congestion control set in A and B (`None`: the machine's default).
+    /// The bulk flows' congestion control (`None`: the machine's default).
     pub cc: Option<&'static str>,
     pub target: Target,
 }
@@ -299,15 +299,6 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
     let a = Netns::new("wb-a")?;
     let b = Netns::new("wb-b")?;
     let wan = Wan::between(&a, &b, NET, spec.clone(), spec)?;
-    if let Some(cc) = sc.cc {
-        for ns in [&a, &b] {
-            let cc = cc.to_owned();
-            ns.run(move || {
-                std::fs::write("/proc/sys/net/ipv4/tcp_congestion_control", &cc)
-                    .with_context(|| format!("cannot set the congestion control to {cc}"))
-            })??;
-        }
-    }
     let mut nodes: Vec<Daemon> = Vec::new();
     let ends = match &s.bin {
         None => Ends {
@@ -347,7 +338,7 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
     let json = work.join(format!("flow-{}.json", next_file()));
     let logfile = json.to_string_lossy().into_owned();
     let (p, t) = (port.to_string(), secs.to_string());
-    let mut flow = quiet(a.command("iperf3").args([
+    let mut args = vec![
         "-c",
         &ends.addr,
         "-p",
@@ -357,7 +348,11 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
         "-J",
         "--logfile",
         &logfile,
-    ]))?;
+    ];
+    if let Some(cc) = sc.cc {
+        args.extend(["-C", cc]);
+    }
+    let mut flow = quiet(a.command("iperf3").args(args))?;
     std::thread::sleep(Duration::from_secs(1));
     let n = (secs.saturating_sub(1) * 50).max(10);
     let loaded = pings(&ends, n, "0.02", Duration::from_secs(u64::from(secs) + 30))?;
@@ -374,7 +369,7 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
     out.load_max_ms = sorted.last().copied();
     out.load_lost_pct = Some(100.0 * f64::from(n - sorted.len() as u32) / f64::from(n));
 
-    out.recover_s = outage(&ends, &wan, work, secs)?;
+    out.recover_s = outage(&ends, &wan, work, secs, sc.cc)?;
     for n in &mut nodes {
         n.check_running()?;
         n.stop(Duration::from_secs(5));
@@ -385,14 +380,20 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
 
 /// Drops everything across the link for 2 s during a bulk flow; seconds from the link's return
 /// to the first echo answered after it (`None`: none within 10 s).
-fn outage(ends: &Ends, wan: &Wan, work: &Path, secs: u32) -> anyhow::Result<Option<f64>> {
+fn outage(
+    ends: &Ends,
+    wan: &Wan,
+    work: &Path,
+    secs: u32,
+    cc: Option<&str>,
+) -> anyhow::Result<Option<f64>> {
     let port = 5402;
     let _server = iperf_server(ends.b, port)?;
     let json = work.join(format!("outage-{}.json", next_file()));
     let logfile = json.to_string_lossy().into_owned();
     let t = (secs + 15).to_string();
     let p = port.to_string();
-    let _flow = quiet(ends.a.command("iperf3").args([
+    let mut args = vec![
         "-c",
         &ends.addr,
         "-p",
@@ -402,7 +403,11 @@ fn outage(ends: &Ends, wan: &Wan, work: &Path, secs: u32) -> anyhow::Result<Opti
         "-J",
         "--logfile",
         &logfile,
-    ]))?;
+    ];
+    if let Some(cc) = cc {
+        args.extend(["-C", cc]);
+    }
+    let _flow = quiet(ends.a.command("iperf3").args(args))?;
     std::thread::sleep(Duration::from_secs(1));
     // 1 s before the outage, 2 s of it, up to 10 s after.
     let count = "1300";

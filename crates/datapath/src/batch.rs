@@ -6,6 +6,7 @@ use std::net::Ipv6Addr;
 use std::ops::Range;
 
 use routing::LinkId;
+use wire::frame::{DataHeader, DataRepr, DATA_FRAME_OVERHEAD, OUTER_HEADER_LEN};
 use wire::icmp::{self, IcmpError};
 
 use crate::ICMP_HOP_LIMIT;
@@ -21,6 +22,35 @@ const OUTBOX_CAPACITY: usize = 80 * 1024;
 pub struct FrameBatch {
     pub bytes: Vec<u8>,
     pub frames: u32,
+}
+
+impl FrameBatch {
+    /// Cuts the largest data frame out of the batch: the one a queue drops to tell the heaviest
+    /// flow of congestion (echoes, ACKs and keystrokes are small frames, and stay). Returns the
+    /// bytes cut (0: no whole frame found).
+    pub fn drop_largest_frame(&mut self) -> usize {
+        let mut pos = 0;
+        let mut largest: Option<(usize, usize)> = None;
+        while let Some(rest) = self.bytes.get(pos + OUTER_HEADER_LEN..) {
+            let Ok(h) = DataHeader::new_checked(rest) else {
+                break;
+            };
+            let len = DATA_FRAME_OVERHEAD + usize::from(DataRepr::parse(&h).body_len);
+            if pos + len > self.bytes.len() {
+                break;
+            }
+            if largest.is_none_or(|(_, l)| len > l) {
+                largest = Some((pos, len));
+            }
+            pos += len;
+        }
+        let Some((at, len)) = largest else {
+            return 0;
+        };
+        self.bytes.drain(at..at + len);
+        self.frames = self.frames.saturating_sub(1);
+        len
+    }
 }
 
 /// Per-link output buffers being filled during one batch.

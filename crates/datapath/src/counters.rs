@@ -28,6 +28,9 @@ macro_rules! for_each_data_counter {
             drop_decrypt,
             drop_inner,
             drop_queue_full,
+            /// Data frames a link's queue dropped because data had waited in it too long (its
+            /// CoDel controller), so that the inner flows slow down.
+            drop_queue_delay,
             drop_no_tun,
             icmp_generated,
             icmp_received,

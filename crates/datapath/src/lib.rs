@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+pub mod codel;
 mod counters;
 mod inbound;
 mod oob;

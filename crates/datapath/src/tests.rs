@@ -705,3 +705,38 @@ fn keys_missing_from_the_snapshot_are_derived_through_the_key_source() {
     from_b(&f, &mut budgets, &q);
     assert!(matches!(f.next_need(), Some(Need::PendingInbound(_))));
 }
+
+#[test]
+fn a_queue_drops_the_largest_frame_of_a_batch_and_keeps_the_rest_whole() {
+    let f = fixture();
+    let (a, b) = (f.a.address(), f.b.address());
+    let echo = packet(a, b, 64, 0x11, 56);
+    let bulk = packet(a, b, 64, 0x22, 1300);
+    let ack = packet(a, b, 64, 0x33, 20);
+    let mut sink = sender(&f, 8192);
+    for p in [&echo, &bulk, &ack] {
+        put(&mut sink, p);
+    }
+    let (main, _, _) = seal(&f, &mut sink);
+    let (_, mut batch) = main.expect("frames for link 1");
+    let before = batch.bytes.len();
+    let cut = batch.drop_largest_frame();
+    assert_eq!(batch.bytes.len(), before - cut);
+    assert_eq!(batch.frames, 2);
+    // The rest still decodes and opens, in order.
+    assert_eq!(
+        open_all(&batch.bytes, &f.b, &f.a),
+        vec![(63, echo.clone()), (63, ack.clone())]
+    );
+    assert!(batch.drop_largest_frame() > 0);
+    assert!(batch.drop_largest_frame() > 0);
+    assert_eq!((batch.frames, batch.bytes.len()), (0, 0));
+    assert_eq!(batch.drop_largest_frame(), 0);
+    // Bytes that are no frame are left alone.
+    let mut junk = FrameBatch {
+        bytes: vec![0xff; 100],
+        frames: 1,
+    };
+    assert_eq!(junk.drop_largest_frame(), 0);
+    assert_eq!(junk.bytes.len(), 100);
+}

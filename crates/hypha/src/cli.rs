@@ -87,6 +87,11 @@ pub struct NodeArgs {
     #[arg(long = "no-offload")]
     pub no_offload: bool,
 
+    /// Let data wait in peer links' queues without limit on its waiting time (no CoDel drops);
+    /// for comparisons
+    #[arg(long = "no-queue-management")]
+    pub no_queue_management: bool,
+
     /// Do not announce or discover peers on the local link
     #[arg(long = "disable-peer-discovery")]
     pub disable_peer_discovery: bool,
@@ -243,6 +248,7 @@ pub struct FileConfig {
     pub no_tun: Option<bool>,
     pub tun_name: Option<String>,
     pub no_offload: Option<bool>,
+    pub no_queue_management: Option<bool>,
     pub disable_peer_discovery: Option<bool>,
     pub peer_discovery_port: Option<u16>,
     pub peer_discovery_interface: Option<Vec<String>>,
@@ -280,6 +286,7 @@ pub struct Settings {
     pub no_tun: bool,
     pub tun_name: String,
     pub no_offload: bool,
+    pub no_queue_management: bool,
     pub disable_peer_discovery: bool,
     pub peer_discovery_port: u16,
     pub peer_discovery_interface: Vec<String>,
@@ -400,6 +407,7 @@ impl Cli {
             no_tun: n.no_tun || f.no_tun.unwrap_or(false),
             tun_name,
             no_offload: n.no_offload || f.no_offload.unwrap_or(false),
+            no_queue_management: n.no_queue_management || f.no_queue_management.unwrap_or(false),
             disable_peer_discovery: n.disable_peer_discovery
                 || f.disable_peer_discovery.unwrap_or(false),
             peer_discovery_port: n

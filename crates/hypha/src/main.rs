@@ -95,6 +95,7 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
         api_addr: Some(s.api_addr),
         metrics_addr: s.metrics_api_address,
         api_access: s.api_access.clone(),
+        queue_management: !s.no_queue_management,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

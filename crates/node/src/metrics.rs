@@ -647,6 +647,7 @@ impl Collector for StatsCollector {
                 ("decrypt", d.drop_decrypt),
                 ("inner", d.drop_inner),
                 ("queue_full", d.drop_queue_full),
+                ("queue_delay", d.drop_queue_delay),
                 ("no_tun", d.drop_no_tun),
             ]
             .map(|(r, v)| ([("reason", r)], v)),

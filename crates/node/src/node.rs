@@ -75,6 +75,9 @@ pub struct NodeConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Host names the API and metrics endpoint answer to besides IP literals and `localhost`.
     pub api_access: crate::api::ApiAccess,
+    /// Queue management on every link (CoDel on the data waiting for the link); off only to
+    /// compare (`--no-queue-management`).
+    pub queue_management: bool,
 }
 
 /// A running node.
@@ -185,6 +188,7 @@ impl Node {
             own_router_id: router_id,
             refusals: Default::default(),
             closes: Default::default(),
+            queue_management: cfg.queue_management,
         };
         let mut owner = Owner::new(
             router,

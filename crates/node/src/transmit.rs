@@ -5,7 +5,7 @@
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use datapath::{DataCounters, FrameBatch, Need, NeedSink};
 use routing::LinkId;
@@ -20,8 +20,16 @@ pub(crate) type DataTable = datapath::DataTable<LinkTx>;
 /// while nothing of the link is queued or being written, its socket itself.
 #[derive(Clone, Debug)]
 pub(crate) struct LinkTx {
-    data: mpsc::Sender<FrameBatch>,
+    data: mpsc::Sender<Queued>,
     direct: Option<Arc<Direct>>,
+}
+
+/// A batch in a link's queue, and when it was queued (its wait is what queue management
+/// measures).
+#[derive(Debug)]
+pub(crate) struct Queued {
+    pub batch: FrameBatch,
+    pub at: Instant,
 }
 
 /// A socket written without blocking, by whoever holds the lock around it.
@@ -144,7 +152,7 @@ impl Direct {
 }
 
 impl LinkTx {
-    pub(crate) fn new(data: mpsc::Sender<FrameBatch>, direct: Option<Arc<Direct>>) -> LinkTx {
+    pub(crate) fn new(data: mpsc::Sender<Queued>, direct: Option<Arc<Direct>>) -> LinkTx {
         LinkTx { data, direct }
     }
 
@@ -165,9 +173,17 @@ impl LinkTx {
             None => batch,
         };
         self.count_queued(1);
-        self.data
-            .try_send(batch)
-            .inspect_err(|_| self.count_queued(-1))
+        let q = Queued {
+            batch,
+            at: Instant::now(),
+        };
+        self.data.try_send(q).map_err(|e| {
+            self.count_queued(-1);
+            match e {
+                mpsc::error::TrySendError::Full(q) => mpsc::error::TrySendError::Full(q.batch),
+                mpsc::error::TrySendError::Closed(q) => mpsc::error::TrySendError::Closed(q.batch),
+            }
+        })
     }
 
     /// Queues the batch, waiting for room.
@@ -176,11 +192,14 @@ impl LinkTx {
         batch: FrameBatch,
     ) -> Result<(), mpsc::error::SendError<FrameBatch>> {
         self.count_queued(1);
-        let r = self.data.send(batch).await;
-        if r.is_err() {
+        let q = Queued {
+            batch,
+            at: Instant::now(),
+        };
+        self.data.send(q).await.map_err(|e| {
             self.count_queued(-1);
-        }
-        r
+            mpsc::error::SendError(e.0.batch)
+        })
     }
 
     /// The link closed: senders stop writing its socket.
@@ -338,10 +357,10 @@ mod tests {
         // Another link is not affected.
         assert!(!stalled.contains(LinkId(8)));
         // Once it drains, it takes batches again and is no longer stalled.
-        assert_eq!(rx.try_recv().unwrap().frames, 1);
+        assert_eq!(rx.try_recv().unwrap().batch.frames, 1);
         assert!(offer_batch(&tx, link, batch(4), &mut stalled, &counters).is_none());
         assert!(!stalled.contains(link));
-        assert_eq!(rx.try_recv().unwrap().frames, 4);
+        assert_eq!(rx.try_recv().unwrap().batch.frames, 4);
         // A closed link: counted as no route.
         drop(rx);
         assert!(offer_batch(&tx, link, batch(5), &mut stalled, &counters).is_none());
@@ -365,9 +384,9 @@ mod tests {
         assert!(stalled.contains(link));
         assert_eq!(counters.drop_queue_full.load(Ordering::Relaxed), 2);
         // Room appears: the batch goes through, nothing counted.
-        assert_eq!(rx.try_recv().unwrap().frames, 1);
+        assert_eq!(rx.try_recv().unwrap().batch.frames, 1);
         assert!(!rt.block_on(wait_for_room(&tx, link, batch(4), &mut stalled, &counters)));
-        assert_eq!(rx.try_recv().unwrap().frames, 4);
+        assert_eq!(rx.try_recv().unwrap().batch.frames, 4);
         assert_eq!(counters.drop_queue_full.load(Ordering::Relaxed), 2);
         // The link went away: counted as no route, not as stalled.
         drop(rx);
@@ -391,7 +410,7 @@ mod tests {
     fn direct_pair() -> (
         LinkTx,
         Arc<Direct>,
-        mpsc::Receiver<FrameBatch>,
+        mpsc::Receiver<Queued>,
         std::os::unix::net::UnixStream,
     ) {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -435,7 +454,7 @@ mod tests {
         let leftover = direct.writer_begin();
         assert!(leftover.is_empty());
         tx.try_send(bytes(3, 10)).unwrap();
-        assert_eq!(rx.try_recv().unwrap().bytes, vec![3; 10]);
+        assert_eq!(rx.try_recv().unwrap().batch.bytes, vec![3; 10]);
         direct.writer_done(1);
         // Idle again: straight out.
         tx.try_send(bytes(4, 10)).unwrap();
@@ -452,7 +471,7 @@ mod tests {
         assert!(!got.is_empty() && got.len() < 4 << 20);
         // The link is busy until the writer wrote the rest: later batches queue.
         tx.try_send(bytes(6, 10)).unwrap();
-        assert_eq!(rx.try_recv().unwrap().bytes, vec![6; 10]);
+        assert_eq!(rx.try_recv().unwrap().batch.bytes, vec![6; 10]);
         let rest = direct.writer_begin();
         assert_eq!(got.len() + rest.len(), 4 << 20);
         assert!(rest.iter().all(|&b| b == 5));
@@ -465,7 +484,7 @@ mod tests {
         let (tx, _direct, mut rx, mut far) = direct_pair();
         tx.close();
         tx.try_send(bytes(7, 10)).unwrap();
-        assert_eq!(rx.try_recv().unwrap().bytes, vec![7; 10]);
+        assert_eq!(rx.try_recv().unwrap().batch.bytes, vec![7; 10]);
         assert!(read_all(&mut far).is_empty());
     }
 

@@ -178,6 +178,7 @@ impl RunningNode {
                     .unwrap();
                 rt.block_on(async move {
                     let node = Node::start(NodeConfig {
+                        queue_management: true,
                         secret: crypto::SecretKey::from_bytes([key; 32]),
                         listen: Some("[::]:0".parse().unwrap()),
                         peers: Vec::new(),

@@ -25,11 +25,14 @@ use tracing::{debug, trace, warn};
 use wire::babel::{Metric, Prefix, RouterId, Subnet, Tlv};
 use wire::frame::{self, Frame, FrameReader};
 
+use datapath::codel::Codel;
 use datapath::{bump, DataCounters, DataFrame, FrameBatch, Need, Receiver, TunBatch};
 
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
-use crate::transmit::{self, ChannelNeeds, DataTable, Direct, DirectWrite, LinkTx, Stalled};
+use crate::transmit::{
+    self, ChannelNeeds, DataTable, Direct, DirectWrite, LinkTx, Queued, Stalled,
+};
 use tun::{Tun, Writer as TunWriter};
 
 /// A write that makes no progress for this long means the peer stalled: drop it.
@@ -127,6 +130,8 @@ pub(crate) struct LinkContext {
     pub refusals: Arc<LinkRefusals>,
     /// Links closed, by reason (counted by the owner).
     pub closes: Arc<LinkCloses>,
+    /// CoDel on each link's queue.
+    pub queue_management: bool,
 }
 
 /// Handles the owner keeps for a running link.
@@ -160,8 +165,12 @@ pub(crate) fn spawn<T: Transport>(id: LinkId, transport: T, ctx: LinkContext) ->
         let stats = stats.clone();
         let events = events.clone();
         let direct = direct.clone();
+        let codel = ctx
+            .queue_management
+            .then(|| (Codel::default(), ctx.counters.clone()));
         async move {
-            let why = match write_loop(wr, ctl_rx, data_rx, direct.as_deref(), &stats).await {
+            let w = write_loop(wr, ctl_rx, data_rx, direct.as_deref(), codel, &stats);
+            let why = match w.await {
                 Ok(()) => CloseReason::Shutdown,
                 Err(e) => e,
             };
@@ -191,8 +200,9 @@ pub(crate) fn spawn<T: Transport>(id: LinkId, transport: T, ctx: LinkContext) ->
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut control: mpsc::Receiver<Tlv>,
-    mut data: mpsc::Receiver<FrameBatch>,
+    mut data: mpsc::Receiver<Queued>,
     direct: Option<&Direct>,
+    mut codel: Option<(Codel, Arc<DataCounters>)>,
     stats: &LinkStats,
 ) -> Result<(), CloseReason> {
     // Control frames are encoded here; data batches are written as they came, several per
@@ -217,7 +227,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 None => return Ok(()),
             },
             b = data.recv() => match b {
-                Some(b) => {
+                Some(q) => {
+                    let b = manage(q, &mut codel, data.is_empty());
                     data_frames += u64::from(b.frames);
                     bytes += b.bytes.len();
                     batches.push(b);
@@ -233,7 +244,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         while bytes < MAX_WRITE && batches.len() < MAX_BATCHES_PER_WRITE {
             match data.try_recv() {
-                Ok(b) => {
+                Ok(q) => {
+                    let b = manage(q, &mut codel, data.is_empty());
                     data_frames += u64::from(b.frames);
                     bytes += b.bytes.len();
                     batches.push(b);
@@ -276,6 +288,22 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             crate::pool::give(b.bytes);
         }
     }
+}
+
+/// Queue management at the head of a link's queue: a batch that waited past CoDel's target
+/// for long enough loses its largest frame (see `datapath::codel`); `emptied` says nothing
+/// waits behind it.
+fn manage(q: Queued, codel: &mut Option<(Codel, Arc<DataCounters>)>, emptied: bool) -> FrameBatch {
+    let mut b = q.batch;
+    if let Some((c, counters)) = codel {
+        let now = Instant::now();
+        if c.on_dequeue(now, now.saturating_duration_since(q.at), emptied)
+            && b.drop_largest_frame() > 0
+        {
+            bump(&counters.drop_queue_delay);
+        }
+    }
+    b
 }
 
 /// Writes the control bytes, then every batch, with as few `writev` calls as the socket allows.
@@ -560,6 +588,7 @@ mod tests {
             own_router_id: own_rid(),
             refusals: Arc::default(),
             closes: Arc::default(),
+            queue_management: true,
         };
         (ctx, events_rx, needs_rx)
     }

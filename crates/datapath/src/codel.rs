@@ -1,0 +1,170 @@
+//! CoDel's control law (RFC 8289) for a link's queue: when data has waited longer than
+//! [`TARGET`] for a whole [`INTERVAL`], drop one frame, then drop again at intervals that
+//! shrink with the square root of the drops so far, until the wait falls below the target.
+//! The inner flows' own congestion control sees those losses and slows down, so the standing
+//! queue stays near the target instead of growing with every flow's window.
+//!
+//! The caller measures (sojourn time of each batch leaving the queue, and whether the queue is
+//! then empty) and drops; this is the decision alone, with time passed in.
+
+use std::time::{Duration, Instant};
+
+/// The standing queue CoDel allows.
+pub const TARGET: Duration = Duration::from_millis(5);
+/// How long the wait must stay above [`TARGET`] before the first drop (about a worst-case RTT).
+pub const INTERVAL: Duration = Duration::from_millis(100);
+
+/// The state of one queue's controller.
+#[derive(Debug, Clone)]
+pub struct Codel {
+    target: Duration,
+    interval: Duration,
+    /// When the wait, above the target since, will have been so for an interval.
+    first_above: Option<Instant>,
+    dropping: bool,
+    drop_next: Option<Instant>,
+    count: u32,
+    last_count: u32,
+}
+
+impl Default for Codel {
+    fn default() -> Codel {
+        Codel::new(TARGET, INTERVAL)
+    }
+}
+
+impl Codel {
+    pub fn new(target: Duration, interval: Duration) -> Codel {
+        Codel {
+            target,
+            interval,
+            first_above: None,
+            dropping: false,
+            drop_next: None,
+            count: 0,
+            last_count: 0,
+        }
+    }
+
+    /// A batch leaves the queue at `now` after waiting `sojourn`; `emptied` says the queue is
+    /// empty behind it (a queue that drains is no standing queue). Returns whether to drop a
+    /// frame of it.
+    pub fn on_dequeue(&mut self, now: Instant, sojourn: Duration, emptied: bool) -> bool {
+        let ok_to_drop = if sojourn < self.target || emptied {
+            self.first_above = None;
+            false
+        } else {
+            match self.first_above {
+                None => {
+                    self.first_above = Some(now + self.interval);
+                    false
+                }
+                Some(t) => now >= t,
+            }
+        };
+        if self.dropping {
+            if !ok_to_drop {
+                self.dropping = false;
+                return false;
+            }
+            let next = self.drop_next.unwrap_or(now);
+            if now >= next {
+                self.count = self.count.saturating_add(1);
+                self.drop_next = Some(self.control_law(next));
+                return true;
+            }
+            return false;
+        }
+        if !ok_to_drop {
+            return false;
+        }
+        self.dropping = true;
+        // Dropping again soon after the last dropping state: resume near its rate.
+        let delta = self.count.saturating_sub(self.last_count);
+        let recent = self
+            .drop_next
+            .is_some_and(|t| now.saturating_duration_since(t) < self.interval * 16);
+        self.count = if delta > 1 && recent { delta } else { 1 };
+        self.last_count = self.count;
+        self.drop_next = Some(self.control_law(now));
+        true
+    }
+
+    /// Whether the controller is dropping (the wait has stayed above the target).
+    pub fn dropping(&self) -> bool {
+        self.dropping
+    }
+
+    fn control_law(&self, t: Instant) -> Instant {
+        t + self.interval.div_f64(f64::from(self.count.max(1)).sqrt())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_short_wait_or_a_draining_queue_never_drops() {
+        let mut c = Codel::default();
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            // Below the target.
+            assert!(!c.on_dequeue(t0 + i * MS, 4 * MS, false));
+        }
+        for i in 1000..2000 {
+            // Above it, but the queue empties every time: a burst, not a standing queue.
+            assert!(!c.on_dequeue(t0 + i * MS, 50 * MS, true));
+        }
+        assert!(!c.dropping());
+    }
+
+    #[test]
+    fn a_standing_queue_is_dropped_from_after_an_interval_ever_faster() {
+        let mut c = Codel::default();
+        let t0 = Instant::now();
+        let mut drops = Vec::new();
+        for i in 0..=1000u32 {
+            let now = t0 + i * MS;
+            if c.on_dequeue(now, 20 * MS, false) {
+                drops.push(i);
+            }
+        }
+        // The first drop an interval after the wait went above the target.
+        assert_eq!(drops[0], 100);
+        // Then at 100/sqrt(n) ms: 100 + 100/√1, + 100/√2, + 100/√3 …
+        assert_eq!(&drops[1..4], &[200, 271, 329]);
+        let gaps: Vec<u32> = drops.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] <= g[0]), "{gaps:?}");
+        assert!(c.dropping());
+        // The wait falls below the target: dropping stops at once.
+        assert!(!c.on_dequeue(t0 + 1001 * MS, 2 * MS, false));
+        assert!(!c.dropping());
+    }
+
+    #[test]
+    fn dropping_again_soon_resumes_near_the_last_rate() {
+        let mut c = Codel::default();
+        let t0 = Instant::now();
+        let mut t = 0u32;
+        while c.count < 10 {
+            c.on_dequeue(t0 + t * MS, 20 * MS, false);
+            t += 1;
+        }
+        let was = c.count;
+        assert!(!c.on_dequeue(t0 + t * MS, 1 * MS, false));
+        // Above the target again shortly after: the first drop comes an interval later, and
+        // the count resumes where it was rather than at 1.
+        let mut first = None;
+        for i in (t + 1)..(t + 300) {
+            if c.on_dequeue(t0 + i * MS, 20 * MS, false) {
+                first = Some(i);
+                break;
+            }
+        }
+        assert_eq!(first, Some(t + 101));
+        assert!(c.count > 1 && c.count <= was, "{} vs {was}", c.count);
+    }
+}

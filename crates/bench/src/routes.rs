@@ -144,29 +144,11 @@ fn one_run(
     let a_from_r = lab.link(0).addrs[1];
     let a_from_b = lab.link(1).addrs[0];
     let b_from_c = lab.link(2).addrs[0];
-    let quic = help_mentions(&s.bin, "--disable-quic")?;
-    let node =
-        |ns: &Netns, name: &str, peer: Option<Ipv4Addr>| -> anyhow::Result<(Daemon, String)> {
-            let key = work.join(format!("{}-{rep}-{name}.key", s.label));
-            let addr = keygen(&s.bin, &key)?;
-            let mut cmd = ns.command(&s.bin);
-            cmd.arg("--key-file").arg(&key);
-            cmd.args([
-                "--disable-peer-discovery",
-                "--tun-name",
-                &format!("hyrt{name}"),
-                "--api-addr",
-                API,
-            ]);
-            if quic {
-                cmd.arg("--disable-quic");
-            }
-            if let Some(p) = peer {
-                cmd.args(["--peers", &format!("tcp://{p}:{PORT}")]);
-            }
-            let log = work.join(format!("{}-{rep}-{name}.log", s.label));
-            Ok((Daemon::start(&format!("node {name}"), cmd, &log)?, addr))
-        };
+    let node = |ns: &Netns, name: &str, peer: Option<Ipv4Addr>| {
+        let file = format!("{}-{rep}-{name}", s.label);
+        let tun = format!("hyrt{name}");
+        start_node(&s.bin, ns, work, &file, &tun, API, peer)
+    };
     let (mut na, _) = node(a, "a", None)?;
     let (mut nb, _) = node(b, "b", Some(a_from_b))?;
     // Ready when A selected B's route (any route: A has no other peer yet).
@@ -222,14 +204,46 @@ fn one_run(
     })
 }
 
+/// Starts a node of `bin` in `ns` with a fresh key (`work/<file>.key`, its log beside it), the
+/// TUN `tun` and the API on `api`, dialling `peer` if given: the daemon and its overlay address.
+pub(crate) fn start_node(
+    bin: &Path,
+    ns: &Netns,
+    work: &Path,
+    file: &str,
+    tun: &str,
+    api: &str,
+    peer: Option<Ipv4Addr>,
+) -> anyhow::Result<(Daemon, String)> {
+    let key = work.join(format!("{file}.key"));
+    let addr = keygen(bin, &key)?;
+    let mut cmd = ns.command(bin);
+    cmd.arg("--key-file").arg(&key);
+    cmd.args([
+        "--disable-peer-discovery",
+        "--tun-name",
+        tun,
+        "--api-addr",
+        api,
+    ]);
+    if help_mentions(bin, "--disable-quic")? {
+        cmd.arg("--disable-quic");
+    }
+    if let Some(p) = peer {
+        cmd.args(["--peers", &format!("tcp://{p}:{PORT}")]);
+    }
+    let log = work.join(format!("{file}.log"));
+    Ok((Daemon::start(&format!("node {file}"), cmd, &log)?, addr))
+}
+
 /// Whether `bin --help` mentions `flag`.
-pub(crate) fn help_mentions(bin: &Path, flag: &str) -> anyhow::Result<bool> {
+fn help_mentions(bin: &Path, flag: &str) -> anyhow::Result<bool> {
     let help = testbed::run(testbed::command(bin).arg("--help"), Duration::from_secs(20))?;
     Ok(help.stdout.contains(flag))
 }
 
 /// Makes a key file, returns the overlay address.
-pub(crate) fn keygen(bin: &Path, key: &Path) -> anyhow::Result<String> {
+fn keygen(bin: &Path, key: &Path) -> anyhow::Result<String> {
     let t = Duration::from_secs(20);
     let with_key = |args: &[&str]| {
         let mut cmd = testbed::command(bin);

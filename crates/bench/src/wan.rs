@@ -20,21 +20,21 @@
 //! issue's targets for hypha with PASS/FAIL.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
 use testbed::wan::{Wan, WanSpec};
-use testbed::{Daemon, Netns, ScratchDir};
+use testbed::{ChildGuard, Daemon, Netns, ScratchDir};
 
 use crate::cli::WanArgs;
 use crate::measure::{median, parse_iperf};
+use crate::routes::start_node;
 use crate::run::{iperf_server, ok_in, quiet, wait_for};
 
 const API: &str = "127.0.0.1:18991";
-const PORT: u16 = 9651;
+const TUN: &str = "hywan";
 /// The underlay net of the emulated link: 198.18.<NET>.0/24.
 const NET: u8 = 230;
 
@@ -309,9 +309,10 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
         },
         Some(bin) => {
             let tag = format!("{}-{}-{rep}", sc.name, nodes_tag(&s.label));
-            let (na, _) = start_node(bin, &a, work, &format!("{tag}-a"), None)?;
+            let (na, _) = start_node(bin, &a, work, &format!("{tag}-a"), TUN, API, None)?;
             nodes.push(na);
-            let (nb, b_addr) = start_node(bin, &b, work, &format!("{tag}-b"), Some(wan.addrs[0]))?;
+            let peer = Some(wan.addrs[0]);
+            let (nb, b_addr) = start_node(bin, &b, work, &format!("{tag}-b"), TUN, API, peer)?;
             nodes.push(nb);
             let ends = Ends {
                 a: &a,
@@ -333,26 +334,7 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
     out.idle_ms = median(&idle.rtts_ms);
 
     // The bulk flow, with echoes from 1 s in until it ends.
-    let port = 5401;
-    let _server = iperf_server(&b, port)?;
-    let json = work.join(format!("flow-{}.json", next_file()));
-    let logfile = json.to_string_lossy().into_owned();
-    let (p, t) = (port.to_string(), secs.to_string());
-    let mut args = vec![
-        "-c",
-        &ends.addr,
-        "-p",
-        &p,
-        "-t",
-        &t,
-        "-J",
-        "--logfile",
-        &logfile,
-    ];
-    if let Some(cc) = sc.cc {
-        args.extend(["-C", cc]);
-    }
-    let mut flow = quiet(a.command("iperf3").args(args))?;
+    let (_server, mut flow, json) = bulk_flow(&ends, 5401, secs, sc.cc, work)?;
     std::thread::sleep(Duration::from_secs(1));
     let n = (secs.saturating_sub(1) * 50).max(10);
     let loaded = pings(&ends, n, "0.02", Duration::from_secs(u64::from(secs) + 30))?;
@@ -387,27 +369,7 @@ fn outage(
     secs: u32,
     cc: Option<&str>,
 ) -> anyhow::Result<Option<f64>> {
-    let port = 5402;
-    let _server = iperf_server(ends.b, port)?;
-    let json = work.join(format!("outage-{}.json", next_file()));
-    let logfile = json.to_string_lossy().into_owned();
-    let t = (secs + 15).to_string();
-    let p = port.to_string();
-    let mut args = vec![
-        "-c",
-        &ends.addr,
-        "-p",
-        &p,
-        "-t",
-        &t,
-        "-J",
-        "--logfile",
-        &logfile,
-    ];
-    if let Some(cc) = cc {
-        args.extend(["-C", cc]);
-    }
-    let _flow = quiet(ends.a.command("iperf3").args(args))?;
+    let _flow = bulk_flow(ends, 5402, secs + 15, cc, work)?;
     std::thread::sleep(Duration::from_secs(1));
     // 1 s before the outage, 2 s of it, up to 10 s after.
     let count = "1300";
@@ -438,6 +400,37 @@ fn outage(
         })
         .find(|&ts| ts >= back);
     Ok(first.map(|ts| ts - back))
+}
+
+/// A bulk TCP flow A → B for `secs` (congestion control `cc`), started: its server, its client
+/// and the file its JSON report goes to.
+fn bulk_flow(
+    ends: &Ends,
+    port: u16,
+    secs: u32,
+    cc: Option<&str>,
+    work: &Path,
+) -> anyhow::Result<(ChildGuard, ChildGuard, PathBuf)> {
+    let server = iperf_server(ends.b, port)?;
+    let json = work.join(format!("flow-{}.json", next_file()));
+    let logfile = json.to_string_lossy().into_owned();
+    let (p, t) = (port.to_string(), secs.to_string());
+    let mut args = vec![
+        "-c",
+        &ends.addr,
+        "-p",
+        &p,
+        "-t",
+        &t,
+        "-J",
+        "--logfile",
+        &logfile,
+    ];
+    if let Some(cc) = cc {
+        args.extend(["-C", cc]);
+    }
+    let client = quiet(ends.a.command("iperf3").args(args))?;
+    Ok((server, client, json))
 }
 
 /// A fresh number for a file name (iperf3's `--logfile` appends to what is there).
@@ -511,36 +504,6 @@ fn nodes_tag(label: &str) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
-}
-
-/// Starts a node in `ns` (dialling `peer` if given): the daemon and its overlay address.
-fn start_node(
-    bin: &Path,
-    ns: &Netns,
-    work: &Path,
-    name: &str,
-    peer: Option<Ipv4Addr>,
-) -> anyhow::Result<(Daemon, String)> {
-    let key = work.join(format!("{name}.key"));
-    let addr = crate::routes::keygen(bin, &key)?;
-    let quic = crate::routes::help_mentions(bin, "--disable-quic")?;
-    let mut cmd = ns.command(bin);
-    cmd.arg("--key-file").arg(&key);
-    cmd.args([
-        "--disable-peer-discovery",
-        "--tun-name",
-        "hywan",
-        "--api-addr",
-        API,
-    ]);
-    if quic {
-        cmd.arg("--disable-quic");
-    }
-    if let Some(p) = peer {
-        cmd.args(["--peers", &format!("tcp://{p}:{PORT}")]);
-    }
-    let log = work.join(format!("{name}.log"));
-    Ok((Daemon::start(name, cmd, &log)?, addr))
 }
 
 /// The table: one block per scenario, one row per subject, medians.

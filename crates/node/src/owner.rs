@@ -443,6 +443,11 @@ impl Owner {
         if let Err(err) = self.router.handle_link_up(id, cost, now) {
             warn!(peer = %e, "refusing link: {err:?}");
             handles.abort();
+            // A peer we dialled is dialled again later, as after a failed dial.
+            if let Some(p) = self.peers.get_mut(&e) {
+                p.backoff += 1;
+            }
+            self.schedule_dial(&e);
             return;
         }
         info!(peer = %e, link = id.0, "peer connected ({desc})");

@@ -56,6 +56,10 @@ pub struct WanArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Also draw the medians as a PNG chart into FILE
+    #[arg(long, value_name = "FILE")]
+    pub chart: Option<PathBuf>,
+
     /// Another node binary taking mycelium's flags to put side by side (repeatable)
     #[arg(long, value_name = "PATH")]
     pub compare: Vec<PathBuf>,

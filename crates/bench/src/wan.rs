@@ -240,6 +240,11 @@ pub fn run(args: &WanArgs) -> anyhow::Result<()> {
     drop(work);
     let labels: Vec<&str> = subjects.iter().map(|s| s.label.as_str()).collect();
     let text = table(&scenarios, &labels, &all, args.runs, args.secs);
+    if let Some(path) = &args.chart {
+        crate::chart::write_png(&chart(&scenarios, &labels, &all, args.runs), path)
+            .with_context(|| format!("cannot write the chart {}", path.display()))?;
+        eprintln!("chart written to {}", path.display());
+    }
     if args.json {
         eprint!("\n{text}");
         let json: Vec<JsonScenario> = scenarios
@@ -580,6 +585,42 @@ fn table(
     t
 }
 
+/// The medians as a chart: throughput, RTT under load (average and p99) and the recovery after
+/// the outage, one group of bars per scenario, one bar per subject.
+fn chart(
+    scenarios: &[Scenario],
+    labels: &[&str],
+    all: &[Vec<Vec<Sample>>],
+    runs: u32,
+) -> crate::chart::Chart {
+    let panel = |title: &str, unit: &str, f: &dyn Fn(&Sample) -> Option<f64>| crate::chart::Panel {
+        title: title.to_owned(),
+        unit: unit.to_owned(),
+        categories: scenarios.iter().map(|s| s.name.to_owned()).collect(),
+        series: labels
+            .iter()
+            .enumerate()
+            .map(|(i, label)| crate::chart::Series {
+                name: (*label).to_owned(),
+                values: all
+                    .iter()
+                    .map(|per| median(&per[i].iter().filter_map(f).collect::<Vec<_>>()))
+                    .collect(),
+            })
+            .collect(),
+    };
+    crate::chart::Chart {
+        title: "hypha bench wan".to_owned(),
+        subtitle: format!("emulated WAN links, medians of {runs} runs"),
+        panels: vec![
+            panel("Throughput", "Mbit/s", &|x| x.mbps),
+            panel("RTT under load, average", "ms", &|x| x.load_avg_ms),
+            panel("RTT under load, p99", "ms", &|x| x.load_p99_ms),
+            panel("Recovery after a 2 s outage", "s", &|x| x.recover_s),
+        ],
+    }
+}
+
 type Med<'a> = dyn Fn(&[Sample], &dyn Fn(&Sample) -> Option<f64>) -> Option<f64> + 'a;
 
 fn verdict(target: Target, raw: &[Sample], h: &[Sample], med: &Med) -> String {
@@ -659,6 +700,29 @@ mod tests {
         assert_eq!(percentile(&sorted, 0.99), Some(198.0));
         assert_eq!(percentile(&sorted[..1], 0.99), Some(1.0));
         assert_eq!(percentile(&[], 0.99), None);
+    }
+
+    #[test]
+    fn the_chart_shows_medians_per_scenario_and_renders() {
+        let sample = |mbps: f64, avg: f64| Sample {
+            mbps: Some(mbps),
+            load_avg_ms: Some(avg),
+            load_p99_ms: Some(avg * 2.0),
+            recover_s: Some(0.5),
+            ..Sample::default()
+        };
+        let all = vec![vec![
+            vec![sample(190.0, 4.0), sample(180.0, 5.0), sample(185.0, 6.0)],
+            vec![sample(160.0, 70.0), Sample::default(), sample(170.0, 90.0)],
+        ]];
+        let c = chart(&SCENARIOS[..1], &["raw link", "hypha"], &all, 3);
+        assert_eq!(c.panels.len(), 4);
+        assert_eq!(c.panels[0].categories, vec!["lossy"]);
+        assert_eq!(c.panels[0].series[0].values, vec![Some(185.0)]);
+        // A failed run has no figure and is left out of the median.
+        assert_eq!(c.panels[1].series[1].values, vec![Some(80.0)]);
+        let (w, h, px) = crate::chart::render(&c).unwrap();
+        assert_eq!(px.len(), (w * h * 3) as usize);
     }
 
     #[test]

@@ -87,6 +87,19 @@ impl Chain {
             &[QUIET, "--peers", &to_b],
         )
     }
+
+    /// Starts C behind B and waits until A has C's route and reaches it.
+    fn join_c(&self) -> Node {
+        let c = self.start_c();
+        let c_subnet = c.subnet();
+        self.a.wait(Duration::from_secs(30), "C's route at A", |n| {
+            n.has_route(&c_subnet)
+        });
+        self.a.wait(Duration::from_secs(30), "A reaching C", |n| {
+            n.ping_once(c.addr)
+        });
+        c
+    }
 }
 
 /// 50,000 routes from one peer: A takes them all, a node that joins behind A's real peer while
@@ -102,17 +115,8 @@ fn a_burst_of_fifty_thousand_routes_is_absorbed_while_a_new_node_joins() {
     let t0 = Instant::now();
     r.send(&burst).expect("send the burst");
     // C joins behind B while A works through the burst.
-    let c = chain.start_c();
     let joined = Instant::now();
-    let c_subnet = c.subnet();
-    chain
-        .a
-        .wait(Duration::from_secs(30), "C's route at A", |n| {
-            n.has_route(&c_subnet)
-        });
-    chain.a.wait(Duration::from_secs(30), "A reaching C", |n| {
-        n.ping_once(c.addr)
-    });
+    let _c = chain.join_c();
     let reachable = joined.elapsed();
     let absorbing = routing(&chain.a, "selectedRoutes") < before + ROUTES as u64;
     chain
@@ -160,15 +164,6 @@ fn three_hundred_thousand_routes_from_one_peer_leave_room_for_the_others() {
     assert!(refused >= (ROUTES - 131_072) as u64, "refused {refused}");
     assert!(held < 140_000, "A holds {held} routes");
     // A new node behind B is still learned and reached.
-    let c = chain.start_c();
-    let c_subnet = c.subnet();
-    chain
-        .a
-        .wait(Duration::from_secs(30), "C's route at A", |n| {
-            n.has_route(&c_subnet)
-        });
-    chain.a.wait(Duration::from_secs(30), "A reaching C", |n| {
-        n.ping_once(c.addr)
-    });
+    let _c = chain.join_c();
     drop(r);
 }

@@ -104,8 +104,8 @@ fn list_add_and_errors_through_the_binary() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(
         text(&o.stdout),
-        "ENDPOINT               TYPE    STATE       TX    RX  CONNECTED  ROUTES  REFUSED\n\
-         tcp://198.18.0.6:9651  static  alive  3.0 MiB  10 B     1h 01m       3        0\n"
+        "ENDPOINT               TYPE    STATE       TX    RX  CONNECTED  ROUTES  REFUSED  RETRY\n\
+         tcp://198.18.0.6:9651  static  alive  3.0 MiB  10 B     1h 01m       3        0  -\n"
     );
 
     let o = hypha(a, &["peers", "add", "tcp://[fd00::9]:9651"]);

@@ -93,12 +93,8 @@ pub fn run(args: &RoutesArgs) -> anyhow::Result<()> {
         bin: hypha,
     }];
     for c in &args.compare {
-        let name = c
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| c.display().to_string());
         subjects.push(Subject {
-            label: name,
+            label: crate::run::label_of(c),
             bin: c.clone(),
         });
     }

@@ -222,10 +222,7 @@ fn subjects(binary: &Path, floor: &Path, compare: &[PathBuf]) -> Vec<Subject> {
         },
     ];
     for c in compare {
-        let base = c
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| c.display().to_string());
+        let base = label_of(c);
         let mut label = base.clone();
         let mut n = 2;
         while out.iter().any(|s| s.label == label) {
@@ -240,6 +237,13 @@ fn subjects(binary: &Path, floor: &Path, compare: &[PathBuf]) -> Vec<Subject> {
         });
     }
     out
+}
+
+/// How a `--compare` binary is named in tables: its file name.
+pub(crate) fn label_of(bin: &Path) -> String {
+    bin.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| bin.display().to_string())
 }
 
 /// Applies `--only`: names of subjects and of scenarios; an empty side means all of it.

@@ -185,12 +185,8 @@ pub fn run(args: &WanArgs) -> anyhow::Result<()> {
         },
     ];
     for c in &args.compare {
-        let name = c
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| c.display().to_string());
         subjects.push(Subject {
-            label: name,
+            label: crate::run::label_of(c),
             bin: Some(c.clone()),
         });
     }

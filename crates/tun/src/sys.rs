@@ -295,25 +295,13 @@ pub fn poll_readable<const N: usize>(fds: [RawFd; N], timeout_ms: i32) -> io::Re
     }
 }
 
-/// `poll(2)` on one fd for `events`; `Ok(true)` when ready, `Ok(false)` on timeout.
+/// `poll(2)` on one fd for `events` with a millisecond timeout (negative: forever); `Ok(true)`
+/// when ready, `Ok(false)` on timeout.
 pub fn poll_one(fd: &impl AsRawFd, events: i16, timeout_ms: i32) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: `pfd` is one valid, exclusively borrowed `pollfd`.
-        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        return Ok(rc > 0);
-    }
+    let timeout = u64::try_from(timeout_ms)
+        .ok()
+        .map(std::time::Duration::from_millis);
+    ppoll_one(fd, events, timeout)
 }
 
 /// `ppoll(2)` on one fd for `events` with a nanosecond timeout (`None`: forever); `Ok(true)` when

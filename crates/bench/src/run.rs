@@ -239,6 +239,15 @@ fn subjects(binary: &Path, floor: &Path, compare: &[PathBuf]) -> Vec<Subject> {
     out
 }
 
+/// Refuses a `--chart` path whose directory does not exist, before anything is measured.
+pub(crate) fn check_chart_path(chart: &Path) -> anyhow::Result<()> {
+    let dir = chart.parent().filter(|d| !d.as_os_str().is_empty());
+    if dir.is_some_and(|d| !d.is_dir()) {
+        bail!("--chart {}: no such directory", chart.display());
+    }
+    Ok(())
+}
+
 /// How a `--compare` binary is named in tables: its file name.
 pub(crate) fn label_of(bin: &Path) -> String {
     bin.file_name()
@@ -341,10 +350,7 @@ impl Plan {
             }
         }
         if let Some(chart) = &args.chart {
-            let dir = chart.parent().filter(|d| !d.as_os_str().is_empty());
-            if dir.is_some_and(|d| !d.is_dir()) {
-                bail!("--chart {}: no such directory", chart.display());
-            }
+            check_chart_path(chart)?;
         }
         if !testbed::is_root() {
             bail!("the bench creates network namespaces: run it as root");

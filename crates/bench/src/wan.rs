@@ -195,6 +195,9 @@ pub fn run(args: &WanArgs) -> anyhow::Result<()> {
             bail!("{}: not an executable file", bin.display());
         }
     }
+    if let Some(chart) = &args.chart {
+        crate::run::check_chart_path(chart)?;
+    }
     if !testbed::is_root() {
         bail!("the WAN bench needs root (network namespaces)");
     }

@@ -67,6 +67,10 @@ pub struct WanArgs {
     /// The hypha binary to run in the namespaces [default: `hypha` beside this binary]
     #[arg(long, value_name = "PATH")]
     pub binary: Option<PathBuf>,
+
+    /// Leave out the floors (the cheapest TCP overlay, and a datagram one)
+    #[arg(long)]
+    pub no_floors: bool,
 }
 
 /// Options of `hypha-bench routes`.
@@ -167,4 +171,8 @@ pub struct FloorArgs {
     /// Also seal every packet with AES-256-GCM in 1400-byte pieces, and open it at the far end
     #[arg(long)]
     pub seal: bool,
+    /// A datagram transport instead: each packet (no offloads) as one UDP datagram to the one
+    /// peer (one --listen or one --connect)
+    #[arg(long, conflicts_with = "seal")]
+    pub udp: bool,
 }

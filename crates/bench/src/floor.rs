@@ -30,7 +30,7 @@
 //! with `TCP_NODELAY` and the kernel's default buffer sizes.
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -393,11 +393,14 @@ pub fn run(args: &FloorArgs) -> anyhow::Result<()> {
         bail!("floor: give --listen and/or --connect");
     }
     let mut cfg = Config::new(args.tun.clone());
-    cfg.offload = !args.no_offload;
+    cfg.offload = !args.no_offload && !args.udp;
     let tun = Tun::open(&cfg).with_context(|| format!("cannot open TUN '{}'", args.tun))?;
     tun.set_mtu(MTU)?;
     tun.add_ipv6(args.addr, 64)?;
     tun.up()?;
+    if args.udp {
+        return run_udp(args, tun);
+    }
     let hdr = tun.capabilities().vnet_hdr_len;
     let floor = Arc::new(Floor {
         tun,
@@ -437,6 +440,86 @@ pub fn run(args: &FloorArgs) -> anyhow::Result<()> {
         }
     });
     floor.tun_loop().context("TUN read")
+}
+
+/// `--udp`: the floor of a datagram transport between two nodes. Each packet the TUN gives (no
+/// offloads: one packet of at most the MTU a read) goes to the one peer as one UDP datagram, and
+/// each datagram received goes to the TUN: no stream, so a datagram lost on the way delays
+/// nothing behind it, and the inner flows see the link's losses as they would without an
+/// overlay. The side with `--connect` says hello (its overlay address, 16 bytes) until it hears
+/// anything; the side with `--listen` sends to whoever said hello last.
+fn run_udp(args: &FloorArgs, tun: Tun) -> anyhow::Result<()> {
+    let (sock, peer) = match (args.listen.as_slice(), args.connect.as_slice()) {
+        ([l], []) => (
+            UdpSocket::bind(l).with_context(|| format!("cannot bind {l}"))?,
+            None,
+        ),
+        ([], [c]) => {
+            let any: SocketAddr = if c.is_ipv4() {
+                "0.0.0.0:0".parse()?
+            } else {
+                "[::]:0".parse()?
+            };
+            let s = UdpSocket::bind(any).context("cannot bind a UDP socket")?;
+            (s, Some(*c))
+        }
+        _ => bail!("floor --udp: give one --listen or one --connect"),
+    };
+    let sock = Arc::new(sock);
+    let to: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(peer));
+    let heard = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let own = args.addr.octets();
+    if let Some(c) = peer {
+        let (sock, heard) = (sock.clone(), heard.clone());
+        std::thread::spawn(move || {
+            while !heard.load(Relaxed) {
+                // Lost hellos are said again; a failed send is tried again the same way.
+                drop(sock.send_to(&own, c));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+    }
+    let tun = Arc::new(tun);
+    {
+        let (sock, to, tun) = (sock.clone(), to.clone(), tun.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                heard.store(true, Relaxed);
+                if n == own.len() {
+                    let mut t = to.lock().unwrap_or_else(|p| p.into_inner());
+                    if peer.is_none() && *t != Some(from) {
+                        *t = Some(from);
+                        // Answered, so the other side stops saying hello.
+                        drop(sock.send_to(&own, from));
+                    }
+                    continue;
+                }
+                // A packet the kernel refuses is lost, as on a wire.
+                drop(tun.write_raw(&buf[..n]));
+            }
+        });
+    }
+    let mut buf = vec![0u8; MAX_READ + 1];
+    loop {
+        tun.wait_readable(None)?;
+        loop {
+            let n = match tun.read_raw(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e).context("TUN read"),
+            };
+            let dest = *to.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(d) = dest {
+                // A full socket buffer or an unreachable peer loses the packet, as a router
+                // would.
+                drop(sock.send_to(&buf[..n], d));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -111,11 +111,37 @@ pub const SCENARIOS: [Scenario; 5] = [
     },
 ];
 
-/// One subject: the raw link, or a node binary taking hypha's (mycelium's) flags.
+/// One subject: the raw link, a node binary taking hypha's (mycelium's) flags, or a floor.
 struct Subject {
     label: String,
-    bin: Option<PathBuf>,
+    kind: Kind,
 }
+
+enum Kind {
+    Raw,
+    Node(PathBuf),
+    /// This binary's forwarding floor (`crate::floor`): over TCP (whole super-packets, no
+    /// crypto: the cheapest TCP overlay, head-of-line blocking included) or, with `udp`, one
+    /// datagram a packet (the floor of a datagram transport).
+    Floor {
+        bin: PathBuf,
+        udp: bool,
+    },
+}
+
+impl Subject {
+    fn bin(&self) -> Option<&PathBuf> {
+        match &self.kind {
+            Kind::Raw => None,
+            Kind::Node(b) | Kind::Floor { bin: b, .. } => Some(b),
+        }
+    }
+}
+
+/// The floor nodes' overlay addresses (A, B) and the port B listens on.
+const FLOOR_A: &str = "fd00:f100::a";
+const FLOOR_B: &str = "fd00:f100::b";
+const FLOOR_PORT: u16 = 9661;
 
 /// What one repetition of one subject measured.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -173,11 +199,11 @@ pub fn run(args: &WanArgs) -> anyhow::Result<()> {
     let mut subjects = vec![
         Subject {
             label: "raw link".into(),
-            bin: None,
+            kind: Kind::Raw,
         },
         Subject {
             label: "hypha".into(),
-            bin: Some(
+            kind: Kind::Node(
                 args.binary
                     .clone()
                     .unwrap_or_else(|| own.with_file_name("hypha")),
@@ -187,10 +213,21 @@ pub fn run(args: &WanArgs) -> anyhow::Result<()> {
     for c in &args.compare {
         subjects.push(Subject {
             label: crate::run::label_of(c),
-            bin: Some(c.clone()),
+            kind: Kind::Node(c.clone()),
         });
     }
-    for bin in subjects.iter().filter_map(|s| s.bin.as_ref()) {
+    if !args.no_floors {
+        for (label, udp) in [("floor tcp", false), ("floor udp", true)] {
+            subjects.push(Subject {
+                label: label.into(),
+                kind: Kind::Floor {
+                    bin: own.clone(),
+                    udp,
+                },
+            });
+        }
+    }
+    for bin in subjects.iter().filter_map(Subject::bin) {
         if !testbed::is_executable(bin) {
             bail!("{}: not an executable file", bin.display());
         }
@@ -304,14 +341,51 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
     let b = Netns::new("wb-b")?;
     let wan = Wan::between(&a, &b, NET, spec.clone(), spec)?;
     let mut nodes: Vec<Daemon> = Vec::new();
-    let ends = match &s.bin {
-        None => Ends {
+    let ends = match &s.kind {
+        Kind::Raw => Ends {
             a: &a,
             b: &b,
             addr: wan.addrs[1].to_string(),
             v6: false,
         },
-        Some(bin) => {
+        Kind::Floor { bin, udp } => {
+            let listen = format!("{}:{FLOOR_PORT}", wan.addrs[0]);
+            let tag = format!("{}-{}-{rep}", sc.name, nodes_tag(&s.label));
+            for (ns, addr, side, mode) in [
+                (&a, FLOOR_A, "a", "--listen"),
+                (&b, FLOOR_B, "b", "--connect"),
+            ] {
+                let mut cmd = ns.command(bin);
+                cmd.args(["floor", "--tun", TUN, "--addr", addr, mode, &listen]);
+                if *udp {
+                    cmd.arg("--udp");
+                }
+                let log = work.join(format!("{tag}-{side}.log"));
+                nodes.push(Daemon::start(&format!("floor {side}"), cmd, &log)?);
+                if side == "a" {
+                    // B's dial finds A listening.
+                    let port = format!(":{FLOOR_PORT}");
+                    let up = || ok_in(&a, "ss", &["-Htuln"]).is_ok_and(|o| o.contains(&port));
+                    if !wait_for(Duration::from_secs(10), up)? {
+                        bail!("floor A did not listen within 10 s");
+                    }
+                }
+            }
+            let ends = Ends {
+                a: &a,
+                b: &b,
+                addr: FLOOR_B.into(),
+                v6: true,
+            };
+            if !wait_for(Duration::from_secs(20), || ping_ok(&ends))? {
+                for n in &mut nodes {
+                    n.check_running()?;
+                }
+                bail!("B not reachable over the floor within 20 s");
+            }
+            ends
+        }
+        Kind::Node(bin) => {
             let tag = format!("{}-{}-{rep}", sc.name, nodes_tag(&s.label));
             let (na, _) = start_node(bin, &a, work, &format!("{tag}-a"), TUN, API, None)?;
             nodes.push(na);

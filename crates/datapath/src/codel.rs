@@ -100,9 +100,42 @@ impl Codel {
     }
 }
 
+/// The longest wait [`socket_wait`] reports: past it the figures are not a queue any more but a
+/// stalled or broken connection, which is the link's business, not queue management's.
+pub const MAX_SOCKET_WAIT: Duration = Duration::from_secs(2);
+
+/// How long data written to a peer socket now waits before it reaches the far end, beyond the
+/// path's own delay, from what the kernel says of the connection (`TCP_INFO`): its unsent bytes
+/// at the rate it delivers (`notsent / delivery_rate`, bytes and bytes a second; 0 when the rate
+/// is not known yet), plus the queue its flight stands in on the way (smoothed RTT above the
+/// smallest RTT seen). Added to the time a batch waited in the link's own queue, it makes the
+/// sojourn CoDel judges: the outer TCP's backlog is as much a standing queue as ours, and only
+/// losses of the inner flows shorten it.
+pub fn socket_wait(notsent: u32, delivery_rate: u64, rtt: Duration, min_rtt: Duration) -> Duration {
+    let unsent = if delivery_rate > 0 {
+        Duration::from_secs_f64(f64::from(notsent) / delivery_rate as f64)
+    } else {
+        Duration::ZERO
+    };
+    (unsent + rtt.saturating_sub(min_rtt)).min(MAX_SOCKET_WAIT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_socket_wait_is_unsent_bytes_at_the_delivery_rate_plus_the_flight_queue() {
+        // 128 KiB unsent at 25 MB/s (200 Mbit/s): 5.24 ms; RTT 30 ms over a 20 ms minimum.
+        let w = socket_wait(131_072, 25_000_000, 30 * MS, 20 * MS);
+        assert_eq!(w.as_micros(), 5_242 + 10_000);
+        // No rate measured yet: the flight's queue alone.
+        assert_eq!(socket_wait(131_072, 0, 30 * MS, 20 * MS), 10 * MS);
+        // An RTT below the minimum (the minimum is older): no negative queue.
+        assert_eq!(socket_wait(0, 25_000_000, 19 * MS, 20 * MS), Duration::ZERO);
+        // A crawling connection: bounded.
+        assert_eq!(socket_wait(u32::MAX, 1, MS, MS), MAX_SOCKET_WAIT);
+    }
 
     const MS: Duration = Duration::from_millis(1);
 

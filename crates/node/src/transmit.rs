@@ -35,11 +35,27 @@ pub(crate) struct Queued {
 /// A socket written without blocking, by whoever holds the lock around it.
 pub(crate) trait DirectWrite: Send + Sync {
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
+
+    /// How long data written now waits in the socket and on the way, beyond the path's own
+    /// delay (see `datapath::codel::socket_wait`); `None` when the transport cannot tell.
+    fn queue_wait(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl DirectWrite for std::net::TcpStream {
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
         std::io::Write::write_vectored(&mut &*self, bufs)
+    }
+
+    fn queue_wait(&self) -> Option<Duration> {
+        let i = tun::sock::tcp_info(self).ok()?;
+        Some(datapath::codel::socket_wait(
+            i.notsent_bytes,
+            i.delivery_rate,
+            i.rtt,
+            i.min_rtt,
+        ))
     }
 }
 
@@ -106,6 +122,13 @@ impl Direct {
     /// The writer wrote `batches` queued batches in its round.
     pub(crate) fn writer_done(&self, batches: usize) {
         self.busy.fetch_sub(batches + 1, Ordering::SeqCst);
+    }
+
+    /// How long data written to the socket now waits there and on the way (`None`: unknown, or
+    /// the link closed).
+    pub(crate) fn queue_wait(&self) -> Option<Duration> {
+        let st = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        st.sock.as_ref()?.queue_wait()
     }
 
     /// The link closed: no more writes from senders, and the descriptor is closed now.

@@ -19,6 +19,8 @@
 //!   protocol is no longer coalesced on the device. One failing packet never drops the rest.
 //! * [`Stats`] is a snapshot of the device's counters: reads, super-packets, segments, writes,
 //!   coalesced writes, packets written, `EINVAL` fallbacks, demotions, drops by reason.
+//! * [`sock::tcp_info`] reads a TCP socket's `TCP_INFO` (round trips, unsent bytes, delivery
+//!   rate) for the node's queue management.
 //! * [`bridge`] joins two devices with a userspace forwarding loop (tests and benchmark).
 //!
 //! Every `unsafe` block is a syscall or ioctl on memory the call borrows, commented with
@@ -34,6 +36,7 @@ pub mod bridge;
 mod device;
 mod io;
 pub mod probe;
+pub mod sock;
 mod stats;
 mod sys;
 

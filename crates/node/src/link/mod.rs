@@ -165,9 +165,7 @@ pub(crate) fn spawn<T: Transport>(id: LinkId, transport: T, ctx: LinkContext) ->
         let stats = stats.clone();
         let events = events.clone();
         let direct = direct.clone();
-        let codel = ctx
-            .queue_management
-            .then(|| (Codel::default(), ctx.counters.clone()));
+        let codel = ctx.queue_management.then(|| Aqm::new(ctx.counters.clone()));
         async move {
             let w = write_loop(wr, ctl_rx, data_rx, direct.as_deref(), codel, &stats);
             let why = match w.await {
@@ -202,7 +200,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut control: mpsc::Receiver<Tlv>,
     mut data: mpsc::Receiver<Queued>,
     direct: Option<&Direct>,
-    mut codel: Option<(Codel, Arc<DataCounters>)>,
+    mut codel: Option<Aqm>,
     stats: &LinkStats,
 ) -> Result<(), CloseReason> {
     // Control frames are encoded here; data batches are written as they came, several per
@@ -228,7 +226,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             },
             b = data.recv() => match b {
                 Some(q) => {
-                    let b = manage(q, &mut codel, data.is_empty());
+                    let b = manage(q, &mut codel, data.is_empty(), direct);
                     data_frames += u64::from(b.frames);
                     bytes += b.bytes.len();
                     batches.push(b);
@@ -245,7 +243,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         while bytes < MAX_WRITE && batches.len() < MAX_BATCHES_PER_WRITE {
             match data.try_recv() {
                 Ok(q) => {
-                    let b = manage(q, &mut codel, data.is_empty());
+                    let b = manage(q, &mut codel, data.is_empty(), direct);
                     data_frames += u64::from(b.frames);
                     bytes += b.bytes.len();
                     batches.push(b);
@@ -290,17 +288,48 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Queue management at the head of a link's queue: a batch that waited past CoDel's target
-/// for long enough loses its largest frame (see `datapath::codel`); `emptied` says nothing
-/// waits behind it.
-fn manage(q: Queued, codel: &mut Option<(Codel, Arc<DataCounters>)>, emptied: bool) -> FrameBatch {
+/// How often the writer asks the socket how long data waits there (`TCP_INFO`, one syscall).
+const SOCKET_WAIT_EVERY: Duration = Duration::from_millis(1);
+
+/// Queue management of one link: CoDel (`datapath::codel`) over each batch's sojourn — the time
+/// it waited in the link's queue plus the time data now waits in the socket and in the outer
+/// connection's flight, as the kernel reports it (read at most every [`SOCKET_WAIT_EVERY`]).
+pub(crate) struct Aqm {
+    codel: Codel,
+    counters: Arc<DataCounters>,
+    socket_wait: Duration,
+    read_at: Option<Instant>,
+}
+
+impl Aqm {
+    fn new(counters: Arc<DataCounters>) -> Aqm {
+        Aqm {
+            codel: Codel::default(),
+            counters,
+            socket_wait: Duration::ZERO,
+            read_at: None,
+        }
+    }
+}
+
+/// Queue management at the head of a link's queue: a batch whose sojourn stayed past CoDel's
+/// target for long enough loses its largest frame (see `datapath::codel`). `emptied` says
+/// nothing waits behind it in the link's queue; the queue counts as drained only when the
+/// socket holds no standing queue either.
+fn manage(q: Queued, aqm: &mut Option<Aqm>, emptied: bool, direct: Option<&Direct>) -> FrameBatch {
     let mut b = q.batch;
-    if let Some((c, counters)) = codel {
+    if let Some(a) = aqm {
         let now = Instant::now();
-        if c.on_dequeue(now, now.saturating_duration_since(q.at), emptied)
-            && b.drop_largest_frame() > 0
+        if a.read_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= SOCKET_WAIT_EVERY)
         {
-            bump(&counters.drop_queue_delay);
+            a.socket_wait = direct.and_then(Direct::queue_wait).unwrap_or_default();
+            a.read_at = Some(now);
+        }
+        let sojourn = now.saturating_duration_since(q.at) + a.socket_wait;
+        let drained = emptied && a.socket_wait < datapath::codel::TARGET;
+        if a.codel.on_dequeue(now, sojourn, drained) && b.drop_largest_frame() > 0 {
+            bump(&a.counters.drop_queue_delay);
         }
     }
     b

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -91,6 +92,19 @@ pub struct NodeArgs {
     /// for comparisons
     #[arg(long = "no-queue-management")]
     pub no_queue_management: bool,
+
+    /// Accepted connections that have not yet sent a well-formed frame, at most, from everywhere
+    /// [default: 512]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_unproven_peers: Option<u32>,
+
+    /// Such connections at most from one source (an IPv4 address, an IPv6 /64) [default: 8]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_unproven_per_source: Option<u32>,
+
+    /// Seconds an accepted connection has to send its first well-formed frame [default: 10]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub peer_proof_timeout: Option<u32>,
 
     /// Do not announce or discover peers on the local link
     #[arg(long = "disable-peer-discovery")]
@@ -249,6 +263,9 @@ pub struct FileConfig {
     pub tun_name: Option<String>,
     pub no_offload: Option<bool>,
     pub no_queue_management: Option<bool>,
+    pub max_unproven_peers: Option<u32>,
+    pub max_unproven_per_source: Option<u32>,
+    pub peer_proof_timeout: Option<u32>,
     pub disable_peer_discovery: Option<bool>,
     pub peer_discovery_port: Option<u16>,
     pub peer_discovery_interface: Option<Vec<String>>,
@@ -287,6 +304,7 @@ pub struct Settings {
     pub tun_name: String,
     pub no_offload: bool,
     pub no_queue_management: bool,
+    pub gate: node::gate::GateLimits,
     pub disable_peer_discovery: bool,
     pub peer_discovery_port: u16,
     pub peer_discovery_interface: Vec<String>,
@@ -408,6 +426,34 @@ impl Cli {
             tun_name,
             no_offload: n.no_offload || f.no_offload.unwrap_or(false),
             no_queue_management: n.no_queue_management || f.no_queue_management.unwrap_or(false),
+            gate: {
+                let d = node::gate::GateLimits::default();
+                let pick = |flag: Option<u32>, file: Option<u32>, name: &str| match flag.or(file) {
+                    Some(0) => bail!("invalid {name} 0: it must be at least 1"),
+                    v => Ok(v),
+                };
+                let total = pick(
+                    n.max_unproven_peers,
+                    f.max_unproven_peers,
+                    "max_unproven_peers",
+                )?;
+                let per = pick(
+                    n.max_unproven_per_source,
+                    f.max_unproven_per_source,
+                    "max_unproven_per_source",
+                )?;
+                let secs = pick(
+                    n.peer_proof_timeout,
+                    f.peer_proof_timeout,
+                    "peer_proof_timeout",
+                )?;
+                node::gate::GateLimits {
+                    max_unproven: total.map_or(d.max_unproven, |v| v as usize),
+                    max_unproven_per_source: per.map_or(d.max_unproven_per_source, |v| v as usize),
+                    proof_timeout: secs
+                        .map_or(d.proof_timeout, |v| Duration::from_secs(u64::from(v))),
+                }
+            },
             disable_peer_discovery: n.disable_peer_discovery
                 || f.disable_peer_discovery.unwrap_or(false),
             peer_discovery_port: n

@@ -303,6 +303,18 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
         p.discovered_backed_off,
         p.self_links_closed
     );
+    let _ = writeln!(
+        o,
+        "inbound proven {}; refused: cap total {}, cap source {}; timed out {}, malformed {}, \
+         closed {}; unproven now {}",
+        p.inbound_proven,
+        p.inbound_refused_total_cap,
+        p.inbound_refused_source_cap,
+        p.inbound_timed_out,
+        p.inbound_malformed,
+        p.inbound_closed,
+        p.inbound_unproven
+    );
     let closed: Vec<String> = s
         .links_closed
         .labelled()

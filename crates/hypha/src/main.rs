@@ -96,6 +96,7 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
         metrics_addr: s.metrics_api_address,
         api_access: s.api_access.clone(),
         queue_management: !s.no_queue_management,
+        gate: s.gate,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

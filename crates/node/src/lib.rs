@@ -9,6 +9,7 @@
 
 pub mod endpoint;
 
+pub mod gate;
 mod keys;
 mod link;
 mod node;

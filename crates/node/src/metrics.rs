@@ -370,6 +370,16 @@ pub struct PeeringStats {
     pub discovered_backed_off: u64,
     /// Links closed because the remote end was this node itself.
     pub self_links_closed: u64,
+    /// Accepted connections at the gate (`crate::gate`): proven; closed at once over the total
+    /// or the per-source cap; closed for no frame in time, for bytes that are not the protocol,
+    /// or by the remote end before proving anything; unproven now.
+    pub inbound_proven: u64,
+    pub inbound_refused_total_cap: u64,
+    pub inbound_refused_source_cap: u64,
+    pub inbound_timed_out: u64,
+    pub inbound_malformed: u64,
+    pub inbound_closed: u64,
+    pub inbound_unproven: u64,
 }
 
 impl PeeringStats {
@@ -385,6 +395,13 @@ impl PeeringStats {
             discovered_refused_backoff: d.refused_backoff.load(Relaxed),
             discovered_backed_off: d.backed_off.load(Relaxed),
             self_links_closed: l.self_link.load(Relaxed),
+            inbound_proven: l.gate.proven.load(Relaxed),
+            inbound_refused_total_cap: l.gate.refused_total.load(Relaxed),
+            inbound_refused_source_cap: l.gate.refused_source.load(Relaxed),
+            inbound_timed_out: l.gate.timed_out.load(Relaxed),
+            inbound_malformed: l.gate.malformed.load(Relaxed),
+            inbound_closed: l.gate.closed.load(Relaxed),
+            inbound_unproven: l.gate.unproven.load(Relaxed),
         }
     }
 }
@@ -903,6 +920,29 @@ impl Collector for StatsCollector {
             "hypha_self_links_closed",
             "Links closed because the remote end was this node itself",
             p.self_links_closed,
+        )?;
+        family(
+            e,
+            "hypha_inbound_connections",
+            "Accepted peer connections by what became of them at the gate: proven (a link), \
+             refused over the total or per-source cap of unproven connections, timed out, \
+             malformed, closed by the remote end",
+            Counter,
+            [
+                ("proven", p.inbound_proven),
+                ("cap_total", p.inbound_refused_total_cap),
+                ("cap_source", p.inbound_refused_source_cap),
+                ("timed_out", p.inbound_timed_out),
+                ("malformed", p.inbound_malformed),
+                ("closed", p.inbound_closed),
+            ]
+            .map(|(r, v)| ([("outcome", r)], v)),
+        )?;
+        gauge(
+            e,
+            "hypha_unproven_connections",
+            "Accepted connections that have not sent a well-formed frame yet",
+            i64::try_from(p.inbound_unproven).unwrap_or(i64::MAX),
         )?;
         family(
             e,

@@ -11,13 +11,15 @@ use routing::{Config as RouterConfig, Router, Time};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use wire::babel::{RouterId, Subnet};
 
 use crate::control::{Control, NodeInfo};
 use crate::discovery::{Admission, DiscoveryLimits, DiscoveryStats, Timing};
 use crate::endpoint::Endpoint;
+use crate::gate::Gate;
 use crate::keys::Identity;
+use crate::link::tcp::Proven;
 use crate::link::LinkContext;
 use crate::metrics::TunHistograms;
 use crate::owner::{unix_now, Owner, OwnerInputs, OwnerMsg};
@@ -78,6 +80,8 @@ pub struct NodeConfig {
     /// Queue management on every link (CoDel on the data waiting for the link); off only to
     /// compare (`--no-queue-management`).
     pub queue_management: bool,
+    /// The caps and the deadline for accepted connections that have not proved themselves yet.
+    pub gate: crate::gate::GateLimits,
 }
 
 /// A running node.
@@ -176,6 +180,8 @@ impl Node {
         let (tun_tx, tun_rx) = mpsc::channel(tunio::TUN_QUEUE);
         let (shutdown, shutdown_rx) = watch::channel(false);
 
+        let refusals: Arc<crate::link::LinkRefusals> = Default::default();
+        let gate_stats = refusals.gate.clone();
         let link_ctx = LinkContext {
             table: table.clone(),
             counters: counters.clone(),
@@ -186,7 +192,7 @@ impl Node {
             histograms: histograms.clone(),
             own_subnet,
             own_router_id: router_id,
-            refusals: Default::default(),
+            refusals,
             closes: Default::default(),
             queue_management: cfg.queue_management,
         };
@@ -218,8 +224,10 @@ impl Node {
             wait_shutdown(shutdown_rx.clone()),
         )));
         if let Some(l) = listener {
+            let gate = Gate::new(cfg.gate, gate_stats);
             tasks.push(tokio::spawn(accept_loop(
                 l,
+                gate,
                 msgs_tx.clone(),
                 shutdown_rx.clone(),
             )));
@@ -393,6 +401,7 @@ async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
 
 async fn accept_loop(
     l: TcpListener,
+    gate: Arc<Gate>,
     owner: mpsc::Sender<OwnerMsg>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -405,9 +414,25 @@ async fn accept_loop(
             r = l.accept() => match r {
                 Ok((stream, remote)) => {
                     errors = 0;
-                    if owner.send(OwnerMsg::Inbound(stream, remote)).await.is_err() {
-                        return;
-                    }
+                    // Over a cap: closed at once (counted), before it costs anything.
+                    let Some(ticket) = gate.admit(remote) else {
+                        continue;
+                    };
+                    let (gate, owner) = (gate.clone(), owner.clone());
+                    // Proving, and handing over to a busy owner, wait in the connection's own
+                    // task, never in the accept loop.
+                    tokio::spawn(async move {
+                        let mut stream = stream;
+                        let first = gate.prove(&mut stream).await;
+                        drop(ticket);
+                        match first {
+                            Ok(first) => {
+                                let proven = Proven { stream, first };
+                                let _ = owner.send(OwnerMsg::Inbound(proven, remote)).await;
+                            }
+                            Err(why) => debug!(%remote, ?why, "closed an unproven connection"),
+                        }
+                    });
                 }
                 Err(e) => {
                     // Out of fds and the like: back off instead of spinning.

@@ -75,7 +75,7 @@ const PENDING_SWEEP_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) enum OwnerMsg {
     Dialed(Endpoint, std::io::Result<TcpStream>),
-    Inbound(TcpStream, SocketAddr),
+    Inbound(crate::link::tcp::Proven, SocketAddr),
     Discovered(Endpoint),
 }
 

@@ -179,6 +179,7 @@ impl RunningNode {
                 rt.block_on(async move {
                     let node = Node::start(NodeConfig {
                         queue_management: true,
+                        gate: Default::default(),
                         secret: crypto::SecretKey::from_bytes([key; 32]),
                         listen: Some("[::]:0".parse().unwrap()),
                         peers: Vec::new(),

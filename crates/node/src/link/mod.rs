@@ -82,6 +82,8 @@ pub(crate) struct LinkStats {
 pub(crate) struct LinkRefusals {
     /// The remote end was this node itself: it sent our own metric-0 Update for our /64.
     pub self_link: AtomicU64,
+    /// Accepted connections at the gate, by outcome (`crate::gate`).
+    pub gate: Arc<crate::gate::GateStats>,
 }
 
 /// Messages from link tasks to the owner.

@@ -1,8 +1,12 @@
 //! Links over TCP: the socket tuned for a link (no Nagle, a short unsent backlog) and split into
 //! its two directions.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -41,13 +45,76 @@ impl Transport for TcpStream {
         // queues instead, where it back-pressures the TUN rather than delaying every packet
         // behind megabytes of bulk data (bufferbloat).
         let _ = socket2::SockRef::from(&self).set_tcp_notsent_lowat(NOTSENT_LOWAT);
-        self.into_split()
+        TcpStream::into_split(self)
     }
 
     fn direct(&self) -> Option<Box<dyn DirectWrite>> {
         // The same socket (a second descriptor, non-blocking like the first).
         let sock = socket2::SockRef::from(self).try_clone().ok()?;
         Some(Box::new(std::net::TcpStream::from(sock)))
+    }
+}
+
+/// An accepted connection that proved itself at the gate (`crate::gate`), with the bytes read
+/// while it did: the link reads them first.
+#[derive(Debug)]
+pub(crate) struct Proven {
+    pub stream: TcpStream,
+    pub first: Vec<u8>,
+}
+
+impl Transport for Proven {
+    type Reader = Prefixed<OwnedReadHalf>;
+    type Writer = OwnedWriteHalf;
+
+    fn static_cost(&self) -> u16 {
+        self.stream.static_cost()
+    }
+
+    fn describe(&self) -> String {
+        self.stream.describe()
+    }
+
+    fn split(self) -> (Prefixed<OwnedReadHalf>, OwnedWriteHalf) {
+        let (rd, wr) = Transport::split(self.stream);
+        let rd = Prefixed {
+            first: self.first,
+            at: 0,
+            inner: rd,
+        };
+        (rd, wr)
+    }
+
+    fn direct(&self) -> Option<Box<dyn DirectWrite>> {
+        self.stream.direct()
+    }
+}
+
+/// A reader that yields `first` before what `inner` reads.
+pub(crate) struct Prefixed<R> {
+    first: Vec<u8>,
+    at: usize,
+    inner: R,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        if me.at < me.first.len() {
+            let n = buf.remaining().min(me.first.len() - me.at);
+            buf.put_slice(&me.first[me.at..me.at + n]);
+            me.at += n;
+            if me.at == me.first.len() {
+                me.first = Vec::new();
+                me.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut me.inner).poll_read(cx, buf)
     }
 }
 

@@ -305,10 +305,10 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
     );
     let _ = writeln!(
         o,
-        "inbound proven {}; refused: cap total {}, cap source {}; timed out {}, malformed {}, \
-         closed {}; unproven now {}",
+        "inbound proven {}; evicted at the total cap {}, refused over the source cap {}; \
+         timed out {}, malformed {}, closed {}; unproven now {}",
         p.inbound_proven,
-        p.inbound_refused_total_cap,
+        p.inbound_evicted,
         p.inbound_refused_source_cap,
         p.inbound_timed_out,
         p.inbound_malformed,

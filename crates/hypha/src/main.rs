@@ -66,6 +66,12 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
     for what in &s.unsupported {
         tracing::warn!("flag accepted but not supported: {what}");
     }
+    // Peers and connections are bounded by the node's own caps, not by a default descriptor
+    // limit of 1,024.
+    match tun::limits::raise_open_files_limit() {
+        Ok(n) => tracing::debug!("open files limit {n}"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
     let mut peers = Vec::new();
     for p in &s.peers {
         match Endpoint::parse_supported(p) {

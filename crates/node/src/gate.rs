@@ -2,13 +2,17 @@
 //! itself by sending one well-formed frame (every mycelium and hypha node sends its Update for
 //! its own subnet at once on a new connection) within [`GateLimits::proof_timeout`]. Until then
 //! it costs a small task and the bytes it sent — no link tasks, no read buffer of its own, no
-//! second descriptor, no slot in the routing core, nothing in the owner — and it counts against
-//! a cap on unproven connections in total and one per source (an IPv4 address, an IPv6 /64),
-//! so that one address opening thousands of idle connections neither exhausts the node nor
-//! locks out peers from elsewhere. Accepting never waits for the owner: only a proven
-//! connection is handed over, by its own task.
+//! second descriptor, no slot in the routing core, nothing in the owner.
+//!
+//! Unproven connections are capped per source (an IPv4 address, an IPv6 /64): over the cap a new
+//! one is closed at once, so one address opening thousands of idle connections costs the node
+//! nothing. They are capped in total too, and there a new connection is never refused: the
+//! oldest unproven one is closed to make room. A flood from many addresses then only shortens
+//! how long each unproven connection may wait, while a legitimate peer, which proves itself in
+//! a round trip, still gets in. Accepting never waits for the owner: only a proven connection
+//! is handed over, by its own task.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -16,6 +20,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use wire::frame::{Frame, StreamDecoder, MAX_FRAME_LEN};
 
 /// The gate's limits (flags `--max-unproven-peers`, `--max-unproven-per-source`,
@@ -51,8 +56,9 @@ const FIRST_READ: usize = 512;
 pub struct GateStats {
     /// Proven and handed to the owner as links.
     pub proven: AtomicU64,
-    /// Closed at once: the cap on unproven connections was reached.
-    pub refused_total: AtomicU64,
+    /// Closed unproven to make room for a newer one: the cap on unproven connections in total
+    /// was reached.
+    pub evicted: AtomicU64,
     /// Closed at once: their source had the most unproven connections it may have.
     pub refused_source: AtomicU64,
     /// Closed: no well-formed frame within the proof timeout.
@@ -83,11 +89,14 @@ fn source_of(addr: SocketAddr) -> Source {
     }
 }
 
-/// The unproven connections now, in total and by source.
+/// The unproven connections now, in total and by source, and their eviction signals, oldest
+/// first.
 #[derive(Default)]
 struct Counts {
     total: usize,
     by_source: HashMap<Source, usize>,
+    order: VecDeque<(u64, Arc<Notify>)>,
+    next_id: u64,
 }
 
 /// The gate: limits, the unproven connections now, and what happened so far.
@@ -101,11 +110,17 @@ pub struct Gate {
 pub struct Ticket {
     gate: Arc<Gate>,
     source: Source,
+    id: u64,
+    /// Notified when the connection is closed to make room for a newer one.
+    evict: Arc<Notify>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         let mut c = self.gate.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = c.order.iter().position(|(id, _)| *id == self.id) {
+            c.order.remove(i);
+        }
         c.total = c.total.saturating_sub(1);
         self.gate.stats.unproven.store(c.total as u64, Relaxed);
         if let Some(n) = c.by_source.get_mut(&self.source) {
@@ -123,6 +138,7 @@ pub enum Refusal {
     TimedOut,
     Malformed,
     Closed,
+    Evicted,
 }
 
 impl Gate {
@@ -138,25 +154,34 @@ impl Gate {
         self.limits
     }
 
-    /// A place for a new connection from `remote`, or `None` (counted) when a cap is reached.
+    /// A place for a new connection from `remote`, or `None` (counted) when its source has
+    /// all the unproven connections it may have. At the total cap the oldest unproven
+    /// connection is told to close.
     pub fn admit(self: &Arc<Self>, remote: SocketAddr) -> Option<Ticket> {
         let source = source_of(remote);
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if c.total >= self.limits.max_unproven {
-            self.stats.refused_total.fetch_add(1, Relaxed);
-            return None;
-        }
-        let n = c.by_source.entry(source).or_insert(0);
-        if *n >= self.limits.max_unproven_per_source {
+        if c.by_source.get(&source).copied().unwrap_or(0) >= self.limits.max_unproven_per_source {
             self.stats.refused_source.fetch_add(1, Relaxed);
             return None;
         }
-        *n += 1;
+        if c.total >= self.limits.max_unproven {
+            // Its place is given back when its task ends, at once: it is notified.
+            if let Some((_, oldest)) = c.order.pop_front() {
+                oldest.notify_one();
+            }
+        }
+        *c.by_source.entry(source).or_insert(0) += 1;
         c.total += 1;
+        let id = c.next_id;
+        c.next_id += 1;
+        let evict = Arc::new(Notify::new());
+        c.order.push_back((id, evict.clone()));
         self.stats.unproven.store(c.total as u64, Relaxed);
         Some(Ticket {
             gate: self.clone(),
             source,
+            id,
+            evict,
         })
     }
 
@@ -167,14 +192,19 @@ impl Gate {
 
     /// Waits for the connection's first well-formed frame: the bytes read so far (the frame
     /// included), which the link reads first; or why not (counted).
-    pub async fn prove(&self, stream: &mut TcpStream) -> Result<Vec<u8>, Refusal> {
-        let r = tokio::time::timeout(self.limits.proof_timeout, first_frame(stream)).await;
-        let r = r.unwrap_or(Err(Refusal::TimedOut));
+    pub async fn prove(&self, ticket: &Ticket, stream: &mut TcpStream) -> Result<Vec<u8>, Refusal> {
+        let r = tokio::select! {
+            r = tokio::time::timeout(self.limits.proof_timeout, first_frame(stream)) => {
+                r.unwrap_or(Err(Refusal::TimedOut))
+            }
+            () = ticket.evict.notified() => Err(Refusal::Evicted),
+        };
         let counter = match r {
             Ok(_) => &self.stats.proven,
             Err(Refusal::TimedOut) => &self.stats.timed_out,
             Err(Refusal::Malformed) => &self.stats.malformed,
             Err(Refusal::Closed) => &self.stats.closed,
+            Err(Refusal::Evicted) => &self.stats.evicted,
         };
         counter.fetch_add(1, Relaxed);
         r
@@ -234,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn caps_hold_per_source_and_in_total_and_tickets_give_places_back() {
+    fn the_per_source_cap_refuses_and_the_total_cap_evicts_the_oldest() {
         let gate = Gate::new(limits(5, 2), Arc::default());
         let a: SocketAddr = "198.18.0.1:1000".parse().unwrap();
         let a2: SocketAddr = "[::ffff:198.18.0.1]:1001".parse().unwrap();
@@ -242,23 +272,40 @@ mod tests {
         let b_same_64: SocketAddr = "[fd00:1:2:3::99]:6".parse().unwrap();
         let c: SocketAddr = "[fd00:1:2:4::1]:5".parse().unwrap();
         let t1 = gate.admit(a).unwrap();
-        let _t2 = gate.admit(a2).unwrap();
+        let t2 = gate.admit(a2).unwrap();
         // The same IPv4 address, mapped or not: its two places are taken.
         assert!(gate.admit(a).is_none());
         let _t3 = gate.admit(b).unwrap();
         let _t4 = gate.admit(b_same_64).unwrap();
         assert!(gate.admit(b).is_none());
         let _t5 = gate.admit(c).unwrap();
-        // Five in total: a new source is refused too.
-        assert!(gate.admit("198.18.9.9:1".parse().unwrap()).is_none());
         assert_eq!(gate.stats.refused_source.load(Relaxed), 2);
-        assert_eq!(gate.stats.refused_total.load(Relaxed), 1);
+        assert_eq!(gate.unproven(), 5);
+        // Five in total: a newcomer gets in, and the oldest is told to go.
+        let t6 = gate.admit("198.18.9.9:1".parse().unwrap()).unwrap();
+        assert!(notified(&t1.evict));
+        assert!(!notified(&t2.evict));
+        drop(t1);
         assert_eq!(gate.unproven(), 5);
         assert_eq!(gate.stats.unproven.load(Relaxed), 5);
-        drop(t1);
+        drop(t6);
         assert_eq!(gate.unproven(), 4);
         assert_eq!(gate.stats.unproven.load(Relaxed), 4);
+        // The evicted one's source has its place back.
         assert!(gate.admit(a).is_some());
+    }
+
+    /// Whether a `notify_one` waits to be taken by this `Notify`'s next waiter.
+    fn notified(n: &Notify) -> bool {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(1), n.notified())
+                .await
+                .is_ok()
+        })
     }
 
     /// Our own encoding of an Update for a /64 (the frame a node sends first).
@@ -306,20 +353,23 @@ mod tests {
             s.write_all(&f[5..]).await.unwrap();
             s
         });
-        let (mut s, _) = l.accept().await.unwrap();
-        let got = gate.prove(&mut s).await.unwrap();
+        let (mut s, from) = l.accept().await.unwrap();
+        let t = gate.admit(from).unwrap();
+        let got = gate.prove(&t, &mut s).await.unwrap();
         assert!(got.starts_with(&frame), "{} bytes", got.len());
         let _keep = peer.await.unwrap();
 
         // One that says nothing.
         let _idle = TcpStream::connect(at).await.unwrap();
-        let (mut s, _) = l.accept().await.unwrap();
-        assert_eq!(gate.prove(&mut s).await, Err(Refusal::TimedOut));
+        let (mut s, from) = l.accept().await.unwrap();
+        let t = gate.admit(from).unwrap();
+        assert_eq!(gate.prove(&t, &mut s).await, Err(Refusal::TimedOut));
 
         // One that hangs up.
         drop(TcpStream::connect(at).await.unwrap());
-        let (mut s, _) = l.accept().await.unwrap();
-        assert_eq!(gate.prove(&mut s).await, Err(Refusal::Closed));
+        let (mut s, from) = l.accept().await.unwrap();
+        let t = gate.admit(from).unwrap();
+        assert_eq!(gate.prove(&t, &mut s).await, Err(Refusal::Closed));
 
         assert_eq!(gate.stats.proven.load(Relaxed), 1);
         assert_eq!(gate.stats.timed_out.load(Relaxed), 1);

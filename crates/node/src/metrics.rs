@@ -370,11 +370,12 @@ pub struct PeeringStats {
     pub discovered_backed_off: u64,
     /// Links closed because the remote end was this node itself.
     pub self_links_closed: u64,
-    /// Accepted connections at the gate (`crate::gate`): proven; closed at once over the total
-    /// or the per-source cap; closed for no frame in time, for bytes that are not the protocol,
-    /// or by the remote end before proving anything; unproven now.
+    /// Accepted connections at the gate (`crate::gate`): proven; closed unproven to make room
+    /// for a newer one (the total cap); closed at once over the per-source cap; closed for no
+    /// frame in time, for bytes that are not the protocol, or by the remote end before proving
+    /// anything; unproven now.
     pub inbound_proven: u64,
-    pub inbound_refused_total_cap: u64,
+    pub inbound_evicted: u64,
     pub inbound_refused_source_cap: u64,
     pub inbound_timed_out: u64,
     pub inbound_malformed: u64,
@@ -396,7 +397,7 @@ impl PeeringStats {
             discovered_backed_off: d.backed_off.load(Relaxed),
             self_links_closed: l.self_link.load(Relaxed),
             inbound_proven: l.gate.proven.load(Relaxed),
-            inbound_refused_total_cap: l.gate.refused_total.load(Relaxed),
+            inbound_evicted: l.gate.evicted.load(Relaxed),
             inbound_refused_source_cap: l.gate.refused_source.load(Relaxed),
             inbound_timed_out: l.gate.timed_out.load(Relaxed),
             inbound_malformed: l.gate.malformed.load(Relaxed),
@@ -925,12 +926,12 @@ impl Collector for StatsCollector {
             e,
             "hypha_inbound_connections",
             "Accepted peer connections by what became of them at the gate: proven (a link), \
-             refused over the total or per-source cap of unproven connections, timed out, \
-             malformed, closed by the remote end",
+             evicted for a newer one at the total cap of unproven connections, refused over the \
+             per-source cap, timed out, malformed, closed by the remote end",
             Counter,
             [
                 ("proven", p.inbound_proven),
-                ("cap_total", p.inbound_refused_total_cap),
+                ("evicted", p.inbound_evicted),
                 ("cap_source", p.inbound_refused_source_cap),
                 ("timed_out", p.inbound_timed_out),
                 ("malformed", p.inbound_malformed),

@@ -423,7 +423,7 @@ async fn accept_loop(
                     // task, never in the accept loop.
                     tokio::spawn(async move {
                         let mut stream = stream;
-                        let first = gate.prove(&mut stream).await;
+                        let first = gate.prove(&ticket, &mut stream).await;
                         drop(ticket);
                         match first {
                             Ok(first) => {

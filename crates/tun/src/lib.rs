@@ -19,6 +19,7 @@
 //!   protocol is no longer coalesced on the device. One failing packet never drops the rest.
 //! * [`Stats`] is a snapshot of the device's counters: reads, super-packets, segments, writes,
 //!   coalesced writes, packets written, `EINVAL` fallbacks, demotions, drops by reason.
+//! * [`limits::raise_open_files_limit`] lifts the soft limit on open files to the hard one.
 //! * [`sock::tcp_info`] reads a TCP socket's `TCP_INFO` (round trips, unsent bytes, delivery
 //!   rate) for the node's queue management.
 //! * [`bridge`] joins two devices with a userspace forwarding loop (tests and benchmark).
@@ -35,6 +36,7 @@ mod async_tun;
 pub mod bridge;
 mod device;
 mod io;
+pub mod limits;
 pub mod probe;
 pub mod sock;
 mod stats;

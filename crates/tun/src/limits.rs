@@ -5,7 +5,7 @@
 use std::io;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the limit now in force.
-pub fn raise_open_files_limit() -> io::Result<u64> {
+pub fn raise_open_files_limit() -> io::Result<libc::rlim_t> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -25,7 +25,7 @@ pub fn raise_open_files_limit() -> io::Result<u64> {
         }
         lim = raised;
     }
-    Ok(u64::from(lim.rlim_cur))
+    Ok(lim.rlim_cur)
 }
 
 #[cfg(test)]

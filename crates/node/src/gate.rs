@@ -214,6 +214,7 @@ impl Gate {
 /// Reads until the bytes hold one complete, well-formed frame (a control TLV or a data frame).
 async fn first_frame(stream: &mut TcpStream) -> Result<Vec<u8>, Refusal> {
     let mut buf: Vec<u8> = Vec::with_capacity(FIRST_READ);
+    let mut proof = Proof::default();
     loop {
         if buf.len() == buf.capacity() {
             if buf.len() >= MAX_UNPROVEN_BYTES {
@@ -228,25 +229,37 @@ async fn first_frame(stream: &mut TcpStream) -> Result<Vec<u8>, Refusal> {
         if n == 0 {
             return Err(Refusal::Closed);
         }
-        if proves(&buf)? {
+        if proof.proves(&buf)? {
             return Ok(buf);
         }
     }
 }
 
-/// Whether `bytes` (the start of a connection) hold a well-formed frame: `Ok(false)` while more
-/// are needed; `Err` when the framing is broken.
-fn proves(bytes: &[u8]) -> Result<bool, Refusal> {
-    let mut dec = StreamDecoder::new();
-    let mut pos = 0;
-    loop {
-        let d = dec.decode(&bytes[pos..]).map_err(|_| Refusal::Malformed)?;
-        pos += d.consumed;
-        match d.frame {
-            Some(Frame::Control(_) | Frame::Data { .. }) => return Ok(true),
-            // A TLV the decoder skips (unknown or malformed) proves nothing; go on.
-            Some(Frame::Skipped(_)) => {}
-            None => return Ok(false),
+/// Decoding the start of a connection as it arrives: each byte is decoded once, however the
+/// bytes are cut into reads (a sender trickling bytes gets linear work, not quadratic).
+#[derive(Default)]
+struct Proof {
+    dec: StreamDecoder,
+    /// Bytes of the connection decoded so far.
+    pos: usize,
+}
+
+impl Proof {
+    /// Whether the connection's bytes so far (`bytes`, the ones seen before included) hold a
+    /// well-formed frame: `Ok(false)` while more are needed; `Err` when the framing is broken.
+    fn proves(&mut self, bytes: &[u8]) -> Result<bool, Refusal> {
+        loop {
+            let d = self
+                .dec
+                .decode(&bytes[self.pos..])
+                .map_err(|_| Refusal::Malformed)?;
+            self.pos += d.consumed;
+            match d.frame {
+                Some(Frame::Control(_) | Frame::Data { .. }) => return Ok(true),
+                // A TLV the decoder skips (unknown or malformed) proves nothing; go on.
+                Some(Frame::Skipped(_)) => {}
+                None => return Ok(false),
+            }
         }
     }
 }
@@ -329,11 +342,20 @@ mod tests {
     fn a_frame_proves_a_connection_and_broken_framing_refuses_it() {
         let f = update_frame();
         for cut in 0..f.len() {
-            assert_eq!(proves(&f[..cut]), Ok(false), "{cut} bytes");
+            assert_eq!(Proof::default().proves(&f[..cut]), Ok(false), "{cut} bytes");
         }
-        assert_eq!(proves(&f), Ok(true));
+        assert_eq!(Proof::default().proves(&f), Ok(true));
+        // Byte by byte, decoding where it left off.
+        let mut p = Proof::default();
+        for cut in 1..f.len() {
+            assert_eq!(p.proves(&f[..cut]), Ok(false), "{cut} bytes");
+        }
+        assert_eq!(p.proves(&f), Ok(true));
         // An HTTP request is not the protocol.
-        assert_eq!(proves(b"GET / HTTP/1.1\r\n\r\n"), Err(Refusal::Malformed));
+        assert_eq!(
+            Proof::default().proves(b"GET / HTTP/1.1\r\n\r\n"),
+            Err(Refusal::Malformed)
+        );
     }
 
     #[tokio::test]

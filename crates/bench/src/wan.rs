@@ -371,19 +371,7 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
                     }
                 }
             }
-            let ends = Ends {
-                a: &a,
-                b: &b,
-                addr: FLOOR_B.into(),
-                v6: true,
-            };
-            if !wait_for(Duration::from_secs(20), || ping_ok(&ends))? {
-                for n in &mut nodes {
-                    n.check_running()?;
-                }
-                bail!("B not reachable over the floor within 20 s");
-            }
-            ends
+            overlay_ends(&a, &b, FLOOR_B.into(), &mut nodes, Duration::from_secs(20))?
         }
         Kind::Node(bin) => {
             let tag = format!("{}-{}-{rep}", sc.name, nodes_tag(&s.label));
@@ -392,19 +380,7 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
             let peer = Some(wan.addrs[0]);
             let (nb, b_addr) = start_node(bin, &b, work, &format!("{tag}-b"), TUN, API, peer)?;
             nodes.push(nb);
-            let ends = Ends {
-                a: &a,
-                b: &b,
-                addr: b_addr,
-                v6: true,
-            };
-            if !wait_for(Duration::from_secs(45), || ping_ok(&ends))? {
-                for n in &mut nodes {
-                    n.check_running()?;
-                }
-                bail!("B not reachable over the overlay within 45 s");
-            }
-            ends
+            overlay_ends(&a, &b, b_addr, &mut nodes, Duration::from_secs(45))?
         }
     };
     let mut out = Sample::default();
@@ -436,6 +412,30 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
     }
     drop(wan);
     Ok(out)
+}
+
+/// The ends of the flows through an overlay (B's overlay address), once A reaches B over it
+/// within `wait`.
+fn overlay_ends<'a>(
+    a: &'a Netns,
+    b: &'a Netns,
+    addr: String,
+    nodes: &mut [Daemon],
+    wait: Duration,
+) -> anyhow::Result<Ends<'a>> {
+    let ends = Ends {
+        a,
+        b,
+        addr,
+        v6: true,
+    };
+    if !wait_for(wait, || ping_ok(&ends))? {
+        for n in nodes {
+            n.check_running()?;
+        }
+        bail!("B not reachable over the overlay within {wait:?}");
+    }
+    Ok(ends)
 }
 
 /// Drops everything across the link for 2 s during a bulk flow; seconds from the link's return

@@ -24,7 +24,18 @@ fn hello_bursts_leave_no_memory_behind() {
     let dir = tempfile::tempdir().unwrap();
     let (na, nx) = (Netns::new("lma").unwrap(), Netns::new("lmx").unwrap());
     let [ax, _] = link(&na, &nx, 42).expect("veth link").addrs;
-    let a = Node::start(&na, dir.path(), "a", &["--disable-peer-discovery"]);
+    // All the connections come from one address; the gate lets 8 wait unproven per source by
+    // default, and this test is about links, not the gate.
+    let a = Node::start(
+        &na,
+        dir.path(),
+        "a",
+        &[
+            "--disable-peer-discovery",
+            "--max-unproven-per-source",
+            "64",
+        ],
+    );
     let target: SocketAddr = format!("{ax}:9651").parse().unwrap();
 
     let mut burst = Vec::with_capacity(HELLOS * 16);
@@ -44,11 +55,18 @@ fn hello_bursts_leave_no_memory_behind() {
             .unwrap_or(0)
     };
     let rss_start = a.rss_kib().unwrap();
-    // Idle connections first, so that what they cost is apart from what the bursts add.
+    // Idle links first, so that what they cost is apart from what the bursts add: each
+    // connection sends one Hello, which makes it a link (see `node::gate`).
+    let first = burst[..16].to_vec();
     let mut conns: Vec<TcpStream> = nx
         .run(move || {
             (0..CONNECTIONS)
-                .map(|_| TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap())
+                .map(|_| {
+                    let mut c =
+                        TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
+                    c.write_all(&first).unwrap();
+                    c
+                })
                 .collect()
         })
         .unwrap();
@@ -62,6 +80,7 @@ fn hello_bursts_leave_no_memory_behind() {
         c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
         c.write_all(&burst).unwrap();
     }
+    // Each connection sent one Hello before its burst: at least this many are counted.
     let want = (CONNECTIONS * HELLOS) as u64;
     a.wait(Duration::from_secs(60), "every Hello processed", |n| {
         hellos(n) >= want

@@ -2,14 +2,14 @@
 # Soak: one node (A, the hub) under mixed load for SECS seconds (default 1800), sampling its RSS,
 # file descriptors and threads, and its peers, links and unproven connections, every minute.
 #
-#   sudo sh scripts/soak.sh [HYPHA_BIN] [SECS]
+#   sudo bash scripts/soak.sh [HYPHA_BIN] [SECS]
 #
 # Namespaces (removed at the end, also on Ctrl-C): A hub; B and C peers of A with traffic between
 # them through A (iperf3 at 100 Mbit/s in 50 s rounds, echoes every 0.2 s); D a peer killed and
 # started again every 45 s; F an attacker: every minute 3,000 idle connections (every other
-# having sent one byte) held 20 s, 50 connections of random bytes, 100 connections of frames
-# that are not the protocol after a valid one, and a connection sending 20,000 route requests for
-# random subnets. Every 90 s the B-A link goes down for 3 s. Underlay 198.18.71-74.0/24.
+# having sent one byte) held 20 s, and, each from an address of its own, 50 connections of
+# random bytes, 100 connections of random bytes after one valid frame, and a connection sending
+# 20,000 route requests for random subnets. Every 90 s the B-A link goes down for 3 s. Underlay 198.18.71-74.0/24.
 # Prints one line a minute and, at the end, start, end and the largest value of each figure.
 set -u
 H=${1:-./target/release/hypha}
@@ -33,6 +33,7 @@ veth() { # veth NET NS_A NS_B: 198.18.NET.1 in NS_A, .2 in NS_B
     ip -n "$2" link set "s$1a" up; ip -n "$3" link set "s$1b" up
 }
 veth 71 sk-a sk-b; veth 72 sk-a sk-c; veth 73 sk-a sk-d; veth 74 sk-a sk-f
+ip -n sk-f addr add 198.18.74.3/24 dev s74b; ip -n sk-f addr add 198.18.74.4/24 dev s74b
 node() { # node NS NAME [args]: a hypha in NS, key and log in $W
     local ns=$1 name=$2; shift 2
     ip netns exec "$ns" "$H" -k "$W/$name.key" --disable-peer-discovery --tun-name hysk "$@" \
@@ -57,8 +58,11 @@ ip netns exec sk-b sh -c "while :; do ping -6 -q -i 0.2 -c 300 $CADDR >/dev/null
 cat >"$W/attack.py" <<'PY'
 import os, random, socket, struct, sys, time
 T = ("198.18.74.1", 9651)
-def conn():
-    s = socket.socket(); s.settimeout(3); s.connect(T); return s
+# Each kind of attack from its own address, so the per-source cap on idle connections does not
+# keep the garbage and the route requests away from the node.
+IDLE, GARBAGE, REQUESTS = "198.18.74.2", "198.18.74.3", "198.18.74.4"
+def conn(src=IDLE):
+    s = socket.socket(); s.settimeout(3); s.bind((src, 0)); s.connect(T); return s
 def rr(subnet):
     tlv = bytes([9, 11, 0, 2, 64]) + subnet
     return bytes([1, 1, 0, 0, 42, 3]) + struct.pack(">H", len(tlv)) + tlv
@@ -71,13 +75,13 @@ while True:
             held.append(s)
         except OSError: pass
     for _ in range(50):
-        try: conn().send(os.urandom(random.randint(1, 4000)))
+        try: conn(GARBAGE).send(os.urandom(random.randint(1, 4000)))
         except OSError: pass
     for _ in range(100):
-        try: conn().send(rr(os.urandom(8)) + os.urandom(500))
+        try: conn(GARBAGE).send(rr(os.urandom(8)) + os.urandom(500))
         except OSError: pass
     try:
-        s = conn()
+        s = conn(REQUESTS)
         for _ in range(20000):
             s.sendall(rr(bytes([4 + random.randint(0, 1)]) + os.urandom(7)))
         s.close()

@@ -33,13 +33,8 @@ fn a_connection_flood_from_one_address_locks_out_nobody() {
     let ac = link(&na, &nc, 42).expect("veth A-C");
     let af = link(&na, &nf, 43).expect("veth A-F");
     let a = Node::start(&na, dir.path(), "a", &["--disable-peer-discovery"]);
-    let peer_ab = format!("tcp://{}:9651", ab.addrs[0]);
-    let b = Node::start(
-        &nb,
-        dir.path(),
-        "b",
-        &["--disable-peer-discovery", "--peers", &peer_ab],
-    );
+    let discovery_off = ["--disable-peer-discovery"];
+    let b = Node::start_dialling(&nb, dir.path(), "b", ab.addrs[0], &discovery_off);
     b.wait(Duration::from_secs(20), "B reaching A", |n| {
         n.ping_once(a.addr)
     });
@@ -96,13 +91,7 @@ fn a_connection_flood_from_one_address_locks_out_nobody() {
 
     // A new peer from another address, while the flood's connections are held.
     let started = Instant::now();
-    let peer_ac = format!("tcp://{}:9651", ac.addrs[0]);
-    let c = Node::start(
-        &nc,
-        dir.path(),
-        "c",
-        &["--disable-peer-discovery", "--peers", &peer_ac],
-    );
+    let c = Node::start_dialling(&nc, dir.path(), "c", ac.addrs[0], &discovery_off);
     c.wait(
         Duration::from_secs(5),
         "C reaching A during the flood",
@@ -156,13 +145,7 @@ fn a_node_restarted_at_once_with_the_same_tun_comes_back() {
     let flags = ["--disable-peer-discovery", "--tun-name", "hyrs"];
     let mut a = Node::start(&na, dir.path(), "a", &flags);
     let (key, addr) = (a.key.clone(), a.addr);
-    let peer = format!("tcp://{}:9651", ab.addrs[0]);
-    let b = Node::start(
-        &nb,
-        dir.path(),
-        "b",
-        &[flags.as_slice(), &["--peers", &peer]].concat(),
-    );
+    let b = Node::start_dialling(&nb, dir.path(), "b", ab.addrs[0], &flags);
     b.wait(Duration::from_secs(20), "B reaching A", |n| {
         n.ping_once(addr)
     });

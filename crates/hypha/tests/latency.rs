@@ -71,13 +71,7 @@ fn echoes_stay_fast_beside_a_bulk_flow_on_a_limited_lossy_link() {
         flags.push("--no-queue-management");
     }
     let a = Node::start(&na, dir.path(), "a", &flags);
-    let peer = format!("tcp://{}:9651", wan.addrs[0]);
-    let b = Node::start(
-        &nb,
-        dir.path(),
-        "b",
-        &[flags.as_slice(), &["--peers", &peer]].concat(),
-    );
+    let b = Node::start_dialling(&nb, dir.path(), "b", wan.addrs[0], &flags);
     a.wait(
         Duration::from_secs(30),
         "B answering through the overlay",

@@ -61,6 +61,19 @@ impl Node {
         node
     }
 
+    /// Starts `hypha` like [`Node::start`] with `extra`, dialling the node listening on the
+    /// default peer port at the underlay address `peer`.
+    pub fn start_dialling(
+        ns: &Netns,
+        dir: &Path,
+        name: &str,
+        peer: std::net::Ipv4Addr,
+        extra: &[&str],
+    ) -> Node {
+        let peer = format!("tcp://{peer}:9651");
+        Self::start(ns, dir, name, &[extra, &["--peers", &peer]].concat())
+    }
+
     /// Starts `hypha` like [`Node::start`], without waiting for it to be up.
     pub fn spawn(ns: &Netns, dir: &Path, name: &str, extra: &[&str]) -> Node {
         let (key, addr) = make_key(dir, name);

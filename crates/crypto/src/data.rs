@@ -35,6 +35,16 @@ pub enum PayloadType {
     Message,
     /// An out-of-band ICMP error from an intermediate node (type 2).
     OobIcmp,
+    /// A hypha session handshake message (type 16; `docs/sessions.md`). Other nodes drop it.
+    Handshake,
+    /// An empty frame that confirms a new session (type 17).
+    Keepalive,
+    /// A whole TUN super-packet, virtio-net header first (type 18; sessions only).
+    SuperPacket,
+    /// A full-size frame that tests whether a path carries super-frames (type 19).
+    PathProbe,
+    /// The answer to a probe, and the acknowledgement of super-frames received (type 20).
+    PathAck,
     /// A type this node does not know; the receiver drops it.
     Unknown(u8),
 }
@@ -45,6 +55,11 @@ impl PayloadType {
             PayloadType::L3 => 0,
             PayloadType::Message => 1,
             PayloadType::OobIcmp => 2,
+            PayloadType::Handshake => 16,
+            PayloadType::Keepalive => 17,
+            PayloadType::SuperPacket => 18,
+            PayloadType::PathProbe => 19,
+            PayloadType::PathAck => 20,
             PayloadType::Unknown(t) => t,
         }
     }
@@ -54,6 +69,11 @@ impl PayloadType {
             0 => PayloadType::L3,
             1 => PayloadType::Message,
             2 => PayloadType::OobIcmp,
+            16 => PayloadType::Handshake,
+            17 => PayloadType::Keepalive,
+            18 => PayloadType::SuperPacket,
+            19 => PayloadType::PathProbe,
+            20 => PayloadType::PathAck,
             t => PayloadType::Unknown(t),
         }
     }
@@ -96,6 +116,8 @@ pub enum SealError {
     NoRoom { need: usize, have: usize },
     /// The OS random source failed when the nonce sequence was first seeded.
     NoRandomness,
+    /// A session has sealed its last frame; a new one must be negotiated.
+    Exhausted,
 }
 
 impl fmt::Display for SealError {
@@ -105,6 +127,7 @@ impl fmt::Display for SealError {
                 write!(f, "seal needs {need} bytes of buffer, {have} given")
             }
             SealError::NoRandomness => f.write_str("no OS randomness to seed AES-GCM nonces"),
+            SealError::Exhausted => f.write_str("session counter exhausted"),
         }
     }
 }

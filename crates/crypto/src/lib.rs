@@ -51,6 +51,7 @@
 
 mod data;
 mod identity;
+pub mod session;
 
 pub use data::{
     OpenError, PayloadType, PeerCipher, SealError, SharedSecret, INNER_HEADER_LEN, INNER_VERSION,
@@ -59,6 +60,10 @@ pub use data::{
 pub use identity::{
     address_from_public_key, overlay, KeyFileError, KeyFileErrorKind, ParsePublicKeyError,
     PublicKey, SecretKey, KEY_LEN,
+};
+pub use session::{
+    HandshakeError, HandshakeMessage, Initiator, ReplayWindow, Responded, Session,
+    SessionOpenError, Timestamp,
 };
 
 #[cfg(test)]

@@ -56,6 +56,15 @@ macro_rules! for_each_data_counter {
             /// reached or when it waited past its deadline.
             drop_pending_full,
             drop_pending_expired,
+            /// Data frames sealed under an end-to-end session (`docs/sessions.md`).
+            session_frames_out,
+            /// Data frames opened under a session.
+            session_frames_in,
+            /// Session frames refused as replays (counter seen, or behind the window).
+            session_replays,
+            /// Super-frames (whole TUN super-packets) sent and received.
+            super_frames_out,
+            super_frames_in,
         }
     };
 }

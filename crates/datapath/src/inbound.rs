@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crypto::{PayloadType, INNER_HEADER_LEN};
+use crypto::{PayloadType, SessionOpenError, INNER_HEADER_LEN};
 use routing::{LinkId, Lookup};
 use tracing::warn;
 use wire::babel::Subnet;
@@ -32,6 +32,8 @@ pub const ICMP_BURST: u32 = 100;
 /// and new senders' first frames come far below it.
 pub const LINK_NEEDS_PER_SEC: u32 = 500;
 pub const LINK_NEEDS_BURST: u32 = 500;
+/// How often frames from one sender that open under no key we hold may ask for a new session.
+const STALE_SESSION_EVERY: Duration = Duration::from_secs(1);
 
 /// Work a peer can make us do at packet rate, limited per link.
 #[derive(Debug)]
@@ -91,6 +93,7 @@ pub struct Receiver {
     link: LinkId,
     counters: Arc<DataCounters>,
     refresh: RefreshTracker,
+    stale: RefreshTracker,
     budgets: LinkBudgets,
     outbox: Outbox,
     built: TunBatch,
@@ -105,6 +108,7 @@ impl Receiver {
             link,
             counters,
             refresh: RefreshTracker::default(),
+            stale: RefreshTracker::every(STALE_SESSION_EVERY),
             budgets: LinkBudgets::default(),
             outbox: Outbox::default(),
             built: TunBatch::default(),
@@ -134,8 +138,10 @@ impl Receiver {
             counters: &self.counters,
             needs,
             refresh: &mut self.refresh,
+            stale: &mut self.stale,
             budgets: &mut self.budgets,
             now,
+            admitted: false,
         };
         ctx.handle(
             table,
@@ -187,8 +193,12 @@ pub(crate) struct Inbound<'a, N> {
     pub counters: &'a DataCounters,
     pub needs: &'a mut N,
     pub refresh: &'a mut RefreshTracker,
+    /// When each sender last made us ask for a new session.
+    pub stale: &'a mut RefreshTracker,
     pub budgets: &'a mut LinkBudgets,
     pub now: Instant,
+    /// Set by `accept`: the IPv6 packet it was given may go to the TUN.
+    pub admitted: bool,
 }
 
 /// Why an opened packet does not go to the TUN.
@@ -282,8 +292,7 @@ fn count_oob(got: Result<(), OobRefusal>, counters: &DataCounters) -> Option<Oob
 /// Opens a frame kept by the owner until its sender's key was known (`sender` is the subnet
 /// that key is for) and adds what it carries to `tun_out`: an IPv6 packet that passes
 /// [`check_inner`], or the ICMPv6 error an out-of-band one reports about a packet of ours
-/// (`orig_cipher` gives the key of that packet's destination). Counts what it refuses; true
-/// when a packet was delivered (errors are counted as received here).
+/// (`orig_cipher` gives the key of that packet's destination). Counts what it refuses.
 pub fn deliver_pending(
     cipher: &Cipher,
     sender: Subnet,
@@ -292,26 +301,28 @@ pub fn deliver_pending(
     tun_out: &mut TunBatch,
     counters: &DataCounters,
     orig_cipher: &dyn Fn(Ipv6Addr) -> Option<Cipher>,
-) -> bool {
+) -> PendingOutcome {
     let (kind, payload) = match cipher.open_payload(&mut frame.body) {
         Ok(opened) => opened,
         Err(crypto::OpenError::InnerVersion(_)) => {
             bump(&counters.drop_inner);
-            return false;
+            return PendingOutcome::Refused;
         }
         Err(_) => {
             bump(&counters.drop_decrypt);
-            return false;
+            return PendingOutcome::Undecryptable;
         }
     };
     match kind {
         PayloadType::L3 => {
             if admit_l3(payload, sender, own, frame.hop, counters).is_err() {
-                return false;
+                return PendingOutcome::Refused;
             }
             tun_out.push(payload);
-            true
+            PendingOutcome::Delivered
         }
+        PayloadType::Handshake => PendingOutcome::Handshake(payload.to_vec()),
+        PayloadType::Keepalive => PendingOutcome::Refused,
         PayloadType::OobIcmp => {
             let got = oob::deliver(
                 orig_cipher,
@@ -323,13 +334,26 @@ pub fn deliver_pending(
                 tun_out,
             );
             count_oob(got, counters);
-            false
+            PendingOutcome::Refused
         }
         _ => {
             bump(&counters.drop_inner);
-            false
+            PendingOutcome::Refused
         }
     }
+}
+
+/// What became of a frame that waited for its sender's key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PendingOutcome {
+    /// An IPv6 packet, added to the TUN batch.
+    Delivered,
+    /// Opened, and dealt with or refused (counted).
+    Refused,
+    /// Did not open with the static key (counted): perhaps sealed under a session we lost.
+    Undecryptable,
+    /// A session handshake message (the plaintext after the inner header).
+    Handshake(Vec<u8>),
 }
 
 impl<N: NeedSink> Inbound<'_, N> {
@@ -384,7 +408,8 @@ impl<N: NeedSink> Inbound<'_, N> {
         }
     }
 
-    /// A frame for our /64: open it with the sender's key and hand the packet to the TUN.
+    /// A frame for our /64: open it under a session (by the index in its trailer) or with the
+    /// sender's static key, and hand what it carries on.
     fn deliver<L>(
         &mut self,
         table: &DataTable<L>,
@@ -395,8 +420,47 @@ impl<N: NeedSink> Inbound<'_, N> {
         in_place: &mut InPlace,
     ) {
         let src = frame.src;
+        let sessions = &table.sessions;
+        if sessions.enabled {
+            let entry = crypto::session::trailer_index(body).and_then(|i| sessions.recv.get(&i));
+            if let Some(e) = entry.filter(|e| e.prefix == (u128::from(src) >> 64) as u64) {
+                let first = !e.session.confirmed();
+                match e.session.open_payload(body) {
+                    Ok((kind, payload)) => {
+                        if first {
+                            let _ = self
+                                .needs
+                                .try_push(Need::SessionConfirmed(e.session.local_index()));
+                        }
+                        bump(&self.counters.session_frames_in);
+                        let sender = Subnet::slash64(src);
+                        let len = payload.len();
+                        self.accept(table, hop, frame, sender, kind, payload, tun_out);
+                        if kind == PayloadType::L3 && self.admitted {
+                            let at = frame.body.start + INNER_HEADER_LEN;
+                            in_place.push(at..at + len);
+                        }
+                        return;
+                    }
+                    Err(SessionOpenError::NotSession) => {}
+                    Err(SessionOpenError::Replay) => {
+                        bump(&self.counters.session_replays);
+                        return;
+                    }
+                    Err(SessionOpenError::Authentication) => {
+                        bump(&self.counters.drop_decrypt);
+                        return;
+                    }
+                    Err(SessionOpenError::InnerVersion(_)) => {
+                        bump(&self.counters.drop_inner);
+                        return;
+                    }
+                }
+            }
+        }
         let sender = table.fib.source(src);
-        let Some((sender, cipher)) = sender.and_then(|(s, k)| Some((s, table.cipher(&k)?))) else {
+        let Some((sender, key, cipher)) = sender.and_then(|(s, k)| Some((s, k, table.cipher(&k)?)))
+        else {
             self.hold(hop, src, frame.dst, body);
             return;
         };
@@ -408,9 +472,39 @@ impl<N: NeedSink> Inbound<'_, N> {
             }
             Err(_) => {
                 bump(&self.counters.drop_decrypt);
+                // Sealed under a session we do not hold (one of us restarted)? Ask for a new one
+                // at once, at most once a second per sender.
+                if sessions.enabled && self.stale.due(src, self.now) && self.link_may_ask() {
+                    let _ = self.needs.try_push(Need::SessionStale(key));
+                }
                 return;
             }
         };
+        let len = payload.len();
+        self.accept(table, hop, frame, sender, kind, payload, tun_out);
+        if kind == PayloadType::L3 && self.admitted {
+            // The plaintext starts at the body's start: the packet follows its inner header.
+            let at = frame.body.start + INNER_HEADER_LEN;
+            in_place.push(at..at + len);
+        }
+    }
+
+    /// What an opened frame carries, sent by `sender` (the subnet its key authenticates): an
+    /// IPv6 packet is checked and left in place (`self.admitted` tells the caller), an
+    /// out-of-band error becomes an ICMPv6 error for the TUN, a handshake goes to the owner.
+    #[allow(clippy::too_many_arguments)]
+    fn accept<L>(
+        &mut self,
+        table: &DataTable<L>,
+        hop: u8,
+        frame: &DataFrame,
+        sender: Subnet,
+        kind: PayloadType,
+        payload: &mut [u8],
+        tun_out: &mut TunBatch,
+    ) {
+        let src = frame.src;
+        self.admitted = false;
         match kind {
             PayloadType::L3 => {
                 if let Err(why) = admit_l3(payload, sender, self.own_subnet, hop, self.counters) {
@@ -418,9 +512,7 @@ impl<N: NeedSink> Inbound<'_, N> {
                         .warn_refused(self.link, self.now, why.describe(), src);
                     return;
                 }
-                // The plaintext starts at the body's start: the packet follows its inner header.
-                let at = frame.body.start + INNER_HEADER_LEN;
-                in_place.push(at..at + payload.len());
+                self.admitted = true;
                 bump(&self.counters.frames_delivered);
             }
             PayloadType::OobIcmp => {
@@ -443,6 +535,17 @@ impl<N: NeedSink> Inbound<'_, N> {
                     self.budgets.warn_refused(self.link, self.now, what, src);
                 }
             }
+            PayloadType::Handshake if table.sessions.enabled => {
+                if self.link_may_ask() {
+                    let need = Need::Handshake {
+                        src,
+                        dst: frame.dst,
+                        payload: payload.to_vec(),
+                    };
+                    let _ = self.needs.try_push(need);
+                }
+            }
+            PayloadType::Keepalive => {}
             _ => bump(&self.counters.drop_inner),
         }
     }

@@ -30,13 +30,15 @@ pub use oob::push_oob_icmp;
 mod outbound;
 pub mod pool;
 pub mod ratelimit;
+pub mod sessions;
 mod table;
 
 pub use batch::{FrameBatch, InPlace, Outbox, TunBatch};
 pub use counters::{bump, DataCounters};
-pub use inbound::{check_inner, deliver_pending, may_have_key, DataFrame, InnerRefusal, Receiver};
+pub use inbound::{check_inner, deliver_pending, may_have_key, DataFrame, InnerRefusal};
 pub use inbound::{LinkBudgets, ICMP_BURST, ICMP_PER_SEC, LINK_NEEDS_BURST, LINK_NEEDS_PER_SEC};
-pub use outbound::{push_sealed_l3, FrameSink, Sender};
+pub use inbound::{PendingOutcome, Receiver};
+pub use outbound::{push_sealed, push_sealed_l3, FrameSink, SealKey, Sender};
 pub use table::{DataTable, InboundFrame, KeySource, Need, NeedSink, Needs, PENDING_IN_FLIGHT_MAX};
 
 /// The cipher shared with one remote node (AES-256-GCM keyed by the X25519 shared secret).

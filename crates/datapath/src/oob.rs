@@ -11,7 +11,7 @@ use wire::icmp::{oob::OobIcmp, IcmpError};
 use wire::ip::ipv6::Ipv6Packet;
 
 use crate::batch::TunBatch;
-use crate::outbound::seal_tail;
+use crate::outbound::{seal_tail, SealKey};
 use crate::{Cipher, ICMP_HOP_LIMIT};
 
 /// Why a received out-of-band ICMP error is not written to the TUN.
@@ -43,7 +43,8 @@ pub fn push_oob_icmp(
     // The quote is the still-encrypted body: the source decrypts it with its own key for the
     // original destination.
     wire::icmp::oob::emit(buf, orig_dst, from, orig_src, ICMP_HOP_LIMIT, kind, dropped);
-    let sealed = seal_tail(cipher, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
+    let key = SealKey::Static(std::borrow::Cow::Borrowed(cipher));
+    let sealed = seal_tail(&key, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
     slot.finish(buf, ICMP_HOP_LIMIT, from, orig_src).is_ok() && sealed
 }
 

@@ -7,7 +7,7 @@ use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crypto::PayloadType;
+use crypto::{PayloadType, SealError, Session};
 use offload::SegmentSink;
 use routing::{LinkId, Lookup};
 use rustc_hash::FxHashMap;
@@ -30,17 +30,31 @@ const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 /// Remembers when each destination /64 was last reported to the routing core, so a busy flow
 /// costs one report every few seconds, not one per packet.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub(crate) struct RefreshTracker {
     last: FxHashMap<u64, Instant>,
+    every: Duration,
+}
+
+impl Default for RefreshTracker {
+    fn default() -> RefreshTracker {
+        RefreshTracker::every(REFRESH_EVERY)
+    }
 }
 
 impl RefreshTracker {
+    pub(crate) fn every(every: Duration) -> RefreshTracker {
+        RefreshTracker {
+            last: FxHashMap::default(),
+            every,
+        }
+    }
+
     #[inline]
     pub(crate) fn due(&mut self, addr: Ipv6Addr, now: Instant) -> bool {
         let key = (u128::from(addr) >> 64) as u64;
         match self.last.get(&key) {
-            Some(t) if now.saturating_duration_since(*t) < REFRESH_EVERY => false,
+            Some(t) if now.saturating_duration_since(*t) < self.every => false,
             _ => {
                 if self.last.len() > 65536 {
                     self.last.clear();
@@ -49,6 +63,38 @@ impl RefreshTracker {
                 true
             }
         }
+    }
+}
+
+/// What a frame is sealed with: the session with its destination, or the static key.
+#[derive(Debug)]
+pub enum SealKey<'t> {
+    Static(Cow<'t, Cipher>),
+    Session(&'t Session),
+}
+
+impl SealKey<'_> {
+    /// Seals `buf[..plaintext_len]` in place (see [`Cipher::seal_in_place`]).
+    #[inline]
+    pub fn seal_in_place(&self, buf: &mut [u8], plaintext_len: usize) -> Result<usize, SealError> {
+        match self {
+            SealKey::Static(c) => c.seal_in_place(buf, plaintext_len),
+            SealKey::Session(s) => s.seal_in_place(buf, plaintext_len),
+        }
+    }
+
+    /// Seals `buf[start..]` in place and appends tag and nonce or trailer.
+    #[inline]
+    pub fn seal_append(&self, buf: &mut Vec<u8>, start: usize) -> Result<(), SealError> {
+        match self {
+            SealKey::Static(c) => c.seal_append(buf, start),
+            SealKey::Session(s) => s.seal_append(buf, start),
+        }
+    }
+
+    #[inline]
+    pub fn is_session(&self) -> bool {
+        matches!(self, SealKey::Session(_))
     }
 }
 
@@ -63,24 +109,41 @@ pub fn push_sealed_l3(
     src: Ipv6Addr,
     dst: Ipv6Addr,
 ) -> bool {
+    let key = SealKey::Static(Cow::Borrowed(cipher));
+    push_sealed(buf, &key, PayloadType::L3, packet, hop, src, dst)
+}
+
+/// Appends to `buf` one data frame carrying `payload` after an inner header of type `kind`,
+/// sealed with `key` and built in place. False (and nothing appended) if sealing failed.
+#[inline]
+pub fn push_sealed(
+    buf: &mut Vec<u8>,
+    key: &SealKey<'_>,
+    kind: PayloadType,
+    payload: &[u8],
+    hop: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+) -> bool {
     let slot = DataSlot::begin(buf);
     let body_start = slot.body_start();
-    buf.extend_from_slice(&INNER_L3);
-    buf.extend_from_slice(packet);
-    let sealed = seal_tail(cipher, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
+    buf.extend_from_slice(&kind.inner_header());
+    buf.extend_from_slice(payload);
+    let sealed = seal_tail(key, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
     slot.finish(buf, hop, src, dst).is_ok() && sealed
 }
 
 /// Seals `buf[start..]` in place and appends tag and nonce. On failure (the OS RNG could not seed
-/// the nonce generator) the frame is cut off at `frame_start` and `false` returned.
+/// the nonce generator, or a session is used up) the frame is cut off at `frame_start` and
+/// `false` returned.
 #[inline]
 pub(crate) fn seal_tail(
-    cipher: &Cipher,
+    key: &SealKey<'_>,
     buf: &mut Vec<u8>,
     start: usize,
     frame_start: usize,
 ) -> bool {
-    if cipher.seal_append(buf, start).is_ok() {
+    if key.seal_append(buf, start).is_ok() {
         true
     } else {
         buf.truncate(frame_start);
@@ -180,7 +243,7 @@ pub(crate) enum Verdict<'t> {
     /// Seal it for `cipher` and send it to `link` with outer hop limit `hop`.
     Seal {
         link: LinkId,
-        cipher: Cow<'t, Cipher>,
+        key: SealKey<'t>,
         hop: u8,
         src: Ipv6Addr,
         dst: Ipv6Addr,
@@ -227,13 +290,24 @@ pub(crate) fn classify<'t, L, N: NeedSink>(
     }
     match table.fib.lookup(dst) {
         Lookup::Route(nh) => {
-            if ctx.refresh.due(dst, ctx.now) {
+            let due = ctx.refresh.due(dst, ctx.now);
+            if due {
                 let _ = ctx.needs.try_push(Need::Route(dst));
             }
-            let Some(cipher) = table.cipher(&nh.public_key()) else {
-                // A key no secret can be shared with: nothing can be sealed for it.
-                bump(&ctx.counters.drop_no_key);
-                return Verdict::Handled;
+            let pk = nh.public_key();
+            let key = match table.sessions.send.get(&pk) {
+                Some(s) => SealKey::Session(s),
+                None => {
+                    let Some(cipher) = table.cipher(&pk) else {
+                        // A key no secret can be shared with: nothing can be sealed for it.
+                        bump(&ctx.counters.drop_no_key);
+                        return Verdict::Handled;
+                    };
+                    if due && table.sessions.enabled {
+                        let _ = ctx.needs.try_push(Need::Session(pk));
+                    }
+                    SealKey::Static(cipher)
+                }
             };
             if !table.links.contains_key(&nh.link) {
                 hold(ctx, packet);
@@ -241,7 +315,7 @@ pub(crate) fn classify<'t, L, N: NeedSink>(
             }
             Verdict::Seal {
                 link: nh.link,
-                cipher,
+                key,
                 hop: hop_limit - 1,
                 src,
                 dst,
@@ -328,7 +402,7 @@ impl FrameSink {
             let verdict = classify(ctx, table, &self.buf[seg_at..seg_at + len], icmp_out);
             let Verdict::Seal {
                 link,
-                cipher,
+                key,
                 hop,
                 src,
                 dst,
@@ -340,8 +414,11 @@ impl FrameSink {
             if main.is_some_and(|m| m != link) || len > MAX_SINK_SEGMENT {
                 // Another next hop (several reads went into this batch): copy it over.
                 let packet = &self.buf[seg_at..seg_at + len];
-                if push_sealed_l3(out.buf(link), &cipher, packet, hop, src, dst) {
+                if push_sealed(out.buf(link), &key, PayloadType::L3, packet, hop, src, dst) {
                     bump(&ctx.counters.frames_sent);
+                    if key.is_session() {
+                        bump(&ctx.counters.session_frames_out);
+                    }
                 }
                 holes = true;
                 continue;
@@ -351,7 +428,7 @@ impl FrameSink {
             let (head, body) = frame.split_at_mut(DATA_FRAME_OVERHEAD);
             body[..INNER_L3.len()].copy_from_slice(&PayloadType::L3.inner_header());
             let plain = INNER_L3.len() + len;
-            let sealed = cipher.seal_in_place(body, plain).is_ok();
+            let sealed = key.seal_in_place(body, plain).is_ok();
             if !sealed || write_data_header(head, hop, src, dst, body.len()).is_err() {
                 holes = true;
                 continue;
@@ -362,6 +439,9 @@ impl FrameSink {
             kept_end += frame_len;
             frames += 1;
             bump(&ctx.counters.frames_sent);
+            if key.is_session() {
+                bump(&ctx.counters.session_frames_out);
+            }
         }
         self.spans.clear();
         self.len = 0;

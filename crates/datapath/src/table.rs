@@ -8,6 +8,7 @@ use std::sync::Arc;
 use routing::{ForwardingTable, LinkId};
 use rustc_hash::FxHashMap;
 
+use crate::sessions::SessionSnapshot;
 use crate::Cipher;
 
 /// Derives ciphers the snapshot does not hold yet: the key of a destination or sender first met
@@ -28,6 +29,8 @@ pub struct DataTable<L> {
     pub links: FxHashMap<LinkId, L>,
     pub ciphers: FxHashMap<[u8; 32], Cipher>,
     pub keys: Option<Arc<dyn KeySource>>,
+    /// The end-to-end sessions with other hypha nodes (`docs/sessions.md`).
+    pub sessions: Arc<SessionSnapshot>,
 }
 
 impl<L> DataTable<L> {
@@ -37,6 +40,7 @@ impl<L> DataTable<L> {
             links: FxHashMap::default(),
             ciphers: FxHashMap::default(),
             keys: None,
+            sessions: Arc::default(),
         }
     }
 
@@ -71,6 +75,19 @@ pub enum Need {
     Pending(Vec<u8>),
     /// A frame for us from a sender whose route (and so key) we don't know yet.
     PendingInbound(InboundFrame),
+    /// Traffic goes to the node with this key without a session: negotiate one.
+    Session([u8; 32]),
+    /// A session handshake message (plaintext after the inner header) from `src` to `dst`.
+    Handshake {
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        payload: Vec<u8>,
+    },
+    /// A frame opened under our session with this index for the first time.
+    SessionConfirmed(u32),
+    /// A frame from the node with this key opened neither under a session nor with the static
+    /// key: it seals with a session we do not have (one of us restarted).
+    SessionStale([u8; 32]),
 }
 
 /// An encrypted frame for our /64, kept until the sender's key is known.

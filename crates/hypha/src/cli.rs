@@ -93,6 +93,11 @@ pub struct NodeArgs {
     #[arg(long = "no-queue-management")]
     pub no_queue_management: bool,
 
+    /// Speak only mycelium's wire: no end-to-end sessions (forward secrecy, replay protection,
+    /// super-frames) with other hypha nodes
+    #[arg(long = "no-sessions")]
+    pub no_sessions: bool,
+
     /// Accepted connections that have not yet sent a well-formed frame, at most, from everywhere
     /// [default: 512]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -263,6 +268,7 @@ pub struct FileConfig {
     pub tun_name: Option<String>,
     pub no_offload: Option<bool>,
     pub no_queue_management: Option<bool>,
+    pub no_sessions: Option<bool>,
     pub max_unproven_peers: Option<u32>,
     pub max_unproven_per_source: Option<u32>,
     pub peer_proof_timeout: Option<u32>,
@@ -304,6 +310,7 @@ pub struct Settings {
     pub tun_name: String,
     pub no_offload: bool,
     pub no_queue_management: bool,
+    pub no_sessions: bool,
     pub gate: node::gate::GateLimits,
     pub disable_peer_discovery: bool,
     pub peer_discovery_port: u16,
@@ -426,6 +433,7 @@ impl Cli {
             tun_name,
             no_offload: n.no_offload || f.no_offload.unwrap_or(false),
             no_queue_management: n.no_queue_management || f.no_queue_management.unwrap_or(false),
+            no_sessions: n.no_sessions || f.no_sessions.unwrap_or(false),
             gate: {
                 let d = node::gate::GateLimits::default();
                 let pick = |flag: Option<u32>, file: Option<u32>, name: &str| match flag.or(file) {

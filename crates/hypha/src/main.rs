@@ -103,6 +103,7 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
         api_access: s.api_access.clone(),
         queue_management: !s.no_queue_management,
         gate: s.gate,
+        sessions: !s.no_sessions,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -23,6 +23,14 @@ impl Identity {
         self.public.0
     }
 
+    /// A session manager for this identity.
+    pub fn session_manager(
+        &self,
+        limits: datapath::sessions::SessionLimits,
+    ) -> datapath::sessions::SessionManager {
+        datapath::sessions::SessionManager::new(self.secret.clone(), self.address(), limits)
+    }
+
     /// The node address in 400::/7.
     pub fn address(&self) -> Ipv6Addr {
         self.public.address()

@@ -16,6 +16,7 @@ mod node;
 mod owner;
 mod pending;
 mod redial;
+mod sessions;
 mod transmit;
 mod tunio;
 

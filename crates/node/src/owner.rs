@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use datapath::{bump, DataCounters, FrameBatch, InboundFrame, Need, TunBatch};
+use datapath::sessions::SessionManager;
+use datapath::{bump, DataCounters, FrameBatch, InboundFrame, Need, PendingOutcome, TunBatch};
 use routing::{Event, LinkId, Lookup, Router, Time};
 use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
@@ -34,11 +35,14 @@ use crate::metrics::{
 use crate::pending::{self, Pending};
 use crate::ratelimit::LogLimiter;
 use crate::redial;
+use crate::sessions::{self, SessionNeed};
 use crate::transmit::DataTable;
 
 /// Least time between two publications of the data path's snapshot while route changes keep
 /// coming: a burst of n changes costs n / (burst length / this) publications, not n.
 const PUBLISH_EVERY: Duration = Duration::from_millis(5);
+/// How often session retries, rekeys and expiry are looked at.
+const SESSION_TICK: Duration = Duration::from_millis(250);
 /// A dial that takes longer than this failed.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Discovered peers are forgotten after this many failures in a row: dials that failed, or
@@ -104,8 +108,8 @@ struct Peer {
     stats: Option<Arc<LinkStats>>,
 }
 
-struct LinkEntry {
-    handles: LinkHandles,
+pub(crate) struct LinkEntry {
+    pub(crate) handles: LinkHandles,
     peer: Endpoint,
     desc: String,
 }
@@ -145,6 +149,8 @@ pub(crate) struct Owner {
     route_log: RouteLog,
     /// Which discovered endpoints may become peers.
     discovery: Admission,
+    /// End-to-end sessions with other hypha nodes; `None` with `--no-sessions`.
+    sessions: Option<SessionManager>,
 }
 
 /// Routing activity seen by the owner: transmitted requests and the core's events.
@@ -260,11 +266,18 @@ impl Owner {
             route_counts: RouteCounts::default(),
             route_log: RouteLog::default(),
             discovery: Admission::new(DiscoveryLimits::default(), Arc::default()),
+            sessions: None,
         };
         for e in static_peers {
             o.peers.insert(e, Peer::new(PeerKind::Static));
         }
         o
+    }
+
+    /// Negotiates end-to-end sessions with the hypha nodes it sends to.
+    pub fn set_sessions(&mut self, mgr: SessionManager) {
+        self.sessions = Some(mgr);
+        self.publish_wanted = true;
     }
 
     /// The gate for endpoints that link-local discovery reports (it counts into discovery's stats).
@@ -291,6 +304,8 @@ impl Owner {
         self.redial();
         let mut sweep = tokio::time::interval(PENDING_SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut session_tick = tokio::time::interval(SESSION_TICK);
+        session_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self
                 .router
@@ -306,6 +321,7 @@ impl Owner {
                 _ = tokio::time::sleep_until(self.next_redial.unwrap_or(self.epoch).into()),
                     if self.next_redial.is_some() => self.redial(),
                 _ = sweep.tick() => self.expire_pending(),
+                _ = session_tick.tick(), if self.sessions.is_some() => self.tick_sessions(),
                 Some(ev) = inputs.link_events.recv() => self.on_link_event(ev),
                 Some(m) = inputs.msgs.recv() => self.on_msg(m),
                 Some(n) = inputs.needs.recv() => self.on_need(n),
@@ -549,6 +565,12 @@ impl Owner {
     fn on_need(&mut self, n: Need) {
         let now = self.now();
         match n {
+            Need::Session(key) => self.session_need(SessionNeed::Want(key)),
+            Need::SessionStale(key) => self.session_need(SessionNeed::Stale(key)),
+            Need::SessionConfirmed(index) => self.session_need(SessionNeed::Confirmed(index)),
+            Need::Handshake { src, dst, payload } => {
+                self.session_need(SessionNeed::Handshake { src, dst, payload })
+            }
             Need::Route(dst) => self.router.request_route(dst, now),
             Need::RouteFor(dst, link) => self.router.request_route_for_link(dst, link, now),
             Need::PendingInbound(frame) => {
@@ -597,6 +619,40 @@ impl Owner {
                     bump(&self.counters.drop_queue_full);
                 }
             }
+        }
+    }
+
+    fn session_need(&mut self, need: SessionNeed) {
+        let Some(mgr) = self.sessions.as_mut() else {
+            return;
+        };
+        let out = sessions::on_need(mgr, need);
+        self.send_session_frames(out);
+    }
+
+    fn tick_sessions(&mut self) {
+        let Some(mgr) = self.sessions.as_mut() else {
+            return;
+        };
+        let out = mgr.tick(Instant::now(), sessions::wall_now());
+        self.send_session_frames(out);
+    }
+
+    /// Sends what the session manager wants sent, and republishes when its sessions changed:
+    /// at once, so that a new session is used from the next packet on.
+    fn send_session_frames(&mut self, out: Vec<datapath::sessions::Outgoing>) {
+        if self.sessions.as_ref().is_some_and(|m| m.changed()) {
+            self.publish();
+        }
+        let sending = sessions::Sending {
+            router: &self.router,
+            keys: &self.keys,
+            links: &self.links,
+            counters: &self.counters,
+            own_addr: self.identity.address(),
+        };
+        for o in out {
+            sending.send(o);
         }
     }
 
@@ -652,6 +708,7 @@ impl Owner {
     fn deliver_pending_in(&mut self, frames: Vec<InboundFrame>) {
         let mut batch = TunBatch::default();
         let own = self.router.own_subnet();
+        let mut later = Vec::new();
         for mut f in frames {
             let Some((sender, key)) = self.router.lookup_source(f.src) else {
                 bump(&self.counters.drop_no_key);
@@ -670,10 +727,21 @@ impl Owner {
                 datapath::KeySource::cipher(keys, &key)
             };
             let counters = &self.counters;
-            if datapath::deliver_pending(&cipher, sender, own, &mut f, &mut batch, counters, &orig)
-            {
-                bump(&self.counters.frames_delivered);
+            match datapath::deliver_pending(
+                &cipher, sender, own, &mut f, &mut batch, counters, &orig,
+            ) {
+                PendingOutcome::Delivered => bump(&self.counters.frames_delivered),
+                PendingOutcome::Refused => {}
+                PendingOutcome::Undecryptable => later.push(SessionNeed::Stale(key)),
+                PendingOutcome::Handshake(payload) => later.push(SessionNeed::Handshake {
+                    src: f.src,
+                    dst: f.dst,
+                    payload,
+                }),
             }
+        }
+        for need in later {
+            self.session_need(need);
         }
         if batch.is_empty() {
             return;
@@ -1013,6 +1081,12 @@ impl Owner {
             links,
             ciphers: self.keys.snapshot(),
             keys: Some(keys),
+            sessions: Arc::new(
+                self.sessions
+                    .as_mut()
+                    .map(SessionManager::snapshot)
+                    .unwrap_or_default(),
+            ),
         }));
         self.publish_wanted = false;
         self.last_publish = Instant::now();

@@ -1,0 +1,62 @@
+//! End-to-end sessions between hypha nodes (`docs/sessions.md`), on live nodes in namespaces:
+//! traffic moves to a session, a restarted node gets a new one quickly, and `--no-sessions`
+//! keeps mycelium's wire. Root only.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Node;
+use testbed::{link, Netns};
+
+fn data(n: &Node, field: &str) -> u64 {
+    n.json(&["stats", "--json"])["data"][field]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn traffic_moves_to_a_session_and_a_restarted_node_gets_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (na, nb) = (Netns::new("sea").unwrap(), Netns::new("seb").unwrap());
+    let [ab, _] = link(&na, &nb, 110).expect("veth link").addrs;
+    let flags = ["--disable-peer-discovery"];
+    let a = Node::start(&na, dir.path(), "a", &flags);
+    let mut b = Node::start_dialling(&nb, dir.path(), "b", ab, &flags);
+    a.wait(Duration::from_secs(30), "B answering", |n| {
+        n.ping_once(b.addr)
+    });
+    a.wait(
+        Duration::from_secs(10),
+        "pings sealed under a session",
+        |n| {
+            n.ping_once(b.addr)
+                && data(n, "sessionFramesOut") > 0
+                && data(&b, "sessionFramesIn") > 0
+        },
+    );
+    assert!(
+        data(&b, "sessionFramesOut") > 0,
+        "B answers under the session too"
+    );
+    b.stop();
+    let key = dir.path().join("b.key");
+    let peer = format!("tcp://{ab}:9651");
+    let args = [&flags[..], &["--peers", &peer]].concat();
+    let b = Node::start_with_key(&nb, dir.path(), "b2", key, b.addr, &args);
+    let t0 = Instant::now();
+    a.wait(
+        Duration::from_secs(30),
+        "B answering after its restart",
+        |n| n.ping_once(b.addr),
+    );
+    eprintln!("traffic again {:?} after B's restart", t0.elapsed());
+    b.wait(
+        Duration::from_secs(10),
+        "B sealing under a new session",
+        |n| {
+            a.ping_once(n.addr) && data(n, "sessionFramesIn") > 0 && data(n, "sessionFramesOut") > 0
+        },
+    );
+}

@@ -297,6 +297,7 @@ fn receive_hop(
         body: 7..7 + body.len(),
     };
     let mut refresh = RefreshTracker::default();
+    let mut stale = RefreshTracker::default();
     let mut needs = f.needs.borrow_mut();
     let mut ctx = Inbound {
         own_subnet: f.a.subnet(),
@@ -304,8 +305,10 @@ fn receive_hop(
         counters: &f.counters,
         needs: &mut *needs,
         refresh: &mut refresh,
+        stale: &mut stale,
         budgets,
         now,
+        admitted: false,
     };
     let (mut outbox, mut tun_out, mut in_place) =
         (Outbox::default(), TunBatch::default(), InPlace::default());

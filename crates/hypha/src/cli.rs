@@ -189,6 +189,12 @@ pub enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "1")]
         watch: Option<f64>,
     },
+    /// End-to-end sessions of the running node with other hypha nodes, one row per node
+    Sessions {
+        /// Output the API's JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a three-node overlay in network namespaces on this machine (root), ping across it,
     /// print what happened, clean up
     Demo {

@@ -76,6 +76,20 @@ fn run_to(cmd: Command, api_addr: SocketAddr, out: &mut dyn Write) -> anyhow::Re
             }
             Some(secs) => watch_stats(&api, out, json, secs),
         },
+        Command::Sessions { json } => {
+            let text = api.get("/api/v1/admin/sessions")?;
+            if json {
+                return print_raw(out, &text);
+            }
+            let s: Option<node::metrics::SessionStats> = api.decode(&text)?;
+            match s {
+                Some(s) => print_table(out, &sessions_table(&s), "no sessions"),
+                None => {
+                    writeln!(out, "sessions are off on this node (--no-sessions)")?;
+                    Ok(())
+                }
+            }
+        }
         other => bail!("internal: {other:?} is not an API client command"),
     }
 }
@@ -328,7 +342,63 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
         closed.join(", ")
     };
     let _ = writeln!(o, "links closed: {closed}");
+    let d = &s.data;
+    match &s.sessions {
+        Some(ss) => {
+            let _ = writeln!(
+                o,
+                "sessions: {} established, {} handshaking, {} legacy; started {}, rekeys {}, \
+                 handshakes refused {}, initiations replayed {}, legacy fallbacks {}; frames \
+                 sent {}, received {}, replays refused {}",
+                ss.established,
+                ss.handshaking,
+                ss.legacy,
+                ss.sessions_started,
+                ss.rekeys,
+                ss.handshakes_refused,
+                ss.replayed_initiations,
+                ss.legacy_fallbacks,
+                d.session_frames_out,
+                d.session_frames_in,
+                d.session_replays
+            );
+        }
+        None => {
+            let _ = writeln!(o, "sessions: off (--no-sessions)");
+        }
+    }
     o
+}
+
+/// `hypha sessions`: one row per remote node with session state.
+fn sessions_table(s: &node::metrics::SessionStats) -> Table {
+    let mut t = Table {
+        header: vec![
+            "ADDRESS",
+            "STATE",
+            "AGE",
+            "REKEYS",
+            "SENT",
+            "RECEIVED",
+            "REPLAYS",
+            "FALLBACKS",
+        ],
+        right: vec![false, false, true, true, true, true, true, true],
+        rows: Vec::new(),
+    };
+    for p in &s.peers {
+        t.rows.push(vec![
+            p.address.clone(),
+            p.state.clone(),
+            p.age_secs.map_or_else(|| "-".into(), human_duration),
+            p.rekeys.to_string(),
+            p.frames_sent.to_string(),
+            p.frames_received.to_string(),
+            p.replays_refused.to_string(),
+            p.legacy_fallbacks.to_string(),
+        ]);
+    }
+    t
 }
 
 fn state_name(s: ConnectionState) -> &'static str {

@@ -30,9 +30,12 @@ fn main() {
         Some(Command::GenerateKeys { force }) => generate_keys(&settings.key_file, force),
         Some(Command::Demo { no_wait }) => demo::run(!no_wait),
         Some(Command::Bench { args }) => bench::forward(&args),
-        Some(cmd @ (Command::Peers { .. } | Command::Routes { .. } | Command::Stats { .. })) => {
-            client::run(cmd, settings.api_addr)
-        }
+        Some(
+            cmd @ (Command::Peers { .. }
+            | Command::Routes { .. }
+            | Command::Stats { .. }
+            | Command::Sessions { .. }),
+        ) => client::run(cmd, settings.api_addr),
     };
     if let Err(e) = result {
         eprintln!("hypha: {e:#}");

@@ -59,4 +59,45 @@ fn traffic_moves_to_a_session_and_a_restarted_node_gets_a_new_one() {
             a.ping_once(n.addr) && data(n, "sessionFramesIn") > 0 && data(n, "sessionFramesOut") > 0
         },
     );
+    eprintln!("new session {:?} after B's restart", t0.elapsed());
+    let rows = b.json(&["sessions", "--json"]);
+    let peers = rows["peers"].as_array().expect("session rows");
+    let row = peers
+        .iter()
+        .find(|r| r["address"] == a.addr.to_string())
+        .expect("a row for A");
+    assert_eq!(row["state"], "established", "{rows}");
+    let text = b.cli(&["sessions"]).unwrap();
+    assert!(text.contains("established"), "{text}");
+}
+
+/// `--no-sessions` on one side: the other keeps mycelium's wire with it after its handshake goes
+/// unanswered, and traffic flows all along.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn a_node_without_sessions_is_spoken_to_in_the_legacy_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (na, nb) = (Netns::new("sla").unwrap(), Netns::new("slb").unwrap());
+    let [ab, _] = link(&na, &nb, 111).expect("veth link").addrs;
+    let a = Node::start(&na, dir.path(), "a", &["--disable-peer-discovery"]);
+    let b = Node::start_dialling(
+        &nb,
+        dir.path(),
+        "b",
+        ab,
+        &["--disable-peer-discovery", "--no-sessions"],
+    );
+    a.wait(Duration::from_secs(30), "B answering", |n| {
+        n.ping_once(b.addr)
+    });
+    // The handshake is retried with backoff (1 + 2 + 4 + 8 s), then B counts as legacy.
+    a.wait(Duration::from_secs(40), "B taken for a legacy node", |n| {
+        let s = n.json(&["sessions", "--json"]);
+        n.ping_once(b.addr) && s["legacy"].as_u64() == Some(1)
+    });
+    assert_eq!(data(&a, "sessionFramesOut"), 0);
+    assert_eq!(data(&b, "sessionFramesIn"), 0);
+    assert!(b.json(&["stats", "--json"])["sessions"].is_null());
+    let text = b.cli(&["sessions"]).unwrap();
+    assert!(text.contains("off"), "{text}");
 }

@@ -102,6 +102,7 @@ pub fn router(control: Control, access: &ApiAccess) -> Router {
         .route("/api/v1/admin/routes/fallback", get(fallback_routes))
         .route("/api/v1/admin/routes/queried", get(queried))
         .route("/api/v1/admin/stats", get(stats))
+        .route("/api/v1/admin/sessions", get(sessions))
         .route("/api/v1/pubkey/{ip}", get(pubkey))
         .fallback(not_found)
         .with_state(control)
@@ -162,6 +163,12 @@ pub async fn serve_router(
 /// `GET /api/v1/admin/stats`: every counter, as [`Stats`](crate::metrics::Stats) JSON.
 async fn stats(State(c): State<Control>) -> ApiResult<Json<crate::metrics::Stats>> {
     Ok(Json(ask(c.stats()).await?))
+}
+
+async fn sessions(
+    State(c): State<Control>,
+) -> ApiResult<Json<Option<crate::metrics::SessionStats>>> {
+    Ok(Json(ask(c.stats()).await?.sessions))
 }
 
 async fn metrics(State(c): State<Control>) -> ApiResult<Response> {

@@ -130,6 +130,82 @@ pub struct Stats {
     /// Links closed since the start, by reason.
     #[serde(default)]
     pub links_closed: LinkCloseStats,
+    /// End-to-end sessions with other hypha nodes (`None` with `--no-sessions`).
+    #[serde(default)]
+    pub sessions: Option<SessionStats>,
+}
+
+/// The node's end-to-end sessions (`docs/sessions.md`): totals, and one row per remote node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionStats {
+    pub established: u64,
+    pub handshaking: u64,
+    pub legacy: u64,
+    pub initiations_sent: u64,
+    pub responses_sent: u64,
+    /// Sessions set up (first ones, not rekeys).
+    pub sessions_started: u64,
+    pub rekeys: u64,
+    pub handshakes_refused: u64,
+    pub replayed_initiations: u64,
+    /// Session frames refused as replays, over all sessions.
+    pub replays_refused: u64,
+    pub legacy_fallbacks: u64,
+    pub expired: u64,
+    pub peers: Vec<SessionPeer>,
+}
+
+/// One remote node's session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionPeer {
+    pub public_key: String,
+    pub address: String,
+    /// `established`, `handshaking`, `legacy` (no answer: a node without sessions) or `none`.
+    pub state: String,
+    pub age_secs: Option<u64>,
+    pub rekeys: u64,
+    pub replays_refused: u64,
+    pub frames_sent: u64,
+    pub frames_received: u64,
+    pub legacy_fallbacks: u64,
+}
+
+impl SessionStats {
+    pub fn from_manager(m: &datapath::sessions::SessionManager, now: std::time::Instant) -> Self {
+        let rows = m.rows(now);
+        let count = |st: &str| rows.iter().filter(|r| r.state == st).count() as u64;
+        let c = m.counts;
+        SessionStats {
+            established: count("established"),
+            handshaking: count("handshaking"),
+            legacy: count("legacy"),
+            initiations_sent: c.initiations_sent,
+            responses_sent: c.responses_sent,
+            sessions_started: c.established,
+            rekeys: c.rekeys,
+            handshakes_refused: c.handshakes_refused,
+            replayed_initiations: c.replayed_initiations,
+            replays_refused: m.replays_refused(),
+            legacy_fallbacks: c.legacy_fallbacks,
+            expired: c.expired,
+            peers: rows
+                .iter()
+                .map(|r| SessionPeer {
+                    public_key: r.key.to_string(),
+                    address: r.key.address().to_string(),
+                    state: r.state.to_owned(),
+                    age_secs: r.age_secs,
+                    rekeys: r.rekeys,
+                    replays_refused: r.replays_refused,
+                    frames_sent: r.frames_sent,
+                    frames_received: r.frames_received,
+                    legacy_fallbacks: r.legacy_fallbacks,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Links closed, by reason ([`CloseReason`](crate::link::CloseReason)): the peer ended or broke
@@ -951,6 +1027,49 @@ impl Collector for StatsCollector {
             "Peer links closed, by reason",
             Counter,
             s.links_closed.labelled().map(|(r, v)| ([("reason", r)], v)),
+        )?;
+        if let Some(ss) = &s.sessions {
+            family(
+                e,
+                "hypha_sessions",
+                "Remote hypha nodes by the state of our end-to-end session with them",
+                Gauge,
+                [
+                    ("established", ss.established),
+                    ("handshaking", ss.handshaking),
+                    ("legacy", ss.legacy),
+                ]
+                .map(|(st, v)| ([("state", st)], v)),
+            )?;
+            family(
+                e,
+                "hypha_session_events",
+                "Session handshakes and their outcomes",
+                Counter,
+                [
+                    ("initiation_sent", ss.initiations_sent),
+                    ("response_sent", ss.responses_sent),
+                    ("started", ss.sessions_started),
+                    ("rekey", ss.rekeys),
+                    ("handshake_refused", ss.handshakes_refused),
+                    ("initiation_replayed", ss.replayed_initiations),
+                    ("legacy_fallback", ss.legacy_fallbacks),
+                    ("expired", ss.expired),
+                ]
+                .map(|(ev, v)| ([("event", ev)], v)),
+            )?;
+        }
+        family(
+            e,
+            "hypha_session_frames",
+            "Data frames sealed or opened under an end-to-end session, and refused replays",
+            Counter,
+            [
+                ("sent", d.session_frames_out),
+                ("received", d.session_frames_in),
+                ("replay_refused", d.session_replays),
+            ]
+            .map(|(r, v)| ([("kind", r)], v)),
         )?;
         Ok(())
     }

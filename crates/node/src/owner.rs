@@ -923,6 +923,10 @@ impl Owner {
                 &self.link_ctx.refusals,
             ),
             links_closed: LinkCloseStats::new(&self.link_ctx.closes),
+            sessions: self
+                .sessions
+                .as_ref()
+                .map(|m| crate::metrics::SessionStats::from_manager(m, Instant::now())),
         }
     }
 

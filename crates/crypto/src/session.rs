@@ -389,9 +389,14 @@ impl ReplayWindow {
             } else {
                 (new_block - (self.next - 1) / 64).min(WINDOW_BLOCKS as u64)
             };
-            for i in 0..cleared {
-                let b = (new_block - i) as usize % WINDOW_BLOCKS;
-                self.bits[b] = 0;
+            if cleared >= WINDOW_BLOCKS as u64 {
+                // (Also the first counter: `new_block - i` would go below 0 for a low one.)
+                self.bits = [0; WINDOW_BLOCKS];
+            } else {
+                for i in 0..cleared {
+                    let b = (new_block - i) as usize % WINDOW_BLOCKS;
+                    self.bits[b] = 0;
+                }
             }
             self.next = c + 1;
         }
@@ -620,3 +625,7 @@ impl From<SessionOpenError> for OpenError {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -424,6 +424,9 @@ pub struct Session {
     /// Set when a frame from the peer opened under this session.
     confirmed: AtomicBool,
     replays: AtomicU64,
+    /// Super-frames sealed and opened under this session.
+    supers_sent: AtomicU64,
+    supers_received: AtomicU64,
 }
 
 impl fmt::Debug for Session {
@@ -489,6 +492,8 @@ impl Session {
             window: Mutex::new(ReplayWindow::default()),
             confirmed: AtomicBool::new(false),
             replays: AtomicU64::new(0),
+            supers_sent: AtomicU64::new(0),
+            supers_received: AtomicU64::new(0),
         }
     }
 
@@ -513,6 +518,24 @@ impl Session {
     /// Whether the peer has used it: a frame from the peer opened under it.
     pub fn confirmed(&self) -> bool {
         self.confirmed.load(Ordering::Relaxed)
+    }
+
+    /// Counts a super-frame sealed under this session.
+    pub fn note_super_sent(&self) {
+        self.supers_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a super-frame opened under this session.
+    pub fn note_super_received(&self) {
+        self.supers_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn supers_sent(&self) -> u64 {
+        self.supers_sent.load(Ordering::Relaxed)
+    }
+
+    pub fn supers_received(&self) -> u64 {
+        self.supers_received.load(Ordering::Relaxed)
     }
 
     /// Replayed frames refused.

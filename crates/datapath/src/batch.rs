@@ -8,6 +8,7 @@ use std::ops::Range;
 use routing::LinkId;
 use wire::frame::{DataHeader, DataRepr, DATA_FRAME_OVERHEAD, OUTER_HEADER_LEN};
 use wire::icmp::{self, IcmpError};
+use wire::virtio::VirtioNetHdr;
 
 use crate::ICMP_HOP_LIMIT;
 
@@ -172,11 +173,20 @@ impl TunBatch {
 }
 
 /// Packets for the TUN that stay where they were opened, in a link's read buffer: their byte
-/// ranges in that buffer, in buffer order. The shell writes them out from there after the batch,
-/// without copying them.
+/// ranges in that buffer, in buffer order, and for a super-packet carried whole the virtio
+/// header to write it with. The shell writes them out from there after the batch, without
+/// copying them.
 #[derive(Default, Debug)]
 pub struct InPlace {
-    spans: Vec<Range<usize>>,
+    spans: Vec<(Range<usize>, Option<VirtioNetHdr>)>,
+    wholes: usize,
+}
+
+/// A run of [`InPlace`] packets the shell writes one way: plain packets (coalesced by the
+/// writer), or one super-packet with its header.
+pub enum Run<'a> {
+    Packets(Vec<&'a mut [u8]>),
+    Whole(VirtioNetHdr, &'a mut [u8]),
 }
 
 impl InPlace {
@@ -190,29 +200,60 @@ impl InPlace {
         self.spans.len()
     }
 
+    /// Whether any super-packet is among them (then write them with [`InPlace::runs`]).
     #[inline]
-    pub(crate) fn push(&mut self, range: Range<usize>) {
-        self.spans.push(range);
+    pub fn has_wholes(&self) -> bool {
+        self.wholes > 0
     }
 
-    /// The recorded packets as slices of `buf` (the buffer they were opened in). Ranges outside
-    /// `buf` or out of order are skipped, never trusted.
-    pub fn slices<'a>(&self, buf: &'a mut [u8], out: &mut Vec<&'a mut [u8]>) {
+    #[inline]
+    pub(crate) fn push(&mut self, range: Range<usize>) {
+        self.spans.push((range, None));
+    }
+
+    #[inline]
+    pub(crate) fn push_whole(&mut self, range: Range<usize>, vnet: VirtioNetHdr) {
+        self.spans.push((range, Some(vnet)));
+        self.wholes += 1;
+    }
+
+    /// Walks the recorded ranges of `buf` in order. Ranges outside `buf` or out of order are
+    /// skipped, never trusted.
+    fn walk<'a>(&self, buf: &'a mut [u8], mut f: impl FnMut(&'a mut [u8], Option<VirtioNetHdr>)) {
         let mut rest: &'a mut [u8] = buf;
         let mut consumed = 0usize;
-        for r in &self.spans {
+        for (r, vnet) in &self.spans {
             if r.start < consumed || r.end < r.start || r.end - consumed > rest.len() {
                 continue;
             }
             let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - consumed);
             let (packet, tail) = tail.split_at_mut(r.end - r.start);
-            out.push(packet);
+            f(packet, *vnet);
             rest = tail;
             consumed = r.end;
         }
     }
 
+    /// The recorded plain packets as slices of `buf` (the buffer they were opened in).
+    pub fn slices<'a>(&self, buf: &'a mut [u8], out: &mut Vec<&'a mut [u8]>) {
+        self.walk(buf, |p, vnet| {
+            if vnet.is_none() {
+                out.push(p);
+            }
+        });
+    }
+
+    /// Everything recorded, in order, as runs of plain packets and single super-packets.
+    pub fn runs<'a>(&self, buf: &'a mut [u8], out: &mut Vec<Run<'a>>) {
+        self.walk(buf, |p, vnet| match (vnet, out.last_mut()) {
+            (Some(h), _) => out.push(Run::Whole(h, p)),
+            (None, Some(Run::Packets(v))) => v.push(p),
+            (None, _) => out.push(Run::Packets(vec![p])),
+        });
+    }
+
     pub fn clear(&mut self) {
         self.spans.clear();
+        self.wholes = 0;
     }
 }

@@ -8,15 +8,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crypto::{PayloadType, SessionOpenError, INNER_HEADER_LEN};
+use crypto::{PayloadType, Session, SessionOpenError, INNER_HEADER_LEN};
 use routing::{LinkId, Lookup};
 use tracing::warn;
 use wire::babel::Subnet;
 use wire::frame::DataSlot;
 use wire::icmp::IcmpError;
 use wire::ip::ipv6::Ipv6Packet;
+use wire::virtio::{VirtioNetHdr, LEN as VNET_LEN};
 
-use crate::batch::{FrameBatch, InPlace, Outbox, TunBatch};
+use crate::batch::{FrameBatch, InPlace, Outbox, Run, TunBatch};
 use crate::counters::{bump, DataCounters};
 use crate::oob::{self, OobRefusal};
 use crate::outbound::RefreshTracker;
@@ -141,7 +142,7 @@ impl Receiver {
             stale: &mut self.stale,
             budgets: &mut self.budgets,
             now,
-            admitted: false,
+            admitted: None,
         };
         ctx.handle(
             table,
@@ -159,6 +160,24 @@ impl Receiver {
     pub fn tun_packets<'a>(&'a mut self, buf: &'a mut [u8], out: &mut Vec<&'a mut [u8]>) {
         self.in_place.slices(buf, out);
         self.built.split_into(out);
+    }
+
+    /// Whether super-packets are among the packets for the TUN: then write them with
+    /// [`Receiver::tun_runs`], which keeps their order with the plain ones.
+    #[inline]
+    pub fn tun_has_wholes(&self) -> bool {
+        self.in_place.has_wholes()
+    }
+
+    /// Like [`Receiver::tun_packets`], in runs: plain packets (to coalesce) and super-packets
+    /// with the virtio header to write each with, in the order they arrived.
+    pub fn tun_runs<'a>(&'a mut self, buf: &'a mut [u8], out: &mut Vec<Run<'a>>) {
+        self.in_place.runs(buf, out);
+        let mut built = Vec::new();
+        self.built.split_into(&mut built);
+        if !built.is_empty() {
+            out.push(Run::Packets(built));
+        }
     }
 
     /// How many packets wait for the TUN.
@@ -197,8 +216,9 @@ pub(crate) struct Inbound<'a, N> {
     pub stale: &'a mut RefreshTracker,
     pub budgets: &'a mut LinkBudgets,
     pub now: Instant,
-    /// Set by `accept`: the IPv6 packet it was given may go to the TUN.
-    pub admitted: bool,
+    /// Set by `accept`: the IPv6 packet it was given may go to the TUN (with the virtio header
+    /// to write it with, for a super-packet).
+    pub admitted: Option<Option<VirtioNetHdr>>,
 }
 
 /// Why an opened packet does not go to the TUN.
@@ -435,11 +455,9 @@ impl<N: NeedSink> Inbound<'_, N> {
                         bump(&self.counters.session_frames_in);
                         let sender = Subnet::slash64(src);
                         let len = payload.len();
-                        self.accept(table, hop, frame, sender, kind, payload, tun_out);
-                        if kind == PayloadType::L3 && self.admitted {
-                            let at = frame.body.start + INNER_HEADER_LEN;
-                            in_place.push(at..at + len);
-                        }
+                        let session = Some(&*e.session);
+                        self.accept(table, hop, frame, sender, kind, payload, session, tun_out);
+                        self.place(frame, len, in_place);
                         return;
                     }
                     Err(SessionOpenError::NotSession) => {}
@@ -481,17 +499,25 @@ impl<N: NeedSink> Inbound<'_, N> {
             }
         };
         let len = payload.len();
-        self.accept(table, hop, frame, sender, kind, payload, tun_out);
-        if kind == PayloadType::L3 && self.admitted {
-            // The plaintext starts at the body's start: the packet follows its inner header.
-            let at = frame.body.start + INNER_HEADER_LEN;
-            in_place.push(at..at + len);
+        self.accept(table, hop, frame, sender, kind, payload, None, tun_out);
+        self.place(frame, len, in_place);
+    }
+
+    /// Records where the packet `accept` admitted lies: the plaintext starts at the body's start,
+    /// the packet after the inner header (and a super-packet after its virtio header).
+    fn place(&mut self, frame: &DataFrame, len: usize, in_place: &mut InPlace) {
+        let at = frame.body.start + INNER_HEADER_LEN;
+        match self.admitted.take() {
+            Some(None) => in_place.push(at..at + len),
+            Some(Some(vnet)) => in_place.push_whole(at + VNET_LEN..at + len, vnet),
+            None => {}
         }
     }
 
-    /// What an opened frame carries, sent by `sender` (the subnet its key authenticates): an
-    /// IPv6 packet is checked and left in place (`self.admitted` tells the caller), an
-    /// out-of-band error becomes an ICMPv6 error for the TUN, a handshake goes to the owner.
+    /// What an opened frame carries, sent by `sender` (the subnet its key authenticates; the
+    /// session it opened under, if any): an IPv6 packet or a super-packet is checked and left in
+    /// place (`self.admitted` tells the caller), an out-of-band error becomes an ICMPv6 error for
+    /// the TUN, handshakes and path messages go to the owner.
     #[allow(clippy::too_many_arguments)]
     fn accept<L>(
         &mut self,
@@ -501,10 +527,11 @@ impl<N: NeedSink> Inbound<'_, N> {
         sender: Subnet,
         kind: PayloadType,
         payload: &mut [u8],
+        session: Option<&Session>,
         tun_out: &mut TunBatch,
     ) {
         let src = frame.src;
-        self.admitted = false;
+        self.admitted = None;
         match kind {
             PayloadType::L3 => {
                 if let Err(why) = admit_l3(payload, sender, self.own_subnet, hop, self.counters) {
@@ -512,8 +539,49 @@ impl<N: NeedSink> Inbound<'_, N> {
                         .warn_refused(self.link, self.now, why.describe(), src);
                     return;
                 }
-                self.admitted = true;
+                self.admitted = Some(None);
                 bump(&self.counters.frames_delivered);
+            }
+            PayloadType::SuperPacket => {
+                let Some(session) = session else {
+                    // Only ever sent under a session.
+                    bump(&self.counters.drop_inner);
+                    return;
+                };
+                let Some((head, packet)) = payload.split_at_mut_checked(VNET_LEN) else {
+                    bump(&self.counters.drop_inner);
+                    return;
+                };
+                let whole = VirtioNetHdr::parse(head)
+                    .ok()
+                    .and_then(|sent| offload::whole_header(&sent, packet).ok());
+                let Some(vnet) = whole else {
+                    bump(&self.counters.drop_inner);
+                    return;
+                };
+                if let Err(why) = admit_l3(packet, sender, self.own_subnet, hop, self.counters) {
+                    self.budgets
+                        .warn_refused(self.link, self.now, why.describe(), src);
+                    return;
+                }
+                session.note_super_received();
+                self.admitted = Some(Some(vnet));
+                bump(&self.counters.super_frames_in);
+                bump(&self.counters.frames_delivered);
+            }
+            PayloadType::PathProbe | PayloadType::PathAck => {
+                let Some(session) = session else {
+                    bump(&self.counters.drop_inner);
+                    return;
+                };
+                if self.link_may_ask() {
+                    let keep = payload.len().min(16);
+                    let _ = self.needs.try_push(Need::Path {
+                        index: session.local_index(),
+                        kind,
+                        payload: payload[..keep].to_vec(),
+                    });
+                }
             }
             PayloadType::OobIcmp => {
                 if !self.budgets.icmp_in.take(self.now) {

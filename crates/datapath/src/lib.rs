@@ -33,7 +33,7 @@ pub mod ratelimit;
 pub mod sessions;
 mod table;
 
-pub use batch::{FrameBatch, InPlace, Outbox, TunBatch};
+pub use batch::{FrameBatch, InPlace, Outbox, Run, TunBatch};
 pub use counters::{bump, DataCounters};
 pub use inbound::{check_inner, deliver_pending, may_have_key, DataFrame, InnerRefusal};
 pub use inbound::{LinkBudgets, ICMP_BURST, ICMP_PER_SEC, LINK_NEEDS_BURST, LINK_NEEDS_PER_SEC};

@@ -15,9 +15,11 @@ use wire::babel::Subnet;
 use wire::frame::{write_data_header, DataSlot, DATA_FRAME_OVERHEAD};
 use wire::icmp::IcmpError;
 use wire::ip::ipv6::Ipv6Packet;
+use wire::virtio::{gso, VirtioNetHdr, LEN as VNET_LEN};
 
 use crate::batch::{FrameBatch, Outbox, TunBatch};
 use crate::counters::{bump, DataCounters};
+use crate::sessions::SessionSnapshot;
 use crate::table::{DataTable, Need, NeedSink};
 use crate::Cipher;
 
@@ -355,9 +357,14 @@ pub struct FrameSink {
     /// Recycled memory, not zeroed again for every batch; the first `len` bytes are in use.
     pub(crate) buf: Vec<u8>,
     len: usize,
-    /// Frame start and segment length of each segment.
-    spans: Vec<(usize, usize)>,
+    /// Frame start and segment length of each segment, and whether it is a super-packet taken
+    /// whole (its virtio header first).
+    spans: Vec<(usize, usize, bool)>,
     capacity: usize,
+    /// The sessions of the batch being read: which destinations take super-packets whole.
+    sessions: Option<Arc<SessionSnapshot>>,
+    /// Where a super-packet taken whole is split after all, when its session went away.
+    scratch: offload::Segments,
 }
 
 impl FrameSink {
@@ -367,6 +374,8 @@ impl FrameSink {
             len: 0,
             spans: Vec::with_capacity(256),
             capacity,
+            sessions: None,
+            scratch: offload::Segments::new(),
         }
     }
 
@@ -396,10 +405,11 @@ impl FrameSink {
         let mut kept_end = 0usize;
         let mut holes = false;
         for i in 0..self.spans.len() {
-            let (start, len) = self.spans[i];
+            let (start, len, whole) = self.spans[i];
             let seg_at = start + SINK_HEADROOM;
             let frame_len = SINK_HEADROOM + len + SINK_TAILROOM;
-            let verdict = classify(ctx, table, &self.buf[seg_at..seg_at + len], icmp_out);
+            let packet_at = if whole { seg_at + VNET_LEN } else { seg_at };
+            let verdict = classify(ctx, table, &self.buf[packet_at..seg_at + len], icmp_out);
             let Verdict::Seal {
                 link,
                 key,
@@ -411,10 +421,35 @@ impl FrameSink {
                 holes = true;
                 continue;
             };
+            let kind = match (whole, &key) {
+                (false, _) => PayloadType::L3,
+                (true, SealKey::Session(s)) => {
+                    s.note_super_sent();
+                    bump(&ctx.counters.super_frames_out);
+                    PayloadType::SuperPacket
+                }
+                (true, SealKey::Static(_)) => {
+                    // The session went away since the read: the packet goes split after all.
+                    let vnet =
+                        VirtioNetHdr::parse(&self.buf[seg_at..]).unwrap_or(VirtioNetHdr::NONE);
+                    self.scratch.clear();
+                    let packet = &self.buf[packet_at..seg_at + len];
+                    if offload::split(&vnet, packet, &mut self.scratch).is_ok() {
+                        for seg in self.scratch.iter() {
+                            let buf = out.buf(link);
+                            if push_sealed(buf, &key, PayloadType::L3, seg, hop, src, dst) {
+                                bump(&ctx.counters.frames_sent);
+                            }
+                        }
+                    }
+                    holes = true;
+                    continue;
+                }
+            };
             if main.is_some_and(|m| m != link) || len > MAX_SINK_SEGMENT {
                 // Another next hop (several reads went into this batch): copy it over.
                 let packet = &self.buf[seg_at..seg_at + len];
-                if push_sealed(out.buf(link), &key, PayloadType::L3, packet, hop, src, dst) {
+                if push_sealed(out.buf(link), &key, kind, packet, hop, src, dst) {
                     bump(&ctx.counters.frames_sent);
                     if key.is_session() {
                         bump(&ctx.counters.session_frames_out);
@@ -426,7 +461,7 @@ impl FrameSink {
             main = Some(link);
             let frame = &mut self.buf[start..start + frame_len];
             let (head, body) = frame.split_at_mut(DATA_FRAME_OVERHEAD);
-            body[..INNER_L3.len()].copy_from_slice(&PayloadType::L3.inner_header());
+            body[..INNER_L3.len()].copy_from_slice(&kind.inner_header());
             let plain = INNER_L3.len() + len;
             let sealed = key.seal_in_place(body, plain).is_ok();
             if !sealed || write_data_header(head, hop, src, dst, body.len()).is_err() {
@@ -451,6 +486,12 @@ impl FrameSink {
         Some((link, FrameBatch { bytes, frames }))
     }
 
+    /// The sessions the next reads go by: super-packets for destinations they list in
+    /// [`SessionSnapshot::whole`] are taken whole, not split.
+    pub fn set_sessions(&mut self, sessions: Arc<SessionSnapshot>) {
+        self.sessions = Some(sessions);
+    }
+
     /// Forgets the segments, keeping the buffer.
     pub fn clear(&mut self) {
         self.spans.clear();
@@ -470,7 +511,44 @@ impl SegmentSink for FrameSink {
             self.buf.resize(end, 0);
         }
         self.len = end;
-        self.spans.push((start, len));
+        self.spans.push((start, len, false));
         Some(&mut self.buf[seg_at..seg_at + len])
+    }
+
+    /// Takes a TCP or UDP super-packet whole when its destination's path carries super-frames
+    /// and it fits one frame; laid out like a segment, its virtio header first.
+    fn take_whole(&mut self, vnet: &VirtioNetHdr, packet: &[u8]) -> bool {
+        let Some(sessions) = &self.sessions else {
+            return false;
+        };
+        let len = VNET_LEN + packet.len();
+        if sessions.whole.is_empty()
+            || len > MAX_SINK_SEGMENT
+            || !matches!(vnet.gso_kind(), gso::TCPV6 | gso::UDP_L4)
+        {
+            return false;
+        }
+        let Ok(ip) = Ipv6Packet::new_header_checked(packet) else {
+            return false;
+        };
+        if !sessions
+            .whole
+            .contains(&((u128::from(ip.dst_addr()) >> 64) as u64))
+        {
+            return false;
+        }
+        let start = self.len;
+        let seg_at = start + SINK_HEADROOM;
+        let end = seg_at + len + SINK_TAILROOM;
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        if vnet.emit(&mut self.buf[seg_at..seg_at + VNET_LEN]).is_err() {
+            return false;
+        }
+        self.buf[seg_at + VNET_LEN..seg_at + len].copy_from_slice(packet);
+        self.len = end;
+        self.spans.push((start, len, true));
+        true
     }
 }

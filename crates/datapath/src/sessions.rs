@@ -59,6 +59,38 @@ impl Default for SessionLimits {
 /// The responder waits this much longer than the initiator before it rekeys itself.
 const RESPONDER_REKEY_GRACE: Duration = Duration::from_secs(15);
 
+/// A probe (or super-frames) not acknowledged within this turns super-frames off for the node.
+pub const PATH_ACK_WITHIN: Duration = Duration::from_secs(1);
+/// After a failed probe or a fallback, the next probe waits this long.
+pub const PATH_RETRY: Duration = Duration::from_secs(30);
+/// Payload of a path probe: it makes the largest frame a super-frame can be.
+pub const PROBE_PAYLOAD: usize =
+    wire::frame::MAX_DATA_BODY - crypto::SEAL_OVERHEAD - crypto::INNER_HEADER_LEN;
+/// First byte of a path acknowledgement: the answer to a probe (`id` u32 follows), or the count
+/// of super-frames received under the session (u64 follows).
+pub const ACK_PROBE: u8 = 1;
+pub const ACK_SUPERS: u8 = 2;
+
+/// Whether our super-frames reach a node (`docs/sessions.md`, super-frames).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PathState {
+    /// No probe yet for this session.
+    Unknown,
+    Probing {
+        id: u32,
+        sent: Instant,
+    },
+    /// Super-frames go out; `acked` is what the node reported receiving under session `index`.
+    On {
+        index: u32,
+        acked: u64,
+        progress: Instant,
+    },
+    Failed {
+        retry: Instant,
+    },
+}
+
 /// A session the data path opens with, and the /64 its frames must come from.
 #[derive(Clone, Debug)]
 pub struct RecvEntry {
@@ -67,12 +99,15 @@ pub struct RecvEntry {
 }
 
 /// What the data path reads: sessions to seal with (by the peer's key) and to open with (by our
-/// index in the frame's trailer).
+/// index in the frame's trailer), and the /64s that take super-frames.
 #[derive(Clone, Debug, Default)]
 pub struct SessionSnapshot {
     pub enabled: bool,
     pub send: FxHashMap<[u8; 32], Arc<Session>>,
     pub recv: FxHashMap<u32, RecvEntry>,
+    /// Destination /64s (upper 64 bits) whose path carried a full-size frame: TUN super-packets
+    /// for them go whole.
+    pub whole: rustc_hash::FxHashSet<u64>,
 }
 
 /// A frame the owner must send: `payload` after an inner header of type `kind`, to the node
@@ -98,6 +133,11 @@ pub struct SessionCounts {
     /// Remote nodes taken for legacy nodes after their handshake went unanswered.
     pub legacy_fallbacks: u64,
     pub expired: u64,
+    pub probes_sent: u64,
+    /// Probes answered: super-frames turned on.
+    pub paths_whole: u64,
+    /// Super-frames turned off for a node: a probe or super-frames went unacknowledged.
+    pub whole_fallbacks: u64,
 }
 
 /// What one remote node's session looks like, for the API.
@@ -112,6 +152,11 @@ pub struct SessionRow {
     pub frames_sent: u64,
     pub frames_received: u64,
     pub legacy_fallbacks: u64,
+    /// `on`, `probing`, `off` (failed or not probed yet).
+    pub super_frames: &'static str,
+    pub supers_sent: u64,
+    pub supers_received: u64,
+    pub super_fallbacks: u64,
 }
 
 struct Live {
@@ -151,6 +196,11 @@ struct Peer {
     replays_done: u64,
     fallbacks: u64,
     last_use: Instant,
+    path: PathState,
+    whole_fallbacks: u64,
+    /// Super-frames received under the current session (by its index) when we last told the
+    /// node.
+    supers_reported: (u32, u64),
 }
 
 impl Peer {
@@ -168,6 +218,9 @@ impl Peer {
             replays_done: 0,
             fallbacks: 0,
             last_use: now,
+            path: PathState::Unknown,
+            whole_fallbacks: 0,
+            supers_reported: (0, 0),
         }
     }
 
@@ -230,10 +283,13 @@ impl SessionManager {
             ..SessionSnapshot::default()
         };
         for (key, p) in &self.peers {
+            let prefix = (u128::from(p.addr) >> 64) as u64;
             if let Some(c) = &p.current {
                 snap.send.insert(key.0, c.session.clone());
+                if matches!(p.path, PathState::On { .. }) {
+                    snap.whole.insert(prefix);
+                }
             }
-            let prefix = (u128::from(p.addr) >> 64) as u64;
             for l in p.sessions() {
                 snap.recv.insert(
                     l.session.local_index(),
@@ -597,6 +653,78 @@ impl SessionManager {
         for i in freed {
             self.indexes.remove(&i);
         }
+        let mut probes: Vec<PublicKey> = Vec::new();
+        let mut out: Vec<Outgoing> = Vec::new();
+        for (key, p) in self.peers.iter_mut() {
+            let Some(c) = &p.current else {
+                p.path = PathState::Unknown;
+                continue;
+            };
+            let index = c.session.local_index();
+            // What we received of the node's super-frames, so it knows they arrive.
+            let got = c.session.supers_received();
+            let last = p.supers_reported;
+            if got > 0 && (last.0 != index || last.1 != got) {
+                p.supers_reported = (index, got);
+                let mut payload = vec![ACK_SUPERS];
+                payload.extend_from_slice(&got.to_be_bytes());
+                out.push(Outgoing {
+                    key: *key,
+                    dst: p.addr,
+                    kind: PayloadType::PathAck,
+                    payload,
+                    session: Some(c.session.clone()),
+                });
+            }
+            match p.path {
+                PathState::Unknown => probes.push(*key),
+                PathState::Probing { sent, .. } => {
+                    if now.saturating_duration_since(sent) >= PATH_ACK_WITHIN {
+                        p.path = PathState::Failed {
+                            retry: now + PATH_RETRY,
+                        };
+                        p.whole_fallbacks += 1;
+                        self.counts.whole_fallbacks += 1;
+                    }
+                }
+                PathState::On {
+                    index: on,
+                    acked,
+                    progress,
+                } => {
+                    let sent = c.session.supers_sent();
+                    if on != index {
+                        // A new session: its counts start again.
+                        p.path = PathState::On {
+                            index,
+                            acked: 0,
+                            progress: now,
+                        };
+                    } else if sent <= acked {
+                        p.path = PathState::On {
+                            index,
+                            acked,
+                            progress: now,
+                        };
+                    } else if now.saturating_duration_since(progress) >= PATH_ACK_WITHIN {
+                        p.path = PathState::Failed {
+                            retry: now + PATH_RETRY,
+                        };
+                        p.whole_fallbacks += 1;
+                        self.counts.whole_fallbacks += 1;
+                        self.changed = true;
+                    }
+                }
+                PathState::Failed { retry } => {
+                    if now >= retry {
+                        probes.push(*key);
+                    }
+                }
+            }
+        }
+        for key in probes {
+            out.extend(self.probe(key, now));
+        }
         // Nodes with nothing left and unused for a while are forgotten.
         let idle = limits.legacy_for.max(limits.reject_after);
         let stale: Vec<PublicKey> = self
@@ -614,10 +742,95 @@ impl SessionManager {
         for k in stale {
             self.remove_peer(&k);
         }
-        initiate
-            .into_iter()
-            .filter_map(|(k, a)| self.initiate(k, now, wall, a))
-            .collect()
+        out.extend(
+            initiate
+                .into_iter()
+                .filter_map(|(k, a)| self.initiate(k, now, wall, a)),
+        );
+        out
+    }
+
+    /// Sends a full-size probe to `key` under the current session.
+    fn probe(&mut self, key: PublicKey, now: Instant) -> Option<Outgoing> {
+        let p = self.peers.get_mut(&key)?;
+        let session = p.current.as_ref()?.session.clone();
+        let id = crypto::session::random_index();
+        p.path = PathState::Probing { id, sent: now };
+        self.counts.probes_sent += 1;
+        let mut payload = vec![0u8; PROBE_PAYLOAD];
+        payload[..4].copy_from_slice(&id.to_be_bytes());
+        Some(Outgoing {
+            key,
+            dst: p.addr,
+            kind: PayloadType::PathProbe,
+            payload,
+            session: Some(session),
+        })
+    }
+
+    /// A probe arrived under our session `index`: answer it under the session we send with.
+    pub fn path_probe(&mut self, index: u32, probe: &[u8]) -> Option<Outgoing> {
+        let id = probe.get(..4)?;
+        let key = *self.indexes.get(&index)?;
+        let p = self.peers.get(&key)?;
+        let session = p.current.as_ref()?.session.clone();
+        let mut payload = vec![ACK_PROBE];
+        payload.extend_from_slice(id);
+        Some(Outgoing {
+            key,
+            dst: p.addr,
+            kind: PayloadType::PathAck,
+            payload,
+            session: Some(session),
+        })
+    }
+
+    /// An acknowledgement arrived under our session `index`: a probe answered (super-frames on)
+    /// or the count of super-frames the node received.
+    pub fn path_ack(&mut self, index: u32, ack: &[u8], now: Instant) {
+        let Some(key) = self.indexes.get(&index).copied() else {
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        let Some(current) = p.current.as_ref().map(|c| c.session.local_index()) else {
+            return;
+        };
+        match (ack.first(), p.path) {
+            (Some(&ACK_PROBE), PathState::Probing { id, .. })
+                if ack.get(1..5) == Some(&id.to_be_bytes()[..]) =>
+            {
+                p.path = PathState::On {
+                    index: current,
+                    acked: 0,
+                    progress: now,
+                };
+                self.counts.paths_whole += 1;
+                self.changed = true;
+            }
+            (
+                Some(&ACK_SUPERS),
+                PathState::On {
+                    index: on, acked, ..
+                },
+            ) if on == index => {
+                let Some(b) = ack.get(1..9) else {
+                    return;
+                };
+                let mut n = [0u8; 8];
+                n.copy_from_slice(b);
+                let count = u64::from_be_bytes(n);
+                if count > acked {
+                    p.path = PathState::On {
+                        index: on,
+                        acked: count,
+                        progress: now,
+                    };
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Notes that traffic for `key` is flowing (rekeys happen only for sessions in use).
@@ -661,6 +874,17 @@ impl SessionManager {
                     frames_sent: p.current.as_ref().map_or(0, |c| c.session.sent()),
                     frames_received: p.current.as_ref().map_or(0, |c| c.session.received()),
                     legacy_fallbacks: p.fallbacks,
+                    super_frames: match p.path {
+                        PathState::On { .. } => "on",
+                        PathState::Probing { .. } => "probing",
+                        _ => "off",
+                    },
+                    supers_sent: p.current.as_ref().map_or(0, |c| c.session.supers_sent()),
+                    supers_received: p
+                        .current
+                        .as_ref()
+                        .map_or(0, |c| c.session.supers_received()),
+                    super_fallbacks: p.whole_fallbacks,
                 }
             })
             .collect();

@@ -85,6 +85,13 @@ pub enum Need {
     },
     /// A frame opened under our session with this index for the first time.
     SessionConfirmed(u32),
+    /// A path probe (its first bytes) or acknowledgement of type `kind` opened under our session
+    /// with this index.
+    Path {
+        index: u32,
+        kind: crypto::PayloadType,
+        payload: Vec<u8>,
+    },
     /// A frame from the node with this key opened neither under a session nor with the static
     /// key: it seals with a session we do not have (one of us restarted).
     SessionStale([u8; 32]),

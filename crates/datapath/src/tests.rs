@@ -308,7 +308,7 @@ fn receive_hop(
         stale: &mut stale,
         budgets,
         now,
-        admitted: false,
+        admitted: Default::default(),
     };
     let (mut outbox, mut tun_out, mut in_place) =
         (Outbox::default(), TunBatch::default(), InPlace::default());
@@ -743,3 +743,7 @@ fn a_queue_drops_the_largest_frame_of_a_batch_and_keeps_the_rest_whole() {
     assert_eq!(junk.drop_largest_frame(), 0);
     assert_eq!(junk.bytes.len(), 100);
 }
+
+/// Sessions between managers, and session frames through the receiver and sender.
+#[path = "sessions_tests.rs"]
+mod sessions_tests;

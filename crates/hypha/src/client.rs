@@ -349,7 +349,8 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
                 o,
                 "sessions: {} established, {} handshaking, {} legacy; started {}, rekeys {}, \
                  handshakes refused {}, initiations replayed {}, legacy fallbacks {}; frames \
-                 sent {}, received {}, replays refused {}",
+                 sent {}, received {}, replays refused {}; super-frames sent {}, received {}, \
+                 paths whole {}, fallbacks {}",
                 ss.established,
                 ss.handshaking,
                 ss.legacy,
@@ -360,7 +361,11 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
                 ss.legacy_fallbacks,
                 d.session_frames_out,
                 d.session_frames_in,
-                d.session_replays
+                d.session_replays,
+                d.super_frames_out,
+                d.super_frames_in,
+                ss.paths_whole,
+                ss.whole_fallbacks
             );
         }
         None => {
@@ -382,8 +387,14 @@ fn sessions_table(s: &node::metrics::SessionStats) -> Table {
             "RECEIVED",
             "REPLAYS",
             "FALLBACKS",
+            "SUPER",
+            "SUPER OUT",
+            "SUPER IN",
+            "SUPER FALLBACKS",
         ],
-        right: vec![false, false, true, true, true, true, true, true],
+        right: vec![
+            false, false, true, true, true, true, true, true, false, true, true, true,
+        ],
         rows: Vec::new(),
     };
     for p in &s.peers {
@@ -396,6 +407,10 @@ fn sessions_table(s: &node::metrics::SessionStats) -> Table {
             p.frames_received.to_string(),
             p.replays_refused.to_string(),
             p.legacy_fallbacks.to_string(),
+            p.super_frames.clone(),
+            p.supers_sent.to_string(),
+            p.supers_received.to_string(),
+            p.super_fallbacks.to_string(),
         ]);
     }
     t

@@ -101,3 +101,48 @@ fn a_node_without_sessions_is_spoken_to_in_the_legacy_format() {
     let text = b.cli(&["sessions"]).unwrap();
     assert!(text.contains("off"), "{text}");
 }
+
+/// Super-frames: once the path carried a probe, TCP super-packets go whole and a 200 MB transfer
+/// each way arrives byte-identical; UDP with 1,200-byte datagrams too.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn super_frames_carry_transfers_byte_identical_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (na, nb) = (Netns::new("sfa").unwrap(), Netns::new("sfb").unwrap());
+    let [ab, _] = link(&na, &nb, 112).expect("veth link").addrs;
+    let flags = ["--disable-peer-discovery"];
+    let a = Node::start(&na, dir.path(), "a", &flags);
+    let b = Node::start_dialling(&nb, dir.path(), "b", ab, &flags);
+    a.wait(Duration::from_secs(30), "B answering", |n| {
+        n.ping_once(b.addr)
+    });
+    for (n, other) in [(&a, &b), (&b, &a)] {
+        n.wait(
+            Duration::from_secs(10),
+            "the path carrying super-frames",
+            |n| {
+                n.ping_once(other.addr) && {
+                    let s = n.json(&["sessions", "--json"]);
+                    s["peers"][0]["superFrames"] == "on"
+                }
+            },
+        );
+    }
+    common::transfer(&na, &nb, b.addr, 5201, 200 << 20);
+    common::transfer(&nb, &na, a.addr, 5202, 200 << 20);
+    for n in [&a, &b] {
+        assert!(
+            data(n, "superFramesOut") > 1000,
+            "{}",
+            n.cli(&["stats"]).unwrap()
+        );
+        assert!(
+            data(n, "superFramesIn") > 1000,
+            "{}",
+            n.cli(&["stats"]).unwrap()
+        );
+        assert_eq!(data(n, "sessionReplays"), 0);
+    }
+    let s = a.json(&["sessions", "--json"]);
+    assert_eq!(s["wholeFallbacks"], 0, "{s}");
+}

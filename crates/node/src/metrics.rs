@@ -153,6 +153,11 @@ pub struct SessionStats {
     pub replays_refused: u64,
     pub legacy_fallbacks: u64,
     pub expired: u64,
+    /// Path probes sent; paths found to carry super-frames; super-frames turned off again
+    /// (a probe or super-frames went unacknowledged).
+    pub probes_sent: u64,
+    pub paths_whole: u64,
+    pub whole_fallbacks: u64,
     pub peers: Vec<SessionPeer>,
 }
 
@@ -170,6 +175,11 @@ pub struct SessionPeer {
     pub frames_sent: u64,
     pub frames_received: u64,
     pub legacy_fallbacks: u64,
+    /// `on`, `probing` or `off`.
+    pub super_frames: String,
+    pub supers_sent: u64,
+    pub supers_received: u64,
+    pub super_fallbacks: u64,
 }
 
 impl SessionStats {
@@ -190,6 +200,9 @@ impl SessionStats {
             replays_refused: m.replays_refused(),
             legacy_fallbacks: c.legacy_fallbacks,
             expired: c.expired,
+            probes_sent: c.probes_sent,
+            paths_whole: c.paths_whole,
+            whole_fallbacks: c.whole_fallbacks,
             peers: rows
                 .iter()
                 .map(|r| SessionPeer {
@@ -202,6 +215,10 @@ impl SessionStats {
                     frames_sent: r.frames_sent,
                     frames_received: r.frames_received,
                     legacy_fallbacks: r.legacy_fallbacks,
+                    super_frames: r.super_frames.to_owned(),
+                    supers_sent: r.supers_sent,
+                    supers_received: r.supers_received,
+                    super_fallbacks: r.super_fallbacks,
                 })
                 .collect(),
         }
@@ -1055,6 +1072,9 @@ impl Collector for StatsCollector {
                     ("initiation_replayed", ss.replayed_initiations),
                     ("legacy_fallback", ss.legacy_fallbacks),
                     ("expired", ss.expired),
+                    ("probe_sent", ss.probes_sent),
+                    ("path_whole", ss.paths_whole),
+                    ("whole_fallback", ss.whole_fallbacks),
                 ]
                 .map(|(ev, v)| ([("event", ev)], v)),
             )?;
@@ -1068,6 +1088,8 @@ impl Collector for StatsCollector {
                 ("sent", d.session_frames_out),
                 ("received", d.session_frames_in),
                 ("replay_refused", d.session_replays),
+                ("super_sent", d.super_frames_out),
+                ("super_received", d.super_frames_in),
             ]
             .map(|(r, v)| ([("kind", r)], v)),
         )?;

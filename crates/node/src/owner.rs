@@ -568,6 +568,15 @@ impl Owner {
             Need::Session(key) => self.session_need(SessionNeed::Want(key)),
             Need::SessionStale(key) => self.session_need(SessionNeed::Stale(key)),
             Need::SessionConfirmed(index) => self.session_need(SessionNeed::Confirmed(index)),
+            Need::Path {
+                index,
+                kind,
+                payload,
+            } => self.session_need(SessionNeed::Path {
+                index,
+                kind,
+                payload,
+            }),
             Need::Handshake { src, dst, payload } => {
                 self.session_need(SessionNeed::Handshake { src, dst, payload })
             }

@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crypto::session::Timestamp;
-use crypto::PublicKey;
+use crypto::{PayloadType, PublicKey};
 use datapath::sessions::{Outgoing, SessionManager};
 use datapath::{bump, DataCounters, FrameBatch, SealKey};
 use routing::{Lookup, Router};
@@ -95,6 +95,15 @@ pub(crate) fn on_need(mgr: &mut SessionManager, need: SessionNeed) -> Vec<Outgoi
             mgr.confirmed(index, now);
             Vec::new()
         }
+        SessionNeed::Path {
+            index,
+            kind: PayloadType::PathProbe,
+            payload,
+        } => mgr.path_probe(index, &payload).into_iter().collect(),
+        SessionNeed::Path { index, payload, .. } => {
+            mgr.path_ack(index, &payload, now);
+            Vec::new()
+        }
         SessionNeed::Handshake { src, dst, payload } => match mgr.handle(src, dst, &payload, now) {
             Ok(out) => out.into_iter().collect(),
             Err(e) => {
@@ -110,6 +119,11 @@ pub(crate) enum SessionNeed {
     Want([u8; 32]),
     Stale([u8; 32]),
     Confirmed(u32),
+    Path {
+        index: u32,
+        kind: PayloadType,
+        payload: Vec<u8>,
+    },
     Handshake {
         src: Ipv6Addr,
         dst: Ipv6Addr,

@@ -118,6 +118,9 @@ fn read_loop(tun: &Tun, cfg: &TunIoConfig, to_tun: &mpsc::Sender<TunBatch>, stop
         // Read until the device is empty or the batch is full: one hand-off per batch, however
         // small the packets.
         sender.sink().clear();
+        sender
+            .sink()
+            .set_sessions(cfg.table.load().sessions.clone());
         let mut failed = false;
         while sender.sink().segments() < BATCH_SEGMENTS && sender.sink().bytes() < BATCH_BYTES {
             match tun.read(&mut rd, sender.sink()) {

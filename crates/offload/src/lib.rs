@@ -26,7 +26,9 @@
 mod coalesce;
 mod sink;
 mod split;
+mod whole;
 
 pub use coalesce::{Coalescer, Config, Plan, Slice, Write};
 pub use sink::{SegmentSink, Segments};
 pub use split::{split, SplitError};
+pub use whole::whole_header;

@@ -11,11 +11,21 @@
 /// headroom), so each segment is written once, straight where it will be sealed and sent.
 pub trait SegmentSink {
     fn segment(&mut self, len: usize) -> Option<&mut [u8]>;
+
+    /// A super-packet (`hdr`, and the packet after it) before it is split: return true to take
+    /// it whole instead, and `segment` is not called for it. By default every one is split.
+    fn take_whole(&mut self, _hdr: &wire::virtio::VirtioNetHdr, _packet: &[u8]) -> bool {
+        false
+    }
 }
 
 impl<S: SegmentSink + ?Sized> SegmentSink for &mut S {
     fn segment(&mut self, len: usize) -> Option<&mut [u8]> {
         (**self).segment(len)
+    }
+
+    fn take_whole(&mut self, hdr: &wire::virtio::VirtioNetHdr, packet: &[u8]) -> bool {
+        (**self).take_whole(hdr, packet)
     }
 }
 

@@ -161,6 +161,10 @@ impl Tun {
             };
             if hdr.gso_kind() != gso::NONE {
                 Counters::add(&c.super_packets, 1);
+                if out.take_whole(&hdr, &rd.buf[hdr_len..n]) {
+                    Counters::add(&c.segments, 1);
+                    return Ok(1);
+                }
             }
             offload::split(&hdr, &rd.buf[hdr_len..n], out)
         };
@@ -278,6 +282,64 @@ impl Tun {
                 cfg.tcp = false;
             }
             wr.coalescer.set_config(cfg);
+        }
+        report
+    }
+
+    /// Writes one super-packet whole with the virtio header `vnet` (see
+    /// [`offload::whole_header`]): one syscall for all its segments. Where the device cannot take
+    /// that GSO type (no vnet header, the type switched off, or the kernel refuses it with
+    /// `EINVAL`) the packet is split and written segment by segment instead.
+    pub fn write_whole(&self, wr: &mut Writer, vnet: &VirtioNetHdr, packet: &[u8]) -> WriteReport {
+        let mut report = WriteReport::default();
+        let c = &self.shared.counters;
+        let segments = {
+            let hdr = usize::from(vnet.hdr_len);
+            let size = usize::from(vnet.gso_size).max(1);
+            packet.len().saturating_sub(hdr).div_ceil(size).max(1)
+        };
+        let (tcp, udp) = self.gro_enabled();
+        let udp_kind = vnet.gso_kind() == gso::UDP_L4;
+        let hdr_len = self.shared.caps.vnet_hdr_len;
+        if hdr_len > 0 && (if udp_kind { udp } else { tcp }) {
+            let hdr = vnet.to_bytes();
+            let iov = [IoSlice::new(&hdr[..hdr_len]), IoSlice::new(packet)];
+            report.syscalls += 1;
+            match retry_eintr(|| sys::writev(self, &iov)) {
+                Ok(_) => {
+                    Counters::add(&c.writes, 1);
+                    Counters::add(&c.packets_written, segments as u64);
+                    Counters::add(&c.coalesced_writes, 1);
+                    report.written += segments;
+                    return report;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    let _ = self.note_gso_einval(udp_kind);
+                }
+                Err(e) => {
+                    let counter = if would_block(&e) {
+                        &c.drop_would_block
+                    } else {
+                        &c.drop_write_error
+                    };
+                    Counters::add(counter, segments as u64);
+                    report.dropped += segments;
+                    return report;
+                }
+            }
+        }
+        wr.singles.clear();
+        match offload::split(vnet, packet, &mut wr.singles) {
+            Ok(_) => {
+                for seg in wr.singles.iter() {
+                    report.syscalls += 1;
+                    self.write_single(seg, &mut report);
+                }
+            }
+            Err(_) => {
+                Counters::add(&c.drop_write_error, segments as u64);
+                report.dropped += segments;
+            }
         }
         report
     }

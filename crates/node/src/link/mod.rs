@@ -26,7 +26,7 @@ use wire::babel::{Metric, Prefix, RouterId, Subnet, Tlv};
 use wire::frame::{self, Frame, FrameReader};
 
 use datapath::codel::Codel;
-use datapath::{bump, DataCounters, DataFrame, FrameBatch, Need, Receiver, TunBatch};
+use datapath::{bump, DataCounters, DataFrame, FrameBatch, Need, Receiver, Run, TunBatch};
 
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
@@ -561,6 +561,20 @@ fn write_to_tun(
         core.tun_done();
         return;
     };
+    if core.tun_has_wholes() {
+        // Super-packets carried whole are written as they came, in order with the rest.
+        let mut runs = Vec::new();
+        core.tun_runs(reader.buffer_mut(), &mut runs);
+        for run in runs {
+            let report = match run {
+                Run::Packets(mut packets) => tun.write_batch(wr, &mut packets),
+                Run::Whole(vnet, packet) => tun.write_whole(wr, &vnet, packet),
+            };
+            crate::tunio::record_write(&report, &ctx.histograms, &ctx.counters, drop_log);
+        }
+        core.tun_done();
+        return;
+    }
     let mut packets: Vec<&mut [u8]> = Vec::with_capacity(core.tun_len());
     core.tun_packets(reader.buffer_mut(), &mut packets);
     let report = tun.write_batch(wr, &mut packets);

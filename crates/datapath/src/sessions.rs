@@ -593,8 +593,11 @@ impl SessionManager {
         let mut initiate: Vec<(PublicKey, u32)> = Vec::new();
         let mut freed: Vec<u32> = Vec::new();
         for (key, p) in self.peers.iter_mut() {
+            // A retry (or giving up) this tick: no rekey besides it.
+            let mut retried = false;
             if let Some(pd) = &p.pending {
                 if now >= pd.next_try {
+                    retried = true;
                     let attempts = pd.attempts;
                     if let Some(pd) = p.pending.take() {
                         freed.push(pd.init.local_index());
@@ -622,7 +625,7 @@ impl SessionManager {
                     p.current = None;
                     self.counts.expired += 1;
                     self.changed = true;
-                } else if p.pending.is_none() && p.next.is_none() {
+                } else if p.pending.is_none() && p.next.is_none() && !retried {
                     let after = if c.session.is_initiator() {
                         limits.rekey_after
                     } else {

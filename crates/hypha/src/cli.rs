@@ -98,6 +98,10 @@ pub struct NodeArgs {
     #[arg(long = "no-sessions")]
     pub no_sessions: bool,
 
+    /// Seconds into a session at which it is renegotiated (tests and demonstrations)
+    #[arg(long = "session-rekey-secs", hide = true, value_name = "SECS")]
+    pub session_rekey_secs: Option<f64>,
+
     /// Accepted connections that have not yet sent a well-formed frame, at most, from everywhere
     /// [default: 512]
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -317,6 +321,7 @@ pub struct Settings {
     pub no_offload: bool,
     pub no_queue_management: bool,
     pub no_sessions: bool,
+    pub session_rekey_secs: Option<f64>,
     pub gate: node::gate::GateLimits,
     pub disable_peer_discovery: bool,
     pub peer_discovery_port: u16,
@@ -440,6 +445,12 @@ impl Cli {
             no_offload: n.no_offload || f.no_offload.unwrap_or(false),
             no_queue_management: n.no_queue_management || f.no_queue_management.unwrap_or(false),
             no_sessions: n.no_sessions || f.no_sessions.unwrap_or(false),
+            session_rekey_secs: match n.session_rekey_secs {
+                Some(s) if !(s.is_finite() && (0.1..=3600.0).contains(&s)) => {
+                    bail!("--session-rekey-secs must be between 0.1 and 3600 seconds, got {s}")
+                }
+                s => s,
+            },
             gate: {
                 let d = node::gate::GateLimits::default();
                 let pick = |flag: Option<u32>, file: Option<u32>, name: &str| match flag.or(file) {

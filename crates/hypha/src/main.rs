@@ -106,7 +106,14 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
         api_access: s.api_access.clone(),
         queue_management: !s.no_queue_management,
         gate: s.gate,
-        sessions: !s.no_sessions,
+        sessions: (!s.no_sessions).then(|| {
+            let mut limits = node::SessionLimits::default();
+            if let Some(secs) = s.session_rekey_secs {
+                limits.rekey_after = std::time::Duration::from_secs_f64(secs);
+                limits.reject_after = limits.reject_after.max(limits.rekey_after * 2);
+            }
+            limits
+        }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -158,7 +158,7 @@ enum Peer {
     Mycelium(Mycelium),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Hypha,
     Mycelium,
@@ -245,6 +245,32 @@ impl Peer {
             // Starts at 1000 + static cost; only IHUs that answer our Hellos bring it down.
             let cost = p["linkCost"].as_u64().unwrap_or(u64::MAX);
             assert!(cost < 1000, "no IHU answered our Hello on {}: {p}", n.ns);
+        }
+    }
+
+    /// The data-path counter `field` of a hypha node (`None` for mycelium).
+    fn data(&self, field: &str) -> Option<u64> {
+        let Peer::Hypha(n) = self else { return None };
+        let stats = api_get(&n.ns, "/api/v1/admin/stats").expect("hypha stats");
+        stats["data"][field].as_u64()
+    }
+
+    /// Prints what became of the sessions of a hypha node (the session and super-frame state
+    /// per remote node).
+    fn report_sessions(&self) {
+        let Peer::Hypha(n) = self else { return };
+        let s = api_get(&n.ns, "/api/v1/admin/sessions").expect("hypha sessions");
+        for p in s["peers"].as_array().into_iter().flatten() {
+            eprintln!(
+                "  sessions on {}: {} state {}, super-frames {} (sent {}, received {}, fallbacks {})",
+                n.ns,
+                p["address"],
+                p["state"],
+                p["superFrames"],
+                p["supersSent"],
+                p["supersReceived"],
+                p["superFallbacks"]
+            );
         }
     }
 
@@ -356,6 +382,20 @@ fn direct(listener: Kind, dialer: Kind, net: u8, len: u64) {
     b.wait_route(&a);
     a.assert_clean();
     b.assert_clean();
+    // Towards mycelium hypha speaks only mycelium's format: no session frames, no super-frames
+    // (its unanswered handshakes are ordinary static-key data packets).
+    if listener != dialer {
+        for p in [&a, &b] {
+            for field in ["sessionFramesOut", "superFramesOut", "sessionFramesIn"] {
+                if let Some(n) = p.data(field) {
+                    assert_eq!(n, 0, "{field} of hypha towards mycelium");
+                }
+            }
+        }
+    }
+    for p in [&a, &b] {
+        p.report_sessions();
+    }
 }
 
 #[test]
@@ -430,6 +470,21 @@ fn chain(kinds: [Kind; 3], net: u8, len: u64) {
     timed_transfer((&c, &nc), (&a, &na), 5004, len);
     for p in [&a, &b, &c] {
         p.assert_clean();
+        p.report_sessions();
+    }
+    // Two hypha ends talk through a mycelium relay under a session; the relay forwards it as it
+    // forwards any data packet.
+    if kinds == [Kind::Hypha, Kind::Mycelium, Kind::Hypha] {
+        for p in [&a, &c] {
+            assert!(
+                p.data("sessionFramesOut").unwrap_or(0) > 0,
+                "hypha sealed under a session"
+            );
+            assert!(
+                p.data("sessionFramesIn").unwrap_or(0) > 0,
+                "hypha opened under a session"
+            );
+        }
     }
 }
 

@@ -20,6 +20,7 @@ mod sessions;
 mod transmit;
 mod tunio;
 
+pub use datapath::sessions::SessionLimits;
 pub use datapath::DataCounters;
 // The log limiter and token bucket, and the buffer pool, live in the data-path core; the
 // shell's modules use them under their old paths.

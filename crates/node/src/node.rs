@@ -82,9 +82,9 @@ pub struct NodeConfig {
     pub queue_management: bool,
     /// The caps and the deadline for accepted connections that have not proved themselves yet.
     pub gate: crate::gate::GateLimits,
-    /// End-to-end sessions with other hypha nodes (`docs/sessions.md`); off with
-    /// `--no-sessions` (mycelium's wire only).
-    pub sessions: bool,
+    /// End-to-end sessions with other hypha nodes (`docs/sessions.md`) and their timers; `None`
+    /// with `--no-sessions` (mycelium's wire only).
+    pub sessions: Option<datapath::sessions::SessionLimits>,
 }
 
 /// A running node.
@@ -212,8 +212,8 @@ impl Node {
         if let Some(t) = &tun {
             owner.set_tun_metrics(t.clone(), histograms.clone());
         }
-        if cfg.sessions {
-            owner.set_sessions(identity.session_manager(Default::default()));
+        if let Some(limits) = cfg.sessions {
+            owner.set_sessions(identity.session_manager(limits));
         }
         let discovery_stats = Arc::new(DiscoveryStats::default());
         if let Some(d) = &cfg.discovery {

@@ -180,7 +180,7 @@ impl RunningNode {
                     let node = Node::start(NodeConfig {
                         queue_management: true,
                         gate: Default::default(),
-                        sessions: true,
+                        sessions: Some(Default::default()),
                         secret: crypto::SecretKey::from_bytes([key; 32]),
                         listen: Some("[::]:0".parse().unwrap()),
                         peers: Vec::new(),

@@ -891,7 +891,7 @@ impl SessionManager {
                 }
             })
             .collect();
-        rows.sort_by(|a, b| a.key.0.cmp(&b.key.0));
+        rows.sort_by_key(|r| r.key.0);
         rows
     }
 

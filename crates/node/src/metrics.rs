@@ -1192,6 +1192,13 @@ mod tests {
                 self_link: 2,
                 ..LinkCloseStats::default()
             },
+            sessions: Some(SessionStats {
+                established: 4,
+                legacy: 1,
+                rekeys: 9,
+                whole_fallbacks: 2,
+                ..SessionStats::default()
+            }),
         }
     }
 
@@ -1356,6 +1363,22 @@ mod tests {
         assert_eq!(
             sample(&text, "hypha_links_closed_total", "reason=\"peer_closed\""),
             Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_sessions", "state=\"established\""),
+            Some(4.0)
+        );
+        assert_eq!(
+            sample(&text, "hypha_session_events_total", "event=\"rekey\""),
+            Some(9.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_session_events_total",
+                "event=\"whole_fallback\""
+            ),
+            Some(2.0)
         );
     }
 

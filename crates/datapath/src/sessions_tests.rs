@@ -356,6 +356,8 @@ fn a_transfer_survives_rekeys_without_losing_a_frame() {
     let mut got: [BTreeMap<u64, Vec<u8>>; 2] = [BTreeMap::new(), BTreeMap::new()];
     let mut sent = [0u64; 2];
     let mut a_sessions = Vec::new();
+    // Frames opened under a session other than the one the receiver seals with.
+    let mut under_previous = 0;
     let mut now = t0;
     let end = t0 + limits.rekey_after * 4 + Duration::from_secs(30);
     while now < end {
@@ -373,11 +375,15 @@ fn a_transfer_survives_rekeys_without_losing_a_frame() {
         let (due, later): (Vec<Flight>, Vec<Flight>) = flights.drain(..).partition(|f| f.at <= now);
         flights = later;
         for f in due {
-            let (to, src) = if f.from_a {
-                (&mut b, a.addr)
+            let (to, src, of) = if f.from_a {
+                (&mut b, a.addr, a.key)
             } else {
-                (&mut a, b.addr)
+                (&mut a, b.addr, b.key)
             };
+            let current = to.mgr.current(&of).map(|s| s.local_index());
+            if trailer_index(&f.body) != current {
+                under_previous += 1;
+            }
             let (kind, payload) = open_at(to, src, f.body, now).expect("every frame opens");
             assert_eq!(kind, PayloadType::L3);
             let n = u64::from_be_bytes(payload[..8].try_into().unwrap());
@@ -439,6 +445,7 @@ fn a_transfer_survives_rekeys_without_losing_a_frame() {
     assert!(a.mgr.counts.rekeys >= 3, "{:?}", a.mgr.counts);
     assert!(b.mgr.counts.rekeys >= 3, "{:?}", b.mgr.counts);
     assert!(a_sessions.len() >= 4, "{a_sessions:?}");
+    assert!(under_previous >= 6, "{under_previous} frames after a rekey");
     assert_eq!(a.mgr.counts.expired + b.mgr.counts.expired, 0);
     assert_eq!(
         a.mgr.counts.handshakes_refused + b.mgr.counts.handshakes_refused,

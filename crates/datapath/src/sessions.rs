@@ -589,6 +589,17 @@ impl SessionManager {
 
     /// Retries, rekeys and expiry. Returns the initiations to send.
     pub fn tick(&mut self, now: Instant, wall: Timestamp) -> Vec<Outgoing> {
+        // A responder's session the peer has used, whose confirmation did not reach us (the data
+        // path could not hand it on): it is confirmed now.
+        let used: Vec<u32> = self
+            .peers
+            .values()
+            .filter_map(|p| p.next.as_ref().filter(|n| n.session.confirmed()))
+            .map(|n| n.session.local_index())
+            .collect();
+        for index in used {
+            self.confirmed(index, now);
+        }
         let limits = self.limits.clone();
         let mut initiate: Vec<(PublicKey, u32)> = Vec::new();
         let mut freed: Vec<u32> = Vec::new();

@@ -717,3 +717,29 @@ fn a_lost_rekey_is_retried_once_at_a_time() {
     let straggler = seal(&old, PayloadType::L3, b"straggler");
     assert!(open_at(&mut b, a.addr, straggler, now).is_ok());
 }
+
+#[test]
+fn a_confirmation_lost_on_a_full_channel_is_made_up_for_at_the_next_tick() {
+    let t0 = Instant::now();
+    let (mut f, mut a, b) = fixture_with_session(t0);
+    f.table.sessions = Arc::new(a.mgr.snapshot());
+    let sb = b.mgr.current(&a.key).unwrap();
+    let (pa, pb) = (f.a.address(), f.b.address());
+    // The owner's channel is full: the first frame's confirmation cannot be handed on.
+    *f.needs.borrow_mut() = Needs::with_room(0, 0);
+    let mut rx = Receiver::new(f.a.subnet(), LinkId(1), f.counters.clone());
+    for n in 0..3 {
+        let p = packet(pb, pa, 64, n, 20);
+        let got = receive_frame(&f, &mut rx, pb, &seal(&sb, PayloadType::L3, &p));
+        assert_eq!(got.len(), 1, "delivered");
+    }
+    assert!(f.needs.borrow().list.is_empty());
+    assert!(a.mgr.current(&b.key).is_none(), "not confirmed yet");
+    // The owner's next tick finds the session used by the peer and seals with it.
+    let now = t0 + Duration::from_secs(1);
+    a.mgr.tick(now, wall(t0, now));
+    let sa = a.mgr.current(&b.key).expect("confirmed at the tick");
+    assert_eq!(sa.remote_index(), sb.local_index());
+    assert_eq!(a.mgr.counts.established, 1);
+    assert!(a.mgr.changed());
+}

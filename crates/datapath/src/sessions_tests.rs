@@ -743,3 +743,54 @@ fn a_confirmation_lost_on_a_full_channel_is_made_up_for_at_the_next_tick() {
     assert_eq!(a.mgr.counts.established, 1);
     assert!(a.mgr.changed());
 }
+
+/// Like [`carry`], for frames that may not open (or be answered) at `to`.
+fn send_lossy(from: &Node, to: &mut Node, out: Outgoing, now: Instant) {
+    match &out.session {
+        None => {
+            let _ = to.mgr.handle(from.addr, to.addr, &out.payload, now);
+        }
+        Some(s) => {
+            let _ = open_at(to, from.addr, seal(s, out.kind, &out.payload), now);
+        }
+    }
+}
+
+#[test]
+fn after_a_restart_a_lost_keepalive_does_not_cut_one_way_traffic_for_long() {
+    let limits = SessionLimits::default();
+    let t0 = Instant::now();
+    let (mut a, mut b) = (node(0x11, limits.clone()), node(0x22, limits.clone()));
+    let init = a.mgr.want(b.key, t0, wall(t0, t0)).unwrap();
+    exchange(&mut a, &mut b, init, t0);
+    // B restarts; A's traffic (one way, A to B) makes B ask for a new session.
+    let mut now = t0 + Duration::from_secs(3);
+    b = node(0x22, limits.clone());
+    let frame = seal(&a.mgr.current(&b.key).unwrap(), PayloadType::L3, b"a");
+    assert_eq!(open_at(&mut b, a.addr, frame, now), Err(Refused::NoSession));
+    let init = b.mgr.stale(a.key, now, wall(t0, now)).unwrap();
+    let resp = carry(&b, &mut a, init, now).unwrap().unwrap();
+    let keepalive = carry(&a, &mut b, resp, now).unwrap().unwrap();
+    assert_eq!(keepalive.kind, PayloadType::Keepalive);
+    drop(keepalive); // lost
+                     // A goes on sealing; the owners tick once a second and send what their ticks return (B's
+                     // first frame under the new session, a path probe today, confirms it at A).
+    let mut opened_at = None;
+    for _ in 0..10 {
+        now += Duration::from_secs(1);
+        for o in a.mgr.tick(now, wall(t0, now)) {
+            send_lossy(&a, &mut b, o, now);
+        }
+        for o in b.mgr.tick(now, wall(t0, now)) {
+            send_lossy(&b, &mut a, o, now);
+        }
+        let s = a.mgr.current(&b.key).unwrap();
+        let frame = seal(&s, PayloadType::L3, b"a");
+        if open_at(&mut b, a.addr, frame, now).is_ok() {
+            opened_at = Some(now);
+            break;
+        }
+    }
+    let at = opened_at.expect("A's frames open at B again");
+    assert!(at <= t0 + Duration::from_secs(3 + 2), "{:?}", at - t0);
+}

@@ -735,17 +735,23 @@ mod tests {
         }
     }
 
-    const NAMES: [&str; 4] = ["veth", "hypha", "hypha --no-offload", "other"];
+    const NAMES: [&str; 5] = [
+        "veth",
+        "hypha",
+        "hypha --no-sessions",
+        "hypha --no-offload",
+        "other",
+    ];
 
     /// The chart the bench draws, with plausible numbers and one system not measured on UDP.
     fn representative() -> Chart {
-        let four = |vals: [[Option<f64>; 4]; 4]| -> Vec<Series> {
+        let four = |vals: [[Option<f64>; 4]; 5]| -> Vec<Series> {
             NAMES.iter().zip(vals).map(|(n, v)| series(n, &v)).collect()
         };
-        let two = |vals: [[Option<f64>; 2]; 4]| -> Vec<Series> {
+        let two = |vals: [[Option<f64>; 2]; 5]| -> Vec<Series> {
             NAMES.iter().zip(vals).map(|(n, v)| series(n, &v)).collect()
         };
-        let one = |vals: [f64; 4]| -> Vec<Series> {
+        let one = |vals: [f64; 5]| -> Vec<Series> {
             NAMES
                 .iter()
                 .zip(vals)
@@ -763,6 +769,7 @@ mod tests {
                     four([
                         [Some(38.2), Some(61.0), Some(35.9), Some(4.12)],
                         [Some(9.41), Some(14.7), Some(6.02), Some(1.38)],
+                        [Some(4.83), Some(7.2), Some(3.9), Some(1.21)],
                         [Some(2.35), Some(3.9), Some(1.71), Some(1.02)],
                         [Some(1.87), Some(2.66), Some(1.12), None],
                     ]),
@@ -774,6 +781,7 @@ mod tests {
                     two([
                         [Some(0.031), Some(0.25)],
                         [Some(0.094), Some(1.43)],
+                        [Some(0.091), Some(2.1)],
                         [Some(0.088), Some(3.2)],
                         [Some(0.12), Some(4.8)],
                     ]),
@@ -782,9 +790,9 @@ mod tests {
                     "CPU",
                     "s/Gbit",
                     &["tcp 1 stream"],
-                    one([0.021, 0.166, 0.52, 0.71]),
+                    one([0.021, 0.166, 0.31, 0.52, 0.71]),
                 ),
-                panel("RSS", "MB", &["peak"], one([0.0, 18.4, 17.9, 42.0])),
+                panel("RSS", "MB", &["peak"], one([0.0, 18.4, 18.1, 17.9, 42.0])),
             ],
         }
     }

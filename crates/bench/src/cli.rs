@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "hypha-bench",
     version,
-    about = "Benchmark hypha's data path (root): raw veth, hypha with and without offloads, the \
-             forwarding floors and other nodes (--compare), in network namespaces with iperf3 and \
+    about = "Benchmark hypha's data path (root): raw veth, hypha with and without sessions and \
+             offloads, the forwarding floors and other nodes (--compare), in network namespaces with iperf3 and \
              ping; prints one table",
     long_about = BENCH_ABOUT,
     args_conflicts_with_subcommands = true
@@ -101,16 +101,18 @@ runs a node of each subject in them (the hypha binary beside this one, or --bina
 with iperf3 and ping: one TCP stream A -> B, four TCP streams, one TCP stream across the chain
 A -> B -> C (B relays), UDP with 1200-byte datagrams at full rate (received rate and loss), ping RTT
 idle and while a bulk TCP flow runs, node CPU seconds per Gbit during the single stream
-(/proc/PID/stat), and each node's peak RSS during the UDP flood (/proc/PID/status VmHWM).
+(/proc/PID/stat) and during one TCP stream paced to 1.2 Gbit/s (both nodes together), and each
+node's peak RSS during the UDP flood (/proc/PID/status VmHWM).
 
 Subjects: raw veth without any overlay (the physical reference, routed through B for the chain),
-hypha with offloads, hypha --no-offload, the forwarding floor (whole TUN reads over plain TCP: no
+hypha (default flags: offloads, sessions, super-frames), hypha --no-sessions (mycelium's wire
+only), hypha --no-offload, the forwarding floor (whole TUN reads over plain TCP: no
 crypto, no 1400-byte packets; what any TUN + TCP overlay costs at least), the floor with AES-GCM
 over every 1400 bytes (floor+aes: what any node of this protocol costs at least), and every
 --compare binary that takes mycelium's flags.
 Subjects are interleaved within each repetition and nodes start fresh for every repetition. The
 table shows the median of --runs repetitions, throughput as a ratio to raw veth, and the targets
-for hypha with offloads with PASS/FAIL. Progress goes to stderr; stdout holds only the table (or
+for hypha (default flags) with PASS/FAIL. Progress goes to stderr; stdout holds only the table (or
 the JSON with --json, which keeps every sample). Everything is removed on exit and on Ctrl-C.";
 
 /// Options of the bench.
@@ -138,10 +140,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub compare: Vec<PathBuf>,
 
-    /// Only these subjects and/or scenarios, comma-separated. Subjects: veth, hypha, no-offload,
-    /// floor, floor+aes, compare (all --compare binaries) or a compare binary's file name;
-    /// scenarios: tcp1, tcp4, chain, udp, rtt. CPU figures come with tcp1, the UDP-flood RSS with
-    /// udp.
+    /// Only these subjects and/or scenarios, comma-separated. Subjects: veth, hypha, no-sessions,
+    /// no-offload, floor, floor+aes, compare (all --compare binaries) or a compare binary's file
+    /// name; scenarios: tcp1, fixed (one stream paced to 1.2 Gbit/s), tcp4, chain, udp, rtt. CPU
+    /// figures come with tcp1 and fixed, the UDP-flood RSS with udp.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub only: Vec<String>,
 

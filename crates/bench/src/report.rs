@@ -19,12 +19,14 @@ pub enum Metric {
     CpuPerGbit,
     CpuPerGbitSum,
     GbitPerCpu,
+    FixedRate,
+    FixedCpu,
     RssUdp,
     RssPeak,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 12] = [
+    pub const ALL: [Metric; 14] = [
         Metric::Tcp1,
         Metric::Tcp4,
         Metric::Chain,
@@ -35,6 +37,8 @@ impl Metric {
         Metric::CpuPerGbit,
         Metric::CpuPerGbitSum,
         Metric::GbitPerCpu,
+        Metric::FixedRate,
+        Metric::FixedCpu,
         Metric::RssUdp,
         Metric::RssPeak,
     ];
@@ -51,6 +55,8 @@ impl Metric {
             Metric::CpuPerGbit => "cpu_s_per_gbit",
             Metric::CpuPerGbitSum => "cpu_s_per_gbit_all_nodes",
             Metric::GbitPerCpu => "gbit_per_cpu_s",
+            Metric::FixedRate => "fixed_gbps",
+            Metric::FixedCpu => "fixed_cpu_s_per_gbit_all_nodes",
             Metric::RssUdp => "rss_udp_mb",
             Metric::RssPeak => "rss_peak_mb",
         }
@@ -68,6 +74,8 @@ impl Metric {
             Metric::CpuPerGbit => "node CPU, busiest",
             Metric::CpuPerGbitSum => "node CPU, all nodes",
             Metric::GbitPerCpu => "Gbit per node-CPU-s",
+            Metric::FixedRate => "tcp, paced 1.2G",
+            Metric::FixedCpu => "node CPU all, 1.2G",
             Metric::RssUdp => "peak RSS, udp flood",
             Metric::RssPeak => "peak RSS, whole run",
         }
@@ -75,16 +83,19 @@ impl Metric {
 
     pub fn unit(self) -> &'static str {
         match self {
-            Metric::Tcp1 | Metric::Tcp4 | Metric::Chain | Metric::Udp => "Gbit/s",
+            Metric::Tcp1 | Metric::Tcp4 | Metric::Chain | Metric::Udp | Metric::FixedRate => {
+                "Gbit/s"
+            }
             Metric::UdpLoss => "%",
             Metric::RttIdle | Metric::RttLoad => "ms",
-            Metric::CpuPerGbit | Metric::CpuPerGbitSum => "s/Gbit",
+            Metric::CpuPerGbit | Metric::CpuPerGbitSum | Metric::FixedCpu => "s/Gbit",
             Metric::GbitPerCpu => "Gbit/CPU-s",
             Metric::RssUdp | Metric::RssPeak => "MB",
         }
     }
 
-    /// Throughputs are shown as a fraction of raw veth's.
+    /// Throughputs are shown as a fraction of raw veth's (not the paced flow's: every subject
+    /// should carry its fixed rate).
     pub fn has_ratio(self) -> bool {
         matches!(
             self,
@@ -99,6 +110,7 @@ impl Metric {
             Metric::CpuPerGbit
                 | Metric::CpuPerGbitSum
                 | Metric::GbitPerCpu
+                | Metric::FixedCpu
                 | Metric::RssUdp
                 | Metric::RssPeak
         )
@@ -106,7 +118,11 @@ impl Metric {
 
     fn decimals(self) -> usize {
         match self {
-            Metric::RttIdle | Metric::RttLoad | Metric::CpuPerGbit | Metric::CpuPerGbitSum => 3,
+            Metric::RttIdle
+            | Metric::RttLoad
+            | Metric::CpuPerGbit
+            | Metric::CpuPerGbitSum
+            | Metric::FixedCpu => 3,
             Metric::UdpLoss | Metric::RssUdp | Metric::RssPeak => 1,
             _ => 2,
         }
@@ -123,8 +139,11 @@ impl Metric {
 pub enum Role {
     /// The veth pairs without any overlay: the physical reference.
     Veth,
-    /// hypha with offloads: the subject the targets are about.
+    /// hypha with its default flags (offloads, sessions and super-frames): the subject the
+    /// targets are about.
     Hypha,
+    /// hypha `--no-sessions`: mycelium's wire only (every 1,400 bytes split, sealed, framed).
+    HyphaNoSessions,
     HyphaNoOffload,
     /// The bare TUN + TCP forwarder (`crate::floor`): what any such overlay pays at least.
     Floor,
@@ -162,6 +181,10 @@ pub struct RepDetail {
     pub tcp1_cpu_s: Option<[f64; 2]>,
     /// Gbit received during the single-stream run.
     pub tcp1_gbit: Option<f64>,
+    /// CPU seconds of nodes A and B during the stream paced to 1.2 Gbit/s.
+    pub fixed_cpu_s: Option<[f64; 2]>,
+    /// Gbit received during the paced stream.
+    pub fixed_gbit: Option<f64>,
     /// Peak RSS of nodes A and B during the UDP flood, MB.
     pub udp_rss_mb: Option<[f64; 2]>,
     /// Peak RSS of nodes A, B, C over the whole repetition, MB.
@@ -201,11 +224,15 @@ impl SubjectResult {
     }
 }
 
-/// The bench's targets, all about hypha with offloads.
+/// The bench's targets, all about hypha with its default flags (sessions on), judged on the
+/// medians of one run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     Tcp1VsVeth,
+    Tcp1VsFloor,
     CpuEfficiency,
+    FixedCpu,
+    FixedCpuVsFloor,
     ChainVsTwoNodes,
     UdpVsVeth,
     RttUnderLoad,
@@ -213,9 +240,12 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 6] = [
+    pub const ALL: [Target; 9] = [
         Target::Tcp1VsVeth,
+        Target::Tcp1VsFloor,
         Target::CpuEfficiency,
+        Target::FixedCpu,
+        Target::FixedCpuVsFloor,
         Target::ChainVsTwoNodes,
         Target::UdpVsVeth,
         Target::RttUnderLoad,
@@ -225,8 +255,9 @@ impl Target {
     /// The table row the target is shown on.
     pub fn metric(self) -> Metric {
         match self {
-            Target::Tcp1VsVeth => Metric::Tcp1,
+            Target::Tcp1VsVeth | Target::Tcp1VsFloor => Metric::Tcp1,
             Target::CpuEfficiency => Metric::GbitPerCpu,
+            Target::FixedCpu | Target::FixedCpuVsFloor => Metric::FixedCpu,
             Target::ChainVsTwoNodes => Metric::Chain,
             Target::UdpVsVeth => Metric::Udp,
             Target::RttUnderLoad => Metric::RttLoad,
@@ -237,7 +268,10 @@ impl Target {
     pub fn id(self) -> &'static str {
         match self {
             Target::Tcp1VsVeth => "tcp1_vs_veth",
+            Target::Tcp1VsFloor => "tcp1_vs_floor",
             Target::CpuEfficiency => "gbit_per_cpu_s",
+            Target::FixedCpu => "fixed_cpu_s_per_gbit",
+            Target::FixedCpuVsFloor => "fixed_cpu_vs_floor",
             Target::ChainVsTwoNodes => "chain_vs_tcp1",
             Target::UdpVsVeth => "udp_vs_veth",
             Target::RttUnderLoad => "rtt_load_ms",
@@ -247,8 +281,11 @@ impl Target {
 
     pub fn text(self) -> &'static str {
         match self {
-            Target::Tcp1VsVeth => ">= 0.35x veth",
+            Target::Tcp1VsVeth => ">= 0.40x veth",
+            Target::Tcp1VsFloor => ">= 0.80x floor",
             Target::CpuEfficiency => ">= 4 Gbit/CPU-s",
+            Target::FixedCpu => "<= 0.2 s/Gbit",
+            Target::FixedCpuVsFloor => "<= 1.30x floor",
             Target::ChainVsTwoNodes => ">= 0.90x 2-node",
             Target::UdpVsVeth => ">= 0.90x veth",
             Target::RttUnderLoad => "<= 1 ms",
@@ -259,36 +296,56 @@ impl Target {
     fn threshold(self) -> (f64, bool) {
         // (bound, true when the value must be at least the bound)
         match self {
-            Target::Tcp1VsVeth => (0.35, true),
+            Target::Tcp1VsVeth => (0.40, true),
+            Target::Tcp1VsFloor => (0.80, true),
             Target::CpuEfficiency => (4.0, true),
+            Target::FixedCpu => (0.2, false),
+            Target::FixedCpuVsFloor => (1.30, false),
             Target::ChainVsTwoNodes | Target::UdpVsVeth => (0.90, true),
             Target::RttUnderLoad => (1.0, false),
             Target::RssUnderUdp => (32.0, false),
         }
     }
 
+    /// Whether the judged figure is a ratio of two medians (shown with an `x`).
+    fn is_ratio(self) -> bool {
+        matches!(
+            self,
+            Target::Tcp1VsVeth
+                | Target::Tcp1VsFloor
+                | Target::FixedCpuVsFloor
+                | Target::ChainVsTwoNodes
+                | Target::UdpVsVeth
+        )
+    }
+
     /// The figure the target judges for the subject with `role`, from the medians: a ratio or
-    /// the metric itself.
+    /// the metric itself. A target relative to the forwarding floor has no figure for the floor
+    /// itself (it would be 1 by definition).
     fn value(self, role: Role, subjects: &[SubjectResult]) -> Option<f64> {
         let subject = subjects.iter().find(|s| s.role == role)?;
-        let veth = subjects.iter().find(|s| s.role == Role::Veth);
-        let vs_veth = |m: Metric| ratio(subject.median(m)?, veth?.median(m)?);
+        let reference = |r: Role| subjects.iter().find(|s| s.role == r);
+        let vs = |r: Role, m: Metric| ratio(subject.median(m)?, reference(r)?.median(m)?);
         match self {
-            Target::Tcp1VsVeth => vs_veth(Metric::Tcp1),
-            Target::UdpVsVeth => vs_veth(Metric::Udp),
+            Target::Tcp1VsVeth => vs(Role::Veth, Metric::Tcp1),
+            Target::UdpVsVeth => vs(Role::Veth, Metric::Udp),
+            Target::Tcp1VsFloor | Target::FixedCpuVsFloor if role == Role::Floor => None,
+            Target::Tcp1VsFloor => vs(Role::Floor, Metric::Tcp1),
+            Target::FixedCpuVsFloor => vs(Role::Floor, Metric::FixedCpu),
             Target::ChainVsTwoNodes => ratio(
                 subject.median(Metric::Chain)?,
                 subject.median(Metric::Tcp1)?,
             ),
-            Target::CpuEfficiency | Target::RttUnderLoad | Target::RssUnderUdp => {
-                subject.median(self.metric())
-            }
+            Target::CpuEfficiency
+            | Target::FixedCpu
+            | Target::RttUnderLoad
+            | Target::RssUnderUdp => subject.median(self.metric()),
         }
     }
 
     /// A judged figure as the table shows it: a ratio with its `x`, else the metric's format.
     fn show(self, v: f64) -> String {
-        if self.metric().has_ratio() || self == Target::ChainVsTwoNodes {
+        if self.is_ratio() {
             format!("{v:.2}x")
         } else {
             self.metric().format(v)
@@ -304,7 +361,8 @@ impl Target {
         }
     }
 
-    /// Judges hypha with offloads; the floors' figures for the same target are reported beside.
+    /// Judges hypha (default flags); the floors' figures for the same target are reported
+    /// beside.
     pub fn judge(self, subjects: &[SubjectResult]) -> TargetReport {
         let value = self.value(Role::Hypha, subjects);
         let floor = self.value(Role::Floor, subjects);
@@ -437,7 +495,7 @@ impl Report {
 }
 
 /// The table: a row per metric, a column per subject (median, and its ratio to veth for
-/// throughputs), and the target column judging hypha with offloads. Failures are listed below.
+/// throughputs), and the target column judging hypha (default flags). Failures are listed below.
 pub fn table(meta: &Meta, subjects: &[SubjectResult]) -> String {
     let veth = subjects.iter().find(|s| s.role == Role::Veth);
     let mut rows: Vec<Vec<String>> = Vec::new();
@@ -587,8 +645,9 @@ pub fn chart(meta: &Meta, subjects: &[SubjectResult]) -> chart::Chart {
                 "Node CPU per Gbit",
                 "s/Gbit",
                 &[
-                    (Metric::CpuPerGbit, "busiest node"),
-                    (Metric::CpuPerGbitSum, "all nodes"),
+                    (Metric::CpuPerGbit, "busiest node, 1 stream"),
+                    (Metric::CpuPerGbitSum, "all nodes, 1 stream"),
+                    (Metric::FixedCpu, "all nodes, paced 1.2G"),
                 ],
             ),
             panel(
@@ -654,6 +713,160 @@ mod tests {
         assert_eq!(get("rtt_load_ms").pass, Some(true));
         assert_eq!(get("rss_udp_mb").pass, Some(false));
         assert_eq!(get("gbit_per_cpu_s").pass, Some(true));
+        // No paced flow and no floor in these samples.
+        for id in [
+            "tcp1_vs_floor",
+            "fixed_cpu_s_per_gbit",
+            "fixed_cpu_vs_floor",
+        ] {
+            assert_eq!((get(id).value, get(id).pass), (None, None), "{id}");
+        }
+    }
+
+    /// hypha, the floors and hypha --no-sessions with single-stream and paced-flow figures.
+    fn with_floors(hypha_tcp1: f64, hypha_fixed_cpu: f64) -> Vec<SubjectResult> {
+        let all = Metric::ALL;
+        let mut veth = SubjectResult::new("veth".into(), Role::Veth, None, &all);
+        veth.push(Metric::Tcp1, 20.0);
+        veth.push(Metric::FixedRate, 1.2);
+        let mut hypha = SubjectResult::new("hypha".into(), Role::Hypha, Some("hypha".into()), &all);
+        // Medians of three repetitions: the middle sample counts, the outliers do not.
+        for k in [0.5, 1.0, 3.0] {
+            hypha.push(Metric::Tcp1, hypha_tcp1 * k);
+            hypha.push(Metric::FixedCpu, hypha_fixed_cpu * k);
+        }
+        hypha.push(Metric::Chain, hypha_tcp1 * 0.95);
+        let mut legacy = SubjectResult::new(
+            "hypha --no-sessions".into(),
+            Role::HyphaNoSessions,
+            Some("hypha --no-sessions".into()),
+            &all,
+        );
+        legacy.push(Metric::Tcp1, 1.0);
+        legacy.push(Metric::FixedCpu, 9.0);
+        let mut floor = SubjectResult::new(
+            "floor".into(),
+            Role::Floor,
+            Some("hypha-bench floor".into()),
+            &all,
+        );
+        floor.push(Metric::Tcp1, 10.0);
+        floor.push(Metric::FixedCpu, 0.125);
+        let mut sealed = SubjectResult::new(
+            "floor+aes".into(),
+            Role::SealedFloor,
+            Some("hypha-bench floor --seal".into()),
+            &all,
+        );
+        sealed.push(Metric::Tcp1, 6.0);
+        sealed.push(Metric::FixedCpu, 0.25);
+        vec![veth, hypha, legacy, floor, sealed]
+    }
+
+    #[test]
+    fn targets_against_the_floor_and_at_the_fixed_rate() {
+        // hypha: 8 Gbit/s (0.40x veth, 0.80x floor), 0.160 s/Gbit paced (1.28x floor).
+        let s = with_floors(8.0, 0.16);
+        let judge = |t: Target| t.judge(&s);
+        let tcp1 = judge(Target::Tcp1VsVeth);
+        assert_eq!((tcp1.value, tcp1.pass), (Some(0.4), Some(true)));
+        let vs_floor = judge(Target::Tcp1VsFloor);
+        assert_eq!((vs_floor.value, vs_floor.pass), (Some(0.8), Some(true)));
+        // The floor is not judged against itself; floor+aes is, against the floor.
+        assert_eq!((vs_floor.floor, vs_floor.floor_pass), (None, None));
+        assert_eq!(
+            (vs_floor.sealed_floor, vs_floor.sealed_floor_pass),
+            (Some(0.6), Some(false))
+        );
+        let cpu = judge(Target::FixedCpu);
+        assert_eq!((cpu.value, cpu.pass), (Some(0.16), Some(true)));
+        assert_eq!((cpu.floor, cpu.floor_pass), (Some(0.125), Some(true)));
+        assert_eq!(
+            (cpu.sealed_floor, cpu.sealed_floor_pass),
+            (Some(0.25), Some(false))
+        );
+        let cpu_vs = judge(Target::FixedCpuVsFloor);
+        assert_eq!(cpu_vs.pass, Some(true));
+        assert!((cpu_vs.value.unwrap() - 1.28).abs() < 1e-9);
+        assert_eq!(cpu_vs.floor, None);
+        assert_eq!(cpu_vs.sealed_floor, Some(2.0));
+        let chain = judge(Target::ChainVsTwoNodes);
+        assert!((chain.value.unwrap() - 0.95).abs() < 1e-9);
+        assert_eq!(chain.pass, Some(true));
+        // hypha --no-sessions is shown, never judged: its figures leave the verdicts alone.
+        assert_eq!(tcp1.value, Some(0.4));
+
+        // Just past every bound: 0.39x veth, 0.78x floor, 0.21 s/Gbit, 1.68x the floor.
+        let s = with_floors(7.8, 0.21);
+        let r: Vec<TargetReport> = [
+            Target::Tcp1VsVeth,
+            Target::Tcp1VsFloor,
+            Target::FixedCpu,
+            Target::FixedCpuVsFloor,
+        ]
+        .iter()
+        .map(|t| t.judge(&s))
+        .collect();
+        assert!(r.iter().all(|t| t.pass == Some(false)), "{r:?}");
+        // The chain is judged against hypha's own single stream, whatever it is.
+        assert_eq!(Target::ChainVsTwoNodes.judge(&s).pass, Some(true));
+
+        // On the bound passes: 1.30x the floor's CPU.
+        let s = with_floors(8.0, 0.1625);
+        assert_eq!(Target::FixedCpuVsFloor.judge(&s).pass, Some(true));
+        let s = with_floors(8.0, 0.1626);
+        assert_eq!(Target::FixedCpuVsFloor.judge(&s).pass, Some(false));
+    }
+
+    #[test]
+    fn table_shows_the_fixed_rate_rows() {
+        let s = with_floors(8.0, 0.16);
+        let t = table(&meta(), &s);
+        let head = t.lines().nth(1).unwrap();
+        assert!(head.contains("hypha --no-sessions"), "{head}");
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("node CPU all, 1.2G"))
+            .unwrap();
+        assert!(line.contains("s/Gbit"), "{line}");
+        // Raw veth has no nodes: a dash; then hypha, no-sessions, floor, floor+aes.
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            &cells[5..10],
+            ["-", "0.160", "9.000", "0.125", "0.250"],
+            "{line}"
+        );
+        assert!(
+            line.contains(
+                "<= 0.2 s/Gbit 0.160 PASS (floor 0.125, floor+aes 0.250); \
+                 <= 1.30x floor 1.28x PASS (floor+aes 2.00x)"
+            ),
+            "{line}"
+        );
+        let line = t.lines().find(|l| l.starts_with("tcp, 1 stream")).unwrap();
+        assert!(
+            line.contains(
+                ">= 0.40x veth 0.40x PASS (floor 0.50x, floor+aes 0.30x); \
+                 >= 0.80x floor 0.80x PASS (floor+aes 0.60x)"
+            ),
+            "{line}"
+        );
+        // The paced rate of raw veth is shown, without a ratio.
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("tcp, paced 1.2G"))
+            .unwrap();
+        assert!(line.contains("1.20") && !line.contains("x)"), "{line}");
+        let v = serde_json::to_value(Report::new(meta(), &s)).unwrap();
+        assert_eq!(v["subjects"][2]["role"], "hypha-no-sessions");
+        let t = v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == "fixed_cpu_vs_floor")
+            .unwrap();
+        assert_eq!(t["pass"], true);
+        assert_eq!(t["floor"], serde_json::Value::Null);
     }
 
     #[test]
@@ -727,7 +940,9 @@ mod tests {
         assert!(tcp1.contains("20.00"), "{tcp1}");
         assert!(tcp1.contains("10.00 (0.50x)"), "{tcp1}");
         assert!(tcp1.contains("failed"), "{tcp1}");
-        assert!(tcp1.contains(">= 0.35x veth 0.50x PASS"), "{tcp1}");
+        assert!(tcp1.contains(">= 0.40x veth 0.50x PASS"), "{tcp1}");
+        // No floor ran: the floor-relative target cannot be judged.
+        assert!(tcp1.contains("; >= 0.80x floor n/a"), "{tcp1}");
         let rss = lines
             .iter()
             .find(|l| l.starts_with("peak RSS, udp"))

@@ -17,7 +17,11 @@
 //! # Subjects
 //!
 //! * `veth`: no overlay; iperf3 and ping between the underlay addresses — the physical reference.
-//! * `hypha`: the hypha binary (the one beside this binary, or `--binary`) with offloads.
+//! * `hypha`: the hypha binary (the one beside this binary, or `--binary`) with its default flags:
+//!   offloads, end-to-end sessions and super-frames (a whole TUN super-packet sealed as one frame
+//!   once a probe crossed the path).
+//! * `hypha --no-sessions`: the same binary on mycelium's wire only (every 1,400 bytes split,
+//!   sealed and framed), offloads on.
 //! * `hypha --no-offload`: the same binary on the plain TUN path.
 //! * `floor`: the forwarding floor ([`crate::floor`], `hypha-bench floor`): whole TUN reads carried over
 //!   plain TCP with no crypto, no 1400-byte packets and no routing protocol — what every user-space
@@ -46,15 +50,20 @@
 //!    threads, `/proc/<pid>/stat`) of nodes A and B is read before and after: "node CPU s/Gbit" is
 //!    the busiest node's CPU seconds per Gbit received (also summed over both nodes), and
 //!    "Gbit per node-CPU-s" its inverse for the busiest node.
-//! 2. `tcp4`: the same with four parallel streams (`-P 4`).
-//! 3. `udp`: iperf3 UDP, 1200-byte datagrams, unlimited rate (`-u -l 1200 -b 0`, the same for raw
+//! 2. `fixed`: one TCP stream A → B paced to 1.2 Gbit/s (`-b 1200000000`, iperf3's own pacing)
+//!    for `--secs`, a rate every overlay subject carries here, so that CPU compares the same
+//!    work: "node CPU all, 1.2G" is the CPU seconds of nodes A and B together per Gbit received,
+//!    read exactly as for `tcp1`. Raw veth runs the flow too (its received rate is shown) but
+//!    has no nodes.
+//! 3. `tcp4`: the same as `tcp1` with four parallel streams (`-P 4`).
+//! 4. `udp`: iperf3 UDP, 1200-byte datagrams, unlimited rate (`-u -l 1200 -b 0`, the same for raw
 //!    veth); the received rate and the loss. The nodes' peak RSS is reset before it
 //!    (`/proc/<pid>/clear_refs` 5) and read after it (`VmHWM`): "peak RSS, udp flood" is the larger
 //!    of A's and B's.
-//! 4. `rtt`: ping A → B, 100 echoes 10 ms apart, idle; then again (`50/s` for `--secs`) while a bulk
+//! 5. `rtt`: ping A → B, 100 echoes 10 ms apart, idle; then again (`50/s` for `--secs`) while a bulk
 //!    iperf3 TCP flow A → B runs (started `--secs` + 2 s long, pings begin once its data
 //!    connection is up). The average RTT of each.
-//! 5. `chain`: node C starts, the bench waits until A reaches C through B, then one TCP stream
+//! 6. `chain`: node C starts, the bench waits until A reaches C through B, then one TCP stream
 //!    A → C.
 //!
 //! "Peak RSS, whole run" is the largest peak of A, B and C over the whole repetition. The nodes
@@ -66,12 +75,15 @@
 //!
 //! # Fairness and output
 //!
-//! Subjects are interleaved within each repetition (veth, hypha, no-offload, compare…; then
-//! again), so that a noisy machine affects them alike. Each figure is the median of `--runs`
-//! repetitions; throughputs are also shown as a ratio to raw veth. The target column judges
-//! hypha with offloads: one TCP stream ≥ 0.35 × raw veth; ≥ 4 Gbit per node-CPU-second; the
-//! chain ≥ 0.90 × its 2-node figure; UDP ≥ 0.90 × raw veth's; RTT under bulk TCP ≤ 1 ms; peak RSS
-//! per node ≤ 32 MB under the UDP flood. Progress lines go to stderr; stdout holds the table, or
+//! Subjects are interleaved within each repetition (veth, hypha, no-sessions, no-offload, floors,
+//! compare…; then again), so that a noisy machine affects them alike. Each figure is the median
+//! of `--runs` repetitions; throughputs are also shown as a ratio to raw veth. The target column
+//! judges hypha with its default flags (sessions on), from the medians of the same run: one TCP
+//! stream ≥ 0.40 × raw veth and ≥ 0.80 × the floor's; ≥ 4 Gbit per node-CPU-second; at the fixed
+//! rate ≤ 0.2 CPU-seconds per Gbit (both nodes) and ≤ 1.30 × the floor's; the chain ≥ 0.90 × its
+//! own 2-node figure; UDP ≥ 0.90 × raw veth's; RTT under bulk TCP ≤ 1 ms; peak RSS per node
+//! ≤ 32 MB under the UDP flood. Both floors' figures are shown beside (a target relative to the
+//! floor has none for the floor itself). Progress lines go to stderr; stdout holds the table, or
 //! with `--json` the same results with every sample (the table then goes to stderr);
 //! `--chart FILE` draws the medians as a PNG.
 
@@ -112,6 +124,7 @@ pub(crate) fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> any
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Scenario {
     Tcp1,
+    Fixed,
     Tcp4,
     Udp,
     Rtt,
@@ -119,8 +132,9 @@ enum Scenario {
 }
 
 impl Scenario {
-    const ALL: [Scenario; 5] = [
+    const ALL: [Scenario; 6] = [
         Scenario::Tcp1,
+        Scenario::Fixed,
         Scenario::Tcp4,
         Scenario::Udp,
         Scenario::Rtt,
@@ -130,6 +144,7 @@ impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::Tcp1 => "tcp1",
+            Scenario::Fixed => "fixed",
             Scenario::Tcp4 => "tcp4",
             Scenario::Udp => "udp",
             Scenario::Rtt => "rtt",
@@ -145,6 +160,7 @@ impl Scenario {
                 Metric::CpuPerGbitSum,
                 Metric::GbitPerCpu,
             ],
+            Scenario::Fixed => &[Metric::FixedRate, Metric::FixedCpu],
             Scenario::Tcp4 => &[Metric::Tcp4],
             Scenario::Udp => &[Metric::Udp, Metric::UdpLoss, Metric::RssUdp],
             Scenario::Rtt => &[Metric::RttIdle, Metric::RttLoad],
@@ -201,6 +217,12 @@ fn subjects(binary: &Path, floor: &Path, compare: &[PathBuf]) -> Vec<Subject> {
             role: Role::Hypha,
             bin: Some(binary.to_path_buf()),
             flags: vec![],
+        },
+        Subject {
+            label: "hypha --no-sessions".into(),
+            role: Role::HyphaNoSessions,
+            bin: Some(binary.to_path_buf()),
+            flags: vec!["--no-sessions"],
         },
         Subject {
             label: "hypha --no-offload".into(),
@@ -274,6 +296,7 @@ fn select(only: &[String], all: Vec<Subject>) -> anyhow::Result<(Vec<Subject>, V
             .filter(|(_, s)| match name {
                 "veth" => s.role == Role::Veth,
                 "hypha" => s.role == Role::Hypha,
+                "no-sessions" => s.role == Role::HyphaNoSessions,
                 "no-offload" => s.role == Role::HyphaNoOffload,
                 "floor" => s.role == Role::Floor,
                 "floor+aes" => s.role == Role::SealedFloor,
@@ -289,8 +312,8 @@ fn select(only: &[String], all: Vec<Subject>) -> anyhow::Result<(Vec<Subject>, V
                 .map(|s| s.label.as_str())
                 .collect();
             bail!(
-                "--only: unknown name '{name}' (subjects: veth, hypha, no-offload, floor, \
-                 floor+aes, compare{}{}; scenarios: tcp1, tcp4, chain, udp, rtt)",
+                "--only: unknown name '{name}' (subjects: veth, hypha, no-sessions, no-offload, \
+                 floor, floor+aes, compare{}{}; scenarios: tcp1, fixed, tcp4, chain, udp, rtt)",
                 if compares.is_empty() { "" } else { ", " },
                 compares.join(", ")
             );
@@ -561,6 +584,12 @@ impl Node {
     }
 }
 
+/// The rate of the `fixed` scenario's single TCP stream, Gbit/s: below what every overlay subject
+/// carries on this machine, so that CPU per Gbit compares the same work.
+const FIXED_GBPS: f64 = 1.2;
+/// iperf3's arguments for it (`-b` in bit/s, written out so that no suffix convention matters).
+const FIXED_ARGS: [&str; 2] = ["-b", "1200000000"];
+
 /// Where a measurement's traffic goes: from one namespace to an address in another.
 struct Ends<'a> {
     from: &'a Netns,
@@ -625,6 +654,11 @@ impl Rep<'_> {
             r.record_tcp(Metric::Tcp1, &x);
             Ok(())
         })?;
+        self.measure(Scenario::Fixed, |r| {
+            let x = iperf(&ab, r.plan.secs, &FIXED_ARGS)?;
+            r.record_fixed(&x);
+            Ok(())
+        })?;
         self.measure(Scenario::Tcp4, |r| r.tcp4(&ab))?;
         self.measure(Scenario::Udp, |r| r.udp(&ab).map(drop))?;
         self.measure(Scenario::Rtt, |r| r.rtt(&ab))?;
@@ -656,11 +690,7 @@ impl Rep<'_> {
         let mut peaks = [0.0f64; 3];
 
         self.measure(Scenario::Tcp1, |r| {
-            let before = [a.cpu()?, b.cpu()?];
-            let x = iperf(&ab, r.plan.secs, &[])?;
-            let after = [a.cpu()?, b.cpu()?];
-            let cpu = [after[0] - before[0], after[1] - before[1]];
-            let gbit = x.bytes * 8.0 / 1e9;
+            let (x, cpu, gbit) = iperf_with_cpu(&ab, r.plan.secs, &[], [&a, &b])?;
             r.record_tcp(Metric::Tcp1, &x);
             if gbit > 0.0 {
                 let busiest = cpu[0].max(cpu[1]);
@@ -678,6 +708,23 @@ impl Rep<'_> {
             }
             detail.tcp1_cpu_s = Some(cpu);
             detail.tcp1_gbit = Some(gbit);
+            Ok(())
+        })?;
+        self.measure(Scenario::Fixed, |r| {
+            // The same reading as for tcp1, around a flow paced to a rate every subject reaches.
+            let (x, cpu, gbit) = iperf_with_cpu(&ab, r.plan.secs, &FIXED_ARGS, [&a, &b])?;
+            r.record_fixed(&x);
+            if gbit > 0.0 {
+                let per_gbit = (cpu[0] + cpu[1]) / gbit;
+                r.res.push(Metric::FixedCpu, per_gbit);
+                r.progress(&format!(
+                    "node CPU {:.2} s (a) {:.2} s (b) for {gbit:.1} Gbit at the fixed rate: \
+                     {per_gbit:.3} s/Gbit (both nodes)",
+                    cpu[0], cpu[1]
+                ));
+            }
+            detail.fixed_cpu_s = Some(cpu);
+            detail.fixed_gbit = Some(gbit);
             Ok(())
         })?;
         self.measure(Scenario::Tcp4, |r| r.tcp4(&ab))?;
@@ -821,6 +868,14 @@ impl Rep<'_> {
     fn record_tcp(&mut self, m: Metric, x: &Iperf) {
         self.res.push(m, x.gbps);
         self.progress(&format!("{} {:.2} Gbit/s", m.label(), x.gbps));
+    }
+
+    fn record_fixed(&mut self, x: &Iperf) {
+        self.res.push(Metric::FixedRate, x.gbps);
+        self.progress(&format!(
+            "tcp paced to {} Gbit/s: {:.2} Gbit/s received",
+            FIXED_GBPS, x.gbps
+        ));
     }
 
     fn tcp4(&mut self, ab: &Ends) -> anyhow::Result<()> {
@@ -973,6 +1028,21 @@ fn next_port() -> u16 {
     5301 + PORT.fetch_add(1, Ordering::Relaxed) % 1000
 }
 
+/// One [`iperf`] run with the CPU seconds nodes A and B (`nodes`) used during it, read from
+/// `/proc/<pid>/stat` right before and after, and the Gbit received.
+fn iperf_with_cpu(
+    ends: &Ends,
+    secs: u32,
+    extra: &[&str],
+    nodes: [&Node; 2],
+) -> anyhow::Result<(Iperf, [f64; 2], f64)> {
+    let before = [nodes[0].cpu()?, nodes[1].cpu()?];
+    let x = iperf(ends, secs, extra)?;
+    let after = [nodes[0].cpu()?, nodes[1].cpu()?];
+    let cpu = [after[0] - before[0], after[1] - before[1]];
+    Ok((x, cpu, x.bytes * 8.0 / 1e9))
+}
+
 /// A one-shot iperf3 server in `ns`, once it listens.
 pub(crate) fn iperf_server(ns: &Netns, port: u16) -> anyhow::Result<ChildGuard> {
     let p = port.to_string();
@@ -1109,6 +1179,7 @@ mod tests {
             [
                 "veth",
                 "hypha",
+                "hypha --no-sessions",
                 "hypha --no-offload",
                 "floor",
                 "floor+aes",
@@ -1116,9 +1187,11 @@ mod tests {
                 "hypha-2"
             ]
         );
-        assert_eq!(s[2].command().unwrap(), "/bin/hypha --no-offload");
-        assert_eq!(s[3].command().unwrap(), "/bin/hypha-bench floor");
-        assert_eq!(s[4].command().unwrap(), "/bin/hypha-bench floor --seal");
+        assert_eq!(s[1].command().unwrap(), "/bin/hypha");
+        assert_eq!(s[2].command().unwrap(), "/bin/hypha --no-sessions");
+        assert_eq!(s[3].command().unwrap(), "/bin/hypha --no-offload");
+        assert_eq!(s[4].command().unwrap(), "/bin/hypha-bench floor");
+        assert_eq!(s[5].command().unwrap(), "/bin/hypha-bench floor --seal");
         assert_eq!(s[0].command(), None);
     }
 
@@ -1132,7 +1205,7 @@ mod tests {
             )
         };
         let (s, sc) = select(&[], all()).unwrap();
-        assert_eq!((s.len(), sc.len()), (6, 5));
+        assert_eq!((s.len(), sc.len()), (7, 6));
         let only = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let (s, sc) = select(&only(&["hypha", "udp", "veth"]), all()).unwrap();
         assert_eq!(
@@ -1142,7 +1215,7 @@ mod tests {
         assert_eq!(sc, [Scenario::Udp]);
         let (s, sc) = select(&only(&["mycelium"]), all()).unwrap();
         assert_eq!(s.len(), 1);
-        assert_eq!(sc.len(), 5);
+        assert_eq!(sc.len(), 6);
         let (s, _) = select(&only(&["compare", "no-offload"]), all()).unwrap();
         assert_eq!(s.len(), 2);
         let (s, _) = select(&only(&["floor+aes", "floor"]), all()).unwrap();
@@ -1152,6 +1225,67 @@ mod tests {
         );
         let e = select(&only(&["tcp9"]), all()).unwrap_err().to_string();
         assert!(e.contains("'tcp9'") && e.contains("mycelium"), "{e}");
+        assert!(e.contains("no-sessions") && e.contains("fixed"), "{e}");
+    }
+
+    #[test]
+    fn only_selects_no_sessions_and_the_fixed_rate() {
+        let all = || {
+            subjects(
+                Path::new("/bin/hypha"),
+                Path::new("/bin/hypha-bench"),
+                &[PathBuf::from("/opt/mycelium")],
+            )
+        };
+        let only = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // The same binary with --no-sessions; "hypha" alone does not pick it.
+        let (s, sc) = select(&only(&["no-sessions"]), all()).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].role, Role::HyphaNoSessions);
+        assert_eq!(s[0].label, "hypha --no-sessions");
+        assert_eq!(s[0].flags, ["--no-sessions"]);
+        assert_eq!(s[0].bin.as_deref(), Some(Path::new("/bin/hypha")));
+        assert_eq!(sc, Scenario::ALL);
+        let (s, _) = select(&only(&["hypha"]), all()).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!((s[0].role, s[0].flags.len()), (Role::Hypha, 0));
+        // The fixed-rate scenario alone: every subject, the floors included.
+        let (s, sc) = select(&only(&["fixed"]), all()).unwrap();
+        assert_eq!(sc, [Scenario::Fixed]);
+        assert_eq!(s.len(), 7);
+        assert!(s.iter().any(|s| s.role == Role::Floor));
+        assert!(s.iter().any(|s| s.role == Role::SealedFloor));
+        // The short check of the brief: scenarios in run order, subjects in table order.
+        let (s, sc) = select(
+            &only(&["hypha", "no-sessions", "floor", "veth", "tcp1", "fixed"]),
+            all(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.iter().map(|s| s.role).collect::<Vec<_>>(),
+            [Role::Veth, Role::Hypha, Role::HyphaNoSessions, Role::Floor]
+        );
+        assert_eq!(sc, [Scenario::Tcp1, Scenario::Fixed]);
+        // What the fixed rate measures: the paced rate, and the nodes' CPU (none for veth).
+        assert_eq!(
+            Scenario::Fixed.metrics(),
+            [Metric::FixedRate, Metric::FixedCpu]
+        );
+        assert!(Metric::FixedCpu.nodes_only() && !Metric::FixedRate.nodes_only());
+        let veth = crate::report::SubjectResult::new(
+            "veth".into(),
+            Role::Veth,
+            None,
+            Scenario::Fixed.metrics(),
+        );
+        assert!(veth.wanted(Metric::FixedRate) && !veth.wanted(Metric::FixedCpu));
+    }
+
+    #[test]
+    fn fixed_rate_arguments_match_the_rate() {
+        assert_eq!(FIXED_ARGS[0], "-b");
+        let bps: f64 = FIXED_ARGS[1].parse().unwrap();
+        assert!((bps - FIXED_GBPS * 1e9).abs() < 1.0, "{bps}");
     }
 
     #[test]
@@ -1195,7 +1329,7 @@ mod tests {
         let r = Plan::new(&args(&["--binary", "/bin/sh"]));
         if testbed::is_root() {
             let p = r.unwrap();
-            assert_eq!(p.subjects.len(), 5);
+            assert_eq!(p.subjects.len(), 6);
             assert!(p.metrics().contains(&Metric::RssPeak));
         } else {
             assert!(r.unwrap_err().to_string().contains("as root"));

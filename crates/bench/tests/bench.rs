@@ -125,6 +125,7 @@ fn short_run_measures_every_subject_and_cleans_up() {
         [
             "veth",
             "hypha",
+            "hypha --no-sessions",
             "hypha --no-offload",
             "floor",
             "floor+aes",
@@ -141,6 +142,7 @@ fn short_run_measures_every_subject_and_cleans_up() {
             "udp_gbps",
             "rtt_idle_ms",
             "rtt_load_ms",
+            "fixed_gbps",
         ] {
             positive_median(s, id);
         }
@@ -150,6 +152,7 @@ fn short_run_measures_every_subject_and_cleans_up() {
         }
         for id in [
             "cpu_s_per_gbit",
+            "fixed_cpu_s_per_gbit_all_nodes",
             "gbit_per_cpu_s",
             "rss_udp_mb",
             "rss_peak_mb",
@@ -163,15 +166,22 @@ fn short_run_measures_every_subject_and_cleans_up() {
         let peaks = reps[0]["peak_rss_mb"].as_array().unwrap();
         assert_eq!(peaks.len(), 3, "{s}");
         assert!(peaks.iter().all(|p| p.as_f64().unwrap() > 0.0), "{s}");
+        // Both nodes' CPU during the paced flow.
+        let cpu = reps[0]["fixed_cpu_s"].as_array().unwrap();
+        assert_eq!(cpu.len(), 2, "{s}");
     }
     let targets = v["targets"].as_array().unwrap();
-    assert_eq!(targets.len(), 6);
-    assert!(
-        targets.iter().all(|t| ["value", "floor", "sealed_floor"]
-            .iter()
-            .all(|k| t[k].as_f64().is_some())),
-        "{targets:?}"
-    );
+    assert_eq!(targets.len(), 9);
+    for t in targets {
+        // A target relative to the floor has no figure for the floor itself.
+        let keys: &[&str] = if t["id"].as_str().unwrap().ends_with("_vs_floor") {
+            assert!(t["floor"].is_null(), "{t}");
+            &["value", "sealed_floor"]
+        } else {
+            &["value", "floor", "sealed_floor"]
+        };
+        assert!(keys.iter().all(|k| t[*k].as_f64().is_some()), "{t}");
+    }
 
     let bytes = std::fs::read(&png).unwrap();
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");

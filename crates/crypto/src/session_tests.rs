@@ -944,3 +944,52 @@ fn the_legacy_layout_is_kept() {
     assert_eq!(body.len(), old.len());
     assert_eq!(trailer(&body), (sa.remote_index(), 0));
 }
+
+#[test]
+fn concurrent_sealers_never_share_a_counter_and_concurrent_openers_open_each_frame_once() {
+    let (sa, sb) = handshake(&key_a(), &key_b());
+    let (sa, sb) = (std::sync::Arc::new(sa), std::sync::Arc::new(sb));
+    let sealed: Vec<Vec<Vec<u8>>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4u8)
+            .map(|t| {
+                let sa = &sa;
+                s.spawn(move || {
+                    (0..500u16)
+                        .map(|i| {
+                            let mut p = vec![t];
+                            p.extend_from_slice(&i.to_be_bytes());
+                            seal_body(sa, &plain(PayloadType::L3, &p)).0
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let frames: Vec<Vec<u8>> = sealed.into_iter().flatten().collect();
+    let counters: HashSet<u64> = frames.iter().map(|f| trailer(f).1).collect();
+    assert_eq!(counters.len(), 2000);
+    assert_eq!(counters.iter().max(), Some(&1999));
+    // Four threads open every frame (each a copy): each frame opens exactly once.
+    let opened: Vec<u64> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let (sb, frames) = (&sb, &frames);
+                s.spawn(move || {
+                    let mut n = 0u64;
+                    for f in frames.iter() {
+                        match sb.open_payload(&mut f.clone()) {
+                            Ok(_) => n += 1,
+                            Err(SessionOpenError::Replay) => {}
+                            Err(e) => panic!("{e:?}"),
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(opened.iter().sum::<u64>(), 2000);
+    assert_eq!(sb.replays(), 3 * 2000);
+}

@@ -334,6 +334,18 @@ struct Flight {
 
 #[test]
 fn a_transfer_survives_rekeys_without_losing_a_frame() {
+    transfer(true, true);
+}
+
+/// One way only, the initiator's or the responder's: whoever sends keeps the sessions fresh.
+#[test]
+fn a_one_way_transfer_survives_rekeys_without_losing_a_frame() {
+    transfer(true, false);
+    transfer(false, true);
+}
+
+/// A transfer between A (which started the first session) and B over four rekey intervals.
+fn transfer(a_sends: bool, b_sends: bool) {
     let limits = SessionLimits::default();
     let step = Duration::from_secs(1);
     let t0 = Instant::now();
@@ -355,7 +367,8 @@ fn a_transfer_survives_rekeys_without_losing_a_frame() {
     let mut flights: Vec<Flight> = Vec::new();
     let mut got: [BTreeMap<u64, Vec<u8>>; 2] = [BTreeMap::new(), BTreeMap::new()];
     let mut sent = [0u64; 2];
-    let mut a_sessions = Vec::new();
+    // The sessions each side sealed with, in turn.
+    let mut used: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
     // Frames opened under a session other than the one the receiver seals with.
     let mut under_previous = 0;
     let mut now = t0;
@@ -392,6 +405,9 @@ fn a_transfer_survives_rekeys_without_losing_a_frame() {
         }
         // Both send under the session each publishes now; every 7th frame is 5 s late.
         for from_a in [true, false] {
+            if (from_a && !a_sends) || (!from_a && !b_sends) {
+                continue;
+            }
             let s = if from_a {
                 a.mgr.current(&b.key)
             } else {
@@ -400,10 +416,10 @@ fn a_transfer_survives_rekeys_without_losing_a_frame() {
             let Some(s) = s else {
                 continue;
             };
-            if from_a && a_sessions.last() != Some(&s.local_index()) {
-                a_sessions.push(s.local_index());
-            }
             let side = usize::from(!from_a);
+            if used[side].last() != Some(&s.local_index()) {
+                used[side].push(s.local_index());
+            }
             for _ in 0..3 {
                 let n = sent[side];
                 sent[side] += 1;
@@ -441,11 +457,15 @@ fn a_transfer_survives_rekeys_without_losing_a_frame() {
             assert_eq!(data, &stream(side as u64, *n), "side {side}, chunk {n}");
         }
     }
-    assert!(sent[0] > 1000 && sent[1] > 1000);
+    assert_eq!(sent[0] > 1000, a_sends);
+    assert_eq!(sent[1] > 1000, b_sends);
     assert!(a.mgr.counts.rekeys >= 3, "{:?}", a.mgr.counts);
     assert!(b.mgr.counts.rekeys >= 3, "{:?}", b.mgr.counts);
-    assert!(a_sessions.len() >= 4, "{a_sessions:?}");
-    assert!(under_previous >= 6, "{under_previous} frames after a rekey");
+    for side in 0..2 {
+        let sends = [a_sends, b_sends][side];
+        assert!(!sends || used[side].len() >= 4, "{side}: {:?}", used[side]);
+    }
+    assert!(under_previous >= 3, "{under_previous} frames after a rekey");
     assert_eq!(a.mgr.counts.expired + b.mgr.counts.expired, 0);
     assert_eq!(
         a.mgr.counts.handshakes_refused + b.mgr.counts.handshakes_refused,
@@ -793,4 +813,48 @@ fn after_a_restart_a_lost_keepalive_does_not_cut_one_way_traffic_for_long() {
     }
     let at = opened_at.expect("A's frames open at B again");
     assert!(at <= t0 + Duration::from_secs(3 + 2), "{:?}", at - t0);
+}
+
+#[test]
+fn simultaneous_rekeys_end_in_one_new_session() {
+    let limits = SessionLimits {
+        rekey_after_messages: 10,
+        ..SessionLimits::default()
+    };
+    let t0 = Instant::now();
+    let (mut a, mut b) = (node(0x11, limits.clone()), node(0x22, limits.clone()));
+    let init = a.mgr.want(b.key, t0, wall(t0, t0)).unwrap();
+    exchange(&mut a, &mut b, init, t0);
+    let (old_a, old_b) = (
+        a.mgr.current(&b.key).unwrap(),
+        b.mgr.current(&a.key).unwrap(),
+    );
+    // Both seal their tenth frame: both ticks start a rekey at once.
+    for _ in 0..10 {
+        let _ = seal(&old_a, PayloadType::L3, b"a");
+        let _ = seal(&old_b, PayloadType::L3, b"b");
+    }
+    let now = t0 + Duration::from_secs(1);
+    let ia = initiations(a.mgr.tick(now, wall(t0, now)));
+    let ib = initiations(b.mgr.tick(now, wall(t0, now)));
+    assert_eq!((ia.len(), ib.len()), (1, 1));
+    let ra = carry(&b, &mut a, ib.into_iter().next().unwrap(), now).unwrap();
+    let rb = carry(&a, &mut b, ia.into_iter().next().unwrap(), now).unwrap();
+    assert_eq!(ra.is_some(), a.key.0 > b.key.0);
+    assert_eq!(rb.is_some(), b.key.0 > a.key.0);
+    match (ra, rb) {
+        (Some(r), None) => exchange(&mut a, &mut b, r, now),
+        (None, Some(r)) => exchange(&mut b, &mut a, r, now),
+        _ => unreachable!(),
+    }
+    assert!(pair_works(&mut a, &mut b, now));
+    assert!(!Arc::ptr_eq(&old_a, &a.mgr.current(&b.key).unwrap()));
+    assert!(!Arc::ptr_eq(&old_b, &b.mgr.current(&a.key).unwrap()));
+    assert_eq!((a.mgr.counts.rekeys, b.mgr.counts.rekeys), (1, 1));
+    // The new session and the previous one, nothing else.
+    assert_eq!(a.mgr.snapshot().recv.len(), 2);
+    assert_eq!(b.mgr.snapshot().recv.len(), 2);
+    // Old frames still open for a while.
+    let late = seal(&old_a, PayloadType::L3, b"late");
+    assert!(open_at(&mut b, a.addr, late, now).is_ok());
 }

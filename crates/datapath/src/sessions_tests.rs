@@ -556,6 +556,16 @@ fn fixture_with_session(t0: Instant) -> (Fixture, Node, Node) {
 /// Hands `body` from `src` to A's receiver on link 1 at an offset in a read buffer; returns what
 /// went to the TUN.
 fn receive_frame(f: &Fixture, rx: &mut Receiver, src: Ipv6Addr, body: &[u8]) -> Vec<Vec<u8>> {
+    receive_frame_at(f, rx, Instant::now(), src, body)
+}
+
+fn receive_frame_at(
+    f: &Fixture,
+    rx: &mut Receiver,
+    now: Instant,
+    src: Ipv6Addr,
+    body: &[u8],
+) -> Vec<Vec<u8>> {
     let mut buf = vec![0xEE; 9];
     buf.extend_from_slice(body);
     buf.extend_from_slice(&[0xEE; 3]);
@@ -565,13 +575,7 @@ fn receive_frame(f: &Fixture, rx: &mut Receiver, src: Ipv6Addr, body: &[u8]) -> 
         dst: f.a.address(),
         body: 9..9 + body.len(),
     };
-    rx.handle_data(
-        &f.table,
-        &mut *f.needs.borrow_mut(),
-        Instant::now(),
-        &mut buf,
-        frame,
-    );
+    rx.handle_data(&f.table, &mut *f.needs.borrow_mut(), now, &mut buf, frame);
     let mut out = Vec::new();
     rx.tun_packets(&mut buf, &mut out);
     let got = out.iter().map(|p| p.to_vec()).collect();
@@ -857,4 +861,108 @@ fn simultaneous_rekeys_end_in_one_new_session() {
     // Old frames still open for a while.
     let late = seal(&old_a, PayloadType::L3, b"late");
     assert!(open_at(&mut b, a.addr, late, now).is_ok());
+}
+
+#[test]
+fn handshakes_reach_the_owner_only_with_sessions_on() {
+    let t0 = Instant::now();
+    let mut f = fixture();
+    let (mut a, mut b) = (
+        node(1, SessionLimits::default()),
+        node(2, SessionLimits::default()),
+    );
+    let (pa, pb) = (f.a.address(), f.b.address());
+    let init = b.mgr.want(a.key, t0, wall(t0, t0)).unwrap();
+    // Sealed with the static key, inner type 16, as the owner sends it.
+    let body = body_for(&f.b, &f.a, PayloadType::Handshake.to_u8(), &init.payload);
+    let mut rx = Receiver::new(f.a.subnet(), LinkId(1), f.counters.clone());
+    // Sessions off (a node run with --no-sessions): dropped.
+    assert!(!f.table.sessions.enabled);
+    assert!(receive_frame(&f, &mut rx, pb, &body).is_empty());
+    assert_eq!(count(&f.counters.drop_inner), 1);
+    assert!(f.next_need().is_none());
+    // On: handed to the owner, which answers.
+    f.table.sessions = Arc::new(a.mgr.snapshot());
+    assert!(receive_frame(&f, &mut rx, pb, &body).is_empty());
+    let Some(Need::Handshake { src, dst, payload }) = f.next_need() else {
+        panic!("a handshake need");
+    };
+    assert_eq!((src, dst, &payload), (pb, pa, &init.payload));
+    let resp = a
+        .mgr
+        .handle(src, dst, &payload, t0)
+        .unwrap()
+        .expect("answered");
+    // The answer, the same way back, completes B's side.
+    assert!(b.mgr.handle(pa, pb, &resp.payload, t0).unwrap().is_some());
+    assert!(b.mgr.current(&a.key).is_some());
+    // A keepalive under the session is opened and confirms it; nothing reaches the TUN.
+    f.table.sessions = Arc::new(a.mgr.snapshot());
+    let sb = b.mgr.current(&a.key).unwrap();
+    let drops = count(&f.counters.drop_inner);
+    let keepalive = seal(&sb, PayloadType::Keepalive, &[]);
+    assert!(receive_frame(&f, &mut rx, pb, &keepalive).is_empty());
+    assert_eq!(count(&f.counters.drop_inner), drops);
+    assert_eq!(count(&f.counters.session_frames_in), 1);
+    assert!(matches!(f.next_need(), Some(Need::SessionConfirmed(i)) if i == sb.remote_index()));
+}
+
+#[test]
+fn frames_under_a_session_we_lost_ask_for_a_new_one_once_a_second() {
+    let t0 = Instant::now();
+    let mut f = fixture();
+    // A (restarted) holds no session; B still seals under the one it had.
+    let (mut a_before, b) = (
+        node(1, SessionLimits::default()),
+        node(2, SessionLimits::default()),
+    );
+    let init = a_before.mgr.want(b.key, t0, wall(t0, t0)).unwrap();
+    let mut b = b;
+    exchange(&mut a_before, &mut b, init, t0);
+    let sb = b.mgr.current(&a_before.key).unwrap();
+    let mut a = node(1, SessionLimits::default());
+    f.table.sessions = Arc::new(a.mgr.snapshot());
+    assert!(f.table.sessions.enabled && f.table.sessions.recv.is_empty());
+    let (pa, pb) = (f.a.address(), f.b.address());
+    let mut rx = Receiver::new(f.a.subnet(), LinkId(1), f.counters.clone());
+    let frame = |n| seal(&sb, PayloadType::L3, &packet(pb, pa, 64, n, 10));
+    let stale = |f: &Fixture| {
+        let mut n = 0;
+        while let Some(need) = f.next_need() {
+            match need {
+                Need::SessionStale(k) => {
+                    assert_eq!(k, f.b.public_key());
+                    n += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        n
+    };
+    assert!(receive_frame_at(&f, &mut rx, t0, pb, &frame(1)).is_empty());
+    assert_eq!(count(&f.counters.drop_decrypt), 1);
+    assert_eq!(stale(&f), 1);
+    for n in 2..5 {
+        let at = t0 + Duration::from_millis(200 * u64::from(n));
+        assert!(receive_frame_at(&f, &mut rx, at, pb, &frame(n)).is_empty());
+    }
+    assert_eq!(stale(&f), 0, "once a second");
+    let later = t0 + Duration::from_secs(1);
+    assert!(receive_frame_at(&f, &mut rx, later, pb, &frame(7)).is_empty());
+    assert_eq!(stale(&f), 1);
+    assert_eq!(count(&f.counters.drop_decrypt), 5);
+    // The owner starts a handshake; with the new session B's frames are delivered again.
+    let init = a.mgr.stale(b.key, later, wall(t0, later)).unwrap();
+    exchange(&mut a, &mut b, init, later);
+    f.table.sessions = Arc::new(a.mgr.snapshot());
+    let sb = b.mgr.current(&a.key).unwrap();
+    let p = packet(pb, pa, 64, 9, 10);
+    let got = receive_frame_at(&f, &mut rx, later, pb, &seal(&sb, PayloadType::L3, &p));
+    assert_eq!(got.len(), 1);
+    f.needs.borrow_mut().drain().for_each(drop);
+    // Sessions off: no need at all.
+    f.table.sessions = Arc::default();
+    let at = later + Duration::from_secs(5);
+    assert!(receive_frame_at(&f, &mut rx, at, pb, &frame(10)).is_empty());
+    assert_eq!(stale(&f), 0);
 }

@@ -50,7 +50,7 @@ ip netns exec "$A" "$BIN" stats --json >"$OUT/stats-a-before.json"
 ip netns exec "$B" "$BIN" stats --json >"$OUT/stats-b-before.json"
 
 # Skip iperf3's first second (slow start), sample the rest.
-ip netns exec "$A" iperf3 -c "$ADDR_B" -t $((SECS + 2)) -J >"$OUT/iperf3.json" &
+ip netns exec "$A" iperf3 -c "$ADDR_B" -t $((SECS + 2)) ${IPERF_ARGS:-} -J >"$OUT/iperf3.json" &
 IPERF=$!
 sleep 1
 perf record -F "$FREQ" --call-graph dwarf,16384 -p "$PA" -o "$OUT/a.perf.data" -- sleep "$SECS" 2>"$OUT/perf-a.log" &

@@ -59,6 +59,10 @@ impl Default for SessionLimits {
 /// The responder waits this much longer than the initiator before it rekeys itself.
 const RESPONDER_REKEY_GRACE: Duration = Duration::from_secs(15);
 
+/// An initiator sends its keepalive again at every tick for this long while the node has not
+/// used the new session (a lost keepalive would otherwise leave it sealing with the old one).
+const KEEPALIVE_RESEND_FOR: Duration = Duration::from_secs(5);
+
 /// A probe (or super-frames) not acknowledged within this turns super-frames off for the node.
 pub const PATH_ACK_WITHIN: Duration = Duration::from_secs(1);
 /// After a failed probe or a fallback, the next probe waits this long.
@@ -408,11 +412,12 @@ impl SessionManager {
         plain: &[u8],
         now: Instant,
     ) -> Result<Option<Outgoing>, HandshakeError> {
-        let got = match HandshakeMessage::parse(plain)? {
-            HandshakeMessage::Init(init) => self.on_init(src, dst, init, now),
-            HandshakeMessage::Response { receiver, noise } => {
+        let got = match HandshakeMessage::parse(plain) {
+            Ok(HandshakeMessage::Init(init)) => self.on_init(src, dst, init, now),
+            Ok(HandshakeMessage::Response { receiver, noise }) => {
                 self.on_response(receiver, noise, now)
             }
+            Err(e) => Err(e),
         };
         if got.is_err() {
             self.counts.handshakes_refused += 1;
@@ -675,6 +680,20 @@ impl SessionManager {
                 continue;
             };
             let index = c.session.local_index();
+            // An initiator's session the node has not used yet: its keepalive may have been
+            // lost, and a node that only receives would not confirm it otherwise.
+            if c.session.is_initiator()
+                && !c.session.confirmed()
+                && now.saturating_duration_since(c.since) < KEEPALIVE_RESEND_FOR
+            {
+                out.push(Outgoing {
+                    key: *key,
+                    dst: p.addr,
+                    kind: PayloadType::Keepalive,
+                    payload: Vec::new(),
+                    session: Some(c.session.clone()),
+                });
+            }
             // What we received of the node's super-frames, so it knows they arrive.
             let got = c.session.supers_received();
             let last = p.supers_reported;

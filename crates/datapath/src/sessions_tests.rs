@@ -966,3 +966,119 @@ fn frames_under_a_session_we_lost_ask_for_a_new_one_once_a_second() {
     assert!(receive_frame_at(&f, &mut rx, at, pb, &frame(10)).is_empty());
     assert_eq!(stale(&f), 0);
 }
+
+/// An IPv6 TCP super-packet from `src` to `dst`: three 1,000-byte segments behind one header,
+/// and the virtio header its sender's kernel gave it.
+fn super_packet(src: Ipv6Addr, dst: Ipv6Addr) -> (wire::virtio::VirtioNetHdr, Vec<u8>) {
+    use wire::virtio::{flags, gso, VirtioNetHdr};
+    let payload = 3000;
+    let mut p = vec![0x5a; 40 + 20 + payload];
+    let plen = 20 + payload;
+    p[..8].copy_from_slice(&[0x60, 0, 0, 0, (plen >> 8) as u8, plen as u8, 6, 64]);
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p[40 + 12] = 5 << 4; // data offset: 20 bytes
+    p[40 + 13] = 0x10; // ACK
+    let vnet = VirtioNetHdr {
+        flags: flags::NEEDS_CSUM,
+        gso_type: gso::TCPV6,
+        hdr_len: 60,
+        gso_size: 1000,
+        csum_start: 40,
+        csum_offset: 16,
+    };
+    (vnet, p)
+}
+
+/// Hands `body` from `src` to A's receiver; returns the super-packets it would write whole
+/// (header and packet) and the plain packets.
+fn receive_whole(
+    f: &Fixture,
+    rx: &mut Receiver,
+    src: Ipv6Addr,
+    body: &[u8],
+) -> (Vec<(wire::virtio::VirtioNetHdr, Vec<u8>)>, usize) {
+    let mut buf = vec![0xEE; 5];
+    buf.extend_from_slice(body);
+    let frame = DataFrame {
+        hop_limit: 64,
+        src,
+        dst: f.a.address(),
+        body: 5..5 + body.len(),
+    };
+    rx.handle_data(
+        &f.table,
+        &mut *f.needs.borrow_mut(),
+        Instant::now(),
+        &mut buf,
+        frame,
+    );
+    let mut runs = Vec::new();
+    rx.tun_runs(&mut buf, &mut runs);
+    let (mut wholes, mut plain) = (Vec::new(), 0);
+    for r in runs {
+        match r {
+            crate::Run::Whole(h, p) => wholes.push((h, p.to_vec())),
+            crate::Run::Packets(v) => plain += v.len(),
+        }
+    }
+    rx.tun_done();
+    (wholes, plain)
+}
+
+#[test]
+fn super_frames_are_admitted_whole_only_under_a_session_and_with_a_sound_header() {
+    let t0 = Instant::now();
+    let (mut f, a, b) = fixture_with_session(t0);
+    let mut a = a;
+    f.table.sessions = Arc::new(a.mgr.snapshot());
+    let sb = b.mgr.current(&a.key).expect("b seals at once");
+    let (pa, pb) = (f.a.address(), f.b.address());
+    let (vnet, p) = super_packet(pb, pa);
+    let mut payload = vnet.to_bytes()[..10].to_vec();
+    payload.extend_from_slice(&p);
+    let mut rx = Receiver::new(f.a.subnet(), LinkId(1), f.counters.clone());
+
+    // Under the session: written whole with the header derived from the packet, hop limit
+    // decremented like any packet's.
+    let body = seal(&sb, PayloadType::SuperPacket, &payload);
+    let (wholes, plain) = receive_whole(&f, &mut rx, pb, &body);
+    assert_eq!(plain, 0);
+    let mut want = p.clone();
+    want[7] = 63;
+    assert_eq!(wholes, vec![(vnet, want)]);
+    assert!(rx.tun_len() == 0);
+    assert_eq!(count(&f.counters.super_frames_in), 1);
+    let sa = match f.next_need() {
+        Some(Need::SessionConfirmed(i)) => {
+            a.mgr.confirmed(i, t0);
+            a.mgr.current(&b.key).unwrap()
+        }
+        other => panic!("expected a confirmation, got {other:?}"),
+    };
+    assert_eq!(sa.supers_received(), 1);
+
+    // The same payload under the static key: never admitted.
+    let inner = count(&f.counters.drop_inner);
+    let legacy = body_for(&f.b, &f.a, 18, &payload);
+    assert_eq!(receive_whole(&f, &mut rx, pb, &legacy), (vec![], 0));
+    assert_eq!(count(&f.counters.drop_inner), inner + 1);
+
+    // A header the packet does not bear out, or a packet too short: refused.
+    let mut bad = payload.clone();
+    bad[1] = wire::virtio::gso::UDP_L4;
+    let body = seal(&sb, PayloadType::SuperPacket, &bad);
+    assert_eq!(receive_whole(&f, &mut rx, pb, &body), (vec![], 0));
+    let body = seal(&sb, PayloadType::SuperPacket, &payload[..8]);
+    assert_eq!(receive_whole(&f, &mut rx, pb, &body), (vec![], 0));
+    assert_eq!(count(&f.counters.drop_inner), inner + 3);
+
+    // Someone else's source address inside: refused like any packet's.
+    let (vnet, p) = super_packet(f.c.address(), pa);
+    let mut spoofed = vnet.to_bytes()[..10].to_vec();
+    spoofed.extend_from_slice(&p);
+    let body = seal(&sb, PayloadType::SuperPacket, &spoofed);
+    assert_eq!(receive_whole(&f, &mut rx, pb, &body), (vec![], 0));
+    assert_eq!(count(&f.counters.refused_inner_source), 1);
+    assert_eq!(count(&f.counters.super_frames_in), 1);
+}

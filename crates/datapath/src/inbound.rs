@@ -95,6 +95,45 @@ pub struct Receiver {
     outbox: Outbox,
     built: TunBatch,
     in_place: InPlace,
+    messages: MessageBatch,
+}
+
+/// Most message packets one read hands to the message task (more are dropped and counted as
+/// `queue_full`; the sender retransmits them).
+pub const MESSAGE_BATCH_MAX: usize = 1024;
+
+/// A message-protocol packet (inner type 1) for us, opened: its ends, its sender's public key
+/// and the plaintext after the inner header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundMessage {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub sender_key: [u8; 32],
+    pub packet: Vec<u8>,
+}
+
+/// Message packets opened since the shell last took them, at most [`MESSAGE_BATCH_MAX`].
+#[derive(Debug, Default)]
+pub struct MessageBatch {
+    items: Vec<InboundMessage>,
+}
+
+impl MessageBatch {
+    fn push(&mut self, m: InboundMessage, counters: &DataCounters) {
+        if self.items.len() >= MESSAGE_BATCH_MAX {
+            bump(&counters.drop_queue_full);
+            return;
+        }
+        self.items.push(m);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn drain(&mut self) -> std::vec::Drain<'_, InboundMessage> {
+        self.items.drain(..)
+    }
 }
 
 impl Receiver {
@@ -109,6 +148,7 @@ impl Receiver {
             outbox: Outbox::default(),
             built: TunBatch::default(),
             in_place: InPlace::default(),
+            messages: MessageBatch::default(),
         }
     }
 
@@ -135,6 +175,7 @@ impl Receiver {
             needs,
             refresh: &mut self.refresh,
             budgets: &mut self.budgets,
+            messages: &mut self.messages,
             now,
         };
         ctx.handle(
@@ -167,6 +208,11 @@ impl Receiver {
         self.built.clear();
     }
 
+    /// The message packets for us from the frames handled since the last call.
+    pub fn messages(&mut self) -> &mut MessageBatch {
+        &mut self.messages
+    }
+
     /// The batches for next hops from the frames handled since the last call.
     #[inline]
     pub fn transmits(&mut self) -> impl Iterator<Item = (LinkId, FrameBatch)> + '_ {
@@ -188,6 +234,8 @@ pub(crate) struct Inbound<'a, N> {
     pub needs: &'a mut N,
     pub refresh: &'a mut RefreshTracker,
     pub budgets: &'a mut LinkBudgets,
+    /// Message packets for us, for the message task.
+    pub messages: &'a mut MessageBatch,
     pub now: Instant,
 }
 
@@ -283,13 +331,17 @@ fn count_oob(got: Result<(), OobRefusal>, counters: &DataCounters) -> Option<Oob
 /// that key is for) and adds what it carries to `tun_out`: an IPv6 packet that passes
 /// [`check_inner`], or the ICMPv6 error an out-of-band one reports about a packet of ours
 /// (`orig_cipher` gives the key of that packet's destination). Counts what it refuses; true
-/// when a packet was delivered (errors are counted as received here).
+/// when a packet was delivered (errors are counted as received here). A message packet goes to
+/// `messages`, with `sender_key` (the key that opened it).
+#[allow(clippy::too_many_arguments)]
 pub fn deliver_pending(
     cipher: &Cipher,
     sender: Subnet,
+    sender_key: [u8; 32],
     own: Subnet,
     frame: &mut InboundFrame,
     tun_out: &mut TunBatch,
+    messages: &mut MessageBatch,
     counters: &DataCounters,
     orig_cipher: &dyn Fn(Ipv6Addr) -> Option<Cipher>,
 ) -> bool {
@@ -324,6 +376,16 @@ pub fn deliver_pending(
             );
             count_oob(got, counters);
             false
+        }
+        PayloadType::Message => {
+            let m = InboundMessage {
+                src: frame.src,
+                dst: frame.dst,
+                sender_key,
+                packet: payload.to_vec(),
+            };
+            messages.push(m, counters);
+            true
         }
         _ => {
             bump(&counters.drop_inner);
@@ -396,7 +458,9 @@ impl<N: NeedSink> Inbound<'_, N> {
     ) {
         let src = frame.src;
         let sender = table.fib.source(src);
-        let Some((sender, cipher)) = sender.and_then(|(s, k)| Some((s, table.cipher(&k)?))) else {
+        let Some((sender, key, cipher)) =
+            sender.and_then(|(s, k)| Some((s, k, table.cipher(&k)?)))
+        else {
             self.hold(hop, src, frame.dst, body);
             return;
         };
@@ -442,6 +506,15 @@ impl<N: NeedSink> Inbound<'_, N> {
                     let what = "an ICMP error about a packet we did not send to its destination";
                     self.budgets.warn_refused(self.link, self.now, what, src);
                 }
+            }
+            PayloadType::Message => {
+                let m = InboundMessage {
+                    src,
+                    dst: frame.dst,
+                    sender_key: key,
+                    packet: payload.to_vec(),
+                };
+                self.messages.push(m, self.counters);
             }
             _ => bump(&self.counters.drop_inner),
         }

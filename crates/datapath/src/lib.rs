@@ -35,8 +35,9 @@ mod table;
 pub use batch::{FrameBatch, InPlace, Outbox, TunBatch};
 pub use counters::{bump, DataCounters};
 pub use inbound::{check_inner, deliver_pending, may_have_key, DataFrame, InnerRefusal, Receiver};
+pub use inbound::{InboundMessage, MessageBatch, MESSAGE_BATCH_MAX};
 pub use inbound::{LinkBudgets, ICMP_BURST, ICMP_PER_SEC, LINK_NEEDS_BURST, LINK_NEEDS_PER_SEC};
-pub use outbound::{push_sealed_l3, FrameSink, Sender};
+pub use outbound::{push_sealed, push_sealed_l3, FrameSink, Sender};
 pub use table::{DataTable, InboundFrame, KeySource, Need, NeedSink, Needs, PENDING_IN_FLIGHT_MAX};
 
 /// The cipher shared with one remote node (AES-256-GCM keyed by the X25519 shared secret).

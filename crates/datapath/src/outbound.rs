@@ -71,6 +71,26 @@ pub fn push_sealed_l3(
     slot.finish(buf, hop, src, dst).is_ok() && sealed
 }
 
+/// Appends to `buf` one data frame carrying `payload` of inner type `kind` sealed for its
+/// destination ([`push_sealed_l3`] for any inner type; the message task sends type 1 with it).
+/// False (and nothing appended) if sealing failed.
+pub fn push_sealed(
+    buf: &mut Vec<u8>,
+    cipher: &Cipher,
+    kind: PayloadType,
+    payload: &[u8],
+    hop: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+) -> bool {
+    let slot = DataSlot::begin(buf);
+    let body_start = slot.body_start();
+    buf.extend_from_slice(&kind.inner_header());
+    buf.extend_from_slice(payload);
+    let sealed = seal_tail(cipher, buf, body_start, body_start - DATA_FRAME_OVERHEAD);
+    slot.finish(buf, hop, src, dst).is_ok() && sealed
+}
+
 /// Seals `buf[start..]` in place and appends tag and nonce. On failure (the OS RNG could not seed
 /// the nonce generator) the frame is cut off at `frame_start` and `false` returned.
 #[inline]

@@ -458,8 +458,7 @@ impl<N: NeedSink> Inbound<'_, N> {
     ) {
         let src = frame.src;
         let sender = table.fib.source(src);
-        let Some((sender, key, cipher)) =
-            sender.and_then(|(s, k)| Some((s, k, table.cipher(&k)?)))
+        let Some((sender, key, cipher)) = sender.and_then(|(s, k)| Some((s, k, table.cipher(&k)?)))
         else {
             self.hold(hop, src, frame.dst, body);
             return;

@@ -787,7 +787,13 @@ fn message_packets_for_us_go_to_the_message_batch_with_their_senders_key() {
             body,
         };
         let now = Instant::now();
-        rx.handle_data(&f.table, &mut *f.needs.borrow_mut(), now, reader.buffer_mut(), frame);
+        rx.handle_data(
+            &f.table,
+            &mut *f.needs.borrow_mut(),
+            now,
+            reader.buffer_mut(),
+            frame,
+        );
     }
     assert_eq!(rx.tun_len(), 0);
     let got: Vec<_> = rx.messages().drain().collect();

@@ -28,7 +28,7 @@ pub use topics::{Prefix, TopicRule, Topics};
 use packet::MIN_CHUNK_SIZE;
 
 /// Bounds and timings. The defaults suit a node with a few hundred MB of memory.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Most complete messages waiting in the inbox plus messages being received.
     pub inbox_max_messages: usize,
@@ -949,6 +949,13 @@ impl Messages {
             },
         );
         Some(m)
+    }
+
+    /// Puts back a message [`Messages::pop`] took that could not be handed over (its reader
+    /// left): first in line again, its bytes counted again.
+    pub fn unpop(&mut self, m: Received) {
+        self.inbox_bytes += m.data.len() as u64;
+        self.inbox.push_front(m);
     }
 
     /// Whether a message (with `topic`) waits in the inbox.

@@ -9,6 +9,8 @@
 //! `Host` names (DNS rebinding), foreign origins, and bodies not declared JSON.
 
 mod guard;
+pub mod jsonrpc;
+pub mod messages;
 pub mod types;
 
 use std::future::Future;
@@ -103,6 +105,7 @@ pub fn router(control: Control, access: &ApiAccess) -> Router {
         .route("/api/v1/admin/routes/queried", get(queried))
         .route("/api/v1/admin/stats", get(stats))
         .route("/api/v1/pubkey/{ip}", get(pubkey))
+        .merge(messages::routes())
         .fallback(not_found)
         .with_state(control)
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
@@ -191,14 +194,18 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-async fn admin(State(c): State<Control>) -> Json<AdminInfo> {
+fn admin_info(c: &Control) -> AdminInfo {
     let i = c.info();
-    Json(AdminInfo {
+    AdminInfo {
         node_subnet: i.node_subnet.to_string(),
         node_ip: i.node_ip,
         node_pubkey: hex(&i.node_pubkey),
         node_start_time: i.node_start_time,
-    })
+    }
+}
+
+async fn admin(State(c): State<Control>) -> Json<AdminInfo> {
+    Json(admin_info(&c))
 }
 
 impl From<PeerInfo> for PeerRow {

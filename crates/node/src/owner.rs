@@ -651,6 +651,7 @@ impl Owner {
     /// Opens and delivers frames that waited for their sender's key.
     fn deliver_pending_in(&mut self, frames: Vec<InboundFrame>) {
         let mut batch = TunBatch::default();
+        let mut messages = datapath::MessageBatch::default();
         let own = self.router.own_subnet();
         for mut f in frames {
             let Some((sender, key)) = self.router.lookup_source(f.src) else {
@@ -670,10 +671,23 @@ impl Owner {
                 datapath::KeySource::cipher(keys, &key)
             };
             let counters = &self.counters;
-            if datapath::deliver_pending(&cipher, sender, own, &mut f, &mut batch, counters, &orig)
-            {
+            if datapath::deliver_pending(
+                &cipher,
+                sender,
+                key,
+                own,
+                &mut f,
+                &mut batch,
+                &mut messages,
+                counters,
+                &orig,
+            ) {
                 bump(&self.counters.frames_delivered);
             }
+        }
+        if !messages.is_empty() {
+            let to = self.link_ctx.messages.as_ref();
+            crate::messages::hand_over(to, &mut messages, &self.counters);
         }
         if batch.is_empty() {
             return;
@@ -820,6 +834,7 @@ impl Owner {
             peers,
             // Counted outside the owner; `Control::stats` fills them in.
             api: Default::default(),
+            messages: Default::default(),
             data: DataStats::from_counters(&self.counters),
             tun: self
                 .tun_metrics

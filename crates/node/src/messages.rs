@@ -151,7 +151,7 @@ impl MessageHandle {
         .await?;
         let got = tokio::select! {
             m = &mut rx => return Ok(m.ok()),
-            _ = none_rx => None,
+            Ok(()) = none_rx => None,
             _ = tokio::time::sleep(timeout), if wait => None,
         };
         // Gone without a message: whatever raced in is returned, not lost (a closed receiver

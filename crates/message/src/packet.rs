@@ -180,9 +180,13 @@ impl<'a> Repr<'a> {
                 return Err(PacketError::Short);
             }
             let tlen = usize::from(body[field::INIT_TOPIC_LEN]);
-            let topic = body
-                .get(field::INIT_TOPIC..field::INIT_TOPIC + tlen)
-                .ok_or(PacketError::Short)?;
+            let topic = match body.get(field::INIT_TOPIC..field::INIT_TOPIC + tlen) {
+                Some(t) => t,
+                // An acknowledgement may stop after the topic length: the sender only needs the
+                // id and flags back.
+                None if ack => &body[field::INIT_TOPIC..],
+                None => return Err(PacketError::Short),
+            };
             Ok(Repr::Init {
                 id,
                 reply: f & flags::REPLY != 0,
@@ -347,6 +351,28 @@ mod tests {
         let v = r.to_vec();
         assert_eq!(&v[8..10], &[0x85, 0x00]);
         assert_eq!(Repr::parse(&v), Ok(r));
+    }
+
+    #[test]
+    fn init_ack_may_stop_after_the_topic_length() {
+        let mut v = Repr::Init {
+            id: ID,
+            reply: false,
+            ack: true,
+            len: 9,
+            topic: b"news",
+        }
+        .to_vec();
+        v.truncate(HEADER_LEN + 9);
+        match Repr::parse(&v) {
+            Ok(Repr::Init {
+                ack: true, topic, ..
+            }) => assert!(topic.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        // Not so an INIT itself.
+        v[8] = 0x80;
+        assert_eq!(Repr::parse(&v), Err(PacketError::Short));
     }
 
     #[test]

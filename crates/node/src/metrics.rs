@@ -1205,7 +1205,33 @@ mod tests {
                 self_link: 2,
                 ..LinkCloseStats::default()
             },
+            messages: MessageStats {
+                sent: 4,
+                received_bytes: 5000,
+                malformed: 6,
+                inbox_messages: 2,
+                ..MessageStats::default()
+            },
         }
+    }
+
+    #[test]
+    fn message_counters_are_rendered() {
+        let text = render(&stats());
+        assert_eq!(sample(&text, "hypha_messages_sent_total", ""), Some(4.0));
+        assert_eq!(
+            sample(&text, "hypha_message_bytes_received_total", ""),
+            Some(5000.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_messages_refused_total",
+                "reason=\"malformed\""
+            ),
+            Some(6.0)
+        );
+        assert_eq!(sample(&text, "hypha_message_inbox_depth", ""), Some(2.0));
     }
 
     #[test]

@@ -384,6 +384,51 @@ fn hypha_pair_rest_jsonrpc_and_cli() {
     .expect("receive");
     assert_eq!(std::fs::read(&out).unwrap(), big);
 
+    // A topic forwarded to a Unix socket: the socket gets the payload, its answer goes back as
+    // the reply.
+    let sock = dir.path().join("svc.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        let mut answer = b"re:".to_vec();
+        answer.extend_from_slice(&got);
+        s.write_all(&answer).unwrap();
+    });
+    let svc = b64(b"svc");
+    rpc_ok(&nb, "addTopic", json!([svc]));
+    rpc_ok(&nb, "addTopicSource", json!([svc, subnet_of(a.addr)]));
+    let (st, _) = rest(
+        &nb,
+        "PUT",
+        &format!(
+            "/api/v1/messages/topics/{}/forward",
+            svc.replace('=', "%3D")
+        ),
+        Some(&json!({"socketPath": sock.to_str().unwrap()}).to_string()),
+    );
+    assert_eq!(st, 204);
+    let v = a.json(&[
+        "message",
+        "send",
+        "--wait",
+        "--timeout",
+        "20",
+        "-t",
+        "svc",
+        &b.addr.to_string(),
+        "ping",
+    ]);
+    assert_eq!(v["payload"], json!("re:ping"), "{v}");
+    server.join().unwrap();
+    assert_eq!(
+        rest(&nb, "GET", "/api/v1/messages", None).0,
+        204,
+        "the forwarded message is not in the inbox"
+    );
+
     // Metrics count what moved.
     let (_, m) = rest(&na, "GET", "/api/v1/admin/stats", None);
     assert!(m["messages"]["received"].as_u64().unwrap() >= 2, "{m}");
@@ -499,6 +544,132 @@ fn inbox_bound_holds_against_a_reader_that_stops() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("3000001") && err.contains("HTTP 413"), "{err}");
+}
+
+/// A connected peer that sends malformed message packets (sealed with a key it announced, so
+/// they reach the message core): each is counted and dropped, nothing is acknowledged that should
+/// not be, and a well-formed message from the same peer still arrives afterwards.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root (namespaces)")]
+fn malformed_message_packets_are_counted_and_dropped() {
+    use common::rogue::{public_key_of, Rogue, Sender};
+    use message::{checksum, MessageId, Repr};
+    let dir = tempfile::tempdir().unwrap();
+    let (na, nx) = (Netns::new("ms").unwrap(), Netns::new("mt").unwrap());
+    let [ip_a, _] = link(&na, &nx, 120).expect("veth").addrs;
+    let a = hypha(&na, dir.path(), "a", None, &[]);
+    let a_key = public_key_of(&a.key);
+    let target = format!("{ip_a}:9651").parse().unwrap();
+    let k = Sender::new();
+    let mut r = Rogue::connect(&nx, target);
+    r.send(&k.update()).unwrap();
+    a.wait(ROUTE_WAIT, "the rogue's route", |n| {
+        n.has_route(&k.subnet_text())
+    });
+    let send = |r: &mut Rogue, p: &[u8]| r.send(&k.frame(&a_key, k.addr, a.addr, 1, p)).unwrap();
+    let id = MessageId([9; 8]);
+    let init = |len: u64| {
+        Repr::Init {
+            id,
+            reply: false,
+            ack: false,
+            len,
+            topic: b"t",
+        }
+        .to_vec()
+    };
+    let chunk = |index: u64, offset: u64, d: &[u8]| {
+        Repr::Chunk {
+            id,
+            ack: false,
+            index,
+            offset,
+            size: d.len() as u64,
+            data: d,
+        }
+        .to_vec()
+    };
+    let body = payload(2000, 9);
+    send(&mut r, &init(2000));
+    let mut unknown_flags = vec![0u8; 12];
+    unknown_flags[8..10].copy_from_slice(&0x8003u16.to_be_bytes());
+    let bad: Vec<Vec<u8>> = vec![
+        vec![1, 2, 3],                             // short header
+        unknown_flags,                             // unknown flags
+        vec![0u8; 12],                             // no kind at all
+        chunk(0, 1990, &body[..300]),              // offset past the length
+        chunk(0, u64::MAX - 5, &body[..300]),      // offset overflowing
+        chunk(0, 0, &body[..100]),                 // short chunk that is not the last
+        chunk(0, 0, &body[..1300])[..40].to_vec(), // chunk cut short
+    ];
+    for p in &bad {
+        send(&mut r, p);
+    }
+    // The chunks, then a DONE with the wrong hash: the message is dropped, not delivered.
+    send(&mut r, &chunk(0, 0, &body[..1300]));
+    send(&mut r, &chunk(1, 1300, &body[1300..]));
+    send(
+        &mut r,
+        &Repr::Done {
+            id,
+            ack: false,
+            chunks: 2,
+            hash: [0; 32],
+        }
+        .to_vec(),
+    );
+    let stats = || rest(&na, "GET", "/api/v1/admin/stats", None).1["messages"].clone();
+    a.wait(Duration::from_secs(10), "malformed packets counted", |_| {
+        let s = stats();
+        s["malformed"].as_u64() == Some(bad.len() as u64) && s["badChecksum"] == json!(1)
+    });
+    assert_eq!(rest(&na, "GET", "/api/v1/messages", None).0, 204);
+    // The same peer sending properly is heard.
+    let id2 = MessageId([10; 8]);
+    let ok = [
+        Repr::Init {
+            id: id2,
+            reply: false,
+            ack: false,
+            len: 2000,
+            topic: b"t",
+        }
+        .to_vec(),
+        Repr::Chunk {
+            id: id2,
+            ack: false,
+            index: 0,
+            offset: 0,
+            size: 1300,
+            data: &body[..1300],
+        }
+        .to_vec(),
+        Repr::Chunk {
+            id: id2,
+            ack: false,
+            index: 1,
+            offset: 1300,
+            size: 700,
+            data: &body[1300..],
+        }
+        .to_vec(),
+        Repr::Done {
+            id: id2,
+            ack: false,
+            chunks: 2,
+            hash: checksum(&body),
+        }
+        .to_vec(),
+    ];
+    for p in &ok {
+        send(&mut r, p);
+    }
+    let (st, got) = rest(&na, "GET", "/api/v1/messages?timeout=5", None);
+    assert_eq!(st, 200, "{}", a.log_tail());
+    assert_eq!(unb64(got["payload"].as_str().unwrap()), body);
+    assert_eq!(got["srcPk"], json!(k.public.to_string()));
+    let s = stats();
+    assert_eq!(s["received"], json!(1), "{s}");
 }
 
 // ---- against the reference implementation ---------------------------------------------------

@@ -130,19 +130,10 @@ fn destination_of(s: &str) -> anyhow::Result<Destination> {
     }
 }
 
-/// Text when it is UTF-8, base64 otherwise.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Shown {
-    Text(String),
-}
-
-fn shown(b64_value: &str) -> anyhow::Result<(Vec<u8>, Shown)> {
+/// The bytes, and how they are shown: as text when they are UTF-8, else in base64.
+fn shown(b64_value: &str) -> anyhow::Result<(Vec<u8>, String)> {
     let bytes = b64::decode(b64_value).ok_or_else(|| anyhow!("the node sent bad base64"))?;
-    let s = match String::from_utf8(bytes.clone()) {
-        Ok(t) => Shown::Text(t),
-        Err(_) => Shown::Text(b64_value.to_owned()),
-    };
+    let s = String::from_utf8(bytes.clone()).unwrap_or_else(|_| b64_value.to_owned());
     Ok((bytes, s))
 }
 
@@ -155,9 +146,9 @@ struct CliMessage {
     dst_ip: std::net::Ipv6Addr,
     dst_pk: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    topic: Option<Shown>,
+    topic: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    payload: Option<Shown>,
+    payload: Option<String>,
 }
 
 fn print_message(

@@ -155,6 +155,13 @@ fn hypha_pair_rest_jsonrpc_and_cli() {
         json!({"bySource": [], "byDestination": []})
     );
     assert_eq!(rpc_ok(&na, "getProxies", json!([])), json!([]));
+    // No SOCKS proxy support: the actions say so.
+    assert_eq!(rpc(&na, "connectProxy", json!([]))["error"]["code"], -32032);
+    for m in ["disconnectProxy", "startProxyProbe", "stopProxyProbe"] {
+        let e = rpc(&na, m, json!([]));
+        assert_eq!(e["error"]["code"], -32601, "{m}: {e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains("proxy"));
+    }
     // Peers: add a second endpoint, see it through REST, delete it again.
     let extra = "tcp://198.18.110.250:9651";
     assert_eq!(rpc_ok(&na, "addPeer", json!([extra])), json!(true));
@@ -282,6 +289,23 @@ fn hypha_pair_rest_jsonrpc_and_cli() {
         rpc(&na, "getMessageInfo", json!(["0000000000000000"]))["error"]["code"],
         -32019
     );
+    // b answers through pushMessageReply; the reply (nobody waits for it) lands in a's inbox,
+    // seen first with a peek.
+    let answer = json!({"dst": {"ip": a.addr.to_string()}, "payload": b64(b"thanks")});
+    assert_eq!(
+        rpc_ok(&nb, "pushMessageReply", json!([id, answer])),
+        json!(true)
+    );
+    assert_eq!(
+        rpc(&nb, "pushMessageReply", json!(["xyz", answer]))["error"]["code"],
+        -32018
+    );
+    let peeked = rpc_ok(&na, "popMessage", json!({"peek": true, "timeout": 10}));
+    assert_eq!(peeked["id"], json!(id));
+    let (st, popped) = rest(&na, "GET", "/api/v1/messages", None);
+    assert_eq!(st, 200);
+    assert_eq!(popped, peeked);
+    assert_eq!(unb64(popped["payload"].as_str().unwrap()), b"thanks");
     // Nothing left: popMessage gives null, REST gives 204.
     assert_eq!(rpc_ok(&nb, "popMessage", json!([false, 0])), Value::Null);
     assert_eq!(rest(&nb, "GET", "/api/v1/messages", None).0, 204);

@@ -648,6 +648,44 @@ mod tests {
     }
 
     #[test]
+    fn message_settings_from_flags_file_and_topic_file() {
+        let dir = std::env::temp_dir().join(format!("hypha-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let topics = dir.join("topics.toml");
+        std::fs::write(&topics, "default = \"Reject\"\nchat = [\"400::/7\"]\n").unwrap();
+        let f = FileConfig::parse(&format!(
+            "inbox_max_bytes = 1000\ntopic_config = {:?}\n",
+            topics.display().to_string()
+        ))
+        .unwrap();
+        let s = cli(&["--inbox-max-messages", "7", "--max-message-size", "500"])
+            .merge(f)
+            .unwrap();
+        assert_eq!(s.messages.config.inbox_max_messages, 7);
+        assert_eq!(s.messages.config.inbox_max_bytes, 1000);
+        assert_eq!(s.messages.config.max_message_len, 500);
+        assert!(!s.messages.topics.default_accept);
+        assert!(s.messages.topics.allows(b"chat", "4aa::1".parse().unwrap()));
+        assert!(!s.jsonrpc_explicit);
+        std::fs::write(&topics, "chat = [\"nonsense\"]\n").unwrap();
+        let e = cli(&["--topic-config", topics.to_str().unwrap()])
+            .merge(FileConfig::default())
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("bad topic config") && e.contains("nonsense"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        assert!(cli_err(&["--inbox-max-messages", "0"]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn cli_err(args: &[&str]) -> bool {
+        Cli::try_parse_from(std::iter::once("hypha").chain(args.iter().copied())).is_err()
+    }
+
+    #[test]
     fn api_allowed_hosts_from_flags_or_file() {
         let s = cli(&[]).merge(FileConfig::default()).unwrap();
         assert_eq!(s.api_access, ApiAccess::default());

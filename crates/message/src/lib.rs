@@ -395,6 +395,11 @@ impl Messages {
         self.events.pop_front()
     }
 
+    /// Whether packets or events wait to be polled.
+    pub fn has_output(&self) -> bool {
+        !self.transmits.is_empty() || !self.events.is_empty()
+    }
+
     fn send(&mut self, src: Ipv6Addr, dst: Ipv6Addr, r: &Repr<'_>) {
         self.stats.packets_out += 1;
         self.transmits.push_back(Transmit {

@@ -261,8 +261,12 @@ impl Task {
     ) {
         tokio::pin!(stop);
         loop {
-            self.flush().await;
-            self.events();
+            // Handing out a message can send a packet (READ), and sending to ourselves can
+            // complete a message: drain both until nothing is left.
+            while self.core.has_output() {
+                self.events();
+                self.flush().await;
+            }
             let next = self.core.poll_timeout();
             let sleep = async {
                 match next {

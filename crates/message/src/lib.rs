@@ -339,6 +339,9 @@ pub struct Messages {
     forwarding: usize,
     recent_done: VecDeque<(MessageId, Ipv6Addr)>,
     outgoing: HashMap<MessageId, Outgoing>,
+    /// Finished outgoing messages in the order they finished (entries of records replaced since
+    /// are skipped when they come up).
+    finished: VecDeque<(Instant, MessageId)>,
     outbox_bytes: u64,
     reply_waiters: HashSet<MessageId>,
     transmits: VecDeque<Transmit>,
@@ -357,6 +360,7 @@ impl Messages {
             forwarding: 0,
             recent_done: VecDeque::new(),
             outgoing: HashMap::new(),
+            finished: VecDeque::new(),
             outbox_bytes: 0,
             reply_waiters: HashSet::new(),
             transmits: VecDeque::new(),
@@ -596,6 +600,7 @@ impl Messages {
                 }
                 o.state = SendState::Received;
                 o.finished_at = Some(now);
+                self.finished.push_back((now, id));
                 self.outbox_bytes -= o.data.len() as u64;
                 o.data = Vec::new();
                 o.flight = VecDeque::new();
@@ -991,12 +996,11 @@ impl Messages {
                     }
                     at(o.deadline);
                 }
-                _ => {
-                    if let Some(f) = o.finished_at {
-                        at(f + self.cfg.keep_finished);
-                    }
-                }
+                _ => {}
             }
+        }
+        if let Some(&(f, _)) = self.finished.front() {
+            at(f + self.cfg.keep_finished);
         }
         for m in self.incoming.values() {
             at(m.last + self.cfg.incoming_idle);
@@ -1027,21 +1031,22 @@ impl Messages {
         self.expire_finished(now);
     }
 
+    /// Forgets finished messages older than `keep_finished`, and the oldest beyond
+    /// `FINISHED_MAX`.
     fn expire_finished(&mut self, now: Instant) {
         let keep = self.cfg.keep_finished;
-        self.outgoing.retain(|_, o| {
-            o.finished_at
-                .is_none_or(|f| now.saturating_duration_since(f) < keep)
-        });
-        let finished = self.outgoing.values().filter(|o| o.finished()).count();
-        if finished > FINISHED_MAX {
-            let mut old: Vec<(Instant, MessageId)> = self
+        while let Some(&(at, id)) = self.finished.front() {
+            let expired = now.saturating_duration_since(at) >= keep;
+            if !expired && self.finished.len() <= FINISHED_MAX {
+                break;
+            }
+            self.finished.pop_front();
+            // Only the record that finished then (its id may have been reused since).
+            if self
                 .outgoing
-                .iter()
-                .filter_map(|(id, o)| Some((o.finished_at?, *id)))
-                .collect();
-            old.sort();
-            for (_, id) in old.into_iter().take(finished - FINISHED_MAX) {
+                .get(&id)
+                .is_some_and(|o| o.finished_at == Some(at))
+            {
                 self.outgoing.remove(&id);
             }
         }
@@ -1068,6 +1073,7 @@ impl Messages {
             o.state = SendState::Aborted;
             o.failure = Some(why);
             o.finished_at = Some(now);
+            self.finished.push_back((now, id));
             self.outbox_bytes -= o.data.len() as u64;
             o.data = Vec::new();
             o.flight = VecDeque::new();

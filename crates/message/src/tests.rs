@@ -430,3 +430,20 @@ fn garbage_never_panics() {
         while b.poll_transmit().is_some() {}
     }
 }
+
+#[test]
+fn finished_statuses_are_kept_for_a_while_and_bounded() {
+    let mut p = Pair::new(Config::default());
+    for n in 0..3 {
+        send(&mut p, n, b"", data(10));
+    }
+    p.run_until(|p| p.b.stats().inbox_messages == 3);
+    p.pump();
+    assert_eq!(p.a.status(id(0)).unwrap().state, Progress::Received);
+    // Nothing else to wait for: the next deadline is the records' expiry.
+    let t = p.a.poll_timeout().unwrap();
+    assert!(t >= p.now + Config::default().keep_finished - Duration::from_millis(1));
+    p.a.handle_timeout(t);
+    assert!(p.a.status(id(0)).is_none());
+    assert!(p.a.poll_timeout().is_none());
+}

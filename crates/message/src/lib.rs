@@ -251,8 +251,8 @@ impl Incoming {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChunkState {
     Unsent,
-    /// In flight since, retransmitted at least once.
-    Sent(Instant, bool),
+    /// In flight since, as the send numbered so (per message), retransmitted at least once.
+    Sent(Instant, u64, bool),
     Acked,
 }
 
@@ -279,11 +279,25 @@ struct Outgoing {
     chunks: Vec<ChunkState>,
     /// Next chunk never sent.
     next: usize,
-    /// Chunks in flight, oldest send first (entries already acked are skipped lazily).
-    flight: VecDeque<(usize, Instant)>,
+    /// Chunks in flight, oldest send first, with their send number (entries acked or resent
+    /// since are skipped lazily).
+    flight: VecDeque<(usize, u64)>,
+    /// Sends numbered so far.
+    sends: u64,
+    /// Acknowledgements of chunks sent after the oldest one in flight (its send number, count):
+    /// at three it counts as lost without waiting for its timer (fast retransmit).
+    passed: (u64, u32),
+    /// Losses of chunks sent before this send number belong to a loss already answered by
+    /// shrinking the window.
+    recovery: u64,
     in_flight: usize,
     acked: usize,
+    /// Chunks allowed in flight: doubles each round trip below `ssthresh`, then grows by one a
+    /// round trip; halved when a retransmission timer fires (AIMD, as TCP's Reno).
     window: usize,
+    ssthresh: usize,
+    /// Acknowledgements counted towards the next increase above `ssthresh`.
+    credit: usize,
     srtt: Option<Duration>,
     rttvar: Duration,
     /// When INIT or DONE was last sent, and the current back-off for it.
@@ -463,9 +477,14 @@ impl Messages {
             chunks: Vec::new(),
             next: 0,
             flight: VecDeque::new(),
+            sends: 0,
+            passed: (0, 0),
+            recovery: 0,
             in_flight: 0,
             acked: 0,
             window: self.cfg.window_initial.max(1),
+            ssthresh: self.cfg.window_max,
+            credit: 0,
             srtt: None,
             rttvar: Duration::ZERO,
             ctl_sent: now,
@@ -579,15 +598,29 @@ impl Messages {
                     return;
                 };
                 match *c {
-                    ChunkState::Sent(at, retransmitted) => {
+                    ChunkState::Sent(at, seq, retransmitted) => {
                         *c = ChunkState::Acked;
                         o.in_flight -= 1;
                         o.acked += 1;
                         if !retransmitted {
                             o.sample_rtt(now.saturating_duration_since(at));
                         }
-                        if o.window < self.cfg.window_max {
+                        if o.window < o.ssthresh {
                             o.window += 1;
+                        } else {
+                            o.credit += 1;
+                            if o.credit >= o.window {
+                                o.credit = 0;
+                                o.window += 1;
+                            }
+                        }
+                        o.window = o.window.min(self.cfg.window_max);
+                        if let Some(p) = fast_retransmit(o, now, seq) {
+                            let (src, dst) = (o.src, o.dst);
+                            let packet = chunk_packet(id, o, p);
+                            self.stats.retransmits += 1;
+                            self.stats.packets_out += 1;
+                            self.transmits.push_back(Transmit { src, dst, packet });
                         }
                     }
                     ChunkState::Unsent | ChunkState::Acked => return,
@@ -620,9 +653,10 @@ impl Messages {
         while o.in_flight < o.window && o.next < o.chunks.len() {
             let i = o.next;
             o.next += 1;
-            o.chunks[i] = ChunkState::Sent(now, false);
+            o.sends += 1;
+            o.chunks[i] = ChunkState::Sent(now, o.sends, false);
             o.in_flight += 1;
-            o.flight.push_back((i, now));
+            o.flight.push_back((i, o.sends));
             out.push(chunk_packet(id, o, i));
         }
         if o.acked == o.chunks.len() && !o.done_sent {
@@ -988,7 +1022,7 @@ impl Messages {
                     at(o.deadline);
                 }
                 SendState::Sending => {
-                    if let Some(&(_, sent)) = o.flight.front() {
+                    if let Some(sent) = oldest_in_flight(o) {
                         at(sent + o.rto());
                     }
                     if o.done_sent {
@@ -1103,18 +1137,22 @@ impl Messages {
             SendState::Sending => {
                 let rto = o.rto();
                 let mut lost = false;
-                while let Some(&(i, sent)) = o.flight.front() {
-                    if !matches!(o.chunks[i], ChunkState::Sent(at, _) if at == sent) {
+                while let Some(&(i, seq)) = o.flight.front() {
+                    let sent = match o.chunks[i] {
+                        ChunkState::Sent(at, s, _) if s == seq => at,
                         // Acked, or resent since: a stale entry.
-                        o.flight.pop_front();
-                        continue;
-                    }
+                        _ => {
+                            o.flight.pop_front();
+                            continue;
+                        }
+                    };
                     if now < sent + rto {
                         break;
                     }
                     o.flight.pop_front();
-                    o.chunks[i] = ChunkState::Sent(now, true);
-                    o.flight.push_back((i, now));
+                    o.sends += 1;
+                    o.chunks[i] = ChunkState::Sent(now, o.sends, true);
+                    o.flight.push_back((i, o.sends));
                     out.push(chunk_packet(id, o, i));
                     self.stats.retransmits += 1;
                     lost = true;
@@ -1123,7 +1161,11 @@ impl Messages {
                     }
                 }
                 if lost {
-                    o.window = (o.window / 2).max(4);
+                    // A timeout: the path is worse than a single loss says.
+                    o.ssthresh = (o.window / 2).max(4);
+                    o.window = o.ssthresh;
+                    o.credit = 0;
+                    o.recovery = o.sends;
                 }
                 if o.done_sent && now >= o.ctl_sent + o.ctl_backoff {
                     o.ctl_sent = now;
@@ -1139,6 +1181,49 @@ impl Messages {
         self.transmits
             .extend(out.into_iter().map(|packet| Transmit { src, dst, packet }));
     }
+}
+
+/// When the oldest chunk in flight was sent (skipping entries that are stale).
+fn oldest_in_flight(o: &Outgoing) -> Option<Instant> {
+    o.flight.iter().find_map(|&(i, seq)| match o.chunks[i] {
+        ChunkState::Sent(at, s, _) if s == seq => Some(at),
+        _ => None,
+    })
+}
+
+/// After the acknowledgement of the chunk sent as `acked_seq`: when three chunks sent after the
+/// oldest one in flight have been acknowledged and it has not, it is taken as lost (links are in
+/// order) and resent at once; the window shrinks once per loss episode. Returns the chunk to
+/// resend.
+fn fast_retransmit(o: &mut Outgoing, now: Instant, acked_seq: u64) -> Option<usize> {
+    let (i, seq) = loop {
+        let &(i, seq) = o.flight.front()?;
+        if matches!(o.chunks[i], ChunkState::Sent(_, s, _) if s == seq) {
+            break (i, seq);
+        }
+        o.flight.pop_front();
+    };
+    if acked_seq <= seq {
+        return None;
+    }
+    if o.passed.0 != seq {
+        o.passed = (seq, 0);
+    }
+    o.passed.1 += 1;
+    if o.passed.1 < 3 {
+        return None;
+    }
+    o.flight.pop_front();
+    o.sends += 1;
+    o.chunks[i] = ChunkState::Sent(now, o.sends, true);
+    o.flight.push_back((i, o.sends));
+    if seq > o.recovery {
+        o.ssthresh = (o.window / 2).max(4);
+        o.window = o.ssthresh;
+        o.credit = 0;
+        o.recovery = o.sends;
+    }
+    Some(i)
 }
 
 fn chunk_packet(id: MessageId, o: &Outgoing, i: usize) -> Vec<u8> {

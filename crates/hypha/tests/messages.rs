@@ -137,8 +137,19 @@ fn hypha_pair_rest_jsonrpc_and_cli() {
             "{m}"
         );
     }
-    let q = rpc_ok(&na, "getQueriedSubnets", json!([]));
-    assert!(q.is_array());
+    // The same subnets (their seconds left may tick between the two calls).
+    let subnets = |v: &Value| -> Vec<Value> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["subnet"].clone())
+            .collect()
+    };
+    let (_, q) = rest(&na, "GET", "/api/v1/admin/routes/queried", None);
+    assert_eq!(
+        subnets(&rpc_ok(&na, "getQueriedSubnets", json!([]))),
+        subnets(&q)
+    );
     let (_, pk) = rest(&na, "GET", &format!("/api/v1/pubkey/{}", b.addr), None);
     assert_eq!(
         rpc_ok(&na, "getPublicKeyFromIp", json!([b.addr.to_string()])),

@@ -35,6 +35,12 @@ const SOCKET_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const SOCKET_REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest reply read back from a topic's socket.
 const SOCKET_REPLY_MAX: u64 = 16 << 20;
+/// Packets for destinations whose route is being queried wait this long at most, this many in
+/// all, looked at again every `HOLD_RETRY` (the core resends what is dropped, but only after its
+/// own timer: a first message to a new destination would wait 100 ms or more).
+const HOLD_MAX: Duration = Duration::from_millis(300);
+const HOLD_PACKETS: usize = 512;
+const HOLD_RETRY: Duration = Duration::from_millis(5);
 
 /// The message subsystem's settings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -209,6 +215,8 @@ struct Task {
     pops: Vec<PopWaiter>,
     replies: HashMap<MessageId, oneshot::Sender<Received>>,
     asked: HashMap<Ipv6Addr, Instant>,
+    /// Packets waiting for a route, oldest first.
+    held: std::collections::VecDeque<(Instant, message::Transmit)>,
     stalled: Stalled,
     log: LogLimiter,
     epoch_unix: i64,
@@ -230,6 +238,7 @@ pub(crate) fn start(
         pops: Vec::new(),
         replies: HashMap::new(),
         asked: HashMap::new(),
+        held: std::collections::VecDeque::new(),
         stalled: Stalled::default(),
         log: LogLimiter::new(Duration::from_secs(10)),
         epoch_unix: crate::owner::unix_now() as i64,
@@ -267,7 +276,11 @@ impl Task {
                 self.events();
                 self.flush().await;
             }
-            let next = self.core.poll_timeout();
+            let mut next = self.core.poll_timeout();
+            if !self.held.is_empty() {
+                let retry = Instant::now() + HOLD_RETRY;
+                next = Some(next.map_or(retry, |t| t.min(retry)));
+            }
             let sleep = async {
                 match next {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -294,6 +307,9 @@ impl Task {
             let now = Instant::now();
             if self.core.poll_timeout().is_some_and(|t| t <= now) {
                 self.core.handle_timeout(now);
+            }
+            if !self.held.is_empty() && !self.core.has_output() {
+                self.flush().await;
             }
         }
     }
@@ -432,7 +448,14 @@ impl Task {
         let mut full: Vec<(LinkId, FrameBatch)> = Vec::new();
         {
             let table = self.ctx.table.load();
-            while let Some(t) = self.core.poll_transmit() {
+            let now = Instant::now();
+            let mut queue = std::mem::take(&mut self.held);
+            queue.retain(|(at, _)| now.saturating_duration_since(*at) < HOLD_MAX);
+            // The core's packets come after the ones that waited.
+            while let Some((since, t)) = queue
+                .pop_front()
+                .or_else(|| self.core.poll_transmit().map(|t| (now, t)))
+            {
                 if self.ctx.own_subnet.contains_addr(t.dst) {
                     // To ourselves: straight back in.
                     let now = Instant::now();
@@ -444,6 +467,10 @@ impl Task {
                     Lookup::Route(nh) if table.links.contains_key(&nh.link) => nh,
                     _ => {
                         self.ask_route(t.dst);
+                        if self.held.len() >= HOLD_PACKETS {
+                            self.held.pop_front();
+                        }
+                        self.held.push_back((since, t));
                         continue;
                     }
                 };

@@ -982,6 +982,79 @@ fn mycelium_and_hypha_exchange_messages() {
         );
         assert_eq!(v["id"], json!(id));
     }
+    // JSON-RPC: the same methods on both nodes give answers of the same shape.
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        k.sort();
+        k
+    };
+    let first = |v: Value| {
+        v.as_array()
+            .and_then(|a| a.first().cloned())
+            .unwrap_or(Value::Null)
+    };
+    for method in ["getInfo"] {
+        assert_eq!(
+            keys(&rpc_ok(&na, method, json!([]))),
+            keys(&rpc_ok(&nb, method, json!([]))),
+            "{method}"
+        );
+    }
+    for method in ["getPeers", "getSelectedRoutes"] {
+        let (h_row, m_row) = (
+            first(rpc_ok(&na, method, json!([]))),
+            first(rpc_ok(&nb, method, json!([]))),
+        );
+        let (hk, mk) = (keys(&h_row), keys(&m_row));
+        assert!(
+            mk.iter().all(|k| hk.contains(k)),
+            "{method}: hypha {hk:?}, mycelium {mk:?}"
+        );
+    }
+    for (method, params) in [
+        ("getDefaultTopicAction", json!([])),
+        ("getTopics", json!([])),
+        ("popMessage", json!([false, 0])),
+        ("getPublicKeyFromIp", json!([h.addr.to_string()])),
+    ] {
+        assert_eq!(
+            rpc_ok(&na, method, params.clone()),
+            rpc_ok(&nb, method, params),
+            "{method}"
+        );
+    }
+    // A message pushed through each node's JSON-RPC to the other; their statuses have one shape.
+    let push = |ns: &Netns, to: Ipv6Addr| {
+        let m = json!({"dst": {"ip": to.to_string()}, "topic": b64(b"rpc"), "payload": b64(b"via json-rpc")});
+        rpc_ok(ns, "pushMessage", json!([m]))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (hid, mid) = (push(&na, m.addr), push(&nb, h.addr));
+    let got_h = rpc_ok(&na, "popMessage", json!([false, 10, b64(b"rpc")]));
+    let got_m = rpc_ok(&nb, "popMessage", json!([false, 10, b64(b"rpc")]));
+    assert_eq!(
+        (got_h["id"].as_str(), got_m["id"].as_str()),
+        (Some(mid.as_str()), Some(hid.as_str()))
+    );
+    assert_eq!(keys(&got_h), keys(&got_m));
+    assert_eq!(got_h["payload"], got_m["payload"]);
+    let (sh, sm) = (
+        rpc_ok(&na, "getMessageInfo", json!([hid])),
+        rpc_ok(&nb, "getMessageInfo", json!([mid])),
+    );
+    assert_eq!(keys(&sh), keys(&sm), "hypha {sh}, mycelium {sm}");
+    for (v, who) in [
+        (&rpc(&na, "noSuchMethod", json!([])), "hypha"),
+        (&rpc(&nb, "noSuchMethod", json!([])), "mycelium"),
+    ] {
+        assert_eq!(v["error"]["code"], -32601, "{who}: {v}");
+    }
+
     let (_, s) = rest(&na, "GET", "/api/v1/admin/stats", None);
     assert_eq!(s["messages"]["malformed"], json!(0), "{s}");
     assert_eq!(s["data"]["dropInner"], json!(0), "{s}");

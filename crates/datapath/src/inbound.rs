@@ -331,8 +331,8 @@ fn count_oob(got: Result<(), OobRefusal>, counters: &DataCounters) -> Option<Oob
 /// that key is for) and adds what it carries to `tun_out`: an IPv6 packet that passes
 /// [`check_inner`], or the ICMPv6 error an out-of-band one reports about a packet of ours
 /// (`orig_cipher` gives the key of that packet's destination). Counts what it refuses; true
-/// when a packet was delivered (errors are counted as received here). A message packet goes to
-/// `messages`, with `sender_key` (the key that opened it).
+/// when a packet was delivered to the TUN (errors are counted as received here). A message
+/// packet goes to `messages`, with `sender_key` (the key that opened it).
 #[allow(clippy::too_many_arguments)]
 pub fn deliver_pending(
     cipher: &Cipher,
@@ -385,7 +385,8 @@ pub fn deliver_pending(
                 packet: payload.to_vec(),
             };
             messages.push(m, counters);
-            true
+            // Not a packet for the TUN: `frames_delivered` counts those only.
+            false
         }
         _ => {
             bump(&counters.drop_inner);

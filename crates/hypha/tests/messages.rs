@@ -1213,6 +1213,63 @@ fn ten_megabytes_each_way_timed_beside_a_mycelium_pair() {
     let m2m = try_timed(&myc, d, &myc, c, m1.addr, &ten, &out);
     let m2m_s = try_timed(&myc, d, &myc, c, m1.addr, &small, &out);
 
+    // A length whose last 1,300-byte chunk would be short (3 × 1300 + 100): hypha's sender
+    // rebalances its last two chunks, so mycelium takes it; between two mycelium nodes it is
+    // only reported.
+    let odd = dir.path().join("odd.bin");
+    std::fs::write(&odd, payload(3 * 1300 + 100, 9)).unwrap();
+    let short_tail = |send: &str, sns: &str, recv: &str, rns: &str, to: Ipv6Addr| {
+        let o = out.to_str().unwrap().to_owned();
+        let (recv_s, rns_s) = (recv.to_owned(), rns.to_owned());
+        let _ = std::fs::remove_file(&out);
+        let r = std::thread::spawn(move || {
+            exec_in(
+                &rns_s,
+                &recv_s,
+                &[
+                    "--api-addr",
+                    API,
+                    "message",
+                    "receive",
+                    "--timeout",
+                    "5",
+                    "-t",
+                    "odd",
+                    "--msg-path",
+                    &o,
+                ],
+            )
+        });
+        exec_in(
+            sns,
+            send,
+            &[
+                "--api-addr",
+                API,
+                "message",
+                "send",
+                "-t",
+                "odd",
+                "--msg-path",
+                odd.to_str().unwrap(),
+                &to.to_string(),
+            ],
+        )
+        .expect("send");
+        let _ = r.join();
+        std::fs::read(&out).ok() == Some(std::fs::read(&odd).unwrap())
+    };
+    assert!(
+        short_tail(BIN, a, &myc, b, m.addr),
+        "hypha -> mycelium, 4,000 bytes"
+    );
+    assert!(
+        short_tail(&myc, b, BIN, a, h.addr),
+        "mycelium -> hypha, 4,000 bytes"
+    );
+    let m2m_odd = short_tail(&myc, d, &myc, c, m1.addr);
+    eprintln!("messages figure: 4,000 bytes (short last chunk) mycelium -> mycelium delivered within 5 s: {m2m_odd}");
+
     let (ne, nf) = (Netns::new("mq").unwrap(), Netns::new("mr").unwrap());
     let [ip_e, _] = link(&ne, &nf, 119).unwrap().addrs;
     let h1 = hypha(&ne, dir.path(), "h1", None, &[]);

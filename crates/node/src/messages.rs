@@ -294,8 +294,10 @@ impl Task {
                     for m in batch {
                         self.core.handle_packet(now, m.src, m.dst, m.sender_key, &m.packet);
                     }
-                    // Take what else is queued before sending the answers.
-                    while let Ok(batch) = inbound.try_recv() {
+                    // Take some more of what is queued before sending the answers (bounded, so
+                    // that requests and timers get their turn under a flood).
+                    for _ in 0..64 {
+                        let Ok(batch) = inbound.try_recv() else { break };
                         for m in batch {
                             self.core.handle_packet(now, m.src, m.dst, m.sender_key, &m.packet);
                         }

@@ -826,6 +826,45 @@ mod tests {
         assert_eq!(st, 200);
     }
 
+    #[tokio::test]
+    async fn messages_without_a_message_task_are_503_and_bad_input_400() {
+        let a = start(Some(fake())).await;
+        let send = r#"{"dst":{"ip":"4ff::1"},"payload":"aGk="}"#;
+        let (st, body) = call(a, "POST", "/api/v1/messages", Some(send)).await;
+        assert_eq!(st, 503);
+        assert_eq!(
+            parse(&body),
+            json!({"error": "this node runs no message subsystem"})
+        );
+        let (st, _) = call(a, "GET", "/api/v1/messages/topics", None).await;
+        assert_eq!(st, 503);
+        // Input is checked before the task is asked.
+        for (path, bad) in [
+            (
+                "/api/v1/messages",
+                r#"{"dst":{"ip":"10.0.0.1"},"payload":"aGk="}"#,
+            ),
+            (
+                "/api/v1/messages",
+                r#"{"dst":{"pk":"zz"},"payload":"aGk="}"#,
+            ),
+            (
+                "/api/v1/messages",
+                r#"{"dst":{"ip":"4ff::1"},"payload":"***"}"#,
+            ),
+            ("/api/v1/messages", r#"{"payload":"aGk="}"#),
+            ("/api/v1/messages/reply/nothex", send),
+        ] {
+            let (st, body) = call(a, "POST", path, Some(bad)).await;
+            assert_eq!(st, 400, "{bad}: {body}");
+            assert!(!parse(&body)["error"].as_str().unwrap().contains('\n'));
+        }
+        let (st, _) = call(a, "GET", "/api/v1/messages/status/123", None).await;
+        assert_eq!(st, 400);
+        let (st, _) = call(a, "GET", "/api/v1/messages?topic=***", None).await;
+        assert_eq!(st, 400);
+    }
+
     /// A node that takes requests but never answers: the handler gives up with 503.
     #[tokio::test(start_paused = true)]
     async fn stuck_node_is_503_not_a_hang() {

@@ -264,7 +264,6 @@ pub async fn send(
     reply_to: Option<MessageId>,
     reply_timeout: Option<u64>,
 ) -> Result<Sent, OpError> {
-    let h = handle(c)?;
     let dst = match &m.dst {
         Some(d) => destination(d)?,
         None => return Err(bad("the message needs a destination (\"dst\")")),
@@ -275,7 +274,7 @@ pub async fn send(
     };
     let data = b64::decode(&m.payload).ok_or_else(|| bad("payload is not base64"))?;
     let wait = reply_timeout.is_some() && reply_to.is_none();
-    let (id, rx) = h
+    let (id, rx) = handle(c)?
         .push(dst, topic, data, reply_to, wait)
         .await?
         .map_err(|e| {

@@ -1295,3 +1295,45 @@ fn ten_megabytes_each_way_timed_beside_a_mycelium_pair() {
         s["messages"]["packetsOut"], s["messages"]["retransmits"]
     );
 }
+
+/// 10 MB between two hypha nodes through the REST API, timed in its parts (printed): the POST
+/// (JSON and base64 of 14 MB), the transfer until the sender's status says received, and the
+/// receiver's GET.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root (namespaces)")]
+fn ten_megabytes_between_hypha_nodes_through_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (na, nb) = (Netns::new("mu").unwrap(), Netns::new("mv").unwrap());
+    let [ip_a, _] = link(&na, &nb, 121).expect("veth").addrs;
+    let a = hypha(&na, dir.path(), "a", None, &[]);
+    let b = hypha(
+        &nb,
+        dir.path(),
+        "b",
+        Some(&format!("tcp://{ip_a}:9651")),
+        &[],
+    );
+    wait_route(&a, b.addr);
+    let big = payload(10 << 20, 3);
+    let body = json!({"dst": {"ip": b.addr.to_string()}, "payload": b64(&big)}).to_string();
+    let start = Instant::now();
+    let (st, ans) = rest(&na, "POST", "/api/v1/messages", Some(&body));
+    let posted = start.elapsed();
+    assert_eq!(st, 201, "{ans}");
+    let status = format!("/api/v1/messages/status/{}", ans["id"].as_str().unwrap());
+    let done = wait_until(Duration::from_secs(30), || {
+        rest(&na, "GET", &status, None).1["state"] == json!("received")
+    });
+    assert!(done.is_ok(), "{}", a.log_tail());
+    let received = start.elapsed();
+    let (st, got) = rest(&nb, "GET", "/api/v1/messages", None);
+    let read = start.elapsed();
+    assert_eq!(st, 200);
+    assert_eq!(unb64(got["payload"].as_str().unwrap()), big);
+    eprintln!(
+        "messages figure: 10 MB hypha -> hypha through REST: POST {posted:.0?}, transfer {:.0?}, \
+         GET {:.0?}",
+        received - posted,
+        read - received
+    );
+}

@@ -26,47 +26,78 @@ pub const BODY_MAX: usize = 24 << 20;
 /// Standard base64 with padding (RFC 4648 §4), as the APIs carry payloads and topics.
 pub mod b64 {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const INVALID: u8 = 0xff;
+    /// The value of each byte as a base64 digit, or [`INVALID`].
+    const DIGITS: [u8; 256] = {
+        let mut t = [INVALID; 256];
+        let mut i = 0;
+        while i < 64 {
+            t[ALPHABET[i] as usize] = i as u8;
+            i += 1;
+        }
+        t
+    };
 
     pub fn encode(data: &[u8]) -> String {
-        let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-        for c in data.chunks(3) {
-            let n = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for i in 0..4 {
-                if i <= c.len() {
-                    out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-                } else {
-                    out.push('=');
-                }
-            }
+        let mut out = Vec::with_capacity(data.len().div_ceil(3) * 4);
+        let digit = |n: u32, shift: u32| ALPHABET[(n >> shift & 63) as usize];
+        let mut chunks = data.chunks_exact(3);
+        for c in &mut chunks {
+            let n = u32::from(c[0]) << 16 | u32::from(c[1]) << 8 | u32::from(c[2]);
+            out.extend_from_slice(&[digit(n, 18), digit(n, 12), digit(n, 6), digit(n, 0)]);
         }
-        out
+        match *chunks.remainder() {
+            [a] => {
+                let n = u32::from(a) << 16;
+                out.extend_from_slice(&[digit(n, 18), digit(n, 12), b'=', b'=']);
+            }
+            [a, b] => {
+                let n = u32::from(a) << 16 | u32::from(b) << 8;
+                out.extend_from_slice(&[digit(n, 18), digit(n, 12), digit(n, 6), b'=']);
+            }
+            _ => {}
+        }
+        // Only ASCII from the alphabet was written.
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// Decodes padded or unpadded standard base64; `None` for anything else.
     pub fn decode(s: &str) -> Option<Vec<u8>> {
-        let s = s.trim_end_matches('=');
+        let s = s.trim_end_matches('=').as_bytes();
         if s.len() % 4 == 1 {
             return None;
         }
-        let mut out = Vec::with_capacity(s.len() * 3 / 4);
-        let (mut acc, mut bits) = (0u32, 0u32);
-        for b in s.bytes() {
-            let v = match b {
-                b'A'..=b'Z' => b - b'A',
-                b'a'..=b'z' => b - b'a' + 26,
-                b'0'..=b'9' => b - b'0' + 52,
-                b'+' => 62,
-                b'/' => 63,
-                _ => return None,
-            };
-            acc = (acc << 6) | u32::from(v);
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((acc >> bits) as u8);
-                acc &= (1 << bits) - 1;
+        let mut out = Vec::with_capacity(s.len() / 4 * 3 + 2);
+        let mut chunks = s.chunks_exact(4);
+        for c in &mut chunks {
+            let d = [
+                DIGITS[c[0] as usize],
+                DIGITS[c[1] as usize],
+                DIGITS[c[2] as usize],
+                DIGITS[c[3] as usize],
+            ];
+            if d.contains(&INVALID) {
+                return None;
+            }
+            let n = u32::from(d[0]) << 18
+                | u32::from(d[1]) << 12
+                | u32::from(d[2]) << 6
+                | u32::from(d[3]);
+            out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut n = 0u32;
+            for (i, &b) in rest.iter().enumerate() {
+                let d = DIGITS[b as usize];
+                if d == INVALID {
+                    return None;
+                }
+                n |= u32::from(d) << (18 - 6 * i);
+            }
+            out.push((n >> 16) as u8);
+            if rest.len() == 3 {
+                out.push((n >> 8) as u8);
             }
         }
         Some(out)

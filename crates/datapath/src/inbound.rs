@@ -99,6 +99,45 @@ pub struct Receiver {
     outbox: Outbox,
     built: TunBatch,
     in_place: InPlace,
+    messages: MessageBatch,
+}
+
+/// Most message packets one read hands to the message task (more are dropped and counted as
+/// `queue_full`; the sender retransmits them).
+pub const MESSAGE_BATCH_MAX: usize = 1024;
+
+/// A message-protocol packet (inner type 1) for us, opened: its ends, its sender's public key
+/// and the plaintext after the inner header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboundMessage {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub sender_key: [u8; 32],
+    pub packet: Vec<u8>,
+}
+
+/// Message packets opened since the shell last took them, at most [`MESSAGE_BATCH_MAX`].
+#[derive(Debug, Default)]
+pub struct MessageBatch {
+    items: Vec<InboundMessage>,
+}
+
+impl MessageBatch {
+    fn push(&mut self, m: InboundMessage, counters: &DataCounters) {
+        if self.items.len() >= MESSAGE_BATCH_MAX {
+            bump(&counters.drop_queue_full);
+            return;
+        }
+        self.items.push(m);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn drain(&mut self) -> std::vec::Drain<'_, InboundMessage> {
+        self.items.drain(..)
+    }
 }
 
 impl Receiver {
@@ -114,6 +153,7 @@ impl Receiver {
             outbox: Outbox::default(),
             built: TunBatch::default(),
             in_place: InPlace::default(),
+            messages: MessageBatch::default(),
         }
     }
 
@@ -141,6 +181,7 @@ impl Receiver {
             refresh: &mut self.refresh,
             stale: &mut self.stale,
             budgets: &mut self.budgets,
+            messages: &mut self.messages,
             now,
             admitted: None,
         };
@@ -192,6 +233,11 @@ impl Receiver {
         self.built.clear();
     }
 
+    /// The message packets for us from the frames handled since the last call.
+    pub fn messages(&mut self) -> &mut MessageBatch {
+        &mut self.messages
+    }
+
     /// The batches for next hops from the frames handled since the last call.
     #[inline]
     pub fn transmits(&mut self) -> impl Iterator<Item = (LinkId, FrameBatch)> + '_ {
@@ -215,6 +261,8 @@ pub(crate) struct Inbound<'a, N> {
     /// When each sender last made us ask for a new session.
     pub stale: &'a mut RefreshTracker,
     pub budgets: &'a mut LinkBudgets,
+    /// Message packets for us, for the message task.
+    pub messages: &'a mut MessageBatch,
     pub now: Instant,
     /// Set by `accept`: the IPv6 packet it was given may go to the TUN (with the virtio header
     /// to write it with, for a super-packet).
@@ -312,13 +360,17 @@ fn count_oob(got: Result<(), OobRefusal>, counters: &DataCounters) -> Option<Oob
 /// Opens a frame kept by the owner until its sender's key was known (`sender` is the subnet
 /// that key is for) and adds what it carries to `tun_out`: an IPv6 packet that passes
 /// [`check_inner`], or the ICMPv6 error an out-of-band one reports about a packet of ours
-/// (`orig_cipher` gives the key of that packet's destination). Counts what it refuses.
+/// (`orig_cipher` gives the key of that packet's destination). Counts what it refuses. A message
+/// packet goes to `messages`, with `sender_key` (the key that opened it).
+#[allow(clippy::too_many_arguments)]
 pub fn deliver_pending(
     cipher: &Cipher,
     sender: Subnet,
+    sender_key: [u8; 32],
     own: Subnet,
     frame: &mut InboundFrame,
     tun_out: &mut TunBatch,
+    messages: &mut MessageBatch,
     counters: &DataCounters,
     orig_cipher: &dyn Fn(Ipv6Addr) -> Option<Cipher>,
 ) -> PendingOutcome {
@@ -354,6 +406,17 @@ pub fn deliver_pending(
                 tun_out,
             );
             count_oob(got, counters);
+            PendingOutcome::Refused
+        }
+        PayloadType::Message => {
+            let m = InboundMessage {
+                src: frame.src,
+                dst: frame.dst,
+                sender_key,
+                packet: payload.to_vec(),
+            };
+            messages.push(m, counters);
+            // Not a packet for the TUN: `frames_delivered` counts those only.
             PendingOutcome::Refused
         }
         _ => {
@@ -456,7 +519,9 @@ impl<N: NeedSink> Inbound<'_, N> {
                         let sender = Subnet::slash64(src);
                         let len = payload.len();
                         let session = Some(&*e.session);
-                        self.accept(table, hop, frame, sender, kind, payload, session, tun_out);
+                        self.accept(
+                            table, hop, frame, sender, None, kind, payload, session, tun_out,
+                        );
                         self.place(frame, len, in_place);
                         return;
                     }
@@ -499,7 +564,17 @@ impl<N: NeedSink> Inbound<'_, N> {
             }
         };
         let len = payload.len();
-        self.accept(table, hop, frame, sender, kind, payload, None, tun_out);
+        self.accept(
+            table,
+            hop,
+            frame,
+            sender,
+            Some(key),
+            kind,
+            payload,
+            None,
+            tun_out,
+        );
         self.place(frame, len, in_place);
     }
 
@@ -525,6 +600,7 @@ impl<N: NeedSink> Inbound<'_, N> {
         hop: u8,
         frame: &DataFrame,
         sender: Subnet,
+        sender_key: Option<[u8; 32]>,
         kind: PayloadType,
         payload: &mut [u8],
         session: Option<&Session>,
@@ -614,6 +690,20 @@ impl<N: NeedSink> Inbound<'_, N> {
                 }
             }
             PayloadType::Keepalive => {}
+            PayloadType::Message => {
+                // Messages travel under the static key: its owner is the sender.
+                let Some(sender_key) = sender_key else {
+                    bump(&self.counters.drop_inner);
+                    return;
+                };
+                let m = InboundMessage {
+                    src,
+                    dst: frame.dst,
+                    sender_key,
+                    packet: payload.to_vec(),
+                };
+                self.messages.push(m, self.counters);
+            }
             _ => bump(&self.counters.drop_inner),
         }
     }

@@ -36,6 +36,7 @@ mod table;
 pub use batch::{FrameBatch, InPlace, Outbox, Run, TunBatch};
 pub use counters::{bump, DataCounters};
 pub use inbound::{check_inner, deliver_pending, may_have_key, DataFrame, InnerRefusal};
+pub use inbound::{InboundMessage, MessageBatch, MESSAGE_BATCH_MAX};
 pub use inbound::{LinkBudgets, ICMP_BURST, ICMP_PER_SEC, LINK_NEEDS_BURST, LINK_NEEDS_PER_SEC};
 pub use inbound::{PendingOutcome, Receiver};
 pub use outbound::{push_sealed, push_sealed_l3, FrameSink, SealKey, Sender};

@@ -94,6 +94,12 @@ impl SealKey<'_> {
         }
     }
 
+    /// The static key of `cipher`.
+    #[inline]
+    pub fn of(cipher: &Cipher) -> SealKey<'_> {
+        SealKey::Static(Cow::Borrowed(cipher))
+    }
+
     #[inline]
     pub fn is_session(&self) -> bool {
         matches!(self, SealKey::Session(_))

@@ -307,6 +307,7 @@ fn receive_hop(
         refresh: &mut refresh,
         stale: &mut stale,
         budgets,
+        messages: &mut Default::default(),
         now,
         admitted: Default::default(),
     };
@@ -742,6 +743,73 @@ fn a_queue_drops_the_largest_frame_of_a_batch_and_keeps_the_rest_whole() {
     };
     assert_eq!(junk.drop_largest_frame(), 0);
     assert_eq!(junk.bytes.len(), 100);
+}
+
+#[test]
+fn message_packets_for_us_go_to_the_message_batch_with_their_senders_key() {
+    let f = fixture();
+    let (a, b) = (f.a.address(), f.b.address());
+    let msg = [0x5au8; 40];
+    let mut stream = Vec::new();
+    let body = body_for(&f.b, &f.a, 1, &msg);
+    wire::frame::encode_data(&mut stream, 64, b, a, &body).unwrap();
+    // A message packet sealed by A for B through the generic sealing function opens as one.
+    let cipher = f.a.cipher_for(&f.b.public_key()).unwrap();
+    let mut out = Vec::new();
+    assert!(crate::push_sealed(
+        &mut out,
+        &crate::SealKey::of(&cipher),
+        crypto::PayloadType::Message,
+        &msg,
+        64,
+        a,
+        b
+    ));
+    let mut r = FrameReader::with_capacity(out.len() + 1);
+    r.push(&out);
+    let Some(Frame::Data { body, .. }) = r.next_frame_mut().unwrap() else {
+        panic!("expected a data frame");
+    };
+    let back = f.b.cipher_for(&f.a.public_key()).unwrap();
+    let (kind, plain) = back.open_payload(body).unwrap();
+    assert_eq!((kind, &*plain), (crypto::PayloadType::Message, &msg[..]));
+    let mut reader = FrameReader::new();
+    reader.push(&stream);
+    let mut rx = Receiver::new(f.a.subnet(), LinkId(1), f.counters.clone());
+    while let Some(Frame::Data {
+        hop_limit,
+        src,
+        dst,
+        body,
+    }) = reader.next_frame_at().unwrap()
+    {
+        let frame = DataFrame {
+            hop_limit,
+            src,
+            dst,
+            body,
+        };
+        let now = Instant::now();
+        rx.handle_data(
+            &f.table,
+            &mut *f.needs.borrow_mut(),
+            now,
+            reader.buffer_mut(),
+            frame,
+        );
+    }
+    assert_eq!(rx.tun_len(), 0);
+    let got: Vec<_> = rx.messages().drain().collect();
+    assert_eq!(
+        got,
+        vec![crate::InboundMessage {
+            src: b,
+            dst: a,
+            sender_key: f.b.public_key(),
+            packet: msg.to_vec(),
+        }]
+    );
+    assert_eq!(count(&f.counters.drop_inner), 0);
 }
 
 /// Sessions between managers, and session frames through the receiver and sender.

@@ -13,6 +13,7 @@ use serde::Deserialize;
 pub const DEFAULT_TCP_PORT: u16 = 9651;
 pub const DEFAULT_DISCOVERY_PORT: u16 = 9650;
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8989";
+pub const DEFAULT_JSONRPC_ADDR: &str = "127.0.0.1:8990";
 pub const DEFAULT_TUN_NAME: &str = "hypha";
 
 #[derive(Parser, Debug)]
@@ -135,9 +136,27 @@ pub struct NodeArgs {
     #[arg(short = 'q', long = "quic-listen-port")]
     pub quic_listen_port: Option<u16>,
 
-    /// Accepted for compatibility; not supported (no JSON-RPC API)
+    /// Address of the JSON-RPC 2.0 API [default: 127.0.0.1:8990; when the default is taken, the
+    /// node runs without it and says so]
     #[arg(long = "jsonrpc-addr")]
     pub jsonrpc_addr: Option<SocketAddr>,
+
+    /// TOML file of message topics: `default = "Accept"|"Reject"`, then per topic
+    /// `subnets = [...]` and `forward_socket = "/path"` (docs/messages.md)
+    #[arg(long = "topic-config", value_name = "FILE")]
+    pub topic_config: Option<PathBuf>,
+
+    /// Messages the inbox holds at most, counting those being received [default: 1024]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub inbox_max_messages: Option<u64>,
+
+    /// Bytes the inbox holds at most, counting those being received [default: 67108864]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub inbox_max_bytes: Option<u64>,
+
+    /// Longest message sent or accepted, in bytes [default: 16777216]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_message_size: Option<u64>,
 
     /// Serve Prometheus metrics (`GET /metrics`) on this address, e.g. 127.0.0.1:9100
     #[arg(long = "metrics-api-address")]
@@ -206,6 +225,11 @@ pub enum Command {
         #[arg(long)]
         no_wait: bool,
     },
+    /// Send or receive messages through the running node
+    Message {
+        #[command(subcommand)]
+        cmd: MessageCmd,
+    },
     /// Benchmark the data path (root): raw veth, hypha with and without offloads, the forwarding
     /// floors and other nodes (--compare), in network namespaces with iperf3 and ping; prints one
     /// table
@@ -221,6 +245,47 @@ pub enum Command {
             value_name = "ARGS"
         )]
         args: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MessageCmd {
+    /// Send a message; prints its id as JSON, or the reply with --wait
+    Send {
+        /// Wait for a reply (up to --timeout seconds; default: a year)
+        #[arg(short = 'w', long)]
+        wait: bool,
+        /// Seconds to wait for the reply
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Topic (text, at most 255 bytes)
+        #[arg(short = 't', long)]
+        topic: Option<String>,
+        /// Read the message from this file
+        #[arg(long = "msg-path")]
+        msg_path: Option<PathBuf>,
+        /// Send as the reply to this received message's id
+        #[arg(long = "reply-to", conflicts_with = "wait")]
+        reply_to: Option<String>,
+        /// Overlay address or hex public key of the receiver
+        destination: String,
+        /// The message text (unless --msg-path)
+        message: Option<String>,
+    },
+    /// Receive a message; prints it as JSON (UTF-8 payloads as text)
+    Receive {
+        /// Seconds to wait for one (default: a year); nothing printed if none came
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Only a message with this topic
+        #[arg(short = 't', long)]
+        topic: Option<String>,
+        /// Write the payload to this file
+        #[arg(long = "msg-path")]
+        msg_path: Option<PathBuf>,
+        /// Print only the payload, as it came
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -288,6 +353,10 @@ pub struct FileConfig {
     pub disable_quic: Option<bool>,
     pub quic_listen_port: Option<u16>,
     pub jsonrpc_addr: Option<SocketAddr>,
+    pub topic_config: Option<PathBuf>,
+    pub inbox_max_messages: Option<u64>,
+    pub inbox_max_bytes: Option<u64>,
+    pub max_message_size: Option<u64>,
     pub metrics_api_address: Option<SocketAddr>,
     pub api_allowed_host: Option<Vec<String>>,
     pub firewall_mark: Option<u32>,
@@ -327,6 +396,11 @@ pub struct Settings {
     pub peer_discovery_port: u16,
     pub peer_discovery_interface: Vec<String>,
     pub metrics_api_address: Option<SocketAddr>,
+    /// JSON-RPC address, and whether it was asked for (not the default).
+    pub jsonrpc_addr: SocketAddr,
+    pub jsonrpc_explicit: bool,
+    /// The message subsystem's bounds and topics.
+    pub messages: node::messages::MessageSettings,
     /// Host names the API answers to besides IP literals and `localhost`.
     pub api_access: ApiAccess,
     /// Flags given that hypha accepts but does not implement, for a log line each.
@@ -384,9 +458,6 @@ impl Cli {
         }
         if n.quic_listen_port.or(f.quic_listen_port).is_some() {
             unsupported.push("--quic-listen-port (no QUIC transport)");
-        }
-        if n.jsonrpc_addr.or(f.jsonrpc_addr).is_some() {
-            unsupported.push("--jsonrpc-addr (no JSON-RPC API; use the REST API)");
         }
         if n.firewall_mark.or(f.firewall_mark).is_some() {
             unsupported.push("--firewall-mark");
@@ -491,6 +562,28 @@ impl Cli {
                 n.peer_discovery_interface.clone()
             },
             metrics_api_address: n.metrics_api_address.or(f.metrics_api_address),
+            jsonrpc_addr: n
+                .jsonrpc_addr
+                .or(f.jsonrpc_addr)
+                .unwrap_or_else(|| DEFAULT_JSONRPC_ADDR.parse().expect("valid default")),
+            jsonrpc_explicit: n.jsonrpc_addr.or(f.jsonrpc_addr).is_some(),
+            messages: {
+                let mut config = message::Config::default();
+                if let Some(v) = n.inbox_max_messages.or(f.inbox_max_messages) {
+                    config.inbox_max_messages = v as usize;
+                }
+                if let Some(v) = n.inbox_max_bytes.or(f.inbox_max_bytes) {
+                    config.inbox_max_bytes = v;
+                }
+                if let Some(v) = n.max_message_size.or(f.max_message_size) {
+                    config.max_message_len = v;
+                }
+                let topics = match n.topic_config.clone().or(f.topic_config) {
+                    Some(p) => crate::topics::load(&p)?,
+                    None => message::Topics::default(),
+                };
+                node::messages::MessageSettings { config, topics }
+            },
             api_access,
             unsupported,
         })
@@ -550,7 +643,9 @@ mod tests {
         ]);
         let s = c.merge(FileConfig::default()).unwrap();
         assert_eq!(s.peers.len(), 2);
-        assert_eq!(s.unsupported.len(), 3);
+        assert_eq!(s.unsupported.len(), 2);
+        assert!(s.jsonrpc_explicit);
+        assert_eq!(s.jsonrpc_addr, "127.0.0.1:8990".parse().unwrap());
         assert_eq!(
             s.metrics_api_address,
             Some("127.0.0.1:9999".parse().unwrap())
@@ -575,6 +670,44 @@ mod tests {
             "invalid --api-allowed-host 'node1.lan:9100' is not a host name \
              (letters, digits, '-' and '_' in dot-separated labels, no port)"
         );
+    }
+
+    #[test]
+    fn message_settings_from_flags_file_and_topic_file() {
+        let dir = std::env::temp_dir().join(format!("hypha-cli-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let topics = dir.join("topics.toml");
+        std::fs::write(&topics, "default = \"Reject\"\nchat = [\"400::/7\"]\n").unwrap();
+        let f = FileConfig::parse(&format!(
+            "inbox_max_bytes = 1000\ntopic_config = {:?}\n",
+            topics.display().to_string()
+        ))
+        .unwrap();
+        let s = cli(&["--inbox-max-messages", "7", "--max-message-size", "500"])
+            .merge(f)
+            .unwrap();
+        assert_eq!(s.messages.config.inbox_max_messages, 7);
+        assert_eq!(s.messages.config.inbox_max_bytes, 1000);
+        assert_eq!(s.messages.config.max_message_len, 500);
+        assert!(!s.messages.topics.default_accept);
+        assert!(s.messages.topics.allows(b"chat", "4aa::1".parse().unwrap()));
+        assert!(!s.jsonrpc_explicit);
+        std::fs::write(&topics, "chat = [\"nonsense\"]\n").unwrap();
+        let e = cli(&["--topic-config", topics.to_str().unwrap()])
+            .merge(FileConfig::default())
+            .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("bad topic config") && e.contains("nonsense"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        assert!(cli_err(&["--inbox-max-messages", "0"]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn cli_err(args: &[&str]) -> bool {
+        Cli::try_parse_from(std::iter::once("hypha").chain(args.iter().copied())).is_err()
     }
 
     #[test]

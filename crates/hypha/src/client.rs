@@ -372,6 +372,26 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
             let _ = writeln!(o, "sessions: off (--no-sessions)");
         }
     }
+    let m = &s.messages;
+    let _ = writeln!(
+        o,
+        "messages sent {} ({}), received {} ({}), failed {}; inbox {} ({}), receiving {}, \
+         sending {}; refused: malformed {}, inbox full {}, too large {}, topic {}, checksum {}",
+        m.sent,
+        human_bytes(m.sent_bytes),
+        m.received,
+        human_bytes(m.received_bytes),
+        m.failed,
+        m.inbox_messages,
+        human_bytes(m.inbox_bytes),
+        m.incoming,
+        m.outgoing,
+        m.malformed,
+        m.refused_inbox_full,
+        m.refused_too_large,
+        m.refused_topic,
+        m.bad_checksum
+    );
     o
 }
 
@@ -1229,6 +1249,10 @@ mod tests {
         assert!(text.contains("own address 2,"), "{text}");
         assert!(text.contains("refused: cap 5,"), "{text}");
         assert!(text.contains("links closed: none\n"), "{text}");
+        assert!(
+            text.contains("messages sent 0 (0 B), received 0 (0 B), failed 0; inbox 0 (0 B)"),
+            "{text}"
+        );
         a.links_closed.peer_closed = 3;
         a.links_closed.write_stalled = 1;
         let text = stats_text(&a, None);

@@ -170,9 +170,12 @@ pub fn run(wait: bool) -> anyhow::Result<()> {
         );
     }
     if wait {
+        let (a, c) = (&nodes[0], &nodes[2]);
         println!(
-            "\nThe overlay stays up until Ctrl-C. Try: ip netns exec {} ping {}",
-            nodes[0].ns, nodes[2].addr
+            "\nThe overlay stays up until Ctrl-C. Try:\n  ip netns exec {} ping {}\n  \
+             ip netns exec {} {exe_s} message receive --timeout 60 &\n  \
+             ip netns exec {} {exe_s} message send -t demo {} 'hello from A'",
+            a.ns, c.addr, c.ns, a.ns, c.addr
         );
         let _ = ctrl_c.recv();
     }

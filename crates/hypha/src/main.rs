@@ -5,6 +5,8 @@ mod bench;
 mod cli;
 mod client;
 mod demo;
+mod message_cli;
+mod topics;
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -30,6 +32,7 @@ fn main() {
         Some(Command::GenerateKeys { force }) => generate_keys(&settings.key_file, force),
         Some(Command::Demo { no_wait }) => demo::run(!no_wait),
         Some(Command::Bench { args }) => bench::forward(&args),
+        Some(Command::Message { cmd }) => message_cli::run(cmd, settings.api_addr),
         Some(
             cmd @ (Command::Peers { .. }
             | Command::Routes { .. }
@@ -114,6 +117,9 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
             }
             limits
         }),
+        messages: s.messages.clone(),
+        jsonrpc_addr: Some(s.jsonrpc_addr),
+        jsonrpc_optional: !s.jsonrpc_explicit,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,6 +9,8 @@
 //! `Host` names (DNS rebinding), foreign origins, and bodies not declared JSON.
 
 mod guard;
+pub mod jsonrpc;
+pub mod messages;
 pub mod types;
 
 use std::future::Future;
@@ -104,6 +106,7 @@ pub fn router(control: Control, access: &ApiAccess) -> Router {
         .route("/api/v1/admin/stats", get(stats))
         .route("/api/v1/admin/sessions", get(sessions))
         .route("/api/v1/pubkey/{ip}", get(pubkey))
+        .merge(messages::routes())
         .fallback(not_found)
         .with_state(control)
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
@@ -198,14 +201,18 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-async fn admin(State(c): State<Control>) -> Json<AdminInfo> {
+fn admin_info(c: &Control) -> AdminInfo {
     let i = c.info();
-    Json(AdminInfo {
+    AdminInfo {
         node_subnet: i.node_subnet.to_string(),
         node_ip: i.node_ip,
         node_pubkey: hex(&i.node_pubkey),
         node_start_time: i.node_start_time,
-    })
+    }
+}
+
+async fn admin(State(c): State<Control>) -> Json<AdminInfo> {
+    Json(admin_info(&c))
 }
 
 impl From<PeerInfo> for PeerRow {
@@ -824,6 +831,45 @@ mod tests {
         // What needs no owner still answers.
         let (st, _) = call(a, "GET", "/api/v1/admin", None).await;
         assert_eq!(st, 200);
+    }
+
+    #[tokio::test]
+    async fn messages_without_a_message_task_are_503_and_bad_input_400() {
+        let a = start(Some(fake())).await;
+        let send = r#"{"dst":{"ip":"4ff::1"},"payload":"aGk="}"#;
+        let (st, body) = call(a, "POST", "/api/v1/messages", Some(send)).await;
+        assert_eq!(st, 503);
+        assert_eq!(
+            parse(&body),
+            json!({"error": "this node runs no message subsystem"})
+        );
+        let (st, _) = call(a, "GET", "/api/v1/messages/topics", None).await;
+        assert_eq!(st, 503);
+        // Input is checked before the task is asked.
+        for (path, bad) in [
+            (
+                "/api/v1/messages",
+                r#"{"dst":{"ip":"10.0.0.1"},"payload":"aGk="}"#,
+            ),
+            (
+                "/api/v1/messages",
+                r#"{"dst":{"pk":"zz"},"payload":"aGk="}"#,
+            ),
+            (
+                "/api/v1/messages",
+                r#"{"dst":{"ip":"4ff::1"},"payload":"***"}"#,
+            ),
+            ("/api/v1/messages", r#"{"payload":"aGk="}"#),
+            ("/api/v1/messages/reply/nothex", send),
+        ] {
+            let (st, body) = call(a, "POST", path, Some(bad)).await;
+            assert_eq!(st, 400, "{bad}: {body}");
+            assert!(!parse(&body)["error"].as_str().unwrap().contains('\n'));
+        }
+        let (st, _) = call(a, "GET", "/api/v1/messages/status/123", None).await;
+        assert_eq!(st, 400);
+        let (st, _) = call(a, "GET", "/api/v1/messages?topic=***", None).await;
+        assert_eq!(st, 400);
     }
 
     /// A node that takes requests but never answers: the handler gives up with 503.

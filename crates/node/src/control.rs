@@ -142,6 +142,8 @@ pub struct Control {
     tx: mpsc::Sender<Request>,
     /// Counted by the API's own checks, which run before any request reaches the owner tasks.
     api: Arc<ApiCounters>,
+    /// The message task, when the node runs one.
+    messages: Option<crate::messages::MessageHandle>,
 }
 
 impl Control {
@@ -150,7 +152,19 @@ impl Control {
             info,
             tx,
             api: Arc::default(),
+            messages: None,
         }
+    }
+
+    /// The same handle, with the message task's.
+    pub fn with_messages(mut self, m: crate::messages::MessageHandle) -> Control {
+        self.messages = Some(m);
+        self
+    }
+
+    /// The message task's handle; `None` on a node without one.
+    pub fn messages(&self) -> Option<&crate::messages::MessageHandle> {
+        self.messages.as_ref()
     }
 
     /// The refusal counters of the API and metrics endpoint served with this handle.
@@ -195,6 +209,9 @@ impl Control {
     pub async fn stats(&self) -> Result<Stats, NodeGone> {
         let mut s = self.ask(Request::Stats).await?;
         s.api = ApiStats::from_counters(&self.api);
+        if let Some(m) = &self.messages {
+            s.messages = crate::metrics::MessageStats::from(m.stats().await?);
+        }
         Ok(s)
     }
 

@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod gate;
 mod keys;
 mod link;
+pub mod messages;
 mod node;
 mod owner;
 mod pending;

@@ -133,6 +133,9 @@ pub struct Stats {
     /// End-to-end sessions with other hypha nodes (`None` with `--no-sessions`).
     #[serde(default)]
     pub sessions: Option<SessionStats>,
+    /// The message subsystem.
+    #[serde(default)]
+    pub messages: MessageStats,
 }
 
 /// The node's end-to-end sessions (`docs/sessions.md`): totals, and one row per remote node.
@@ -221,6 +224,59 @@ impl SessionStats {
                     super_fallbacks: r.super_fallbacks,
                 })
                 .collect(),
+        }
+    }
+}
+
+/// The message subsystem's counters (see `message::Stats`); the last five are gauges.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MessageStats {
+    pub sent: u64,
+    pub sent_bytes: u64,
+    pub received: u64,
+    pub received_bytes: u64,
+    pub failed: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub retransmits: u64,
+    pub malformed: u64,
+    pub refused_inbox_full: u64,
+    pub refused_too_large: u64,
+    pub refused_topic: u64,
+    pub bad_checksum: u64,
+    pub aborted_incoming: u64,
+    pub idle_incoming: u64,
+    pub inbox_messages: u64,
+    pub inbox_bytes: u64,
+    pub incoming: u64,
+    pub outgoing: u64,
+    pub outbox_bytes: u64,
+}
+
+impl From<message::Stats> for MessageStats {
+    fn from(s: message::Stats) -> MessageStats {
+        MessageStats {
+            sent: s.sent,
+            sent_bytes: s.sent_bytes,
+            received: s.received,
+            received_bytes: s.received_bytes,
+            failed: s.failed,
+            packets_in: s.packets_in,
+            packets_out: s.packets_out,
+            retransmits: s.retransmits,
+            malformed: s.malformed,
+            refused_inbox_full: s.refused_inbox_full,
+            refused_too_large: s.refused_too_large,
+            refused_topic: s.refused_topic,
+            bad_checksum: s.bad_checksum,
+            aborted_incoming: s.aborted_incoming,
+            idle_incoming: s.idle_incoming,
+            inbox_messages: s.inbox_messages,
+            inbox_bytes: s.inbox_bytes,
+            incoming: s.incoming,
+            outgoing: s.outgoing,
+            outbox_bytes: s.outbox_bytes,
         }
     }
 }
@@ -1093,8 +1149,106 @@ impl Collector for StatsCollector {
             ]
             .map(|(r, v)| ([("kind", r)], v)),
         )?;
-        Ok(())
+        encode_messages(e, &s.messages)
     }
+}
+
+fn encode_messages(e: &mut DescriptorEncoder, m: &MessageStats) -> std::fmt::Result {
+    let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    counter(
+        e,
+        "hypha_messages_sent",
+        "Messages sent and acknowledged in full",
+        m.sent,
+    )?;
+    counter(
+        e,
+        "hypha_message_bytes_sent",
+        "Bytes of messages sent",
+        m.sent_bytes,
+    )?;
+    counter(
+        e,
+        "hypha_messages_received",
+        "Messages received in full",
+        m.received,
+    )?;
+    counter(
+        e,
+        "hypha_message_bytes_received",
+        "Bytes of messages received",
+        m.received_bytes,
+    )?;
+    counter(
+        e,
+        "hypha_messages_failed",
+        "Outgoing messages given up at their deadline",
+        m.failed,
+    )?;
+    counter(
+        e,
+        "hypha_message_packets_in",
+        "Message packets received",
+        m.packets_in,
+    )?;
+    counter(
+        e,
+        "hypha_message_packets_out",
+        "Message packets sent",
+        m.packets_out,
+    )?;
+    counter(
+        e,
+        "hypha_message_retransmits",
+        "Message packets sent again after no acknowledgement",
+        m.retransmits,
+    )?;
+    family(
+        e,
+        "hypha_messages_refused",
+        "Incoming message packets or messages refused, by reason",
+        MetricType::Counter,
+        [
+            ("malformed", m.malformed),
+            ("inbox_full", m.refused_inbox_full),
+            ("too_large", m.refused_too_large),
+            ("topic", m.refused_topic),
+            ("checksum", m.bad_checksum),
+            ("aborted", m.aborted_incoming),
+            ("idle", m.idle_incoming),
+        ]
+        .map(|(r, v)| ([("reason", r)], v)),
+    )?;
+    gauge(
+        e,
+        "hypha_message_inbox_depth",
+        "Messages waiting to be read",
+        g(m.inbox_messages),
+    )?;
+    gauge(
+        e,
+        "hypha_message_inbox_bytes",
+        "Bytes held for the inbox: waiting messages and those being received",
+        g(m.inbox_bytes),
+    )?;
+    gauge(
+        e,
+        "hypha_messages_incoming",
+        "Messages being received",
+        g(m.incoming),
+    )?;
+    gauge(
+        e,
+        "hypha_messages_outgoing",
+        "Messages being sent",
+        g(m.outgoing),
+    )?;
+    gauge(
+        e,
+        "hypha_message_outbox_bytes",
+        "Bytes of messages being sent",
+        g(m.outbox_bytes),
+    )
 }
 
 /// Reads one sample from rendered text: `name` with exactly `labels` (in rendering order, as
@@ -1199,7 +1353,33 @@ mod tests {
                 whole_fallbacks: 2,
                 ..SessionStats::default()
             }),
+            messages: MessageStats {
+                sent: 4,
+                received_bytes: 5000,
+                malformed: 6,
+                inbox_messages: 2,
+                ..MessageStats::default()
+            },
         }
+    }
+
+    #[test]
+    fn message_counters_are_rendered() {
+        let text = render(&stats());
+        assert_eq!(sample(&text, "hypha_messages_sent_total", ""), Some(4.0));
+        assert_eq!(
+            sample(&text, "hypha_message_bytes_received_total", ""),
+            Some(5000.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "hypha_messages_refused_total",
+                "reason=\"malformed\""
+            ),
+            Some(6.0)
+        );
+        assert_eq!(sample(&text, "hypha_message_inbox_depth", ""), Some(2.0));
     }
 
     #[test]

@@ -85,6 +85,13 @@ pub struct NodeConfig {
     /// End-to-end sessions with other hypha nodes (`docs/sessions.md`) and their timers; `None`
     /// with `--no-sessions` (mycelium's wire only).
     pub sessions: Option<datapath::sessions::SessionLimits>,
+    /// The message subsystem's bounds and topics.
+    pub messages: crate::messages::MessageSettings,
+    /// JSON-RPC address; `None` serves none.
+    pub jsonrpc_addr: Option<SocketAddr>,
+    /// A JSON-RPC address that cannot be bound is logged, not fatal (the default address, which
+    /// another node on the host may hold).
+    pub jsonrpc_optional: bool,
 }
 
 /// A running node.
@@ -97,6 +104,7 @@ pub struct Node {
     listen_addr: Option<SocketAddr>,
     api_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    jsonrpc_addr: Option<SocketAddr>,
     counters: Arc<DataCounters>,
 }
 
@@ -167,6 +175,20 @@ impl Node {
             None => None,
         };
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        let jsonrpc_listener = match cfg.jsonrpc_addr {
+            Some(a) => match TcpListener::bind(a).await {
+                Ok(l) => Some(l),
+                Err(e) if cfg.jsonrpc_optional => {
+                    warn!("not serving JSON-RPC: cannot listen on {a}: {e} (--jsonrpc-addr)");
+                    None
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot serve JSON-RPC on {a}"));
+                }
+            },
+            None => None,
+        };
+        let jsonrpc_addr = jsonrpc_listener.as_ref().and_then(|l| l.local_addr().ok());
         let histograms = Arc::new(TunHistograms::default());
 
         let epoch = Instant::now();
@@ -181,6 +203,7 @@ impl Node {
         let (needs_tx, needs_rx) = mpsc::channel(4096);
         let (req_tx, req_rx) = mpsc::channel(64);
         let (tun_tx, tun_rx) = mpsc::channel(tunio::TUN_QUEUE);
+        let (msg_in_tx, msg_in_rx) = mpsc::channel(crate::messages::INBOUND_QUEUE);
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let refusals: Arc<crate::link::LinkRefusals> = Default::default();
@@ -198,6 +221,7 @@ impl Node {
             refusals,
             closes: Default::default(),
             queue_management: cfg.queue_management,
+            messages: Some(msg_in_tx),
         };
         let mut owner = Owner::new(
             router,
@@ -264,7 +288,30 @@ impl Node {
             node_pubkey: identity.public_key(),
             node_start_time: unix_now(),
         };
-        let control = Control::new(info, req_tx);
+        let (messages, msg_task) = crate::messages::start(
+            cfg.messages,
+            crate::messages::MessageTaskCtx {
+                table: table.clone(),
+                counters: counters.clone(),
+                needs: needs_tx.clone(),
+                own_addr,
+                own_subnet,
+                own_key: identity.public_key(),
+            },
+            msg_in_rx,
+            wait_shutdown(shutdown_rx.clone()),
+        );
+        tasks.push(msg_task);
+        let control = Control::new(info, req_tx).with_messages(messages);
+        if let Some(l) = jsonrpc_listener {
+            let app = crate::api::jsonrpc::router(control.clone(), &cfg.api_access);
+            let stop = wait_shutdown(shutdown_rx.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = crate::api::serve_router(l, app, stop).await {
+                    warn!("JSON-RPC API stopped: {e}");
+                }
+            }));
+        }
         if let Some(l) = api_listener {
             let app = crate::api::router(control.clone(), &cfg.api_access);
             let stop = wait_shutdown(shutdown_rx.clone());
@@ -325,6 +372,7 @@ impl Node {
             listen_addr,
             api_addr,
             metrics_addr,
+            jsonrpc_addr,
             counters,
         })
     }
@@ -339,6 +387,11 @@ impl Node {
 
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api_addr
+    }
+
+    /// Where JSON-RPC is served, when it is.
+    pub fn jsonrpc_addr(&self) -> Option<SocketAddr> {
+        self.jsonrpc_addr
     }
 
     /// Where `GET /metrics` is served, when it is.

@@ -716,6 +716,7 @@ impl Owner {
     /// Opens and delivers frames that waited for their sender's key.
     fn deliver_pending_in(&mut self, frames: Vec<InboundFrame>) {
         let mut batch = TunBatch::default();
+        let mut messages = datapath::MessageBatch::default();
         let own = self.router.own_subnet();
         let mut later = Vec::new();
         for mut f in frames {
@@ -737,7 +738,15 @@ impl Owner {
             };
             let counters = &self.counters;
             match datapath::deliver_pending(
-                &cipher, sender, own, &mut f, &mut batch, counters, &orig,
+                &cipher,
+                sender,
+                key,
+                own,
+                &mut f,
+                &mut batch,
+                &mut messages,
+                counters,
+                &orig,
             ) {
                 PendingOutcome::Delivered => bump(&self.counters.frames_delivered),
                 PendingOutcome::Refused => {}
@@ -748,6 +757,10 @@ impl Owner {
                     payload,
                 }),
             }
+        }
+        if !messages.is_empty() {
+            let to = self.link_ctx.messages.as_ref();
+            crate::messages::hand_over(to, &mut messages, &self.counters);
         }
         for need in later {
             self.session_need(need);
@@ -897,6 +910,7 @@ impl Owner {
             peers,
             // Counted outside the owner; `Control::stats` fills them in.
             api: Default::default(),
+            messages: Default::default(),
             data: DataStats::from_counters(&self.counters),
             tun: self
                 .tun_metrics

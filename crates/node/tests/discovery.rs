@@ -189,6 +189,9 @@ impl RunningNode {
                         api_addr: None,
                         metrics_addr: None,
                         api_access: Default::default(),
+                        messages: Default::default(),
+                        jsonrpc_addr: None,
+                        jsonrpc_optional: true,
                     })
                     .await
                     .expect("node starts");

@@ -134,6 +134,8 @@ pub(crate) struct LinkContext {
     pub closes: Arc<LinkCloses>,
     /// CoDel on each link's queue.
     pub queue_management: bool,
+    /// Message packets for us go to the message task (bounded; full drops are counted).
+    pub messages: Option<mpsc::Sender<Vec<datapath::InboundMessage>>>,
 }
 
 /// Handles the owner keeps for a running link.
@@ -490,6 +492,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
             if core.tun_len() > 0 {
                 write_to_tun(ctx, &mut reader, &mut core, &mut tun_writer, &mut drop_log);
             }
+            if !core.messages().is_empty() {
+                crate::messages::hand_over(ctx.messages.as_ref(), core.messages(), &ctx.counters);
+            }
             if data_frames > 0 {
                 saw_data = true;
                 stats
@@ -634,6 +639,7 @@ mod tests {
             refusals: Arc::default(),
             closes: Arc::default(),
             queue_management: true,
+            messages: None,
         };
         (ctx, events_rx, needs_rx)
     }

@@ -958,7 +958,10 @@ fn concurrent_sealers_never_share_a_counter_and_concurrent_openers_open_each_fra
                         .map(|i| {
                             let mut p = vec![t];
                             p.extend_from_slice(&i.to_be_bytes());
-                            seal_body(sa, &plain(PayloadType::L3, &p)).0
+                            // Not `seal_body`: other threads move the counter meanwhile.
+                            let mut body = plain(PayloadType::L3, &p);
+                            sa.seal_append(&mut body, 0).unwrap();
+                            body
                         })
                         .collect()
                 })

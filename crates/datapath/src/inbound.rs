@@ -372,7 +372,7 @@ pub fn deliver_pending(
     tun_out: &mut TunBatch,
     messages: &mut MessageBatch,
     counters: &DataCounters,
-    orig_cipher: &dyn Fn(Ipv6Addr) -> Option<Cipher>,
+    orig_cipher: &dyn Fn(Ipv6Addr) -> crate::oob::OrigKeys,
 ) -> PendingOutcome {
     let (kind, payload) = match cipher.open_payload(&mut frame.body) {
         Ok(opened) => opened,
@@ -664,7 +664,11 @@ impl<N: NeedSink> Inbound<'_, N> {
                     bump(&self.counters.refused_icmp_rate);
                     return;
                 }
-                let orig = |dst| table.source_cipher(dst).map(Cow::into_owned);
+                let orig = |dst| {
+                    let session = table.fib.source_key(dst);
+                    let session = session.and_then(|k| table.sessions.send.get(&k).cloned());
+                    (table.source_cipher(dst).map(Cow::into_owned), session)
+                };
                 let got = oob::deliver(
                     &orig,
                     self.own_subnet,

@@ -26,7 +26,7 @@ pub mod codel;
 mod counters;
 mod inbound;
 mod oob;
-pub use oob::push_oob_icmp;
+pub use oob::{push_oob_icmp, OrigKeys};
 mod outbound;
 pub mod pool;
 pub mod ratelimit;

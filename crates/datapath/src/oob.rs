@@ -48,11 +48,15 @@ pub fn push_oob_icmp(
     slot.finish(buf, ICMP_HOP_LIMIT, from, orig_src).is_ok() && sealed
 }
 
+/// The keys a packet we sent to some destination was sealed with: the static key and, if there
+/// is one, our session with that destination.
+pub type OrigKeys = (Option<Cipher>, Option<std::sync::Arc<crypto::Session>>);
+
 /// Receiving an out-of-band ICMP error: open the quoted body with the key of the original
 /// destination (`orig_cipher` finds it) and write a plain ICMPv6 error about our own packet to the TUN — only if the quote
 /// is a packet from our /64 to that original destination.
 pub(crate) fn deliver(
-    orig_cipher: &dyn Fn(Ipv6Addr) -> Option<Cipher>,
+    orig_cipher: &dyn Fn(Ipv6Addr) -> OrigKeys,
     own: Subnet,
     hop: u8,
     outer_src: Ipv6Addr,
@@ -63,9 +67,17 @@ pub(crate) fn deliver(
     let mut view = OobIcmp::new_checked(payload).map_err(|_| OobRefusal::Malformed)?;
     let orig_dst = view.orig_dst();
     let kind = view.kind().ok_or(OobRefusal::Malformed)?;
-    let cipher = orig_cipher(orig_dst).ok_or(OobRefusal::Malformed)?;
-    let original = match cipher.open_payload(view.quote_mut()) {
-        Ok((PayloadType::L3, original)) => original,
+    let (cipher, session) = orig_cipher(orig_dst);
+    let quote = view.quote_mut();
+    // Sealed under our session with that destination, or with the static key.
+    let ours = session.filter(|s| crypto::session::trailer_index(quote) == Some(s.remote_index()));
+    let opened = match (ours, cipher) {
+        (Some(s), _) => s.open_own(quote).ok(),
+        (None, Some(c)) => c.open_payload(quote).ok(),
+        (None, None) => None,
+    };
+    let original = match opened {
+        Some((PayloadType::L3, original)) => original,
         _ => return Err(OobRefusal::Malformed),
     };
     let quoted = match Ipv6Packet::new_header_checked(&*original) {

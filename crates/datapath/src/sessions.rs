@@ -514,33 +514,16 @@ impl SessionManager {
         let Some(pd) = p.pending.take() else {
             return Err(HandshakeError::Malformed);
         };
+        let addr = p.addr;
         let session = match pd.init.finish(noise) {
             Ok(s) => Arc::new(s),
             Err(e) => {
-                // A forged response must not cancel the real one: the initiation stays usable?
-                // It cannot (Noise state is consumed); retry at the usual time.
+                // Noise consumed the initiation: the next packet for the node starts another.
                 self.indexes.remove(&receiver);
                 return Err(e);
             }
         };
-        let rekey = p.current.is_some();
-        let old = p.current.replace(Live::new(session.clone(), now));
-        p.legacy_until = None;
-        p.last_use = now;
-        if rekey {
-            p.rekeys += 1;
-        }
-        let dropped = retire(p, old, now);
-        let addr = p.addr;
-        for i in dropped {
-            self.indexes.remove(&i);
-        }
-        if rekey {
-            self.counts.rekeys += 1;
-        } else {
-            self.counts.established += 1;
-        }
-        self.changed = true;
+        self.install(key, session.clone(), now);
         Ok(Some(Outgoing {
             key,
             dst: addr,
@@ -568,19 +551,27 @@ impl SessionManager {
         let Some(next) = p.next.take() else {
             return;
         };
+        self.install(key, next.session, now);
+    }
+
+    /// Makes `session` the one we seal with for `key` (the one it replaces keeps opening frames
+    /// for a while) and counts it as a first session or a rekey.
+    fn install(&mut self, key: PublicKey, session: Arc<Session>, now: Instant) {
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
         let rekey = p.current.is_some();
-        let old = p.current.replace(Live::new(next.session, now));
+        let old = p.current.replace(Live::new(session, now));
+        p.legacy_until = None;
+        p.last_use = now;
         if rekey {
             p.rekeys += 1;
-        }
-        let dropped = retire(p, old, now);
-        for i in dropped {
-            self.indexes.remove(&i);
-        }
-        if rekey {
             self.counts.rekeys += 1;
         } else {
             self.counts.established += 1;
+        }
+        for i in retire(p, old, now) {
+            self.indexes.remove(&i);
         }
         self.changed = true;
     }

@@ -732,9 +732,13 @@ impl Owner {
             // used, found the same way.
             let router = &self.router;
             let keys = &*self.keys;
+            let sessions = self.sessions.as_ref();
             let orig = |dst| {
-                let (_, key) = router.lookup_source(dst)?;
-                datapath::KeySource::cipher(keys, &key)
+                let Some((_, key)) = router.lookup_source(dst) else {
+                    return (None, None);
+                };
+                let session = sessions.and_then(|m| m.current(&crypto::PublicKey(key)));
+                (datapath::KeySource::cipher(keys, &key), session)
             };
             let counters = &self.counters;
             match datapath::deliver_pending(

@@ -654,7 +654,7 @@ impl Api {
 }
 
 /// The message of an error answer: `{"error": ...}` when the node sent one, else the body itself.
-fn error_message(body: &str) -> String {
+pub(crate) fn error_message(body: &str) -> String {
     match serde_json::from_str::<ErrorBody>(body) {
         Ok(e) => e.error,
         Err(_) if body.trim().is_empty() => "no details given".to_owned(),
@@ -664,7 +664,7 @@ fn error_message(body: &str) -> String {
 
 /// Percent-encodes everything but RFC 3986's unreserved characters, so an endpoint fits in one
 /// path segment.
-fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut o = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

@@ -6,9 +6,9 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::client::{error_message, percent_encode};
 use anyhow::{anyhow, bail, Context};
 use node::api::messages::{b64, Destination, MessageIdAnswer, MessageReceive, MessageSend};
-use node::api::types::ErrorBody;
 use serde::Serialize;
 
 use crate::cli::MessageCmd;
@@ -99,7 +99,7 @@ pub fn run(cmd: MessageCmd, api: SocketAddr) -> anyhow::Result<()> {
                 }
                 path.push_str(&format!(
                     "&topic={}",
-                    query_escape(&b64::encode(t.as_bytes()))
+                    percent_encode(&b64::encode(t.as_bytes()))
                 ));
             }
             let (status, text) = call::<()>(api, "GET", &path, None, Some(secs))?;
@@ -227,19 +227,4 @@ fn call<B: Serialize>(
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
     serde_json::from_str(text).context("unexpected answer from the node's API")
-}
-
-fn error_message(body: &str) -> String {
-    match serde_json::from_str::<ErrorBody>(body) {
-        Ok(e) => e.error,
-        Err(_) if body.trim().is_empty() => "no details given".to_owned(),
-        Err(_) => body.trim().lines().next().unwrap_or_default().to_owned(),
-    }
-}
-
-/// `+`, `/` and `=` escaped for a query string.
-fn query_escape(s: &str) -> String {
-    s.replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D")
 }

@@ -11,6 +11,7 @@ use node::api::ApiAccess;
 use serde::Deserialize;
 
 pub const DEFAULT_TCP_PORT: u16 = 9651;
+pub const DEFAULT_QUIC_PORT: u16 = 9651;
 pub const DEFAULT_DISCOVERY_PORT: u16 = 9650;
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:8989";
 pub const DEFAULT_JSONRPC_ADDR: &str = "127.0.0.1:8990";
@@ -128,11 +129,11 @@ pub struct NodeArgs {
     #[arg(long = "peer-discovery-interface")]
     pub peer_discovery_interface: Vec<String>,
 
-    /// Accepted for compatibility; hypha has no QUIC transport (always disabled)
+    /// Run without QUIC: no UDP listener, and quic:// peers are skipped
     #[arg(long = "disable-quic")]
     pub disable_quic: bool,
 
-    /// Accepted for compatibility; not supported (no QUIC transport)
+    /// UDP port for QUIC peers [default: 9651]
     #[arg(short = 'q', long = "quic-listen-port")]
     pub quic_listen_port: Option<u16>,
 
@@ -385,6 +386,8 @@ pub struct Settings {
     pub api_addr: SocketAddr,
     pub peers: Vec<String>,
     pub tcp_listen_port: u16,
+    pub disable_quic: bool,
+    pub quic_listen_port: u16,
     pub no_tun: bool,
     pub tun_name: String,
     pub no_offload: bool,
@@ -453,12 +456,6 @@ impl Cli {
     pub fn merge(&self, f: FileConfig) -> anyhow::Result<Settings> {
         let n = &self.node;
         let mut unsupported = Vec::new();
-        if n.disable_quic || f.disable_quic.unwrap_or(false) {
-            unsupported.push("--disable-quic (hypha has no QUIC transport; nothing to disable)");
-        }
-        if n.quic_listen_port.or(f.quic_listen_port).is_some() {
-            unsupported.push("--quic-listen-port (no QUIC transport)");
-        }
         if n.firewall_mark.or(f.firewall_mark).is_some() {
             unsupported.push("--firewall-mark");
         }
@@ -511,6 +508,11 @@ impl Cli {
                 .tcp_listen_port
                 .or(f.tcp_listen_port)
                 .unwrap_or(DEFAULT_TCP_PORT),
+            disable_quic: n.disable_quic || f.disable_quic.unwrap_or(false),
+            quic_listen_port: n
+                .quic_listen_port
+                .or(f.quic_listen_port)
+                .unwrap_or(DEFAULT_QUIC_PORT),
             no_tun: n.no_tun || f.no_tun.unwrap_or(false),
             tun_name,
             no_offload: n.no_offload || f.no_offload.unwrap_or(false),
@@ -633,7 +635,7 @@ mod tests {
             "quic://198.18.0.2:9651",
             "--disable-quic",
             "-q",
-            "9651",
+            "9652",
             "--jsonrpc-addr",
             "127.0.0.1:8990",
             "--metrics-api-address",
@@ -643,7 +645,9 @@ mod tests {
         ]);
         let s = c.merge(FileConfig::default()).unwrap();
         assert_eq!(s.peers.len(), 2);
-        assert_eq!(s.unsupported.len(), 2);
+        assert!(s.disable_quic);
+        assert_eq!(s.quic_listen_port, 9652);
+        assert!(s.unsupported.is_empty());
         assert!(s.jsonrpc_explicit);
         assert_eq!(s.jsonrpc_addr, "127.0.0.1:8990".parse().unwrap());
         assert_eq!(

@@ -81,8 +81,11 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
     let mut peers = Vec::new();
     for p in &s.peers {
         match Endpoint::parse_supported(p) {
+            Ok(e) if e.proto == node::endpoint::Protocol::Quic && s.disable_quic => {
+                tracing::warn!("skipping peer {p}: QUIC is disabled (--disable-quic)");
+            }
             Ok(e) => peers.push(e),
-            // A mycelium command line may list QUIC peers; they are skipped, not fatal.
+            // A mycelium command line may list TLS peers; they are skipped, not fatal.
             Err(node::endpoint::EndpointError::Unsupported(proto)) => {
                 tracing::warn!("skipping peer {p}: {} is not supported", proto.scheme());
             }
@@ -94,6 +97,8 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
     let cfg = NodeConfig {
         secret,
         listen: Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, s.tcp_listen_port))),
+        quic_listen: (!s.disable_quic)
+            .then(|| SocketAddr::from((Ipv6Addr::UNSPECIFIED, s.quic_listen_port))),
         peers,
         tun: (!s.no_tun).then(|| TunSettings {
             name: s.tun_name.clone(),

@@ -1,4 +1,4 @@
-//! Peer endpoints: `tcp://IP:PORT` URIs, their display and JSON forms (docs/protocol.md §3.2,
+//! Peer endpoints: `tcp://IP:PORT` and `quic://IP:PORT` URIs, their display and JSON forms (docs/protocol.md §3.2,
 //! §8).
 
 use core::fmt;
@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Transport of a peer endpoint. hypha speaks plain TCP; the other schemes are recognised so that an
+/// Transport of a peer endpoint. hypha speaks plain TCP and QUIC; `tls` is recognised so that an
 /// error can say precisely why such a peer is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,14 +37,14 @@ impl fmt::Display for EndpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             EndpointError::MissingProtocol => {
-                f.write_str("missing protocol: expected tcp://IP:PORT")
+                f.write_str("missing protocol: expected tcp://IP:PORT or quic://IP:PORT")
             }
             EndpointError::UnknownProtocol(p) => {
-                write!(f, "unknown protocol '{p}': expected tcp://IP:PORT")
+                write!(f, "unknown protocol '{p}': expected tcp://IP:PORT or quic://IP:PORT")
             }
             EndpointError::Unsupported(p) => write!(
                 f,
-                "{} peers are not supported by hypha: use tcp://IP:PORT",
+                "{} peers are not supported by hypha: use tcp://IP:PORT or quic://IP:PORT",
                 p.scheme()
             ),
             EndpointError::InvalidAddress(a) => write!(
@@ -75,10 +75,10 @@ impl Endpoint {
         }
     }
 
-    /// Parses and requires a transport hypha supports (TCP).
+    /// Parses and requires a transport hypha supports (TCP, QUIC).
     pub fn parse_supported(s: &str) -> Result<Endpoint, EndpointError> {
         let e: Endpoint = s.parse()?;
-        if e.proto != Protocol::Tcp {
+        if e.proto == Protocol::Tls {
             return Err(EndpointError::Unsupported(e.proto));
         }
         Ok(e)
@@ -184,8 +184,15 @@ mod tests {
             Err(EndpointError::InvalidAddress(_))
         ));
         assert_eq!(
-            Endpoint::parse_supported("quic://198.18.0.1:9651"),
-            Err(EndpointError::Unsupported(Protocol::Quic))
+            Endpoint::parse_supported("QUIC://198.18.0.1:9651"),
+            Ok(Endpoint {
+                proto: Protocol::Quic,
+                addr: "198.18.0.1:9651".parse().unwrap()
+            })
+        );
+        assert_eq!(
+            Endpoint::parse_supported("tls://198.18.0.1:9651"),
+            Err(EndpointError::Unsupported(Protocol::Tls))
         );
     }
 

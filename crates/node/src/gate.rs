@@ -18,8 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Notify;
 use wire::frame::{Frame, StreamDecoder, MAX_FRAME_LEN};
 
@@ -192,9 +191,23 @@ impl Gate {
 
     /// Waits for the connection's first well-formed frame: the bytes read so far (the frame
     /// included), which the link reads first; or why not (counted).
-    pub async fn prove(&self, ticket: &Ticket, stream: &mut TcpStream) -> Result<Vec<u8>, Refusal> {
+    pub async fn prove<R: AsyncRead + Unpin>(
+        &self,
+        ticket: &Ticket,
+        stream: &mut R,
+    ) -> Result<Vec<u8>, Refusal> {
+        self.within(ticket, first_frame(stream)).await
+    }
+
+    /// Runs `proof` (a QUIC handshake, its stream and first frame, say) under the proof
+    /// deadline and the ticket's eviction, and counts how it ended.
+    pub async fn within<T>(
+        &self,
+        ticket: &Ticket,
+        proof: impl std::future::Future<Output = Result<T, Refusal>>,
+    ) -> Result<T, Refusal> {
         let r = tokio::select! {
-            r = tokio::time::timeout(self.limits.proof_timeout, first_frame(stream)) => {
+            r = tokio::time::timeout(self.limits.proof_timeout, proof) => {
                 r.unwrap_or(Err(Refusal::TimedOut))
             }
             () = ticket.evict.notified() => Err(Refusal::Evicted),
@@ -212,7 +225,7 @@ impl Gate {
 }
 
 /// Reads until the bytes hold one complete, well-formed frame (a control TLV or a data frame).
-async fn first_frame(stream: &mut TcpStream) -> Result<Vec<u8>, Refusal> {
+pub(crate) async fn first_frame<R: AsyncRead + Unpin>(stream: &mut R) -> Result<Vec<u8>, Refusal> {
     let mut buf: Vec<u8> = Vec::with_capacity(FIRST_READ);
     let mut proof = Proof::default();
     loop {
@@ -267,6 +280,7 @@ impl Proof {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     fn limits(total: usize, per_source: usize) -> GateLimits {
         GateLimits {

@@ -19,6 +19,7 @@ use crate::discovery::{Admission, DiscoveryLimits, DiscoveryStats, Timing};
 use crate::endpoint::Endpoint;
 use crate::gate::Gate;
 use crate::keys::Identity;
+use crate::link::quic::{QuicEndpoint, QuicStats};
 use crate::link::tcp::Proven;
 use crate::link::LinkContext;
 use crate::metrics::TunHistograms;
@@ -67,6 +68,9 @@ pub struct NodeConfig {
     pub secret: crypto::SecretKey,
     /// Where to accept peers, normally `[::]:9651`; `None` accepts none.
     pub listen: Option<SocketAddr>,
+    /// The UDP address of the QUIC endpoint, which accepts and dials `quic://` peers, normally
+    /// `[::]:9651`; `None` with `--disable-quic`.
+    pub quic_listen: Option<SocketAddr>,
     pub peers: Vec<Endpoint>,
     /// `None` runs without a TUN (`--no-tun`): the node routes and forwards only.
     pub tun: Option<TunSettings>,
@@ -102,6 +106,8 @@ pub struct Node {
     tun_io: Option<TunIo>,
     tun: Option<Arc<tun::Tun>>,
     listen_addr: Option<SocketAddr>,
+    quic: Option<Arc<QuicEndpoint>>,
+    quic_addr: Option<SocketAddr>,
     api_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     jsonrpc_addr: Option<SocketAddr>,
@@ -151,6 +157,15 @@ impl Node {
             None => None,
         };
         let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let quic_stats: Arc<QuicStats> = Arc::default();
+        let quic = match cfg.quic_listen {
+            Some(a) => Some(Arc::new(
+                QuicEndpoint::bind(a, &router_id, quic_stats.clone())
+                    .with_context(|| format!("cannot listen for QUIC peers on udp {a}"))?,
+            )),
+            None => None,
+        };
+        let quic_addr = quic.as_ref().and_then(|q| q.local_addr());
 
         let tun = match &cfg.tun {
             Some(t) => Some(Arc::new(open_tun(t, own_addr)?)),
@@ -239,6 +254,9 @@ impl Node {
         if let Some(limits) = cfg.sessions {
             owner.set_sessions(identity.session_manager(limits));
         }
+        if let Some(q) = &quic {
+            owner.set_quic(q.clone());
+        }
         let discovery_stats = Arc::new(DiscoveryStats::default());
         if let Some(d) = &cfg.discovery {
             owner.set_discovery(Admission::new(d.limits, discovery_stats.clone()));
@@ -253,14 +271,35 @@ impl Node {
             },
             wait_shutdown(shutdown_rx.clone()),
         )));
+        // One gate for both transports: unproven connections are capped together.
+        let gate = Gate::new(cfg.gate, gate_stats);
         if let Some(l) = listener {
-            let gate = Gate::new(cfg.gate, gate_stats);
             tasks.push(tokio::spawn(accept_loop(
                 l,
-                gate,
+                gate.clone(),
                 msgs_tx.clone(),
                 shutdown_rx.clone(),
             )));
+        }
+        if let Some(q) = &quic {
+            let (ready_tx, mut ready_rx) = mpsc::channel(16);
+            tasks.push(tokio::spawn(q.clone().accept_loop(
+                gate.clone(),
+                ready_tx,
+                shutdown_rx.clone(),
+            )));
+            let owner_tx = msgs_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some((link, remote)) = ready_rx.recv().await {
+                    if owner_tx
+                        .send(OwnerMsg::InboundQuic(link, remote))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }));
         }
         let tun_io = match &tun {
             Some(t) => Some(
@@ -360,6 +399,7 @@ impl Node {
             address = %own_addr,
             subnet = %own_subnet,
             listen = ?listen_addr,
+            quic = ?quic_addr,
             tun = ?tun.as_ref().map(|t| t.name().to_owned()),
             "node started"
         );
@@ -370,6 +410,8 @@ impl Node {
             tun_io,
             tun,
             listen_addr,
+            quic,
+            quic_addr,
             api_addr,
             metrics_addr,
             jsonrpc_addr,
@@ -383,6 +425,11 @@ impl Node {
 
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         self.listen_addr
+    }
+
+    /// The UDP address of the QUIC endpoint.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr
     }
 
     pub fn api_addr(&self) -> Option<SocketAddr> {
@@ -411,6 +458,9 @@ impl Node {
     /// Stops every task and thread, closes the links and removes the TUN device.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        if let Some(q) = self.quic.take() {
+            q.close().await;
+        }
         for t in self.tasks.drain(..) {
             if tokio::time::timeout(Duration::from_secs(5), t)
                 .await

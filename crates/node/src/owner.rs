@@ -24,8 +24,9 @@ use crate::control::{
     ConnectionState, PeerInfo, PeerKind, PeerOpError, QueryInfo, Request, RouteInfo, RouteKind,
 };
 use crate::discovery::{Admission, DiscoveryLimits};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, Protocol};
 use crate::keys::{Cipher, Identity, SharedKeys};
+use crate::link::quic::{QuicEndpoint, QuicLink};
 use crate::link::tcp::canonical;
 use crate::link::{self, CloseReason, LinkContext, LinkEvent, LinkHandles, LinkStats, Transport};
 use crate::metrics::{
@@ -78,9 +79,23 @@ const PENDING_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Messages to the owner from the rest of the node.
 #[derive(Debug)]
 pub(crate) enum OwnerMsg {
-    Dialed(Endpoint, std::io::Result<TcpStream>),
+    Dialed(Endpoint, std::io::Result<Connected>),
     Inbound(crate::link::tcp::Proven, SocketAddr),
+    InboundQuic(QuicLink, SocketAddr),
     Discovered(Endpoint),
+}
+
+/// A connection a dial made.
+#[derive(Debug)]
+pub(crate) enum Connected {
+    Tcp(TcpStream),
+    Quic(QuicLink),
+}
+
+impl std::fmt::Debug for QuicLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::link::Transport::describe(self))
+    }
 }
 
 struct Peer {
@@ -151,6 +166,8 @@ pub(crate) struct Owner {
     discovery: Admission,
     /// End-to-end sessions with other hypha nodes; `None` with `--no-sessions`.
     sessions: Option<SessionManager>,
+    /// The QUIC endpoint that dials `quic://` peers; `None` with `--disable-quic`.
+    quic: Option<Arc<QuicEndpoint>>,
 }
 
 /// Routing activity seen by the owner: transmitted requests and the core's events.
@@ -267,6 +284,7 @@ impl Owner {
             route_log: RouteLog::default(),
             discovery: Admission::new(DiscoveryLimits::default(), Arc::default()),
             sessions: None,
+            quic: None,
         };
         for e in static_peers {
             o.peers.insert(e, Peer::new(PeerKind::Static));
@@ -281,6 +299,10 @@ impl Owner {
     }
 
     /// The gate for endpoints that link-local discovery reports (it counts into discovery's stats).
+    pub fn set_quic(&mut self, quic: Arc<QuicEndpoint>) {
+        self.quic = Some(quic);
+    }
+
     pub fn set_discovery(&mut self, admission: Admission) {
         self.discovery = admission;
     }
@@ -373,8 +395,18 @@ impl Owner {
             p.next_dial = None;
         }
         let tx = self.msgs_tx.clone();
+        let quic = self.quic.clone();
         tokio::spawn(async move {
-            let r = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(e.addr)).await {
+            let connect = async {
+                match e.proto {
+                    Protocol::Quic => match quic {
+                        Some(q) => q.dial(e.addr).await.map(Connected::Quic),
+                        None => Err(std::io::Error::other("QUIC is disabled (--disable-quic)")),
+                    },
+                    _ => TcpStream::connect(e.addr).await.map(Connected::Tcp),
+                }
+            };
+            let r = match tokio::time::timeout(DIAL_TIMEOUT, connect).await {
                 Ok(r) => r,
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
@@ -400,7 +432,10 @@ impl Owner {
                         if p.kind != PeerKind::LinkLocalDiscovery {
                             p.failures = 0;
                         }
-                        self.start_link(e, stream);
+                        match stream {
+                            Connected::Tcp(s) => self.start_link(e, s),
+                            Connected::Quic(q) => self.start_link(e, q),
+                        }
                     }
                     Ok(_) => {}
                     Err(err) => {
@@ -429,6 +464,19 @@ impl Owner {
                     .entry(e)
                     .or_insert_with(|| Peer::new(PeerKind::Inbound));
                 self.start_link(e, stream);
+            }
+            OwnerMsg::InboundQuic(link, remote) => {
+                let e = Endpoint {
+                    proto: Protocol::Quic,
+                    addr: canonical(remote),
+                };
+                if let Some(old) = self.peers.get(&e).and_then(|p| p.link) {
+                    self.close_link(old, CloseReason::Replaced);
+                }
+                self.peers
+                    .entry(e)
+                    .or_insert_with(|| Peer::new(PeerKind::Inbound));
+                self.start_link(e, link);
             }
             OwnerMsg::Discovered(e) => {
                 if self.peers.contains_key(&e) {
@@ -794,11 +842,15 @@ impl Owner {
                 let _ = reply.send(list);
             }
             Request::AddPeer(e, reply) => {
-                let res = if e.proto != crate::endpoint::Protocol::Tcp {
+                let res = if e.proto == Protocol::Tls {
                     Err(PeerOpError::Unsupported(format!(
                         "{} peers are not supported by hypha",
                         e.proto.scheme()
                     )))
+                } else if e.proto == Protocol::Quic && self.quic.is_none() {
+                    Err(PeerOpError::Unsupported(
+                        "quic peers need QUIC, which is disabled (--disable-quic)".to_owned(),
+                    ))
                 } else if let std::collections::hash_map::Entry::Vacant(v) = self.peers.entry(e) {
                     v.insert(Peer::new(PeerKind::Static));
                     self.redial();

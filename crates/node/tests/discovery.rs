@@ -183,6 +183,7 @@ impl RunningNode {
                         sessions: Some(Default::default()),
                         secret: crypto::SecretKey::from_bytes([key; 32]),
                         listen: Some("[::]:0".parse().unwrap()),
+                        quic_listen: None,
                         peers: Vec::new(),
                         tun: None,
                         discovery: Some(discovery),

@@ -48,6 +48,9 @@ pub mod consts {
     /// Link cost added for TCP over IPv6 / IPv4 (docs/protocol.md §3.1, §5.1).
     pub const STATIC_COST_TCP6: u16 = 10;
     pub const STATIC_COST_TCP4: u16 = 15;
+    /// Link cost added for QUIC over IPv6 / IPv4 (docs/protocol.md §3.4).
+    pub const STATIC_COST_QUIC6: u16 = 7;
+    pub const STATIC_COST_QUIC4: u16 = 12;
 }
 use consts::*;
 

@@ -4,10 +4,11 @@
 //! [`CloseReason`] that it counts.
 //!
 //! A link runs over any [`Transport`]: a reliable, ordered byte stream each way. TCP
-//! ([`tcp`]) implements it; a QUIC link implements it the same way with one bidirectional
-//! stream. Nothing here knows which one it has.
+//! ([`tcp`]) implements it; QUIC ([`quic`]) implements it with one bidirectional stream and
+//! datagrams under it. Nothing here knows which one it has.
 
 mod close;
+pub(crate) mod quic;
 pub(crate) mod tcp;
 
 pub(crate) use close::{CloseReason, LinkCloses};
@@ -112,7 +113,16 @@ pub(crate) trait Transport: Send + 'static {
     fn direct(&self) -> Option<Box<dyn DirectWrite>> {
         None
     }
+
+    /// How long data now waits inside the transport, for queue management, when the transport
+    /// has no [`direct`](Transport::direct) socket that says so.
+    fn queue_probe(&self) -> Option<QueueProbe> {
+        None
+    }
 }
+
+/// Asks a transport how long data now waits inside it.
+pub(crate) type QueueProbe = Box<dyn Fn() -> Option<Duration> + Send + Sync>;
 
 /// Everything a link's tasks share with the rest of the node.
 #[derive(Clone)]
@@ -163,13 +173,16 @@ pub(crate) fn spawn<T: Transport>(id: LinkId, transport: T, ctx: LinkContext) ->
     let direct = transport
         .direct()
         .map(|sock| Arc::new(Direct::new(sock, stats.clone())));
+    let probe = transport.queue_probe();
     let (rd, wr) = transport.split();
     let events = ctx.events.clone();
     let writer = tokio::spawn({
         let stats = stats.clone();
         let events = events.clone();
         let direct = direct.clone();
-        let codel = ctx.queue_management.then(|| Aqm::new(ctx.counters.clone()));
+        let codel = ctx
+            .queue_management
+            .then(|| Aqm::new(ctx.counters.clone(), probe));
         async move {
             let w = write_loop(wr, ctl_rx, data_rx, direct.as_deref(), codel, &stats);
             let why = match w.await {
@@ -303,15 +316,18 @@ pub(crate) struct Aqm {
     counters: Arc<DataCounters>,
     socket_wait: Duration,
     read_at: Option<Instant>,
+    /// The transport's own measure, for one without a direct socket.
+    probe: Option<QueueProbe>,
 }
 
 impl Aqm {
-    fn new(counters: Arc<DataCounters>) -> Aqm {
+    fn new(counters: Arc<DataCounters>, probe: Option<QueueProbe>) -> Aqm {
         Aqm {
             codel: Codel::default(),
             counters,
             socket_wait: Duration::ZERO,
             read_at: None,
+            probe,
         }
     }
 }
@@ -327,7 +343,10 @@ fn manage(q: Queued, aqm: &mut Option<Aqm>, emptied: bool, direct: Option<&Direc
         if a.read_at
             .is_none_or(|t| now.saturating_duration_since(t) >= SOCKET_WAIT_EVERY)
         {
-            a.socket_wait = direct.and_then(Direct::queue_wait).unwrap_or_default();
+            a.socket_wait = direct
+                .and_then(Direct::queue_wait)
+                .or_else(|| a.probe.as_ref().and_then(|p| p()))
+                .unwrap_or_default();
             a.read_at = Some(now);
         }
         let sojourn = now.saturating_duration_since(q.at) + a.socket_wait;

@@ -329,6 +329,26 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
         p.inbound_closed,
         p.inbound_unproven
     );
+    if p.quic_accepted + p.quic_dialled + p.quic_handshakes_refused + p.quic_handshakes_failed > 0 {
+        let _ = writeln!(
+            o,
+            "quic: links accepted {}, dialled {}; attempts refused {}, retried {}, failed {}; \
+             datagrams sent {} ({}), received {} ({}), malformed {}; data frames on the stream {} \
+             (too large after the check {})",
+            p.quic_accepted,
+            p.quic_dialled,
+            p.quic_handshakes_refused,
+            p.quic_handshakes_retried,
+            p.quic_handshakes_failed,
+            p.quic_datagrams_tx,
+            human_bytes(p.quic_datagram_bytes_tx),
+            p.quic_datagrams_rx,
+            human_bytes(p.quic_datagram_bytes_rx),
+            p.quic_datagrams_malformed,
+            p.quic_stream_fallbacks,
+            p.quic_datagrams_too_large
+        );
+    }
     let closed: Vec<String> = s
         .links_closed
         .labelled()
@@ -996,6 +1016,7 @@ mod tests {
                         routes_refused: 0,
                         failures: 0,
                         next_dial_ms: Some(0),
+                        quic: None,
                     });
                     Ok(())
                 };
@@ -1064,6 +1085,7 @@ mod tests {
                     routes_refused: 7,
                     failures: 0,
                     next_dial_ms: None,
+                    quic: None,
                 }],
                 keys: HashMap::new(),
             };

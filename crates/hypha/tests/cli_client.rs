@@ -48,6 +48,7 @@ fn serve() -> (tokio::runtime::Runtime, SocketAddr) {
                 routes_refused: 0,
                 failures: 0,
                 next_dial_ms: None,
+                quic: None,
             }];
             while let Some(r) = rx.recv().await {
                 match r {

@@ -229,6 +229,7 @@ impl From<PeerInfo> for PeerRow {
             routes_refused: p.routes_refused,
             failures: p.failures,
             next_dial_in_ms: p.next_dial_ms,
+            quic: p.quic,
         }
     }
 }
@@ -417,6 +418,7 @@ mod tests {
             routes_refused: 0,
             failures: 0,
             next_dial_ms: None,
+            quic: None,
         }
     }
 

@@ -55,6 +55,25 @@ pub struct PeerInfo {
     /// Milliseconds until the peer is dialled again (a static or discovered peer that is not
     /// connected).
     pub next_dial_ms: Option<u64>,
+    /// The QUIC stack's view of a connected QUIC peer's path.
+    pub quic: Option<QuicPath>,
+}
+
+/// A QUIC link's path, as its QUIC stack measures it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuicPath {
+    /// Smoothed round-trip time, microseconds.
+    pub rtt_us: u64,
+    /// Congestion window, bytes.
+    pub cwnd: u64,
+    /// UDP packets sent, and those declared lost.
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    /// The largest datagram the path and the peer take now (absent: the peer takes none).
+    pub datagram_max: Option<u64>,
+    /// The path's UDP payload size now.
+    pub mtu: u16,
 }
 
 /// One row of `GET /api/v1/admin/routes/{selected,fallback}`.

@@ -530,6 +530,36 @@ pub struct PeeringStats {
     pub inbound_malformed: u64,
     pub inbound_closed: u64,
     pub inbound_unproven: u64,
+    /// QUIC (`crate::link::quic`): data frames sent as datagrams and frames received as
+    /// datagrams, with their bytes; data frames sent on the stream because they did not fit a
+    /// datagram (of which refused by the QUIC stack as too large after the size check);
+    /// received datagrams that were not one frame; connection attempts refused over the
+    /// per-source cap, asked to prove their address (retry), failed or never proven; links
+    /// accepted and dialled.
+    #[serde(default)]
+    pub quic_datagrams_tx: u64,
+    #[serde(default)]
+    pub quic_datagram_bytes_tx: u64,
+    #[serde(default)]
+    pub quic_datagrams_rx: u64,
+    #[serde(default)]
+    pub quic_datagram_bytes_rx: u64,
+    #[serde(default)]
+    pub quic_stream_fallbacks: u64,
+    #[serde(default)]
+    pub quic_datagrams_too_large: u64,
+    #[serde(default)]
+    pub quic_datagrams_malformed: u64,
+    #[serde(default)]
+    pub quic_handshakes_refused: u64,
+    #[serde(default)]
+    pub quic_handshakes_retried: u64,
+    #[serde(default)]
+    pub quic_handshakes_failed: u64,
+    #[serde(default)]
+    pub quic_accepted: u64,
+    #[serde(default)]
+    pub quic_dialled: u64,
 }
 
 impl PeeringStats {
@@ -552,6 +582,18 @@ impl PeeringStats {
             inbound_malformed: l.gate.malformed.load(Relaxed),
             inbound_closed: l.gate.closed.load(Relaxed),
             inbound_unproven: l.gate.unproven.load(Relaxed),
+            quic_datagrams_tx: l.quic.datagrams_tx.load(Relaxed),
+            quic_datagram_bytes_tx: l.quic.datagram_bytes_tx.load(Relaxed),
+            quic_datagrams_rx: l.quic.datagrams_rx.load(Relaxed),
+            quic_datagram_bytes_rx: l.quic.datagram_bytes_rx.load(Relaxed),
+            quic_stream_fallbacks: l.quic.stream_fallbacks.load(Relaxed),
+            quic_datagrams_too_large: l.quic.datagrams_too_large.load(Relaxed),
+            quic_datagrams_malformed: l.quic.datagrams_malformed.load(Relaxed),
+            quic_handshakes_refused: l.quic.handshakes_refused.load(Relaxed),
+            quic_handshakes_retried: l.quic.handshakes_retried.load(Relaxed),
+            quic_handshakes_failed: l.quic.handshakes_failed.load(Relaxed),
+            quic_accepted: l.quic.accepted.load(Relaxed),
+            quic_dialled: l.quic.dialled.load(Relaxed),
         }
     }
 }
@@ -1085,6 +1127,58 @@ impl Collector for StatsCollector {
                 ("timed_out", p.inbound_timed_out),
                 ("malformed", p.inbound_malformed),
                 ("closed", p.inbound_closed),
+            ]
+            .map(|(r, v)| ([("outcome", r)], v)),
+        )?;
+        family(
+            e,
+            "hypha_quic_datagrams",
+            "Data frames sent as QUIC datagrams and frames received as datagrams",
+            Counter,
+            [("tx", p.quic_datagrams_tx), ("rx", p.quic_datagrams_rx)]
+                .map(|(d, v)| ([("direction", d)], v)),
+        )?;
+        family(
+            e,
+            "hypha_quic_datagram_bytes",
+            "Bytes of QUIC datagram frames",
+            Counter,
+            [
+                ("tx", p.quic_datagram_bytes_tx),
+                ("rx", p.quic_datagram_bytes_rx),
+            ]
+            .map(|(d, v)| ([("direction", d)], v)),
+        )?;
+        counter(
+            e,
+            "hypha_quic_stream_fallbacks",
+            "Data frames sent on a QUIC link's stream because they did not fit a datagram",
+            p.quic_stream_fallbacks,
+        )?;
+        counter(
+            e,
+            "hypha_quic_datagrams_too_large",
+            "Datagrams the QUIC stack refused as too large after the size check (sent on the stream)",
+            p.quic_datagrams_too_large,
+        )?;
+        counter(
+            e,
+            "hypha_quic_datagrams_malformed",
+            "Received QUIC datagrams that were not exactly one frame (dropped)",
+            p.quic_datagrams_malformed,
+        )?;
+        family(
+            e,
+            "hypha_quic_connections",
+            "QUIC connection attempts by outcome: accepted or dialled as links, refused over the \
+             per-source cap, asked to prove their address (retry), failed or never proven",
+            Counter,
+            [
+                ("accepted", p.quic_accepted),
+                ("dialled", p.quic_dialled),
+                ("refused", p.quic_handshakes_refused),
+                ("retried", p.quic_handshakes_retried),
+                ("failed", p.quic_handshakes_failed),
             ]
             .map(|(r, v)| ([("outcome", r)], v)),
         )?;

@@ -19,7 +19,7 @@ use crate::discovery::{Admission, DiscoveryLimits, DiscoveryStats, Timing};
 use crate::endpoint::Endpoint;
 use crate::gate::Gate;
 use crate::keys::Identity;
-use crate::link::quic::{QuicEndpoint, QuicStats};
+use crate::link::quic::QuicEndpoint;
 use crate::link::tcp::Proven;
 use crate::link::LinkContext;
 use crate::metrics::TunHistograms;
@@ -157,15 +157,6 @@ impl Node {
             None => None,
         };
         let listen_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
-        let quic_stats: Arc<QuicStats> = Arc::default();
-        let quic = match cfg.quic_listen {
-            Some(a) => Some(Arc::new(
-                QuicEndpoint::bind(a, &router_id, quic_stats.clone())
-                    .with_context(|| format!("cannot listen for QUIC peers on udp {a}"))?,
-            )),
-            None => None,
-        };
-        let quic_addr = quic.as_ref().and_then(|q| q.local_addr());
 
         let tun = match &cfg.tun {
             Some(t) => Some(Arc::new(open_tun(t, own_addr)?)),
@@ -223,6 +214,14 @@ impl Node {
 
         let refusals: Arc<crate::link::LinkRefusals> = Default::default();
         let gate_stats = refusals.gate.clone();
+        let quic = match cfg.quic_listen {
+            Some(a) => Some(Arc::new(
+                QuicEndpoint::bind(a, &router_id, refusals.quic.clone())
+                    .with_context(|| format!("cannot listen for QUIC peers on udp {a}"))?,
+            )),
+            None => None,
+        };
+        let quic_addr = quic.as_ref().and_then(|q| q.local_addr());
         let link_ctx = LinkContext {
             table: table.clone(),
             counters: counters.clone(),

@@ -127,6 +127,8 @@ pub(crate) struct LinkEntry {
     pub(crate) handles: LinkHandles,
     peer: Endpoint,
     desc: String,
+    /// The connection of a QUIC link, for its path statistics.
+    quic: Option<quinn::Connection>,
 }
 
 pub(crate) struct Owner {
@@ -502,6 +504,7 @@ impl Owner {
         self.next_link += 1;
         let cost = transport.static_cost();
         let desc = transport.describe();
+        let quic = transport.quic();
         let handles = link::spawn(id, transport, self.link_ctx.clone());
         let now = self.now();
         if let Err(err) = self.router.handle_link_up(id, cost, now) {
@@ -526,6 +529,7 @@ impl Owner {
                 handles,
                 peer: e,
                 desc,
+                quic,
             },
         );
         self.publish();
@@ -1036,6 +1040,11 @@ impl Owner {
                     next_dial_ms: p
                         .next_dial
                         .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+                    quic: p
+                        .link
+                        .and_then(|l| self.links.get(&l))
+                        .and_then(|l| l.quic.as_ref())
+                        .map(crate::link::quic::path),
                 }
             })
             .collect();

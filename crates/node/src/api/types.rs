@@ -72,6 +72,9 @@ pub struct PeerRow {
     pub failures: u32,
     #[serde(default)]
     pub next_dial_in_ms: Option<u64>,
+    /// A connected QUIC peer's path (hypha's own; absent for TCP peers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<crate::control::QuicPath>,
 }
 
 /// One row of `GET /api/v1/admin/routes/{selected,fallback}`.

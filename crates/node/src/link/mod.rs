@@ -85,6 +85,8 @@ pub(crate) struct LinkRefusals {
     pub self_link: AtomicU64,
     /// Accepted connections at the gate, by outcome (`crate::gate`).
     pub gate: Arc<crate::gate::GateStats>,
+    /// What QUIC links did (`quic`).
+    pub quic: Arc<quic::QuicStats>,
 }
 
 /// Messages from link tasks to the owner.
@@ -117,6 +119,11 @@ pub(crate) trait Transport: Send + 'static {
     /// How long data now waits inside the transport, for queue management, when the transport
     /// has no [`direct`](Transport::direct) socket that says so.
     fn queue_probe(&self) -> Option<QueueProbe> {
+        None
+    }
+
+    /// The QUIC connection under the link, if it is one.
+    fn quic(&self) -> Option<quinn::Connection> {
         None
     }
 }

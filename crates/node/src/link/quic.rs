@@ -347,8 +347,22 @@ impl QuicLink {
     }
 
     /// A handle to the connection, for its statistics.
+    #[cfg(test)]
     pub fn connection(&self) -> Connection {
         self.conn.clone()
+    }
+}
+
+/// The path of a QUIC connection, as the QUIC stack measures it.
+pub(crate) fn path(conn: &Connection) -> crate::control::QuicPath {
+    let s = conn.stats();
+    crate::control::QuicPath {
+        rtt_us: u64::try_from(conn.rtt().as_micros()).unwrap_or(u64::MAX),
+        cwnd: s.path.cwnd,
+        sent_packets: s.path.sent_packets,
+        lost_packets: s.path.lost_packets,
+        datagram_max: conn.max_datagram_size().map(|m| m as u64),
+        mtu: s.path.current_mtu,
     }
 }
 
@@ -417,6 +431,10 @@ impl Transport for QuicLink {
             stats: self.stats,
         };
         (reader, writer)
+    }
+
+    fn quic(&self) -> Option<Connection> {
+        Some(self.conn.clone())
     }
 
     fn queue_probe(&self) -> Option<super::QueueProbe> {

@@ -27,6 +27,8 @@ pub use datapath::DataCounters;
 // shell's modules use them under their old paths.
 pub(crate) use datapath::{pool, ratelimit};
 pub use keys::Identity;
+/// The QUIC client configuration of links (for tools and tests that dial a node's QUIC port).
+pub use link::quic::client_config as quic_client_config;
 pub use node::{DiscoverySettings, Node, NodeConfig, TunSettings, TUN_MTU};
 pub mod api;
 pub mod control;

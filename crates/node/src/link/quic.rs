@@ -136,7 +136,8 @@ fn server_config(router_id: &RouterId) -> anyhow::Result<quinn::ServerConfig> {
     Ok(cfg)
 }
 
-fn client_config() -> anyhow::Result<quinn::ClientConfig> {
+/// The client side: mycelium's server name, any certificate (see [`server_config`]).
+pub fn client_config() -> anyhow::Result<quinn::ClientConfig> {
     let p = provider();
     let tls = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?

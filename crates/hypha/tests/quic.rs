@@ -1,0 +1,266 @@
+//! QUIC links between hypha nodes (`docs/quic.md`) on live nodes in namespaces, over veth with
+//! the usual 1,500-byte MTU: full-size traffic both ways, UDP at the TUN's MTU, and bad input on
+//! the QUIC port. Root only.
+
+mod common;
+
+use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{transfer, Node};
+use serde_json::Value;
+use testbed::{link, Netns};
+
+fn peering(n: &Node, field: &str) -> u64 {
+    n.json(&["stats", "--json"])["peering"][field]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// The peer list's row for the one QUIC peer.
+fn quic_row(n: &Node) -> Value {
+    let list = n.json(&["peers", "list", "--json"]);
+    list.as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|p| p["endpoint"]["proto"] == "quic" && p["connectionState"] == "alive")
+                .cloned()
+        })
+        .unwrap_or(Value::Null)
+}
+
+/// Two nodes, B dialling A's QUIC port; returns when they ping each other.
+fn quic_pair(
+    na: &Netns,
+    nb: &Netns,
+    net: u8,
+    dir: &std::path::Path,
+    flags: &[&str],
+) -> (Node, Node) {
+    let [ab, _] = link(na, nb, net).expect("veth link").addrs;
+    let a = Node::start(na, dir, "a", flags);
+    let peer = format!("quic://{ab}:9651");
+    let b = Node::start(nb, dir, "b", &[flags, &["--peers", &peer]].concat());
+    a.wait(Duration::from_secs(30), "B answering over QUIC", |n| {
+        n.ping_once(b.addr)
+    });
+    b.wait(Duration::from_secs(10), "A answering over QUIC", |n| {
+        n.ping_once(a.addr)
+    });
+    (a, b)
+}
+
+/// `count` UDP datagrams of `payload` bytes from `from` to `to`'s overlay address; returns how
+/// many arrived intact (each carries its number and a pattern derived from it).
+fn udp_burst(from: &Netns, to: &Netns, to_addr: Ipv6Addr, count: u32, payload: usize) -> u32 {
+    let at: SocketAddr = (to_addr, 7001).into();
+    let sock = to
+        .run(move || UdpSocket::bind(at))
+        .expect("enter ns")
+        .expect("bind receiver");
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        let mut intact = 0u32;
+        // Until the datagrams stop coming: the sender is done and the overlay drained.
+        while let Ok(n) = sock.recv(&mut buf) {
+            if n == payload && pattern_ok(&buf[..n]) {
+                intact += 1;
+            }
+        }
+        intact
+    });
+    from.run(move || {
+        let s = UdpSocket::bind("[::]:0").unwrap();
+        let mut d = vec![0u8; payload];
+        for i in 0..count {
+            fill_pattern(&mut d, i);
+            s.send_to(&d, at).unwrap();
+            // Paced at about 100 Mbit/s: the queues on the way are not what is tested.
+            if i % 8 == 7 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    })
+    .expect("enter ns");
+    receiver.join().expect("receiver")
+}
+
+fn fill_pattern(d: &mut [u8], i: u32) {
+    d[..4].copy_from_slice(&i.to_be_bytes());
+    for (k, b) in d[4..].iter_mut().enumerate() {
+        *b = (i as usize).wrapping_mul(31).wrapping_add(k) as u8;
+    }
+}
+
+fn pattern_ok(d: &[u8]) -> bool {
+    let i = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+    d[4..]
+        .iter()
+        .enumerate()
+        .all(|(k, b)| *b == (i as usize).wrapping_mul(31).wrapping_add(k) as u8)
+}
+
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn hypha_nodes_over_quic_carry_full_size_traffic_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let (na, nb) = (Netns::new("qua").unwrap(), Netns::new("qub").unwrap());
+    let (a, b) = quic_pair(&na, &nb, 123, dir.path(), &["--disable-peer-discovery"]);
+    let row = quic_row(&a);
+    assert_eq!(row["type"], "inbound", "{row}");
+    let max = row["quic"]["datagramMax"]
+        .as_u64()
+        .expect("a datagram size");
+    // A 1,500-byte path: a full-size frame (1,472 bytes) does not fit one datagram.
+    assert!((1000..1472).contains(&max), "{row}");
+    let t0 = Instant::now();
+    transfer(&na, &nb, b.addr, 5201, 200_000_000);
+    transfer(&nb, &na, a.addr, 5202, 200_000_000);
+    eprintln!("200 MB each way over QUIC in {:?}", t0.elapsed());
+    // UDP at the TUN's MTU: 1,352 bytes of payload make 1,400-byte packets.
+    let sent = 3000;
+    let got = udp_burst(&na, &nb, b.addr, sent, 1352);
+    eprintln!("UDP: {got} of {sent} datagrams of 1,352 bytes arrived intact");
+    assert!(got >= sent * 9 / 10, "{got} of {sent}");
+    // The link is the one it was: no reconnection on the way.
+    let after = quic_row(&b);
+    assert_eq!(after["failures"], 0, "{after}");
+    assert!(peering(&a, "quicAccepted") == 1 && peering(&b, "quicDialled") == 1);
+    assert!(peering(&a, "quicDatagramsRx") > 0 && peering(&a, "quicDatagramsTx") > 0);
+    let text = a.cli(&["stats"]).unwrap();
+    assert!(text.contains("quic: links accepted 1"), "{text}");
+}
+
+/// mycelium's wire on a QUIC link (no sessions, every 1,400 bytes a frame): frames that fit go
+/// as datagrams, full-size ones on the stream, and a transfer is byte-identical all the same.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn full_size_frames_go_on_the_stream_and_small_ones_as_datagrams() {
+    let dir = tempfile::tempdir().unwrap();
+    let (na, nb) = (Netns::new("qla").unwrap(), Netns::new("qlb").unwrap());
+    let flags = ["--disable-peer-discovery", "--no-sessions"];
+    let (a, b) = quic_pair(&na, &nb, 124, dir.path(), &flags);
+    let before = peering(&a, "quicDatagramsTx");
+    transfer(&na, &nb, b.addr, 5203, 50_000_000);
+    transfer(&nb, &na, a.addr, 5204, 50_000_000);
+    let (fallbacks, dgrams) = (
+        peering(&a, "quicStreamFallbacks"),
+        peering(&a, "quicDatagramsTx"),
+    );
+    eprintln!("A: {fallbacks} frames on the stream, {dgrams} datagrams");
+    // Full-size segments on the stream; the acknowledgements of the other way as datagrams.
+    assert!(fallbacks > 30_000, "{fallbacks}");
+    assert!(dgrams > before, "{dgrams}");
+    assert_eq!(peering(&a, "quicDatagramsTooLarge"), 0);
+    // Small UDP datagrams all go as QUIC datagrams.
+    let sent = 2000;
+    let got = udp_burst(&na, &nb, b.addr, sent, 500);
+    assert!(got >= sent * 9 / 10, "{got} of {sent}");
+    let more = peering(&a, "quicDatagramsTx") - dgrams;
+    assert!(
+        more >= u64::from(got),
+        "{more} datagrams for {got} UDP packets"
+    );
+}
+
+/// Garbage datagrams, a flood of handshakes from one address and a stream of garbage at the
+/// QUIC port: counted and refused, and the link between A and B never notices.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn bad_input_on_the_quic_port_leaves_peers_unharmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (na, nb, nc) = (
+        Netns::new("qba").unwrap(),
+        Netns::new("qbb").unwrap(),
+        Netns::new("qbc").unwrap(),
+    );
+    let [ac, _] = link(&na, &nc, 126).expect("veth link").addrs;
+    let (a, b) = quic_pair(&na, &nb, 125, dir.path(), &["--disable-peer-discovery"]);
+    let target: SocketAddr = (ac, 9651).into();
+
+    // 20,000 datagrams of garbage of every size.
+    nc.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut x: u32 = 0x1234_5678;
+        let mut d = vec![0u8; 1500];
+        for i in 0..20_000usize {
+            for b in d.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                *b = x as u8;
+            }
+            let _ = s.send_to(&d[..1 + i % 1400], target);
+        }
+    })
+    .expect("enter ns");
+    assert!(a.ping_once(b.addr), "A and B after the garbage");
+
+    // 100 handshakes at once from one address, none of which opens its stream; then one that
+    // sends garbage on its stream.
+    let (done, refused, malformed_closed) = nc
+        .run(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut ep = quinn::Endpoint::client("0.0.0.0:0".parse().unwrap()).unwrap();
+                ep.set_default_client_config(node::quic_client_config().unwrap());
+                let ep = Arc::new(ep);
+                let mut tasks = Vec::new();
+                for _ in 0..100 {
+                    let ep = ep.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let c = ep.connect(target, "dummy.mycelium").ok()?;
+                        tokio::time::timeout(Duration::from_secs(5), c)
+                            .await
+                            .ok()?
+                            .ok()
+                    }));
+                }
+                let mut conns = Vec::new();
+                for t in tasks {
+                    if let Some(c) = t.await.unwrap() {
+                        conns.push(c);
+                    }
+                }
+                let done = conns.len();
+                let refused = 100 - done;
+                // Garbage on the stream of one that got in: closed by the gate.
+                let mut malformed_closed = false;
+                if let Some(c) = conns.first() {
+                    let (mut s, _r) = c.open_bi().await.unwrap();
+                    s.write_all(&[0xEE; 64]).await.unwrap();
+                    malformed_closed = tokio::time::timeout(Duration::from_secs(10), c.closed())
+                        .await
+                        .is_ok();
+                }
+                (done, refused, malformed_closed)
+            })
+        })
+        .expect("enter ns");
+    eprintln!("flood: {done} handshakes completed, {refused} refused");
+    // The gate holds at most 8 unproven connections from one address.
+    assert!(done <= 8, "{done} handshakes completed from one address");
+    assert!(
+        peering(&a, "quicHandshakesRefused") >= 90,
+        "refusals counted"
+    );
+    assert!(
+        malformed_closed,
+        "garbage on the stream closes the connection"
+    );
+    a.wait(Duration::from_secs(10), "the garbage stream counted", |n| {
+        peering(n, "inboundMalformed") >= 1
+    });
+    // A and B are as they were: the same link, pinging.
+    assert!(a.ping_once(b.addr) && b.ping_once(a.addr));
+    let row = quic_row(&b);
+    assert_eq!(row["failures"], 0, "{row}");
+    assert_eq!(peering(&b, "quicDialled"), 1, "B never redialled");
+    assert_eq!(peering(&a, "quicAccepted"), 1);
+}

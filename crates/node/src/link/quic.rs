@@ -622,7 +622,7 @@ impl AsyncRead for QuicReader {
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Ready(Err(e)) if !delivered => Poll::Ready(Err(io::Error::from(e))),
+            Poll::Ready(Err(e)) if !delivered => Poll::Ready(Err(e)),
             Poll::Ready(Err(_)) => Poll::Ready(Ok(())),
             Poll::Pending if delivered => Poll::Ready(Ok(())),
             Poll::Pending => Poll::Pending,

@@ -65,6 +65,8 @@ macro_rules! for_each_data_counter {
             /// Super-frames (whole TUN super-packets) sent and received.
             super_frames_out,
             super_frames_in,
+            /// TCP SYNs from the TUN whose MSS was lowered to fit a link's datagrams.
+            tcp_mss_clamped,
         }
     };
 }

@@ -427,6 +427,14 @@ impl FrameSink {
                 holes = true;
                 continue;
             };
+            if !whole {
+                if let Some(&mss) = table.mss_clamp.get(&link) {
+                    let packet = &mut self.buf[packet_at..seg_at + len];
+                    if wire::ip::tcp::clamp_mss_v6(packet, mss) {
+                        bump(&ctx.counters.tcp_mss_clamped);
+                    }
+                }
+            }
             let kind = match (whole, &key) {
                 (false, _) => PayloadType::L3,
                 (true, SealKey::Session(s)) => {

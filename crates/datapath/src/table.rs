@@ -31,6 +31,9 @@ pub struct DataTable<L> {
     pub keys: Option<Arc<dyn KeySource>>,
     /// The end-to-end sessions with other hypha nodes (`docs/sessions.md`).
     pub sessions: Arc<SessionSnapshot>,
+    /// Links whose frames should stay small: the MSS that TCP SYNs from the TUN routed over them
+    /// are clamped to (a QUIC link whose datagrams cannot take a full-size frame, `docs/quic.md`).
+    pub mss_clamp: FxHashMap<LinkId, u16>,
 }
 
 impl<L> DataTable<L> {
@@ -41,6 +44,7 @@ impl<L> DataTable<L> {
             ciphers: FxHashMap::default(),
             keys: None,
             sessions: Arc::default(),
+            mss_clamp: FxHashMap::default(),
         }
     }
 

@@ -344,7 +344,12 @@ impl Owner {
                 }
                 _ = tokio::time::sleep_until(self.next_redial.unwrap_or(self.epoch).into()),
                     if self.next_redial.is_some() => self.redial(),
-                _ = sweep.tick() => self.expire_pending(),
+                _ = sweep.tick() => {
+                    self.expire_pending();
+                    if self.mss_clamps() != self.table.load().mss_clamp {
+                        self.publish_wanted = true;
+                    }
+                }
                 _ = session_tick.tick(), if self.sessions.is_some() => self.tick_sessions(),
                 Some(ev) = inputs.link_events.recv() => self.on_link_event(ev),
                 Some(m) = inputs.msgs.recv() => self.on_msg(m),
@@ -748,6 +753,13 @@ impl Owner {
                 bump(&self.counters.drop_no_key);
                 continue;
             };
+            let mut p = p;
+            let clamp = self.links.get(&nh.link).and_then(|l| l.quic.as_ref());
+            if let Some(mss) = clamp.and_then(crate::link::quic::mss_clamp) {
+                if wire::ip::tcp::clamp_mss_v6(&mut p, mss) {
+                    bump(&self.counters.tcp_mss_clamped);
+                }
+            }
             let batch = per_link.entry(nh.link).or_default();
             batch.frames += 1;
             let hop = hop_limit.saturating_sub(1);
@@ -1160,6 +1172,14 @@ impl Owner {
     /// changed), the link senders and the ciphers of the keys in use. A cipher the data path
     /// misses sends its packet here (as one waiting for a route), which derives the key and has
     /// it published with the next snapshot.
+    /// The MSS each QUIC link wants TCP SYNs clamped to, now.
+    fn mss_clamps(&self) -> FxHashMap<LinkId, u16> {
+        self.links
+            .iter()
+            .filter_map(|(id, l)| Some((*id, crate::link::quic::mss_clamp(l.quic.as_ref()?)?)))
+            .collect()
+    }
+
     fn publish(&mut self) {
         let fib = self.router.forwarding_table();
         let links = self
@@ -1168,9 +1188,11 @@ impl Owner {
             .map(|(id, l)| (*id, l.handles.data.clone()))
             .collect();
         let keys: Arc<dyn datapath::KeySource> = self.keys.clone();
+        let mss_clamp = self.mss_clamps();
         self.table.store(Arc::new(DataTable {
             fib,
             links,
+            mss_clamp,
             ciphers: self.keys.snapshot(),
             keys: Some(keys),
             sessions: Arc::new(

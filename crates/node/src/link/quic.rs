@@ -354,6 +354,24 @@ impl QuicLink {
     }
 }
 
+/// The smallest MSS clamped to: IPv6's minimum MTU (1,280) less the IPv6 and TCP headers.
+const MIN_MSS: usize = 1220;
+/// IPv6 and TCP headers without options, which the MSS does not count.
+const TCP_V6_HEADERS: usize = 40 + 20;
+
+/// The MSS that keeps a frame carrying one inner TCP segment within the connection's datagrams
+/// now, or `None` when a full-size frame fits (or the peer takes no datagrams at all).
+pub(crate) fn mss_clamp(conn: &Connection) -> Option<u16> {
+    let max = conn.max_datagram_size()?;
+    let frame_overhead =
+        wire::frame::DATA_FRAME_OVERHEAD + crypto::INNER_HEADER_LEN + crypto::SEAL_OVERHEAD;
+    let mss = max.saturating_sub(frame_overhead + TCP_V6_HEADERS);
+    if mss + TCP_V6_HEADERS >= crate::TUN_MTU as usize {
+        return None;
+    }
+    u16::try_from(mss.max(MIN_MSS)).ok()
+}
+
 /// The path of a QUIC connection, as the QUIC stack measures it.
 pub(crate) fn path(conn: &Connection) -> crate::control::QuicPath {
     let s = conn.stats();

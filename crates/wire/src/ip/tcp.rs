@@ -277,6 +277,70 @@ impl<'a> TcpRepr<'a> {
     }
 }
 
+/// Lowers the MSS option of a TCP SYN in the IPv6 packet `packet` to `mss` when it is larger
+/// (MSS clamping): the receiver of the SYN then sends segments that fit `mss`. The checksum is
+/// updated incrementally (RFC 1624), so a complete checksum stays complete and a partial one
+/// (`NEEDS_CSUM`, which does not cover the options) must not be passed. Returns whether the
+/// packet changed; anything that is not an IPv6 TCP SYN with a well-formed MSS option is left
+/// alone.
+pub fn clamp_mss_v6(packet: &mut [u8], mss: u16) -> bool {
+    let Ok(ip) = super::ipv6::Ipv6Packet::new_checked(&*packet) else {
+        return false;
+    };
+    let Ok(ul) = ip.upper_layer() else {
+        return false;
+    };
+    if ul.protocol != super::protocol::TCP {
+        return false;
+    }
+    let tcp = &mut packet[ul.offset..];
+    if tcp.len() < HEADER_LEN || tcp[field::FLAGS] & flags::SYN == 0 {
+        return false;
+    }
+    let header = usize::from(tcp[field::DATA_OFF] >> 4) * 4;
+    if header < HEADER_LEN || header > tcp.len() {
+        return false;
+    }
+    let mut at = HEADER_LEN;
+    while at < header {
+        match tcp[at] {
+            0 => return false, // end of options
+            1 => at += 1,      // no-op
+            kind => {
+                if at + 1 >= header {
+                    return false;
+                }
+                let len = usize::from(tcp[at + 1]);
+                if len < 2 || at + len > header {
+                    return false;
+                }
+                if kind == 2 && len == 4 {
+                    let old = u16::from_be_bytes([tcp[at + 2], tcp[at + 3]]);
+                    if old <= mss {
+                        return false;
+                    }
+                    tcp[at + 2..at + 4].copy_from_slice(&mss.to_be_bytes());
+                    // RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'). The option starts at an even
+                    // offset or not; the word holding the value is aligned either way only if
+                    // `at + 2` is even, so sum the two bytes as they sit in their words.
+                    let c = u16::from_be_bytes([tcp[field::CHECKSUM], tcp[field::CHECKSUM + 1]]);
+                    let (old_w, new_w) = if (at + 2) % 2 == 0 {
+                        (old, mss)
+                    } else {
+                        (old.rotate_left(8), mss.rotate_left(8))
+                    };
+                    let sum = crate::checksum::add(crate::checksum::add(!c, !old_w), new_w);
+                    tcp[field::CHECKSUM..field::CHECKSUM + 2]
+                        .copy_from_slice(&(!sum).to_be_bytes());
+                    return true;
+                }
+                at += len;
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +456,94 @@ mod tests {
         b[25] ^= 1;
         let p = TcpPacket::new_checked(&b[..]).unwrap();
         assert!(!p.verify_checksum(pseudo_v4(SRC, DST, 6, 27)));
+    }
+
+    /// An IPv6 TCP packet with `flags` and `opts` (padded to a multiple of 4 with end-of-options)
+    /// and a complete checksum.
+    fn syn_v6(flags_: u8, opts: &[u8]) -> Vec<u8> {
+        let mut o = opts.to_vec();
+        while o.len() % 4 != 0 {
+            o.push(0);
+        }
+        let tcp_len = HEADER_LEN + o.len() + 3;
+        let mut p = vec![0u8; 40 + tcp_len];
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        p[6] = 6;
+        p[7] = 64;
+        p[8] = 0x04;
+        p[23] = 1;
+        p[24] = 0x04;
+        p[39] = 2;
+        let t = &mut p[40..];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&5201u16.to_be_bytes());
+        t[12] = (((HEADER_LEN + o.len()) / 4) << 4) as u8;
+        t[13] = flags_;
+        t[HEADER_LEN..HEADER_LEN + o.len()].copy_from_slice(&o);
+        t[HEADER_LEN + o.len()..].copy_from_slice(b"syn");
+        fill_v6_checksum(&mut p);
+        p
+    }
+
+    fn fill_v6_checksum(p: &mut [u8]) {
+        let (src, dst): ([u8; 16], [u8; 16]) =
+            (p[8..24].try_into().unwrap(), p[24..40].try_into().unwrap());
+        let len = (p.len() - 40) as u32;
+        p[56..58].copy_from_slice(&[0, 0]);
+        let pseudo = crate::checksum::pseudo_v6(src, dst, 6, len);
+        let sum = crate::checksum::add(pseudo, reference::sum(&p[40..]));
+        p[56..58].copy_from_slice(&(!sum).to_be_bytes());
+    }
+
+    fn mss_of(p: &[u8], at: usize) -> u16 {
+        u16::from_be_bytes([p[40 + at], p[40 + at + 1]])
+    }
+
+    #[test]
+    fn mss_clamping_lowers_the_option_and_keeps_the_checksum_complete() {
+        // The option at an even offset, and after one no-op at an odd one; in a SYN and a
+        // SYN-ACK; several MSS values, 0xffff included.
+        for (opts, at) in [
+            (vec![2, 4, 0x05, 0x3c], 22),
+            (vec![1, 2, 4, 0x05, 0x3c], 23),
+            (vec![1, 1, 4, 2, 2, 4, 0xff, 0xff], 26),
+        ] {
+            for flags_ in [flags::SYN, flags::SYN | flags::ACK] {
+                for to in [1220u16, 1282, 0x1000] {
+                    let mut p = syn_v6(flags_, &opts);
+                    let before = mss_of(&p, at);
+                    let changed = clamp_mss_v6(&mut p, to);
+                    assert_eq!(changed, before > to);
+                    assert_eq!(mss_of(&p, at), before.min(to));
+                    let mut full = p.clone();
+                    fill_v6_checksum(&mut full);
+                    assert_eq!(p, full, "checksum after clamping to {to} at {at}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mss_clamping_leaves_everything_else_alone() {
+        let opts = [2, 4, 0x05, 0x3c];
+        // Not a SYN.
+        let mut p = syn_v6(flags::ACK, &opts);
+        assert!(!clamp_mss_v6(&mut p, 1200));
+        // A truncated option list, an option running past the header, end of options first.
+        for bad in [vec![2], vec![3, 9, 1], vec![0, 2, 4, 0x05, 0x3c]] {
+            let mut p = syn_v6(flags::SYN, &bad);
+            let orig = p.clone();
+            assert!(!clamp_mss_v6(&mut p, 1200));
+            assert_eq!(p, orig);
+        }
+        // Not TCP, not IPv6, too short.
+        let mut p = syn_v6(flags::SYN, &opts);
+        p[6] = 17;
+        assert!(!clamp_mss_v6(&mut p, 1200));
+        let mut p = syn_v6(flags::SYN, &opts);
+        p[0] = 0x45;
+        assert!(!clamp_mss_v6(&mut p, 1200));
+        assert!(!clamp_mss_v6(&mut [0x60; 30], 1200));
     }
 }

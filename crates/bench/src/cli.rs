@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
     name = "hypha-bench",
     version,
     about = "Benchmark hypha's data path (root): raw veth, hypha with and without sessions and \
-             offloads, the forwarding floors and other nodes (--compare), in network namespaces with iperf3 and \
-             ping; prints one table",
+             offloads and over QUIC links, the forwarding floors and other nodes (--compare), in \
+             network namespaces with iperf3 and ping; prints one table",
     long_about = BENCH_ABOUT,
     args_conflicts_with_subcommands = true
 )]
@@ -32,7 +32,8 @@ pub enum Command {
     Routes(RoutesArgs),
     /// The overlay over emulated WAN links (root): limited rate, delay, loss and a bottleneck
     /// queue; throughput, RTT under load (average, p99, max), the inner flow's retransmits and
-    /// the recovery after a 2 s outage, beside the raw link
+    /// the recovery after a 2 s outage, for hypha over TCP and over QUIC links beside the raw
+    /// link
     Wan(WanArgs),
 }
 
@@ -105,11 +106,12 @@ idle and while a bulk TCP flow runs, node CPU seconds per Gbit during the single
 node's peak RSS during the UDP flood (/proc/PID/status VmHWM).
 
 Subjects: raw veth without any overlay (the physical reference, routed through B for the chain),
-hypha (default flags: offloads, sessions, super-frames), hypha --no-sessions (mycelium's wire
-only), hypha --no-offload, the forwarding floor (whole TUN reads over plain TCP: no
-crypto, no 1400-byte packets; what any TUN + TCP overlay costs at least), the floor with AES-GCM
-over every 1400 bytes (floor+aes: what any node of this protocol costs at least), and every
---compare binary that takes mycelium's flags.
+hypha (default flags: offloads, sessions, super-frames; peers over TCP), hypha quic:// (the same
+over QUIC links; shown, not judged), hypha --no-sessions (mycelium's wire only), hypha
+--no-offload, the forwarding floor (whole TUN reads over plain TCP: no crypto, no 1400-byte
+packets; what any TUN + TCP overlay costs at least), the floor with AES-GCM over every 1400 bytes
+(floor+aes: what any node of this protocol costs at least), and every --compare binary that takes
+mycelium's flags.
 Subjects are interleaved within each repetition and nodes start fresh for every repetition. The
 table shows the median of --runs repetitions, throughput as a ratio to raw veth, and the targets
 for hypha (default flags) with PASS/FAIL. Progress goes to stderr; stdout holds only the table (or
@@ -140,10 +142,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub compare: Vec<PathBuf>,
 
-    /// Only these subjects and/or scenarios, comma-separated. Subjects: veth, hypha, no-sessions,
-    /// no-offload, floor, floor+aes, compare (all --compare binaries) or a compare binary's file
-    /// name; scenarios: tcp1, fixed (one stream paced to 1.2 Gbit/s), tcp4, chain, udp, rtt. CPU
-    /// figures come with tcp1 and fixed, the UDP-flood RSS with udp.
+    /// Only these subjects and/or scenarios, comma-separated. Subjects: veth, hypha, quic (hypha
+    /// over QUIC links), no-sessions, no-offload, floor, floor+aes, compare (all --compare
+    /// binaries) or a compare binary's file name; scenarios: tcp1, fixed (one stream paced to
+    /// 1.2 Gbit/s), tcp4, chain, udp, rtt. CPU figures come with tcp1 and fixed, the UDP-flood
+    /// RSS with udp.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub only: Vec<String>,
 

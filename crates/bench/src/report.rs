@@ -142,6 +142,8 @@ pub enum Role {
     /// hypha with its default flags (offloads, sessions and super-frames): the subject the
     /// targets are about.
     Hypha,
+    /// hypha with its default flags over QUIC peer links (`quic://`): shown beside, not judged.
+    HyphaQuic,
     /// hypha `--no-sessions`: mycelium's wire only (every 1,400 bytes split, sealed, framed).
     HyphaNoSessions,
     HyphaNoOffload,
@@ -867,6 +869,55 @@ mod tests {
             .unwrap();
         assert_eq!(t["pass"], true);
         assert_eq!(t["floor"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn quic_is_shown_beside_hypha_not_judged() {
+        let mut s = with_floors(8.0, 0.16);
+        let mut quic = SubjectResult::new(
+            "hypha quic://".into(),
+            Role::HyphaQuic,
+            Some("hypha".into()),
+            &Metric::ALL,
+        );
+        // Figures that would fail every target hypha passes: the verdicts must not move.
+        quic.push(Metric::Tcp1, 2.0);
+        quic.push(Metric::CpuPerGbit, 0.5);
+        quic.push(Metric::FixedCpu, 0.9);
+        s.insert(2, quic);
+        for (t, v) in [
+            (Target::Tcp1VsVeth, 0.4),
+            (Target::Tcp1VsFloor, 0.8),
+            (Target::FixedCpu, 0.16),
+        ] {
+            let r = t.judge(&s);
+            assert!((r.value.unwrap() - v).abs() < 1e-9, "{r:?}");
+            assert_eq!(r.pass, Some(true), "{r:?}");
+        }
+        // Its column comes next to hypha's, with the ratio to veth like every subject's.
+        let t = table(&meta(), &s);
+        let head = t.lines().nth(1).unwrap();
+        assert!(
+            head.contains("hypha  hypha quic://  hypha --no-sessions"),
+            "{head}"
+        );
+        let line = t.lines().find(|l| l.starts_with("tcp, 1 stream")).unwrap();
+        assert!(line.contains("8.00 (0.40x)   2.00 (0.10x)"), "{line}");
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("node CPU, busiest"))
+            .unwrap();
+        assert!(line.contains("0.500"), "{line}");
+        let v = serde_json::to_value(Report::new(meta(), &s)).unwrap();
+        let q = &v["subjects"][2];
+        assert_eq!(
+            (&q["label"], &q["role"]),
+            (&"hypha quic://".into(), &"hypha-quic".into())
+        );
+        assert_eq!(q["metrics"][0]["ratio_to_veth"], 0.1);
+        let c = chart(&meta(), &s);
+        assert_eq!(c.panels[0].series[2].name, "hypha quic://");
+        assert_eq!(c.panels[0].series[2].values[0], Some(2.0));
     }
 
     #[test]

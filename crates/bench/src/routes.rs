@@ -12,7 +12,7 @@
 //! Only the namespaces it creates are touched, and all traffic stays inside them.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use wire::babel::{RouterId, Tlv};
 
 use crate::cli::RoutesArgs;
 use crate::measure::{median, peak_rss_mb};
+use crate::run::Transport;
 
 const NETS: [u8; 3] = [224, 225, 226];
 const API: &str = "127.0.0.1:18990";
@@ -143,7 +144,7 @@ fn one_run(
     let node = |ns: &Netns, name: &str, peer: Option<Ipv4Addr>| {
         let file = format!("{}-{rep}-{name}", s.label);
         let tun = format!("hyrt{name}");
-        start_node(&s.bin, ns, work, &file, &tun, API, peer)
+        start_node(&s.bin, ns, work, &file, &tun, API, Transport::Tcp, peer)
     };
     let (mut na, _) = node(a, "a", None)?;
     let (mut nb, _) = node(b, "b", Some(a_from_b))?;
@@ -201,7 +202,9 @@ fn one_run(
 }
 
 /// Starts a node of `bin` in `ns` with a fresh key (`work/<file>.key`, its log beside it), the
-/// TUN `tun` and the API on `api`, dialling `peer` if given: the daemon and its overlay address.
+/// TUN `tun` and the API on `api`, its links over `transport`, dialling `peer` if given: the
+/// daemon and its overlay address.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn start_node(
     bin: &Path,
     ns: &Netns,
@@ -209,6 +212,7 @@ pub(crate) fn start_node(
     file: &str,
     tun: &str,
     api: &str,
+    transport: Transport,
     peer: Option<Ipv4Addr>,
 ) -> anyhow::Result<(Daemon, String)> {
     let key = work.join(format!("{file}.key"));
@@ -222,12 +226,11 @@ pub(crate) fn start_node(
         "--api-addr",
         api,
     ]);
-    if help_mentions(bin, "--disable-quic")? {
-        cmd.arg("--disable-quic");
-    }
-    if let Some(p) = peer {
-        cmd.args(["--peers", &format!("tcp://{p}:{PORT}")]);
-    }
+    cmd.args(transport.node_args(
+        peer.map(IpAddr::V4),
+        PORT,
+        help_mentions(bin, "--disable-quic")?,
+    ));
     let log = work.join(format!("{file}.log"));
     Ok((Daemon::start(&format!("node {file}"), cmd, &log)?, addr))
 }

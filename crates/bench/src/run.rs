@@ -20,6 +20,12 @@
 //! * `hypha`: the hypha binary (the one beside this binary, or `--binary`) with its default flags:
 //!   offloads, end-to-end sessions and super-frames (a whole TUN super-packet sealed as one frame
 //!   once a probe crossed the path).
+//! * `hypha quic://`: the same binary with its default flags, its nodes linked over QUIC instead
+//!   of TCP (`--peers quic://…:9651`, the UDP listener on the same port number): the same data
+//!   path over the other transport (which frames go as datagrams and which on the link's stream
+//!   is the link's choice, `node::link::quic`). Shown, not judged. The veths keep their MTU of
+//!   1500 (the bench never raises it), so QUIC's packets and datagrams have the size they have
+//!   on real paths.
 //! * `hypha --no-sessions`: the same binary on mycelium's wire only (every 1,400 bytes split,
 //!   sealed and framed), offloads on.
 //! * `hypha --no-offload`: the same binary on the plain TUN path.
@@ -35,11 +41,12 @@
 //! Every node gets its own key file (`--key-file K generate-keys`; its overlay address from
 //! `inspect --json`) and runs as `BIN --key-file K [--peers tcp://…:9651] --disable-peer-discovery
 //! --tun-name hyb<n> --api-addr 127.0.0.1:18989` plus `--disable-quic` when the binary's `--help`
-//! lists it. B dials nobody; A dials B, C dials B: A and C only reach each other through B. Floor
-//! nodes run as `hypha-bench floor --tun hyb<n> --addr fd00:f100::a|b|c` with `--connect` (A, C)
-//! or `--listen` on both of B's underlay addresses, the same port. Nodes run through
-//! `ip netns exec`, which execs the binary in place, so the child's pid is the node's (checked
-//! through `/proc/<pid>/exe` before any figure is read from `/proc/<pid>`).
+//! lists it (the QUIC subject: `--peers quic://…:9651` and QUIC left on). B dials nobody; A dials
+//! B, C dials B: A and C only reach each other through B. Floor nodes run as `hypha-bench floor
+//! --tun hyb<n> --addr fd00:f100::a|b|c` with `--connect` (A, C) or `--listen` on both of B's
+//! underlay addresses, the same port. Nodes run through `ip netns exec`, which execs the binary
+//! in place, so the child's pid is the node's (checked through `/proc/<pid>/exe` before any
+//! figure is read from `/proc/<pid>`).
 //!
 //! # One repetition of one subject
 //!
@@ -75,20 +82,20 @@
 //!
 //! # Fairness and output
 //!
-//! Subjects are interleaved within each repetition (veth, hypha, no-sessions, no-offload, floors,
-//! compare…; then again), so that a noisy machine affects them alike. Each figure is the median
-//! of `--runs` repetitions; throughputs are also shown as a ratio to raw veth. The target column
-//! judges hypha with its default flags (sessions on), from the medians of the same run: one TCP
-//! stream ≥ 0.40 × raw veth and ≥ 0.80 × the floor's; ≥ 4 Gbit per node-CPU-second; at the fixed
-//! rate ≤ 0.2 CPU-seconds per Gbit (both nodes) and ≤ 1.30 × the floor's; the chain ≥ 0.90 × its
-//! own 2-node figure; UDP ≥ 0.90 × raw veth's; RTT under bulk TCP ≤ 1 ms; peak RSS per node
-//! ≤ 32 MB under the UDP flood. Both floors' figures are shown beside (a target relative to the
-//! floor has none for the floor itself). Progress lines go to stderr; stdout holds the table, or
-//! with `--json` the same results with every sample (the table then goes to stderr);
-//! `--chart FILE` draws the medians as a PNG.
+//! Subjects are interleaved within each repetition (veth, hypha, quic, no-sessions, no-offload,
+//! floors, compare…; then again), so that a noisy machine affects them alike. Each figure is the
+//! median of `--runs` repetitions; throughputs are also shown as a ratio to raw veth. The target
+//! column judges hypha with its default flags (sessions on, TCP links), from the medians of the
+//! same run: one TCP stream ≥ 0.40 × raw veth and ≥ 0.80 × the floor's; ≥ 4 Gbit per
+//! node-CPU-second; at the fixed rate ≤ 0.2 CPU-seconds per Gbit (both nodes) and ≤ 1.30 × the
+//! floor's; the chain ≥ 0.90 × its own 2-node figure; UDP ≥ 0.90 × raw veth's; RTT under bulk TCP
+//! ≤ 1 ms; peak RSS per node ≤ 32 MB under the UDP flood. Both floors' figures are shown beside (a
+//! target relative to the floor has none for the floor itself). Progress lines go to stderr; stdout
+//! holds the table, or with `--json` the same results with every sample (the table then goes to
+//! stderr); `--chart FILE` draws the medians as a PNG.
 
 use std::ffi::OsStr;
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
@@ -169,6 +176,40 @@ impl Scenario {
     }
 }
 
+/// The transport of a subject's peer links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// `tcp://`; the nodes run with `--disable-quic` where the binary has it, so that no QUIC
+    /// listener idles beside the links being measured.
+    Tcp,
+    /// `quic://`, to the UDP listener on the same port number as TCP's.
+    Quic,
+}
+
+impl Transport {
+    /// A node's link flags: `--peers` with the URI of the node it dials (`peer`, listening on
+    /// `port`), if any, and `--disable-quic` on TCP when the binary has it (`has_disable_quic`).
+    pub(crate) fn node_args(
+        self,
+        peer: Option<IpAddr>,
+        port: u16,
+        has_disable_quic: bool,
+    ) -> Vec<String> {
+        let scheme = match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        };
+        let mut args = Vec::new();
+        if let Some(ip) = peer {
+            args.extend(["--peers".to_owned(), format!("{scheme}://{ip}:{port}")]);
+        }
+        if self == Transport::Tcp && has_disable_quic {
+            args.push("--disable-quic".to_owned());
+        }
+        args
+    }
+}
+
 /// One thing being measured.
 #[derive(Clone, Debug, PartialEq)]
 struct Subject {
@@ -181,6 +222,14 @@ struct Subject {
 }
 
 impl Subject {
+    fn transport(&self) -> Transport {
+        if self.role == Role::HyphaQuic {
+            Transport::Quic
+        } else {
+            Transport::Tcp
+        }
+    }
+
     fn command(&self) -> Option<String> {
         let bin = self.bin.as_ref()?;
         let mut s = bin.display().to_string();
@@ -215,6 +264,12 @@ fn subjects(binary: &Path, floor: &Path, compare: &[PathBuf]) -> Vec<Subject> {
         Subject {
             label: "hypha".into(),
             role: Role::Hypha,
+            bin: Some(binary.to_path_buf()),
+            flags: vec![],
+        },
+        Subject {
+            label: "hypha quic://".into(),
+            role: Role::HyphaQuic,
             bin: Some(binary.to_path_buf()),
             flags: vec![],
         },
@@ -296,6 +351,7 @@ fn select(only: &[String], all: Vec<Subject>) -> anyhow::Result<(Vec<Subject>, V
             .filter(|(_, s)| match name {
                 "veth" => s.role == Role::Veth,
                 "hypha" => s.role == Role::Hypha,
+                "quic" => s.role == Role::HyphaQuic,
                 "no-sessions" => s.role == Role::HyphaNoSessions,
                 "no-offload" => s.role == Role::HyphaNoOffload,
                 "floor" => s.role == Role::Floor,
@@ -312,8 +368,9 @@ fn select(only: &[String], all: Vec<Subject>) -> anyhow::Result<(Vec<Subject>, V
                 .map(|s| s.label.as_str())
                 .collect();
             bail!(
-                "--only: unknown name '{name}' (subjects: veth, hypha, no-sessions, no-offload, \
-                 floor, floor+aes, compare{}{}; scenarios: tcp1, fixed, tcp4, chain, udp, rtt)",
+                "--only: unknown name '{name}' (subjects: veth, hypha, quic, no-sessions, \
+                 no-offload, floor, floor+aes, compare{}{}; scenarios: tcp1, fixed, tcp4, chain, \
+                 udp, rtt)",
                 if compares.is_empty() { "" } else { ", " },
                 compares.join(", ")
             );
@@ -672,10 +729,10 @@ impl Rep<'_> {
     fn overlay(&mut self, s: &Subject, setup: &NodeSetup, index: usize) -> anyhow::Result<()> {
         let (na, nb, nc) = (self.topo.ns(0), self.topo.ns(1), self.topo.ns(2));
         let tun = format!("hyb{index}");
-        let peer_b_from_a = format!("tcp://{}:{NODE_PORT}", self.topo.link(0).addrs[1]);
-        let peer_b_from_c = format!("tcp://{}:{NODE_PORT}", self.topo.link(1).addrs[0]);
+        let b_from_a = self.topo.link(0).addrs[1];
+        let b_from_c = self.topo.link(1).addrs[0];
         let mut b = self.start_node(s, setup, &tun, 1, nb, None)?;
-        let mut a = self.start_node(s, setup, &tun, 0, na, Some(&peer_b_from_a))?;
+        let mut a = self.start_node(s, setup, &tun, 0, na, Some(b_from_a))?;
         let ab = Ends {
             from: na,
             to: nb,
@@ -752,8 +809,7 @@ impl Rep<'_> {
 
         let mut c = None;
         self.measure(Scenario::Chain, |r| {
-            let peer = Some(peer_b_from_c.as_str());
-            let node = c.insert(r.start_node(s, setup, &tun, 2, nc, peer)?);
+            let node = c.insert(r.start_node(s, setup, &tun, 2, nc, Some(b_from_c))?);
             let ac = Ends {
                 from: na,
                 to: nc,
@@ -792,7 +848,7 @@ impl Rep<'_> {
         tun: &str,
         i: usize,
         ns: &Netns,
-        peer: Option<&str>,
+        peer: Option<Ipv4Addr>,
     ) -> anyhow::Result<Node> {
         let name = ["a", "b", "c"][i];
         let bin = s.bin.as_ref().ok_or_else(|| anyhow!("no binary"))?;
@@ -800,14 +856,16 @@ impl Rep<'_> {
         let addr = setup.keys[i].1.to_string();
         let listen = [self.topo.link(0).addrs[1], self.topo.link(1).addrs[0]]
             .map(|ip| format!("{ip}:{NODE_PORT}"));
+        let connect = peer.map(|ip| format!("{ip}:{NODE_PORT}"));
+        let links = s
+            .transport()
+            .node_args(peer.map(IpAddr::V4), NODE_PORT, setup.disable_quic);
         let mut args: Vec<&OsStr> = Vec::new();
         if s.role.is_floor() {
             args.extend(s.flags.iter().map(OsStr::new));
             args.extend(["--tun", tun, "--addr", &addr].map(OsStr::new));
-            match peer {
-                Some(p) => {
-                    args.extend(["--connect", p.trim_start_matches("tcp://")].map(OsStr::new))
-                }
+            match &connect {
+                Some(c) => args.extend(["--connect", c].map(OsStr::new)),
                 None => {
                     for l in &listen {
                         args.extend(["--listen", l].map(OsStr::new));
@@ -816,9 +874,7 @@ impl Rep<'_> {
             }
         } else {
             args.extend([OsStr::new("--key-file"), key]);
-            if let Some(p) = peer {
-                args.extend([OsStr::new("--peers"), OsStr::new(p)]);
-            }
+            args.extend(links.iter().map(OsStr::new));
             args.extend(
                 [
                     "--disable-peer-discovery",
@@ -829,9 +885,6 @@ impl Rep<'_> {
                 ]
                 .map(OsStr::new),
             );
-            if setup.disable_quic {
-                args.push(OsStr::new("--disable-quic"));
-            }
             args.extend(s.flags.iter().map(OsStr::new));
         }
         let log = self
@@ -1179,6 +1232,7 @@ mod tests {
             [
                 "veth",
                 "hypha",
+                "hypha quic://",
                 "hypha --no-sessions",
                 "hypha --no-offload",
                 "floor",
@@ -1188,11 +1242,19 @@ mod tests {
             ]
         );
         assert_eq!(s[1].command().unwrap(), "/bin/hypha");
-        assert_eq!(s[2].command().unwrap(), "/bin/hypha --no-sessions");
-        assert_eq!(s[3].command().unwrap(), "/bin/hypha --no-offload");
-        assert_eq!(s[4].command().unwrap(), "/bin/hypha-bench floor");
-        assert_eq!(s[5].command().unwrap(), "/bin/hypha-bench floor --seal");
+        assert_eq!(s[2].command().unwrap(), "/bin/hypha");
+        assert_eq!(s[3].command().unwrap(), "/bin/hypha --no-sessions");
+        assert_eq!(s[4].command().unwrap(), "/bin/hypha --no-offload");
+        assert_eq!(s[5].command().unwrap(), "/bin/hypha-bench floor");
+        assert_eq!(s[6].command().unwrap(), "/bin/hypha-bench floor --seal");
         assert_eq!(s[0].command(), None);
+        // Only the QUIC subject links over QUIC; the compared binaries keep TCP.
+        let quic: Vec<&str> = s
+            .iter()
+            .filter(|s| s.transport() == Transport::Quic)
+            .map(|s| s.label.as_str())
+            .collect();
+        assert_eq!(quic, ["hypha quic://"]);
     }
 
     #[test]
@@ -1205,7 +1267,7 @@ mod tests {
             )
         };
         let (s, sc) = select(&[], all()).unwrap();
-        assert_eq!((s.len(), sc.len()), (7, 6));
+        assert_eq!((s.len(), sc.len()), (8, 6));
         let only = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let (s, sc) = select(&only(&["hypha", "udp", "veth"]), all()).unwrap();
         assert_eq!(
@@ -1226,6 +1288,57 @@ mod tests {
         let e = select(&only(&["tcp9"]), all()).unwrap_err().to_string();
         assert!(e.contains("'tcp9'") && e.contains("mycelium"), "{e}");
         assert!(e.contains("no-sessions") && e.contains("fixed"), "{e}");
+        assert!(e.contains(" quic,"), "{e}");
+    }
+
+    #[test]
+    fn only_selects_the_quic_subject() {
+        let all = subjects(Path::new("/bin/hypha"), Path::new("/bin/hypha-bench"), &[]);
+        let only = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // The short check of the brief: veth, hypha over TCP and over QUIC, in table order.
+        let (s, sc) = select(&only(&["quic", "veth", "hypha"]), all.clone()).unwrap();
+        assert_eq!(
+            s.iter().map(|s| s.role).collect::<Vec<_>>(),
+            [Role::Veth, Role::Hypha, Role::HyphaQuic]
+        );
+        assert_eq!(sc, Scenario::ALL);
+        // The same binary and flags as hypha: only the links differ.
+        assert_eq!(
+            (s[2].bin.as_ref(), &s[2].flags),
+            (s[1].bin.as_ref(), &s[1].flags)
+        );
+        assert_eq!(
+            (s[1].transport(), s[2].transport()),
+            (Transport::Tcp, Transport::Quic)
+        );
+        let (s, _) = select(&only(&["quic"]), all).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].label, "hypha quic://");
+    }
+
+    #[test]
+    fn link_flags_follow_the_transport() {
+        let b: IpAddr = "198.18.220.2".parse().unwrap();
+        // TCP: QUIC off where the binary can turn it off, so no UDP listener idles beside.
+        assert_eq!(
+            Transport::Tcp.node_args(Some(b), 9651, true),
+            ["--peers", "tcp://198.18.220.2:9651", "--disable-quic"]
+        );
+        assert_eq!(
+            Transport::Tcp.node_args(Some(b), 9651, false),
+            ["--peers", "tcp://198.18.220.2:9651"]
+        );
+        assert_eq!(
+            Transport::Tcp.node_args(None, 9651, true),
+            ["--disable-quic"]
+        );
+        // QUIC: the dialled URI says quic://, and QUIC stays on, also on the node that only
+        // listens.
+        assert_eq!(
+            Transport::Quic.node_args(Some(b), 9651, true),
+            ["--peers", "quic://198.18.220.2:9651"]
+        );
+        assert!(Transport::Quic.node_args(None, 9651, true).is_empty());
     }
 
     #[test]
@@ -1252,7 +1365,7 @@ mod tests {
         // The fixed-rate scenario alone: every subject, the floors included.
         let (s, sc) = select(&only(&["fixed"]), all()).unwrap();
         assert_eq!(sc, [Scenario::Fixed]);
-        assert_eq!(s.len(), 7);
+        assert_eq!(s.len(), 8);
         assert!(s.iter().any(|s| s.role == Role::Floor));
         assert!(s.iter().any(|s| s.role == Role::SealedFloor));
         // The short check of the brief: scenarios in run order, subjects in table order.
@@ -1329,7 +1442,7 @@ mod tests {
         let r = Plan::new(&args(&["--binary", "/bin/sh"]));
         if testbed::is_root() {
             let p = r.unwrap();
-            assert_eq!(p.subjects.len(), 6);
+            assert_eq!(p.subjects.len(), 7);
             assert!(p.metrics().contains(&Metric::RssPeak));
         } else {
             assert!(r.unwrap_err().to_string().contains("as root"));

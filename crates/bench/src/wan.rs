@@ -3,9 +3,11 @@
 //!
 //! For each scenario two namespaces A and B are joined by an emulated link (a middle namespace,
 //! see `testbed::wan`); the bulk flows use the congestion control the scenario names (iperf3
-//! `-C`; the peer links keep the machine's default). Each subject — the raw link (iperf3 and ping over the underlay itself), hypha, and
-//! every `--compare` binary (B dials A over the link) — is measured in turn, repetition after
-//! repetition:
+//! `-C`; TCP peer links keep the machine's default). Each subject — the raw link (iperf3 and ping
+//! over the underlay itself), hypha with its peer link over TCP, hypha over QUIC (`quic://`: the
+//! link under the QUIC stack's congestion control and loss recovery instead of the kernel's TCP),
+//! every `--compare` binary (B dials A over the link) and the floors — is measured in turn,
+//! repetition after repetition:
 //!
 //! * idle RTT: 40 echoes 50 ms apart;
 //! * one bulk TCP flow A → B (iperf3, `--secs`): throughput received and the flow's
@@ -31,7 +33,7 @@ use testbed::{ChildGuard, Daemon, Netns, ScratchDir};
 use crate::cli::WanArgs;
 use crate::measure::{median, parse_iperf};
 use crate::routes::start_node;
-use crate::run::{iperf_server, ok_in, quiet, wait_for};
+use crate::run::{iperf_server, ok_in, quiet, wait_for, Transport};
 
 const API: &str = "127.0.0.1:18991";
 const TUN: &str = "hywan";
@@ -111,7 +113,8 @@ pub const SCENARIOS: [Scenario; 5] = [
     },
 ];
 
-/// One subject: the raw link, a node binary taking hypha's (mycelium's) flags, or a floor.
+/// One subject: the raw link, a node binary taking hypha's (mycelium's) flags with its links over
+/// a transport, or a floor.
 struct Subject {
     label: String,
     kind: Kind,
@@ -119,7 +122,7 @@ struct Subject {
 
 enum Kind {
     Raw,
-    Node(PathBuf),
+    Node(PathBuf, Transport),
     /// This binary's forwarding floor (`crate::floor`): over TCP (whole super-packets, no
     /// crypto: the cheapest TCP overlay, head-of-line blocking included) or, with `udp`, one
     /// datagram a packet (the floor of a datagram transport).
@@ -133,9 +136,47 @@ impl Subject {
     fn bin(&self) -> Option<&PathBuf> {
         match &self.kind {
             Kind::Raw => None,
-            Kind::Node(b) | Kind::Floor { bin: b, .. } => Some(b),
+            Kind::Node(b, _) | Kind::Floor { bin: b, .. } => Some(b),
         }
     }
+}
+
+/// The subjects: the raw link, hypha over TCP and over QUIC, the `compare` binaries and, unless
+/// `no_floors`, the floors (`own`'s). hypha stays second: the targets judge the subject after the
+/// raw link.
+fn subjects(hypha: PathBuf, own: &Path, compare: &[PathBuf], no_floors: bool) -> Vec<Subject> {
+    let mut subjects = vec![
+        Subject {
+            label: "raw link".into(),
+            kind: Kind::Raw,
+        },
+        Subject {
+            label: "hypha".into(),
+            kind: Kind::Node(hypha.clone(), Transport::Tcp),
+        },
+        Subject {
+            label: "hypha quic://".into(),
+            kind: Kind::Node(hypha, Transport::Quic),
+        },
+    ];
+    for c in compare {
+        subjects.push(Subject {
+            label: crate::run::label_of(c),
+            kind: Kind::Node(c.clone(), Transport::Tcp),
+        });
+    }
+    if !no_floors {
+        for (label, udp) in [("floor tcp", false), ("floor udp", true)] {
+            subjects.push(Subject {
+                label: label.into(),
+                kind: Kind::Floor {
+                    bin: own.to_path_buf(),
+                    udp,
+                },
+            });
+        }
+    }
+    subjects
 }
 
 /// The floor nodes' overlay addresses (A, B) and the port B listens on.
@@ -196,37 +237,11 @@ pub fn run(args: &WanArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow!("scenario {}: {e}", s.name))?;
     }
     let own = std::env::current_exe().context("cannot find the hypha-bench binary")?;
-    let mut subjects = vec![
-        Subject {
-            label: "raw link".into(),
-            kind: Kind::Raw,
-        },
-        Subject {
-            label: "hypha".into(),
-            kind: Kind::Node(
-                args.binary
-                    .clone()
-                    .unwrap_or_else(|| own.with_file_name("hypha")),
-            ),
-        },
-    ];
-    for c in &args.compare {
-        subjects.push(Subject {
-            label: crate::run::label_of(c),
-            kind: Kind::Node(c.clone()),
-        });
-    }
-    if !args.no_floors {
-        for (label, udp) in [("floor tcp", false), ("floor udp", true)] {
-            subjects.push(Subject {
-                label: label.into(),
-                kind: Kind::Floor {
-                    bin: own.clone(),
-                    udp,
-                },
-            });
-        }
-    }
+    let hypha = args
+        .binary
+        .clone()
+        .unwrap_or_else(|| own.with_file_name("hypha"));
+    let subjects = subjects(hypha, &own, &args.compare, args.no_floors);
     for bin in subjects.iter().filter_map(Subject::bin) {
         if !testbed::is_executable(bin) {
             bail!("{}: not an executable file", bin.display());
@@ -373,12 +388,14 @@ fn one_run(sc: &Scenario, s: &Subject, secs: u32, work: &Path, rep: u32) -> anyh
             }
             overlay_ends(&a, &b, FLOOR_B.into(), &mut nodes, Duration::from_secs(20))?
         }
-        Kind::Node(bin) => {
+        Kind::Node(bin, transport) => {
             let tag = format!("{}-{}-{rep}", sc.name, nodes_tag(&s.label));
-            let (na, _) = start_node(bin, &a, work, &format!("{tag}-a"), TUN, API, None)?;
-            nodes.push(na);
-            let peer = Some(wan.addrs[0]);
-            let (nb, b_addr) = start_node(bin, &b, work, &format!("{tag}-b"), TUN, API, peer)?;
+            let node = |ns, side: &str, peer| {
+                let file = format!("{tag}-{side}");
+                start_node(bin, ns, work, &file, TUN, API, *transport, peer)
+            };
+            nodes.push(node(&a, "a", None)?.0);
+            let (nb, b_addr) = node(&b, "b", Some(wan.addrs[0]))?;
             nodes.push(nb);
             overlay_ends(&a, &b, b_addr, &mut nodes, Duration::from_secs(45))?
         }
@@ -796,6 +813,36 @@ mod tests {
         assert_eq!(c.panels[1].series[1].values, vec![Some(80.0)]);
         let (w, h, px) = crate::chart::render(&c).unwrap();
         assert_eq!(px.len(), (w * h * 3) as usize);
+    }
+
+    #[test]
+    fn hypha_runs_over_tcp_and_over_quic() {
+        let own = Path::new("/bin/hypha-bench");
+        let s = subjects("/bin/hypha".into(), own, &["/opt/mycelium".into()], false);
+        let labels: Vec<&str> = s.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "raw link",
+                "hypha",
+                "hypha quic://",
+                "mycelium",
+                "floor tcp",
+                "floor udp"
+            ]
+        );
+        // hypha over TCP stays second: the one the targets judge.
+        let transport = |i: usize| match &s[i].kind {
+            Kind::Node(bin, t) => (bin.to_str().unwrap(), *t),
+            _ => panic!("{} is not a node", s[i].label),
+        };
+        assert_eq!(transport(1), ("/bin/hypha", Transport::Tcp));
+        assert_eq!(transport(2), ("/bin/hypha", Transport::Quic));
+        assert_eq!(transport(3), ("/opt/mycelium", Transport::Tcp));
+        // --no-floors: the raw link and the nodes.
+        let s = subjects("/bin/hypha".into(), own, &[], true);
+        assert_eq!(s.len(), 3);
+        assert!(matches!(s[0].kind, Kind::Raw));
     }
 
     #[test]

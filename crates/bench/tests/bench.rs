@@ -1,7 +1,7 @@
-//! The bench end to end: a short run of `hypha bench` over every subject and scenario (with the
-//! compare path exercised by the hypha binary), its JSON and chart, and the cleanup — after a
-//! normal run, after Ctrl-C, and when `hypha-bench` refuses its arguments. Root only, except the
-//! refusals.
+//! The bench end to end: a short run of `hypha bench` over every subject and scenario (hypha over
+//! QUIC links included, the compare path exercised by the hypha binary), its JSON and chart, and
+//! the cleanup — after a normal run, after Ctrl-C, and when `hypha-bench` refuses its arguments.
+//! Root only, except the refusals.
 //!
 //! The root tests run the `hypha` binary beside `hypha-bench` (as users do): build both, e.g. with
 //! `cargo test --workspace` or `cargo test -p hypha -p hypha-bench`.
@@ -125,6 +125,7 @@ fn short_run_measures_every_subject_and_cleans_up() {
         [
             "veth",
             "hypha",
+            "hypha quic://",
             "hypha --no-sessions",
             "hypha --no-offload",
             "floor",
@@ -132,6 +133,8 @@ fn short_run_measures_every_subject_and_cleans_up() {
             "hypha-2"
         ]
     );
+    // hypha over QUIC links: the same figures as every subject, shown, not judged.
+    assert_eq!(subjects[2]["role"], "hypha-quic");
     for s in subjects {
         assert_eq!(s["failed"], false, "{s}");
         assert!(s["errors"].as_array().unwrap().is_empty(), "{s}");

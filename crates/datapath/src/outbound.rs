@@ -437,13 +437,15 @@ impl FrameSink {
             }
             let kind = match (whole, &key) {
                 (false, _) => PayloadType::L3,
-                (true, SealKey::Session(s)) => {
+                (true, SealKey::Session(s)) if !table.datagram_links.contains(&link) => {
                     s.note_super_sent();
                     bump(&ctx.counters.super_frames_out);
                     PayloadType::SuperPacket
                 }
-                (true, SealKey::Static(_)) => {
-                    // The session went away since the read: the packet goes split after all.
+                (true, _) => {
+                    // The session went away since the read, or the next hop carries datagrams
+                    // (a super-frame would go on its stream, behind every loss): the packet goes
+                    // split after all.
                     let vnet =
                         VirtioNetHdr::parse(&self.buf[seg_at..]).unwrap_or(VirtioNetHdr::NONE);
                     self.scratch.clear();

@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use std::sync::Arc;
 
 use routing::{ForwardingTable, LinkId};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::sessions::SessionSnapshot;
 use crate::Cipher;
@@ -34,6 +34,9 @@ pub struct DataTable<L> {
     /// Links whose frames should stay small: the MSS that TCP SYNs from the TUN routed over them
     /// are clamped to (a QUIC link whose datagrams cannot take a full-size frame, `docs/quic.md`).
     pub mss_clamp: FxHashMap<LinkId, u16>,
+    /// Links that carry data frames as datagrams (QUIC): super-packets for them are split, so
+    /// that each packet travels, and is lost, on its own.
+    pub datagram_links: FxHashSet<LinkId>,
 }
 
 impl<L> DataTable<L> {
@@ -45,6 +48,7 @@ impl<L> DataTable<L> {
             keys: None,
             sessions: Arc::default(),
             mss_clamp: FxHashMap::default(),
+            datagram_links: FxHashSet::default(),
         }
     }
 

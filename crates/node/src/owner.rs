@@ -1189,18 +1189,33 @@ impl Owner {
             .collect();
         let keys: Arc<dyn datapath::KeySource> = self.keys.clone();
         let mss_clamp = self.mss_clamps();
+        let datagram_links: rustc_hash::FxHashSet<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.quic.as_ref().is_some_and(|c| c.max_datagram_size().is_some()))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut sessions = self
+            .sessions
+            .as_mut()
+            .map(SessionManager::snapshot)
+            .unwrap_or_default();
+        if !datagram_links.is_empty() {
+            // Destinations behind a datagram link get their super-packets split as they are
+            // read (the sealing step would split them all the same, with a copy more).
+            sessions.whole.retain(|prefix| {
+                let addr = Ipv6Addr::from(u128::from(*prefix) << 64);
+                !matches!(self.router.lookup(addr), Lookup::Route(nh) if datagram_links.contains(&nh.link))
+            });
+        }
         self.table.store(Arc::new(DataTable {
             fib,
             links,
             mss_clamp,
+            datagram_links,
             ciphers: self.keys.snapshot(),
             keys: Some(keys),
-            sessions: Arc::new(
-                self.sessions
-                    .as_mut()
-                    .map(SessionManager::snapshot)
-                    .unwrap_or_default(),
-            ),
+            sessions: Arc::new(sessions),
         }));
         self.publish_wanted = false;
         self.last_publish = Instant::now();

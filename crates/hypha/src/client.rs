@@ -334,7 +334,7 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
             o,
             "quic: links accepted {}, dialled {}; attempts refused {}, retried {}, failed {}; \
              datagrams sent {} ({}), received {} ({}), malformed {}; data frames on the stream {} \
-             (too large after the check {})",
+             (too large after the check {}); TCP SYNs clamped {}",
             p.quic_accepted,
             p.quic_dialled,
             p.quic_handshakes_refused,
@@ -346,7 +346,8 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
             human_bytes(p.quic_datagram_bytes_rx),
             p.quic_datagrams_malformed,
             p.quic_stream_fallbacks,
-            p.quic_datagrams_too_large
+            p.quic_datagrams_too_large,
+            s.data.tcp_mss_clamped
         );
     }
     let closed: Vec<String> = s

@@ -1243,6 +1243,12 @@ impl Collector for StatsCollector {
             ]
             .map(|(r, v)| ([("kind", r)], v)),
         )?;
+        counter(
+            e,
+            "hypha_tcp_mss_clamped",
+            "TCP SYNs from the TUN whose MSS was lowered to fit a QUIC link's datagrams",
+            d.tcp_mss_clamped,
+        )?;
         encode_messages(e, &s.messages)
     }
 }

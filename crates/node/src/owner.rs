@@ -1192,7 +1192,11 @@ impl Owner {
         let datagram_links: rustc_hash::FxHashSet<LinkId> = self
             .links
             .iter()
-            .filter(|(_, l)| l.quic.as_ref().is_some_and(|c| c.max_datagram_size().is_some()))
+            .filter(|(_, l)| {
+                l.quic
+                    .as_ref()
+                    .is_some_and(|c| c.max_datagram_size().is_some())
+            })
             .map(|(id, _)| *id)
             .collect();
         let mut sessions = self

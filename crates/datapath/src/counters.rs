@@ -65,7 +65,7 @@ macro_rules! for_each_data_counter {
             /// Super-frames (whole TUN super-packets) sent and received.
             super_frames_out,
             super_frames_in,
-            /// TCP SYNs from the TUN whose MSS was lowered to fit a link's datagrams.
+            /// TCP SYNs sent or received over a link whose MSS was lowered to fit its datagrams.
             tcp_mss_clamped,
         }
     };

@@ -522,6 +522,7 @@ impl<N: NeedSink> Inbound<'_, N> {
                         self.accept(
                             table, hop, frame, sender, None, kind, payload, session, tun_out,
                         );
+                        self.clamp_mss(table, body, len);
                         self.place(frame, len, in_place);
                         return;
                     }
@@ -575,7 +576,25 @@ impl<N: NeedSink> Inbound<'_, N> {
             None,
             tun_out,
         );
+        self.clamp_mss(table, body, len);
         self.place(frame, len, in_place);
+    }
+
+    /// A TCP SYN that came over a link whose datagrams cannot take a full-size frame gets its MSS
+    /// lowered as one sent over it does (`docs/quic.md`): the local host's segments then fit too,
+    /// whatever the far end advertised. `body` holds the opened packet after the inner header.
+    fn clamp_mss<L>(&self, table: &DataTable<L>, body: &mut [u8], len: usize) {
+        if !matches!(self.admitted, Some(None)) {
+            return;
+        }
+        let Some(&mss) = table.mss_clamp.get(&self.link) else {
+            return;
+        };
+        if let Some(p) = body.get_mut(INNER_HEADER_LEN..INNER_HEADER_LEN + len) {
+            if wire::ip::tcp::clamp_mss_v6(p, mss) {
+                bump(&self.counters.tcp_mss_clamped);
+            }
+        }
     }
 
     /// Records where the packet `accept` admitted lies: the plaintext starts at the body's start,

@@ -1246,7 +1246,7 @@ impl Collector for StatsCollector {
         counter(
             e,
             "hypha_tcp_mss_clamped",
-            "TCP SYNs from the TUN whose MSS was lowered to fit a QUIC link's datagrams",
+            "TCP SYNs sent or received over a QUIC link whose MSS was lowered to fit its datagrams",
             d.tcp_mss_clamped,
         )?;
         encode_messages(e, &s.messages)

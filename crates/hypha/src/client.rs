@@ -1161,7 +1161,7 @@ mod tests {
             &[
                 "peers",
                 "add",
-                "quic://198.18.0.8:9651",
+                "tls://198.18.0.8:9651",
                 "tcp://198.18.0.7:9651",
                 "tcp://198.18.0.8:9651",
             ],
@@ -1169,7 +1169,7 @@ mod tests {
         );
         let e = r.unwrap_err().to_string();
         assert!(
-            e.starts_with("cannot add peer quic://198.18.0.8:9651: quic peers are not supported"),
+            e.starts_with("cannot add peer tls://198.18.0.8:9651: tls peers are not supported"),
             "{e}"
         );
         assert!(

@@ -667,14 +667,14 @@ mod tests {
         assert_eq!(st, 400);
         assert_eq!(
             parse(&body),
-            json!({"error": "missing protocol: expected tcp://IP:PORT"})
+            json!({"error": "missing protocol: expected tcp://IP:PORT or quic://IP:PORT"})
         );
 
         let (st, body) = call(
             a,
             "POST",
             path,
-            Some(r#"{"endpoint":"quic://198.18.0.9:9651"}"#),
+            Some(r#"{"endpoint":"tls://198.18.0.9:9651"}"#),
         )
         .await;
         assert_eq!(st, 400);

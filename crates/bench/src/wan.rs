@@ -5,9 +5,9 @@
 //! see `testbed::wan`); the bulk flows use the congestion control the scenario names (iperf3
 //! `-C`; TCP peer links keep the machine's default). Each subject — the raw link (iperf3 and ping
 //! over the underlay itself), hypha with its peer link over TCP, hypha over QUIC (`quic://`: the
-//! link under the QUIC stack's congestion control and loss recovery instead of the kernel's TCP),
-//! every `--compare` binary (B dials A over the link) and the floors — is measured in turn,
-//! repetition after repetition:
+//! link paced by the QUIC stack's congestion control instead of the kernel TCP's), every
+//! `--compare` binary (B dials A over the link) and the floors — is measured in turn, repetition
+//! after repetition:
 //!
 //! * idle RTT: 40 echoes 50 ms apart;
 //! * one bulk TCP flow A → B (iperf3, `--secs`): throughput received and the flow's

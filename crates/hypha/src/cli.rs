@@ -137,6 +137,10 @@ pub struct NodeArgs {
     #[arg(short = 'q', long = "quic-listen-port")]
     pub quic_listen_port: Option<u16>,
 
+    /// Congestion controller of QUIC links: bbr (default), cubic, newreno (for measurements)
+    #[arg(long = "quic-congestion", hide = true)]
+    pub quic_congestion: Option<node::QuicCongestion>,
+
     /// Address of the JSON-RPC 2.0 API [default: 127.0.0.1:8990; when the default is taken, the
     /// node runs without it and says so]
     #[arg(long = "jsonrpc-addr")]
@@ -388,6 +392,7 @@ pub struct Settings {
     pub tcp_listen_port: u16,
     pub disable_quic: bool,
     pub quic_listen_port: u16,
+    pub quic_congestion: node::QuicCongestion,
     pub no_tun: bool,
     pub tun_name: String,
     pub no_offload: bool,
@@ -513,6 +518,7 @@ impl Cli {
                 .quic_listen_port
                 .or(f.quic_listen_port)
                 .unwrap_or(DEFAULT_QUIC_PORT),
+            quic_congestion: n.quic_congestion.unwrap_or_default(),
             no_tun: n.no_tun || f.no_tun.unwrap_or(false),
             tun_name,
             no_offload: n.no_offload || f.no_offload.unwrap_or(false),

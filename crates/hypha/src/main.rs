@@ -99,6 +99,7 @@ fn run_node(s: Settings) -> anyhow::Result<()> {
         listen: Some(SocketAddr::from((Ipv6Addr::UNSPECIFIED, s.tcp_listen_port))),
         quic_listen: (!s.disable_quic)
             .then(|| SocketAddr::from((Ipv6Addr::UNSPECIFIED, s.quic_listen_port))),
+        quic_congestion: s.quic_congestion,
         peers,
         tun: (!s.no_tun).then(|| TunSettings {
             name: s.tun_name.clone(),

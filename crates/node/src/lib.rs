@@ -29,6 +29,7 @@ pub(crate) use datapath::{pool, ratelimit};
 pub use keys::Identity;
 /// The QUIC client configuration of links (for tools and tests that dial a node's QUIC port).
 pub use link::quic::client_config as quic_client_config;
+pub use link::quic::QuicCongestion;
 pub use node::{DiscoverySettings, Node, NodeConfig, TunSettings, TUN_MTU};
 pub mod api;
 pub mod control;

@@ -71,6 +71,8 @@ pub struct NodeConfig {
     /// The UDP address of the QUIC endpoint, which accepts and dials `quic://` peers, normally
     /// `[::]:9651`; `None` with `--disable-quic`.
     pub quic_listen: Option<SocketAddr>,
+    /// The congestion controller of QUIC links.
+    pub quic_congestion: crate::QuicCongestion,
     pub peers: Vec<Endpoint>,
     /// `None` runs without a TUN (`--no-tun`): the node routes and forwards only.
     pub tun: Option<TunSettings>,
@@ -216,7 +218,7 @@ impl Node {
         let gate_stats = refusals.gate.clone();
         let quic = match cfg.quic_listen {
             Some(a) => Some(Arc::new(
-                QuicEndpoint::bind(a, &router_id, refusals.quic.clone())
+                QuicEndpoint::bind(a, &router_id, cfg.quic_congestion, refusals.quic.clone())
                     .with_context(|| format!("cannot listen for QUIC peers on udp {a}"))?,
             )),
             None => None,

@@ -184,6 +184,7 @@ impl RunningNode {
                         secret: crypto::SecretKey::from_bytes([key; 32]),
                         listen: Some("[::]:0".parse().unwrap()),
                         quic_listen: None,
+                        quic_congestion: Default::default(),
                         peers: Vec::new(),
                         tun: None,
                         discovery: Some(discovery),

@@ -96,8 +96,42 @@ pub(crate) struct QuicEndpoint {
     pub stats: Arc<QuicStats>,
 }
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+/// The congestion controller of QUIC links (`--quic-congestion`, hidden: for measurements).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuicCongestion {
+    /// BBR: paces by the measured bottleneck rate and does not take random loss for congestion.
+    #[default]
+    Bbr,
+    /// CUBIC, quinn's default (and mycelium's): every loss cuts the window.
+    Cubic,
+    NewReno,
+}
+
+impl std::str::FromStr for QuicCongestion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "bbr" => Ok(QuicCongestion::Bbr),
+            "cubic" => Ok(QuicCongestion::Cubic),
+            "newreno" => Ok(QuicCongestion::NewReno),
+            _ => Err(format!(
+                "unknown congestion controller '{s}': expected bbr, cubic or newreno"
+            )),
+        }
+    }
+}
+
+fn transport_config(cc: QuicCongestion) -> Arc<quinn::TransportConfig> {
+    use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
     let mut t = quinn::TransportConfig::default();
+    match cc {
+        QuicCongestion::Bbr => t.congestion_controller_factory(Arc::new(BbrConfig::default())),
+        QuicCongestion::Cubic => t.congestion_controller_factory(Arc::new(CubicConfig::default())),
+        QuicCongestion::NewReno => {
+            t.congestion_controller_factory(Arc::new(NewRenoConfig::default()))
+        }
+    };
     t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
         .keep_alive_interval(Some(KEEP_ALIVE))
         // One stream, opened by the dialler; none other is wanted.
@@ -117,7 +151,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// The server's TLS: a self-signed certificate naming the router id (nobody checks it: the
 /// overlay authenticates its traffic end to end; mycelium's clients skip verification too).
-fn server_config(router_id: &RouterId) -> anyhow::Result<quinn::ServerConfig> {
+fn server_config(router_id: &RouterId, cc: QuicCongestion) -> anyhow::Result<quinn::ServerConfig> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     let ck = rcgen::generate_simple_self_signed(vec![router_id.to_string()])
         .or_else(|_| rcgen::generate_simple_self_signed(vec!["hypha".to_owned()]))?;
@@ -129,7 +163,7 @@ fn server_config(router_id: &RouterId) -> anyhow::Result<quinn::ServerConfig> {
         .with_single_cert(vec![cert], key)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config())
+    cfg.transport_config(transport_config(cc))
         .max_incoming(MAX_INCOMING)
         .incoming_buffer_size(64 * 1024)
         .incoming_buffer_size_total(4 << 20);
@@ -138,6 +172,10 @@ fn server_config(router_id: &RouterId) -> anyhow::Result<quinn::ServerConfig> {
 
 /// The client side: mycelium's server name, any certificate (see [`server_config`]).
 pub fn client_config() -> anyhow::Result<quinn::ClientConfig> {
+    client_config_with(QuicCongestion::default())
+}
+
+fn client_config_with(cc: QuicCongestion) -> anyhow::Result<quinn::ClientConfig> {
     let p = provider();
     let tls = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -146,7 +184,7 @@ pub fn client_config() -> anyhow::Result<quinn::ClientConfig> {
         .with_no_client_auth();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport_config());
+    cfg.transport_config(transport_config(cc));
     Ok(cfg)
 }
 
@@ -204,6 +242,7 @@ impl QuicEndpoint {
     pub fn bind(
         addr: SocketAddr,
         router_id: &RouterId,
+        cc: QuicCongestion,
         stats: Arc<QuicStats>,
     ) -> anyhow::Result<QuicEndpoint> {
         use socket2::{Domain, Protocol, Socket, Type};
@@ -216,13 +255,13 @@ impl QuicEndpoint {
         sock.bind(&addr.into())?;
         let ep = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
-            Some(server_config(router_id)?),
+            Some(server_config(router_id, cc)?),
             sock.into(),
             Arc::new(quinn::TokioRuntime),
         )?;
         Ok(QuicEndpoint {
             ep,
-            client: client_config()?,
+            client: client_config_with(cc)?,
             stats,
         })
     }
@@ -386,10 +425,18 @@ pub(crate) fn path(conn: &Connection) -> crate::control::QuicPath {
 }
 
 /// How long data now waits in a QUIC connection: the datagrams it holds at the rate
-/// congestion control lets out (a window per round trip), plus the queue in the path (the
-/// round trip over its minimum).
+/// congestion control lets out (a window per round trip).
+///
+/// Unlike a TCP socket's, the path's queue (the round trip over its minimum) is left out: the
+/// connection's RTT estimate changes only when it sends, and after an outage it stays as high
+/// as the outage made it while queue management drops what would have refreshed it (seen: a
+/// link that passed nothing but pings for 20 s after a 2 s outage). BBR, the links' congestion
+/// controller, keeps the path's queue short by itself.
 pub(crate) fn queue_wait(conn: &Connection) -> Duration {
     let held = DATAGRAM_SEND_BUFFER.saturating_sub(conn.datagram_send_buffer_space());
+    if held == 0 {
+        return Duration::ZERO;
+    }
     let rtt = conn.rtt();
     let cwnd = conn.stats().path.cwnd;
     let rate = if rtt.is_zero() {
@@ -397,12 +444,7 @@ pub(crate) fn queue_wait(conn: &Connection) -> Duration {
     } else {
         (cwnd as f64 / rtt.as_secs_f64()) as u64
     };
-    datapath::codel::socket_wait(
-        u32::try_from(held).unwrap_or(u32::MAX),
-        rate,
-        rtt,
-        conn.min_rtt(),
-    )
+    datapath::codel::socket_wait(u32::try_from(held).unwrap_or(u32::MAX), rate, rtt, rtt)
 }
 
 impl Transport for QuicLink {

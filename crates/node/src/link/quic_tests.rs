@@ -98,9 +98,22 @@ async fn pair() -> (
     let id_a = RouterId::new([1; 32], [1; 6]);
     let id_b = RouterId::new([2; 32], [2; 6]);
     let (sa, sb) = (Arc::<QuicStats>::default(), Arc::<QuicStats>::default());
-    let a = QuicEndpoint::bind("127.0.0.1:0".parse().unwrap(), &id_a, sa.clone()).unwrap();
-    let b =
-        Arc::new(QuicEndpoint::bind("127.0.0.1:0".parse().unwrap(), &id_b, sb.clone()).unwrap());
+    let a = QuicEndpoint::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &id_a,
+        QuicCongestion::default(),
+        sa.clone(),
+    )
+    .unwrap();
+    let b = Arc::new(
+        QuicEndpoint::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &id_b,
+            QuicCongestion::default(),
+            sb.clone(),
+        )
+        .unwrap(),
+    );
     let target = b.local_addr().unwrap();
     let gate = Gate::new(crate::gate::GateLimits::default(), Arc::default());
     let (tx, mut rx) = mpsc::channel(1);

@@ -1041,7 +1041,8 @@ fn quic_pair(hypha_dials: bool, net: u8, len: u64) {
     assert_eq!(closes(hn), vec![], "hypha's link closes after its UDP");
     let too_large = log_count(&my.log, "datagram too large");
 
-    // mycelium -> hypha bulk: measured, not asserted.
+    // mycelium -> hypha bulk: hypha clamps the MSS of the SYNs over its QUIC link, so mycelium's
+    // segments fit its datagrams and the bulk moves (without the clamp it moved nothing).
     let push = timed_push(&nm, &nh, h.addr(), 5012, Duration::from_secs(10));
     let rate = push.received as f64 / MB as f64 / push.secs;
     eprintln!(
@@ -1063,6 +1064,17 @@ fn quic_pair(hypha_dials: bool, net: u8, len: u64) {
         closes(hn),
         stats["data"]["tcpMssClamped"]
     );
+    assert!(
+        push.received >= 10 * MB,
+        "mycelium -> hypha TCP moved {} bytes",
+        push.received
+    );
+    assert_eq!(
+        log_count(&my.log, "datagram too large") - too_large,
+        0,
+        "mycelium's TCP segments did not fit its datagrams"
+    );
+    assert!(stats["data"]["tcpMssClamped"].as_u64().unwrap_or(0) >= 1);
 
     // Full-size UDP from mycelium: no MSS makes these packets smaller, every one is a full-size
     // frame mycelium tries as a datagram. Measured, not asserted.

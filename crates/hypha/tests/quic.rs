@@ -278,3 +278,57 @@ fn bad_input_on_the_quic_port_leaves_peers_unharmed() {
     assert_eq!(peering(&b, "quicDialled"), 1, "B never redialled");
     assert_eq!(peering(&a, "quicAccepted"), 1);
 }
+
+fn closes_total(n: &Node) -> u64 {
+    n.json(&["stats", "--json"])["linksClosed"]
+        .as_object()
+        .map(|o| o.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0)
+}
+
+/// Two nodes that list each other as `quic://` and start together dial each other at once; each
+/// connection comes from the endpoint the other dialled. They settle on one link at the first try:
+/// at most the one connection each side gives up is closed, and nothing flaps afterwards.
+#[test]
+#[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]
+fn nodes_that_dial_each_other_keep_one_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let (na, nb) = (Netns::new("qda").unwrap(), Netns::new("qdb").unwrap());
+    let [ab, ba] = link(&na, &nb, 127).expect("veth link").addrs;
+    let (pa, pb) = (format!("quic://{ba}:9651"), format!("quic://{ab}:9651"));
+    let a = Node::spawn(
+        &na,
+        dir.path(),
+        "a",
+        &["--disable-peer-discovery", "--peers", &pa],
+    );
+    let b = Node::spawn(
+        &nb,
+        dir.path(),
+        "b",
+        &["--disable-peer-discovery", "--peers", &pb],
+    );
+    a.wait_api();
+    b.wait_api();
+    a.wait(Duration::from_secs(30), "B answering", |n| {
+        n.ping_once(b.addr)
+    });
+    b.wait(Duration::from_secs(10), "A answering", |n| {
+        n.ping_once(a.addr)
+    });
+    let settled = [closes_total(&a), closes_total(&b)];
+    eprintln!(
+        "links closed while settling: A {}, B {}",
+        settled[0], settled[1]
+    );
+    assert!(settled.iter().all(|&c| c <= 1), "{settled:?}");
+    // Ten pings each way over two seconds: the same link all along.
+    for _ in 0..10 {
+        assert!(a.ping_once(b.addr) && b.ping_once(a.addr));
+    }
+    assert_eq!([closes_total(&a), closes_total(&b)], settled);
+    for n in [&a, &b] {
+        let row = quic_row(n);
+        assert_eq!(row["type"], "static", "{row}");
+    }
+}

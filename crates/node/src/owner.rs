@@ -129,6 +129,8 @@ pub(crate) struct LinkEntry {
     desc: String,
     /// The connection of a QUIC link, for its path statistics.
     quic: Option<quinn::Connection>,
+    /// We dialled it.
+    dialled: bool,
 }
 
 pub(crate) struct Owner {
@@ -440,8 +442,19 @@ impl Owner {
                             p.failures = 0;
                         }
                         match stream {
-                            Connected::Tcp(s) => self.start_link(e, s),
-                            Connected::Quic(q) => self.start_link(e, q),
+                            Connected::Tcp(s) => self.start_link(e, s, true),
+                            Connected::Quic(q) => self.start_link(e, q, true),
+                        }
+                    }
+                    // The peer dialled us at the same time and its connection came first: the
+                    // one both ends keep is ours if we dialled from the lower address (see
+                    // `InboundQuic`).
+                    Ok(Connected::Quic(q)) if q.ours_is_kept() => {
+                        if let Some(old) = p.link {
+                            if self.links.get(&old).is_some_and(|l| !l.dialled) {
+                                self.close_link(old, CloseReason::Replaced);
+                                self.start_link(e, q, true);
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -470,7 +483,7 @@ impl Owner {
                 self.peers
                     .entry(e)
                     .or_insert_with(|| Peer::new(PeerKind::Inbound));
-                self.start_link(e, stream);
+                self.start_link(e, stream, false);
             }
             OwnerMsg::InboundQuic(link, remote) => {
                 let e = Endpoint {
@@ -478,12 +491,20 @@ impl Owner {
                     addr: canonical(remote),
                 };
                 if let Some(old) = self.peers.get(&e).and_then(|p| p.link) {
+                    // Two nodes that list each other dialled at the same time: a QUIC node
+                    // dials from its listening port, so each connection comes from the very
+                    // endpoint the other dialled. Both keep the same one, the one dialled from
+                    // the lower address, or each would close the one the other kept.
+                    if self.links.get(&old).is_some_and(|l| l.dialled) && link.ours_is_kept() {
+                        debug!(peer = %e, "keeping our connection to a peer that dialled us too");
+                        return;
+                    }
                     self.close_link(old, CloseReason::Replaced);
                 }
                 self.peers
                     .entry(e)
                     .or_insert_with(|| Peer::new(PeerKind::Inbound));
-                self.start_link(e, link);
+                self.start_link(e, link, false);
             }
             OwnerMsg::Discovered(e) => {
                 if self.peers.contains_key(&e) {
@@ -504,7 +525,8 @@ impl Owner {
         }
     }
 
-    fn start_link<T: Transport>(&mut self, e: Endpoint, transport: T) {
+    /// Starts a link on a connection we dialled (`dialled`) or accepted.
+    fn start_link<T: Transport>(&mut self, e: Endpoint, transport: T, dialled: bool) {
         let id = LinkId(self.next_link);
         self.next_link += 1;
         let cost = transport.static_cost();
@@ -525,6 +547,8 @@ impl Owner {
         info!(peer = %e, link = id.0, "peer connected ({desc})");
         if let Some(p) = self.peers.get_mut(&e) {
             p.link = Some(id);
+            // A link that replaced another one leaves no dial behind.
+            p.next_dial = None;
             p.connected_at = Some(Instant::now());
             p.stats = Some(handles.stats.clone());
         }
@@ -535,6 +559,7 @@ impl Owner {
                 peer: e,
                 desc,
                 quic,
+                dialled,
             },
         );
         self.publish();

@@ -47,10 +47,16 @@ const DATAGRAM_RECEIVE_BUFFER: usize = 2 << 20;
 const DATAGRAM_QUEUE: usize = 1024;
 /// A datagram larger than this is not a frame any peer sends over a real path: dropped.
 const MAX_DATAGRAM_FRAME: usize = 16 * 1024;
-/// Bytes of a connection's streams in flight or buffered unsent, and their receive windows.
-const SEND_WINDOW: u64 = 4 << 20;
-const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
-const RECEIVE_WINDOW: u32 = 8 << 20;
+/// Bytes of a connection's stream in flight or buffered unsent, and its receive windows. The
+/// stream carries control frames and the few data frames that do not fit a datagram: short
+/// windows keep a queue there small (queue management does not see it) and bound what a peer
+/// can make us buffer (out-of-order data included).
+const SEND_WINDOW: u64 = 1 << 20;
+const STREAM_RECEIVE_WINDOW: u32 = 1 << 20;
+const RECEIVE_WINDOW: u32 = 2 << 20;
+/// The receive window of an accepted connection until it has proved itself: all a stranger can
+/// make us buffer on its stream.
+const UNPROVEN_RECEIVE_WINDOW: u32 = 64 * 1024;
 /// UDP socket buffers asked for (the kernel caps them at its maximum).
 const SOCKET_BUFFER: usize = 4 << 20;
 /// New connections that have not finished their handshake wait in the endpoint, at most.
@@ -122,7 +128,9 @@ impl std::str::FromStr for QuicCongestion {
     }
 }
 
-fn transport_config(cc: QuicCongestion) -> Arc<quinn::TransportConfig> {
+/// A server's and a client's transport: the same, but a server starts with the unproven
+/// receive window, and a client takes no stream from the server.
+fn transport_config(cc: QuicCongestion, server: bool) -> Arc<quinn::TransportConfig> {
     use quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
     let mut t = quinn::TransportConfig::default();
     match cc {
@@ -135,13 +143,17 @@ fn transport_config(cc: QuicCongestion) -> Arc<quinn::TransportConfig> {
     t.max_idle_timeout(IDLE_TIMEOUT.try_into().ok())
         .keep_alive_interval(Some(KEEP_ALIVE))
         // One stream, opened by the dialler; none other is wanted.
-        .max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .max_concurrent_bidi_streams(VarInt::from_u32(u32::from(server)))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER))
         .datagram_send_buffer_size(DATAGRAM_SEND_BUFFER)
         .send_window(SEND_WINDOW)
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
-        .receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+        .receive_window(VarInt::from_u32(if server {
+            UNPROVEN_RECEIVE_WINDOW
+        } else {
+            RECEIVE_WINDOW
+        }));
     Arc::new(t)
 }
 
@@ -163,7 +175,7 @@ fn server_config(router_id: &RouterId, cc: QuicCongestion) -> anyhow::Result<qui
         .with_single_cert(vec![cert], key)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(transport_config(cc))
+    cfg.transport_config(transport_config(cc, true))
         .max_incoming(MAX_INCOMING)
         .incoming_buffer_size(64 * 1024)
         .incoming_buffer_size_total(4 << 20);
@@ -184,7 +196,7 @@ fn client_config_with(cc: QuicCongestion) -> anyhow::Result<quinn::ClientConfig>
         .with_no_client_auth();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    cfg.transport_config(transport_config(cc));
+    cfg.transport_config(transport_config(cc, false));
     Ok(cfg)
 }
 
@@ -328,8 +340,23 @@ impl QuicEndpoint {
                         .map_err(|_| Refusal::Closed)?
                         .await
                         .map_err(|_| Refusal::Closed)?;
-                    let (send, mut recv) = conn.accept_bi().await.map_err(|_| Refusal::Closed)?;
-                    let first = first_frame(&mut recv).await?;
+                    // Datagrams before the proof are dropped as they come: a stranger's must not
+                    // pile up in the connection.
+                    let discard = async {
+                        while conn.read_datagram().await.is_ok() {}
+                        std::future::pending::<()>().await;
+                    };
+                    let proof = async {
+                        let (send, mut recv) =
+                            conn.accept_bi().await.map_err(|_| Refusal::Closed)?;
+                        let first = first_frame(&mut recv).await?;
+                        Ok::<_, Refusal>((send, recv, first))
+                    };
+                    let (send, recv, first) = tokio::select! {
+                        r = proof => r?,
+                        () = discard => return Err(Refusal::Closed),
+                    };
+                    conn.set_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
                     Ok((conn, send, recv, first))
                 };
                 match gate.within(&ticket, proof).await {
@@ -383,6 +410,17 @@ impl QuicLink {
             recv,
             first,
             stats,
+        }
+    }
+
+    /// For an accepted connection from a peer we dialled at the same time: whether the one we
+    /// dialled is the one both ends keep. It is the one dialled from the lower address (both
+    /// ends compare the same two addresses); between two ends on one address, the newer wins.
+    pub fn ours_is_kept(&self) -> bool {
+        let remote = canonical(self.conn.remote_address()).ip();
+        match self.conn.local_ip() {
+            Some(ip) => canonical(SocketAddr::new(ip, 0)).ip() < remote,
+            None => false,
         }
     }
 
@@ -487,6 +525,7 @@ impl Transport for QuicLink {
             stream: self.send,
             stream_left: 0,
             head: Vec::new(),
+            unwritten: Vec::new(),
             raw: false,
             waiting: None,
             stats: self.stats,
@@ -702,6 +741,8 @@ pub(crate) struct QuicWriter {
     /// The start of a frame cut before its length was known (never, from the link's writer;
     /// handled all the same): it goes on the stream.
     head: Vec<u8>,
+    /// Bytes taken for the stream and not written yet (such a head): they go before anything.
+    unwritten: Vec<u8>,
     /// Bytes that are not frames of this protocol were given: everything goes on the stream.
     raw: bool,
     /// A datagram waiting for room in the connection, and its length: the caller gives the
@@ -726,6 +767,29 @@ impl QuicWriter {
         Pin::new(&mut self.stream)
             .poll_write(cx, b)
             .map_err(io::Error::from)
+    }
+
+    /// Writes what [`QuicWriter::unwritten`] holds, as far as the stream takes it now.
+    fn write_unwritten(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.unwritten.is_empty() {
+            let bytes = std::mem::take(&mut self.unwritten);
+            match self.stream_write(cx, &bytes) {
+                Poll::Ready(Ok(0)) => {
+                    self.unwritten = bytes;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => self.unwritten = bytes[n..].to_vec(),
+                Poll::Ready(Err(e)) => {
+                    self.unwritten = bytes;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {
+                    self.unwritten = bytes;
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// What `send` came to: the datagram went (`true`), or must go on the stream (`false`).
@@ -778,6 +842,14 @@ impl AsyncWrite for QuicWriter {
             }
         }
         loop {
+            if !me.unwritten.is_empty() {
+                if let Poll::Ready(Err(e)) = me.write_unwritten(cx) {
+                    return taken_or(pos, Poll::Ready(Err(e)));
+                }
+                if !me.unwritten.is_empty() {
+                    return taken_or(pos, Poll::Pending);
+                }
+            }
             if pos == buf.len() {
                 return Poll::Ready(Ok(pos));
             }
@@ -796,26 +868,12 @@ impl AsyncWrite for QuicWriter {
                 if me.head.len() < FRAME_HEAD {
                     continue;
                 }
+                // The head goes on the stream first, then the rest of its frame.
                 match frame_len(&me.head) {
-                    Some(len) => me.stream_left = len,
+                    Some(len) => me.stream_left = len - FRAME_HEAD,
                     None => me.raw = true,
                 }
-                // The head first, whole: the stream takes small writes whole unless full.
-                let head = std::mem::take(&mut me.head);
-                let mut at = 0;
-                while at < head.len() {
-                    match me.stream_write(cx, &head[at..]) {
-                        Poll::Ready(Ok(n)) => at += n,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        // Keep what is unwritten as the head: it goes before anything else.
-                        Poll::Pending => {
-                            me.head = head[at..].to_vec();
-                            me.stream_left = me.stream_left.saturating_sub(at);
-                            return taken_or(pos, Poll::Pending);
-                        }
-                    }
-                }
-                me.stream_left = me.stream_left.saturating_sub(head.len());
+                me.unwritten = std::mem::take(&mut me.head);
                 continue;
             }
             if me.stream_left > 0 {
@@ -882,6 +940,10 @@ impl AsyncWrite for QuicWriter {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.write_unwritten(cx))?;
+        if !self.unwritten.is_empty() {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.stream)
             .poll_flush(cx)
             .map_err(io::Error::from)

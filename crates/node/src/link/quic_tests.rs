@@ -222,3 +222,33 @@ async fn a_peer_cannot_open_more_streams() {
     let uni = tokio::time::timeout(Duration::from_millis(500), conn.open_uni()).await;
     assert!(uni.is_err(), "a unidirectional stream was opened");
 }
+
+#[tokio::test]
+async fn frames_cut_anywhere_go_whole_on_the_stream_in_order() {
+    let (dialled, accepted, sa, _sb, _gate) = pair().await;
+    let (_dr, mut dw) = dialled.split();
+    let (mut ar, _aw) = accepted.split();
+    let first = read_bytes(&mut ar, control().len()).await;
+    assert_eq!(first, control());
+    let sent = vec![data(100, 1), control(), data(3000, 2), data(10, 3)];
+    let bytes: Vec<u8> = sent.concat();
+    // Cut into pieces that split headers (3 and 5 bytes) and bodies alike.
+    let mut at = 0;
+    for (i, _) in std::iter::repeat(()).enumerate() {
+        if at == bytes.len() {
+            break;
+        }
+        let n = [3, 5, 7, 1000][i % 4].min(bytes.len() - at);
+        dw.write_all(&bytes[at..at + n]).await.unwrap();
+        at += n;
+    }
+    dw.flush().await.unwrap();
+    let got = read_bytes(&mut ar, bytes.len()).await;
+    // Every frame arrives whole; the ones that came in pieces went on the stream, in order (the
+    // last one came whole in one piece and may go as a datagram).
+    let got = frames(&got);
+    assert_eq!(sorted(got.clone()), sorted(sent.clone()));
+    let streamed: Vec<_> = got.into_iter().filter(|f| f != &sent[3]).collect();
+    assert_eq!(streamed, sent[..3].to_vec());
+    assert!(sa.datagrams_tx.load(Relaxed) <= 1);
+}

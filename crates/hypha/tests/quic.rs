@@ -8,7 +8,7 @@ use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{transfer, Node};
+use common::{data, transfer, Node};
 use serde_json::Value;
 use testbed::{link, Netns};
 
@@ -137,12 +137,6 @@ fn hypha_nodes_over_quic_carry_full_size_traffic_both_ways() {
     assert!(peering(&a, "quicAccepted") == 1 && peering(&b, "quicDialled") == 1);
     let text = a.cli(&["stats"]).unwrap();
     assert!(text.contains("quic: links accepted 1"), "{text}");
-}
-
-fn data(n: &Node, field: &str) -> u64 {
-    n.json(&["stats", "--json"])["data"][field]
-        .as_u64()
-        .unwrap_or(0)
 }
 
 /// mycelium's wire on a QUIC link (no sessions, every 1,400 bytes a frame): inner TCP is told a

@@ -6,14 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Node;
+use common::{data, Node};
 use testbed::{link, Netns};
-
-fn data(n: &Node, field: &str) -> u64 {
-    n.json(&["stats", "--json"])["data"][field]
-        .as_u64()
-        .unwrap_or(0)
-}
 
 #[test]
 #[cfg_attr(not(hypha_root), ignore = "needs root: network namespaces")]

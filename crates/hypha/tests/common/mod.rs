@@ -189,6 +189,13 @@ impl Node {
     }
 }
 
+/// A data-path counter of `n` (`hypha stats --json`, `data`), 0 when absent.
+pub fn data(n: &Node, field: &str) -> u64 {
+    n.json(&["stats", "--json"])["data"][field]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 /// A byte-identical transfer of `len` bytes from `from` to `to`'s overlay address.
 pub fn transfer(from: &Netns, to: &Netns, to_addr: Ipv6Addr, port: u16, len: u64) {
     let listen: SocketAddr = (to_addr, port).into();

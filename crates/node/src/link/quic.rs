@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use wire::babel::RouterId;
 use wire::frame::{OUTER_HEADER_LEN, PROTOCOL_VERSION, TYPE_CONTROL, TYPE_DATA};
 
-use super::tcp::canonical;
+use super::tcp::{canonical, Prefixed};
 use super::Transport;
 use crate::gate::{first_frame, Gate, Refusal};
 
@@ -512,11 +512,9 @@ impl Transport for QuicLink {
         tokio::spawn(pump_datagrams(self.conn.clone(), tx));
         let reader = QuicReader {
             conn: self.conn.clone(),
-            stream: self.recv,
+            stream: Prefixed::new(self.first, self.recv),
             datagrams: rx,
             held: None,
-            first: self.first,
-            first_at: 0,
             cursor: FrameCursor::default(),
             stats: self.stats.clone(),
         };
@@ -628,12 +626,11 @@ impl FrameCursor {
 /// stream frames.
 pub(crate) struct QuicReader {
     conn: Connection,
-    stream: RecvStream,
+    /// The stream, after the bytes read while the connection proved itself.
+    stream: Prefixed<RecvStream>,
     datagrams: mpsc::Receiver<Bytes>,
     /// A datagram that did not fit the caller's buffer yet.
     held: Option<Bytes>,
-    first: Vec<u8>,
-    first_at: usize,
     cursor: FrameCursor,
     stats: Arc<QuicStats>,
 }
@@ -659,18 +656,6 @@ impl AsyncRead for QuicReader {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let me = &mut *self;
-        if me.first_at < me.first.len() {
-            let n = buf.remaining().min(me.first.len() - me.first_at);
-            let part = &me.first[me.first_at..me.first_at + n];
-            me.cursor.advance(part);
-            buf.put_slice(part);
-            me.first_at += n;
-            if me.first_at == me.first.len() {
-                me.first = Vec::new();
-                me.first_at = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
         let start = buf.filled().len();
         // Datagrams first, and only between two stream frames.
         if me.cursor.at_boundary() {

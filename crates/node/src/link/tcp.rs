@@ -77,11 +77,7 @@ impl Transport for Proven {
 
     fn split(self) -> (Prefixed<OwnedReadHalf>, OwnedWriteHalf) {
         let (rd, wr) = Transport::split(self.stream);
-        let rd = Prefixed {
-            first: self.first,
-            at: 0,
-            inner: rd,
-        };
+        let rd = Prefixed::new(self.first, rd);
         (rd, wr)
     }
 
@@ -95,6 +91,16 @@ pub(crate) struct Prefixed<R> {
     first: Vec<u8>,
     at: usize,
     inner: R,
+}
+
+impl<R> Prefixed<R> {
+    pub(crate) fn new(first: Vec<u8>, inner: R) -> Prefixed<R> {
+        Prefixed {
+            first,
+            at: 0,
+            inner,
+        }
+    }
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {

@@ -6,7 +6,7 @@ use std::net::Ipv6Addr;
 use std::ops::Range;
 
 use routing::LinkId;
-use wire::frame::{DataHeader, DataRepr, DATA_FRAME_OVERHEAD, OUTER_HEADER_LEN};
+use wire::frame::{DataHeader, DATA_FRAME_OVERHEAD, OUTER_HEADER_LEN};
 use wire::icmp::{self, IcmpError};
 use wire::virtio::VirtioNetHdr;
 
@@ -23,34 +23,37 @@ const OUTBOX_CAPACITY: usize = 80 * 1024;
 pub struct FrameBatch {
     pub bytes: Vec<u8>,
     pub frames: u32,
+    /// The flow tag of each frame, in order (`fq::flow_of_packet`), as the sealer saw its inner
+    /// packet; frames past its end (relayed, or the node's own) go by their overlay addresses.
+    pub flows: Vec<u32>,
 }
 
 impl FrameBatch {
-    /// Cuts the largest data frame out of the batch: the one a queue drops to tell the heaviest
-    /// flow of congestion (echoes, ACKs and keystrokes are small frames, and stay). Returns the
-    /// bytes cut (0: no whole frame found).
-    pub fn drop_largest_frame(&mut self) -> usize {
+    /// Calls `f` with the start, length and flow tag of each data frame, in order. A tail that
+    /// is not a whole frame (nothing the core writes) comes last, as one piece of flow 0, so
+    /// that nothing handed over is lost.
+    pub fn for_each_frame(&self, mut f: impl FnMut(usize, usize, u32)) {
         let mut pos = 0;
-        let mut largest: Option<(usize, usize)> = None;
+        let mut i = 0;
         while let Some(rest) = self.bytes.get(pos + OUTER_HEADER_LEN..) {
             let Ok(h) = DataHeader::new_checked(rest) else {
                 break;
             };
-            let len = DATA_FRAME_OVERHEAD + usize::from(DataRepr::parse(&h).body_len);
+            let len = DATA_FRAME_OVERHEAD + usize::from(h.body_len());
             if pos + len > self.bytes.len() {
                 break;
             }
-            if largest.is_none_or(|(_, l)| len > l) {
-                largest = Some((pos, len));
-            }
+            let tag = match self.flows.get(i) {
+                Some(&t) => t,
+                None => crate::fq::flow_of_pair(h.src(), h.dst()),
+            };
+            f(pos, len, tag);
             pos += len;
+            i += 1;
         }
-        let Some((at, len)) = largest else {
-            return 0;
-        };
-        self.bytes.drain(at..at + len);
-        self.frames = self.frames.saturating_sub(1);
-        len
+        if pos < self.bytes.len() {
+            f(pos, self.bytes.len() - pos, 0);
+        }
     }
 }
 
@@ -61,9 +64,10 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// The buffer to append one frame for `link` to (counted as one frame).
+    /// The buffer to append one frame of flow `flow` (`fq::flow_of_packet`) for `link` to
+    /// (counted as one frame).
     #[inline]
-    pub(crate) fn buf(&mut self, link: LinkId) -> &mut Vec<u8> {
+    pub(crate) fn buf(&mut self, link: LinkId, flow: u32) -> &mut Vec<u8> {
         // Few next hops per batch: a linear scan beats hashing.
         let i = match self.bufs.iter().position(|(l, _)| *l == link) {
             Some(i) => i,
@@ -73,6 +77,7 @@ impl Outbox {
                     FrameBatch {
                         bytes: crate::pool::take(OUTBOX_CAPACITY),
                         frames: 0,
+                        flows: Vec::with_capacity(64),
                     },
                 ));
                 self.bufs.len() - 1
@@ -80,6 +85,7 @@ impl Outbox {
         };
         let b = &mut self.bufs[i].1;
         b.frames += 1;
+        b.flows.push(flow);
         &mut b.bytes
     }
 

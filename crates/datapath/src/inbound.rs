@@ -471,7 +471,7 @@ impl<N: NeedSink> Inbound<'_, N> {
                 if self.refresh.due(dst, self.now) && self.link_may_ask() {
                     let _ = self.needs.try_push(Need::RouteFor(dst, self.link));
                 }
-                let buf = out.buf(nh.link);
+                let buf = out.buf(nh.link, crate::fq::flow_of_pair(src, dst));
                 let slot = DataSlot::begin(buf);
                 buf.extend_from_slice(body);
                 if slot.finish(buf, hop, src, dst).is_ok() {
@@ -799,7 +799,7 @@ impl<N: NeedSink> Inbound<'_, N> {
         };
         let from = self.own_subnet.addr();
         if oob::push_oob_icmp(
-            out.buf(nh.link),
+            out.buf(nh.link, crate::fq::flow_of_pair(from, orig_src)),
             &cipher,
             kind,
             from,

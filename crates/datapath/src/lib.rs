@@ -24,6 +24,7 @@
 mod batch;
 pub mod codel;
 mod counters;
+pub mod fq;
 mod inbound;
 mod oob;
 pub use oob::{push_oob_icmp, OrigKeys};

@@ -366,6 +366,8 @@ pub struct FrameSink {
     /// Frame start and segment length of each segment, and whether it is a super-packet taken
     /// whole (its virtio header first).
     spans: Vec<(usize, usize, bool)>,
+    /// The flow tag of each frame kept in place so far (`fq::flow_of_packet`).
+    flows: Vec<u32>,
     capacity: usize,
     /// The sessions of the batch being read: which destinations take super-packets whole.
     sessions: Option<Arc<SessionSnapshot>>,
@@ -379,6 +381,7 @@ impl FrameSink {
             buf: crate::pool::take_dirty(capacity),
             len: 0,
             spans: Vec::with_capacity(256),
+            flows: Vec::with_capacity(64),
             capacity,
             sessions: None,
             scratch: offload::Segments::new(),
@@ -451,8 +454,9 @@ impl FrameSink {
                     self.scratch.clear();
                     let packet = &self.buf[packet_at..seg_at + len];
                     if offload::split(&vnet, packet, &mut self.scratch).is_ok() {
+                        let flow = crate::fq::flow_of_packet(packet);
                         for seg in self.scratch.iter() {
-                            let buf = out.buf(link);
+                            let buf = out.buf(link, flow);
                             if push_sealed(buf, &key, PayloadType::L3, seg, hop, src, dst) {
                                 bump(&ctx.counters.frames_sent);
                             }
@@ -465,7 +469,8 @@ impl FrameSink {
             if main.is_some_and(|m| m != link) || len > MAX_SINK_SEGMENT {
                 // Another next hop (several reads went into this batch): copy it over.
                 let packet = &self.buf[seg_at..seg_at + len];
-                if push_sealed(out.buf(link), &key, kind, packet, hop, src, dst) {
+                let flow = crate::fq::flow_of_packet(&self.buf[packet_at..seg_at + len]);
+                if push_sealed(out.buf(link, flow), &key, kind, packet, hop, src, dst) {
                     bump(&ctx.counters.frames_sent);
                     if key.is_session() {
                         bump(&ctx.counters.session_frames_out);
@@ -475,6 +480,7 @@ impl FrameSink {
                 continue;
             }
             main = Some(link);
+            let flow = crate::fq::flow_of_packet(&self.buf[packet_at..seg_at + len]);
             let frame = &mut self.buf[start..start + frame_len];
             let (head, body) = frame.split_at_mut(DATA_FRAME_OVERHEAD);
             body[..INNER_L3.len()].copy_from_slice(&kind.inner_header());
@@ -489,6 +495,7 @@ impl FrameSink {
             }
             kept_end += frame_len;
             frames += 1;
+            self.flows.push(flow);
             bump(&ctx.counters.frames_sent);
             if key.is_session() {
                 bump(&ctx.counters.session_frames_out);
@@ -499,7 +506,15 @@ impl FrameSink {
         let link = main?;
         let mut bytes = std::mem::replace(&mut self.buf, crate::pool::take_dirty(self.capacity));
         bytes.truncate(kept_end);
-        Some((link, FrameBatch { bytes, frames }))
+        let flows = std::mem::replace(&mut self.flows, Vec::with_capacity(64));
+        Some((
+            link,
+            FrameBatch {
+                bytes,
+                frames,
+                flows,
+            },
+        ))
     }
 
     /// The sessions the next reads go by: super-packets for destinations they list in
@@ -511,6 +526,7 @@ impl FrameSink {
     /// Forgets the segments, keeping the buffer.
     pub fn clear(&mut self) {
         self.spans.clear();
+        self.flows.clear();
         self.len = 0;
     }
 }

@@ -711,7 +711,7 @@ fn keys_missing_from_the_snapshot_are_derived_through_the_key_source() {
 }
 
 #[test]
-fn a_queue_drops_the_largest_frame_of_a_batch_and_keeps_the_rest_whole() {
+fn sealed_frames_carry_their_inner_flows_and_a_batch_walks_frame_by_frame() {
     let f = fixture();
     let (a, b) = (f.a.address(), f.b.address());
     let echo = packet(a, b, 64, 0x11, 56);
@@ -722,27 +722,40 @@ fn a_queue_drops_the_largest_frame_of_a_batch_and_keeps_the_rest_whole() {
         put(&mut sink, p);
     }
     let (main, _, _) = seal(&f, &mut sink);
-    let (_, mut batch) = main.expect("frames for link 1");
-    let before = batch.bytes.len();
-    let cut = batch.drop_largest_frame();
-    assert_eq!(batch.bytes.len(), before - cut);
-    assert_eq!(batch.frames, 2);
-    // The rest still decodes and opens, in order.
-    assert_eq!(
-        open_all(&batch.bytes, &f.b, &f.a),
-        vec![(63, echo.clone()), (63, ack.clone())]
-    );
-    assert!(batch.drop_largest_frame() > 0);
-    assert!(batch.drop_largest_frame() > 0);
-    assert_eq!((batch.frames, batch.bytes.len()), (0, 0));
-    assert_eq!(batch.drop_largest_frame(), 0);
-    // Bytes that are no frame are left alone.
-    let mut junk = FrameBatch {
+    let (_, batch) = main.expect("frames for link 1");
+    let want: Vec<u32> = [&echo, &bulk, &ack]
+        .iter()
+        .map(|p| crate::fq::flow_of_packet(p))
+        .collect();
+    assert_eq!(batch.flows, want);
+    let mut spans = Vec::new();
+    batch.for_each_frame(|at, len, tag| spans.push((at, len, tag)));
+    assert_eq!(spans.len(), 3);
+    assert_eq!(spans.iter().map(|s| s.2).collect::<Vec<_>>(), want);
+    // The spans tile the batch, and each is one frame that opens on its own.
+    let mut at = 0;
+    for (i, &(start, len, _)) in spans.iter().enumerate() {
+        assert_eq!(start, at);
+        at += len;
+        let opened = open_all(&batch.bytes[start..start + len], &f.b, &f.a);
+        assert_eq!(opened, vec![(63, [&echo, &bulk, &ack][i].clone())]);
+    }
+    assert_eq!(at, batch.bytes.len());
+    // Untagged frames go by their overlay addresses.
+    let untagged = FrameBatch {
+        flows: Vec::new(),
+        ..batch
+    };
+    untagged.for_each_frame(|_, _, tag| assert_eq!(tag, crate::fq::flow_of_pair(a, b)));
+    // Bytes that are no frame come out as one piece, not lost.
+    let junk = FrameBatch {
         bytes: vec![0xff; 100],
         frames: 1,
+        flows: Vec::new(),
     };
-    assert_eq!(junk.drop_largest_frame(), 0);
-    assert_eq!(junk.bytes.len(), 100);
+    let mut pieces = Vec::new();
+    junk.for_each_frame(|at, len, tag| pieces.push((at, len, tag)));
+    assert_eq!(pieces, vec![(0, 100, 0)]);
 }
 
 #[test]

@@ -154,7 +154,11 @@ impl<T> FlowQueues<T> {
             };
             self.bytes -= len as usize;
             self.frames -= 1;
-            let charged = if from_new { Duration::ZERO } else { socket_wait };
+            let charged = if from_new {
+                Duration::ZERO
+            } else {
+                socket_wait
+            };
             let sojourn = now.saturating_duration_since(at) + charged;
             let emptied = f.queue.is_empty() && charged < TARGET;
             if f.codel.on_dequeue(now, sojourn, emptied) {
@@ -254,7 +258,10 @@ mod tests {
         }
         // The bulk flow is being served.
         for _ in 0..10 {
-            assert!(matches!(q.pop(t0, Duration::ZERO), Some(Out::Send(_, 1_472))));
+            assert!(matches!(
+                q.pop(t0, Duration::ZERO),
+                Some(Out::Send(_, 1_472))
+            ));
         }
         // A ping arrives behind 90 bulk frames: it is next.
         q.push(2, 1_000, 120, t0);

@@ -9,27 +9,51 @@ use std::time::{Duration, Instant};
 
 use datapath::{DataCounters, FrameBatch, Need, NeedSink};
 use routing::LinkId;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Notify, Semaphore, TryAcquireError};
 
 use crate::link::LinkStats;
 
 /// The data path's snapshot as the shell keeps it: each link with its queue's sender.
 pub(crate) type DataTable = datapath::DataTable<LinkTx>;
 
-/// Where data frames for one link go: batches of encoded frames, bounded (back-pressure); and,
-/// while nothing of the link is queued or being written, its socket itself.
+/// Where data frames for one link go: batches of encoded frames, bounded in bytes
+/// (back-pressure); and, while nothing of the link is queued or being written, its socket
+/// itself.
 #[derive(Clone, Debug)]
 pub(crate) struct LinkTx {
     data: mpsc::Sender<Queued>,
+    /// The link's byte budget, in [`UNIT`]s: a sender takes a batch's units before queueing it,
+    /// the writer gives them back once the batch is written or dropped. The writer takes every
+    /// queued batch at once (so a sparse flow's frame reaches its flow queue without waiting
+    /// behind bulk batches in the channel), which leaves the bound to this.
+    room: Arc<Semaphore>,
     direct: Option<Arc<Direct>>,
 }
 
-/// A batch in a link's queue, and when it was queued (its wait is what queue management
-/// measures).
+/// Bytes a link's queue holds at most (channel and writer together): 512 KiB, about four
+/// batches of super-packet frames, as the queue held before it counted bytes.
+pub(crate) const LINK_QUEUE_BYTES: usize = 512 * 1024;
+/// The budget's unit.
+const UNIT: usize = 1024;
+
+/// A link's byte budget, in units.
+pub(crate) fn link_room() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(LINK_QUEUE_BYTES / UNIT))
+}
+
+/// The budget units a batch of `bytes` holds: its KiB, rounded up, at least 1 and at most the
+/// whole budget (a larger batch waits for an empty queue).
+fn units(bytes: usize) -> u32 {
+    bytes.div_ceil(UNIT).clamp(1, LINK_QUEUE_BYTES / UNIT) as u32
+}
+
+/// A batch in a link's queue, when it was queued (its wait is what queue management
+/// measures), and the budget units it holds.
 #[derive(Debug)]
 pub(crate) struct Queued {
     pub batch: FrameBatch,
     pub at: Instant,
+    pub units: u32,
 }
 
 /// A socket written without blocking, by whoever holds the lock around it.
@@ -175,8 +199,12 @@ impl Direct {
 }
 
 impl LinkTx {
-    pub(crate) fn new(data: mpsc::Sender<Queued>, direct: Option<Arc<Direct>>) -> LinkTx {
-        LinkTx { data, direct }
+    pub(crate) fn new(
+        data: mpsc::Sender<Queued>,
+        room: Arc<Semaphore>,
+        direct: Option<Arc<Direct>>,
+    ) -> LinkTx {
+        LinkTx { data, room, direct }
     }
 
     /// Writes the batch to the socket at once if the link is idle (its buffer goes back to the
@@ -195,13 +223,21 @@ impl LinkTx {
             },
             None => batch,
         };
+        let units = units(batch.bytes.len());
+        match self.room.try_acquire_many(units) {
+            Ok(p) => p.forget(),
+            Err(TryAcquireError::NoPermits) => return Err(mpsc::error::TrySendError::Full(batch)),
+            Err(TryAcquireError::Closed) => return Err(mpsc::error::TrySendError::Closed(batch)),
+        }
         self.count_queued(1);
         let q = Queued {
             batch,
             at: Instant::now(),
+            units,
         };
         self.data.try_send(q).map_err(|e| {
             self.count_queued(-1);
+            self.room.add_permits(units as usize);
             match e {
                 mpsc::error::TrySendError::Full(q) => mpsc::error::TrySendError::Full(q.batch),
                 mpsc::error::TrySendError::Closed(q) => mpsc::error::TrySendError::Closed(q.batch),
@@ -214,22 +250,30 @@ impl LinkTx {
         &self,
         batch: FrameBatch,
     ) -> Result<(), mpsc::error::SendError<FrameBatch>> {
+        let units = units(batch.bytes.len());
+        match self.room.acquire_many(units).await {
+            Ok(p) => p.forget(),
+            Err(_) => return Err(mpsc::error::SendError(batch)),
+        }
         self.count_queued(1);
         let q = Queued {
             batch,
             at: Instant::now(),
+            units,
         };
         self.data.send(q).await.map_err(|e| {
             self.count_queued(-1);
+            self.room.add_permits(units as usize);
             mpsc::error::SendError(e.0.batch)
         })
     }
 
-    /// The link closed: senders stop writing its socket.
+    /// The link closed: senders stop writing its socket, and stop waiting for room.
     pub(crate) fn close(&self) {
         if let Some(d) = &self.direct {
             d.close();
         }
+        self.room.close();
     }
 
     fn count_queued(&self, n: isize) {
@@ -359,13 +403,23 @@ mod tests {
         FrameBatch {
             bytes: vec![0; 10],
             frames,
+            flows: Vec::new(),
         }
+    }
+
+    /// What the writer does with a queued batch: takes it, and gives its budget back.
+    fn take(rx: &mut mpsc::Receiver<Queued>, room: &Semaphore) -> Queued {
+        let q = rx.try_recv().unwrap();
+        room.add_permits(q.units as usize);
+        q
     }
 
     #[test]
     fn a_full_link_is_waited_for_until_found_stalled_then_skipped_until_it_drains() {
-        let (tx, mut rx) = mpsc::channel(1);
-        let tx = LinkTx::new(tx, None);
+        // Room for one batch: the byte budget, not the channel, is what fills.
+        let (tx, mut rx) = mpsc::channel(8);
+        let room = Arc::new(Semaphore::new(1));
+        let tx = LinkTx::new(tx, room.clone(), None);
         let counters = DataCounters::default();
         let mut stalled = Stalled::default();
         let link = LinkId(7);
@@ -380,10 +434,10 @@ mod tests {
         // Another link is not affected.
         assert!(!stalled.contains(LinkId(8)));
         // Once it drains, it takes batches again and is no longer stalled.
-        assert_eq!(rx.try_recv().unwrap().batch.frames, 1);
+        assert_eq!(take(&mut rx, &room).batch.frames, 1);
         assert!(offer_batch(&tx, link, batch(4), &mut stalled, &counters).is_none());
         assert!(!stalled.contains(link));
-        assert_eq!(rx.try_recv().unwrap().batch.frames, 4);
+        assert_eq!(take(&mut rx, &room).batch.frames, 4);
         // A closed link: counted as no route.
         drop(rx);
         assert!(offer_batch(&tx, link, batch(5), &mut stalled, &counters).is_none());
@@ -391,13 +445,44 @@ mod tests {
     }
 
     #[test]
+    fn a_links_queue_is_bounded_in_bytes_not_batches() {
+        let (tx, mut rx) = mpsc::channel(DATA_QUEUE_FOR_TESTS);
+        let room = link_room();
+        let tx = LinkTx::new(tx, room.clone(), None);
+        let big = |kib: usize| FrameBatch {
+            bytes: vec![0; kib * 1024],
+            frames: 1,
+            flows: Vec::new(),
+        };
+        tx.try_send(big(400)).unwrap();
+        // 200 KiB more would pass the 512 KiB budget; small batches still fit.
+        assert!(matches!(
+            tx.try_send(big(200)),
+            Err(mpsc::error::TrySendError::Full(_))
+        ));
+        for _ in 0..100 {
+            tx.try_send(batch(1)).unwrap();
+        }
+        assert!(tx.try_send(big(20)).is_err());
+        // The writer takes the large one: its 400 units come back.
+        take(&mut rx, &room);
+        tx.try_send(big(200)).unwrap();
+        // A batch larger than the whole budget still goes, once the queue is empty enough.
+        assert_eq!(units(10 << 20), (LINK_QUEUE_BYTES / UNIT) as u32);
+    }
+
+    const DATA_QUEUE_FOR_TESTS: usize = 256;
+
+    #[test]
     fn waiting_for_room_sends_or_marks_the_link_stalled() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
-        let (tx, mut rx) = mpsc::channel(1);
-        let tx = LinkTx::new(tx, None);
+        // Room for one batch: the byte budget, not the channel, is what fills.
+        let (tx, mut rx) = mpsc::channel(8);
+        let room = Arc::new(Semaphore::new(1));
+        let tx = LinkTx::new(tx, room.clone(), None);
         let counters = DataCounters::default();
         let mut stalled = Stalled::default();
         let link = LinkId(7);
@@ -407,9 +492,9 @@ mod tests {
         assert!(stalled.contains(link));
         assert_eq!(counters.drop_queue_full.load(Ordering::Relaxed), 2);
         // Room appears: the batch goes through, nothing counted.
-        assert_eq!(rx.try_recv().unwrap().batch.frames, 1);
+        assert_eq!(take(&mut rx, &room).batch.frames, 1);
         assert!(!rt.block_on(wait_for_room(&tx, link, batch(4), &mut stalled, &counters)));
-        assert_eq!(rx.try_recv().unwrap().batch.frames, 4);
+        assert_eq!(take(&mut rx, &room).batch.frames, 4);
         assert_eq!(counters.drop_queue_full.load(Ordering::Relaxed), 2);
         // The link went away: counted as no route, not as stalled.
         drop(rx);
@@ -441,7 +526,12 @@ mod tests {
         theirs.set_nonblocking(true).unwrap();
         let direct = Arc::new(Direct::new(Box::new(ours), Arc::default()));
         let (tx, rx) = mpsc::channel(4);
-        (LinkTx::new(tx, Some(direct.clone())), direct, rx, theirs)
+        (
+            LinkTx::new(tx, link_room(), Some(direct.clone())),
+            direct,
+            rx,
+            theirs,
+        )
     }
 
     fn read_all(sock: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
@@ -460,6 +550,7 @@ mod tests {
         FrameBatch {
             bytes: vec![fill; len],
             frames: 1,
+            flows: Vec::new(),
         }
     }
 
@@ -506,8 +597,12 @@ mod tests {
     fn a_closed_link_takes_no_direct_writes() {
         let (tx, _direct, mut rx, mut far) = direct_pair();
         tx.close();
-        tx.try_send(bytes(7, 10)).unwrap();
-        assert_eq!(rx.try_recv().unwrap().batch.bytes, vec![7; 10]);
+        // Neither written nor queued: the link is gone.
+        assert!(matches!(
+            tx.try_send(bytes(7, 10)),
+            Err(mpsc::error::TrySendError::Closed(_))
+        ));
+        assert!(rx.try_recv().is_err());
         assert!(read_all(&mut far).is_empty());
     }
 

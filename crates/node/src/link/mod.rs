@@ -9,6 +9,7 @@
 
 mod close;
 pub(crate) mod quic;
+mod sched;
 pub(crate) mod tcp;
 
 pub(crate) use close::{CloseReason, LinkCloses};
@@ -26,27 +27,26 @@ use tracing::{debug, trace, warn};
 use wire::babel::{Metric, Prefix, RouterId, Subnet, Tlv};
 use wire::frame::{self, Frame, FrameReader};
 
-use datapath::codel::Codel;
-use datapath::{bump, DataCounters, DataFrame, FrameBatch, Need, Receiver, Run, TunBatch};
+use datapath::{bump, DataCounters, DataFrame, Need, Receiver, Run, TunBatch};
 
 use crate::metrics::TunHistograms;
 use crate::ratelimit::LogLimiter;
 use crate::transmit::{
     self, ChannelNeeds, DataTable, Direct, DirectWrite, LinkTx, Queued, Stalled,
 };
+use sched::Sched;
 use tun::{Tun, Writer as TunWriter};
 
 /// A write that makes no progress for this long means the peer stalled: drop it.
 const WRITE_STALL: Duration = Duration::from_secs(30);
 /// Upper bound of bytes gathered into one write.
 const MAX_WRITE: usize = 256 * 1024;
-/// Upper bound of data batches gathered into one write (one `iovec` each).
-const MAX_BATCHES_PER_WRITE: usize = 64;
 /// Control TLVs waiting for the writer; beyond this they are dropped and counted.
 pub(crate) const CONTROL_QUEUE: usize = 1024;
-/// Data batches waiting for the writer; beyond this senders wait (back-pressure). Short, because
-/// every queued byte delays the packets behind it.
-pub(crate) const DATA_QUEUE: usize = 4;
+/// Data batches in a link's channel at most. The writer empties it every round; what bounds the
+/// queue is its byte budget (`transmit::LINK_QUEUE_BYTES`), which senders wait for
+/// (back-pressure).
+pub(crate) const DATA_QUEUE: usize = 256;
 /// The read buffer of a link that carries only control frames (or little data): a burst of
 /// control frames is read in pieces of this size rather than all at once, and an idle or unproven
 /// connection holds no more than this. It grows by itself for a frame that does not fit.
@@ -183,15 +183,15 @@ pub(crate) fn spawn<T: Transport>(id: LinkId, transport: T, ctx: LinkContext) ->
     let probe = transport.queue_probe();
     let (rd, wr) = transport.split();
     let events = ctx.events.clone();
+    let room = transmit::link_room();
     let writer = tokio::spawn({
         let stats = stats.clone();
         let events = events.clone();
         let direct = direct.clone();
-        let codel = ctx
-            .queue_management
-            .then(|| Aqm::new(ctx.counters.clone(), probe));
+        let sched = Sched::new(ctx.queue_management, room.clone(), ctx.counters.clone());
+        let wait = SocketWait::new(probe);
         async move {
-            let w = write_loop(wr, ctl_rx, data_rx, direct.as_deref(), codel, &stats);
+            let w = write_loop(wr, ctl_rx, data_rx, direct.as_deref(), sched, wait, &stats);
             let why = match w.await {
                 Ok(()) => CloseReason::Shutdown,
                 Err(e) => e,
@@ -211,7 +211,7 @@ pub(crate) fn spawn<T: Transport>(id: LinkId, transport: T, ctx: LinkContext) ->
     });
     LinkHandles {
         control: ctl_tx,
-        data: LinkTx::new(data_tx, direct),
+        data: LinkTx::new(data_tx, room, direct),
         stats,
         reader: reader.abort_handle(),
         writer: writer.abort_handle(),
@@ -224,78 +224,78 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut control: mpsc::Receiver<Tlv>,
     mut data: mpsc::Receiver<Queued>,
     direct: Option<&Direct>,
-    mut codel: Option<Aqm>,
+    mut sched: Sched,
+    mut wait: SocketWait,
     stats: &LinkStats,
 ) -> Result<(), CloseReason> {
-    // Control frames are encoded here; data batches are written as they came, several per
-    // vectored write, and their buffers go back to the pool afterwards.
+    // Control frames are encoded here; data frames are written from the buffers they were
+    // sealed into, many per vectored write, picked by the scheduler.
     let mut ctl: Vec<u8> = Vec::with_capacity(4096);
-    let mut batches: Vec<FrameBatch> = Vec::with_capacity(MAX_BATCHES_PER_WRITE);
     let mut refused_log = LogLimiter::new(Duration::from_secs(10));
-    loop {
-        let mut data_frames = 0u64;
+    let result = loop {
         let mut control_frames = 0u64;
-        let mut bytes = 0usize;
-        let leftover_ready = async {
-            match direct {
-                Some(d) => d.wake.notified().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            t = control.recv() => match t {
-                Some(tlv) => control_frames += encode_tlv(&mut ctl, &tlv, &mut refused_log),
-                None => return Ok(()),
-            },
-            b = data.recv() => match b {
-                Some(q) => {
-                    let b = manage(q, &mut codel, data.is_empty(), direct);
-                    data_frames += u64::from(b.frames);
-                    bytes += b.bytes.len();
-                    batches.push(b);
+        // Batches released without being written (empty ones, or all their frames dropped).
+        let mut released = 0usize;
+        if sched.is_empty() {
+            let leftover_ready = async {
+                match direct {
+                    Some(d) => d.wake.notified().await,
+                    None => std::future::pending().await,
                 }
-                None => return Ok(()),
-            },
-            // A sender's batch the socket took only in part.
-            () = leftover_ready => {}
+            };
+            tokio::select! {
+                biased;
+                t = control.recv() => match t {
+                    Some(tlv) => control_frames += encode_tlv(&mut ctl, &tlv, &mut refused_log),
+                    None => break Ok(()),
+                },
+                q = data.recv() => match q {
+                    Some(q) => released += sched.push(q),
+                    None => break Ok(()),
+                },
+                // A sender's batch the socket took only in part.
+                () = leftover_ready => {}
+            }
         }
-        // Gather whatever else is ready into the same write.
+        // Gather whatever else is ready: every queued batch goes to the scheduler, so that a
+        // sparse flow's frame is among those it picks from.
         while let Ok(tlv) = control.try_recv() {
             control_frames += encode_tlv(&mut ctl, &tlv, &mut refused_log);
         }
-        while bytes < MAX_WRITE && batches.len() < MAX_BATCHES_PER_WRITE {
-            match data.try_recv() {
-                Ok(q) => {
-                    let b = manage(q, &mut codel, data.is_empty(), direct);
-                    data_frames += u64::from(b.frames);
-                    bytes += b.bytes.len();
-                    batches.push(b);
-                }
-                Err(_) => break,
-            }
+        while let Ok(q) = data.try_recv() {
+            released += sched.push(q);
+        }
+        if !sched.is_empty() {
+            let now = Instant::now();
+            let socket_wait = if sched.wants_socket_wait() {
+                wait.read(now, direct)
+            } else {
+                Duration::ZERO
+            };
+            released += sched.fill(MAX_WRITE, now, socket_wait);
         }
         // The socket is ours for this round; what a sender left half written goes first.
         let leftover = direct.map(Direct::writer_begin).unwrap_or_default();
-        let total = leftover.len() + ctl.len() + bytes;
+        let total = leftover.len() + ctl.len() + sched.round_bytes();
         let written = tokio::time::timeout(
             WRITE_STALL,
-            write_all_vectored(&mut wr, &leftover, &ctl, &batches),
+            write_all_vectored(&mut wr, &leftover, &ctl, &sched),
         )
         .await;
+        let done = sched.round_done();
         if let Some(d) = direct {
-            d.writer_done(batches.len());
+            d.writer_done(done.batches + released);
         }
         match written {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(CloseReason::WriteFailed(e.kind())),
-            Err(_) => return Err(CloseReason::WriteStalled),
+            Ok(Err(e)) => break Err(CloseReason::WriteFailed(e.kind())),
+            Err(_) => break Err(CloseReason::WriteStalled),
         }
         stats.tx_bytes.fetch_add(total as u64, Ordering::Relaxed);
-        if data_frames > 0 {
+        if done.frames > 0 {
             stats
                 .tx_data_frames
-                .fetch_add(data_frames, Ordering::Relaxed);
+                .fetch_add(done.frames, Ordering::Relaxed);
         }
         if control_frames > 0 {
             stats
@@ -306,63 +306,46 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if ctl.capacity() > CONTROL_BUFFER_KEEP {
             ctl.shrink_to(4096);
         }
-        for b in batches.drain(..) {
-            crate::pool::give(b.bytes);
-        }
-    }
+    };
+    // Senders waiting for room stop waiting.
+    sched.close();
+    result
 }
 
 /// How often the writer asks the socket how long data waits there (`TCP_INFO`, one syscall).
 const SOCKET_WAIT_EVERY: Duration = Duration::from_millis(1);
 
-/// Queue management of one link: CoDel (`datapath::codel`) over each batch's sojourn — the time
-/// it waited in the link's queue plus the time data now waits in the socket and in the outer
-/// connection's flight, as the kernel reports it (read at most every [`SOCKET_WAIT_EVERY`]).
-pub(crate) struct Aqm {
-    codel: Codel,
-    counters: Arc<DataCounters>,
-    socket_wait: Duration,
+/// How long data written now waits in the socket and in the outer connection's flight, as the
+/// kernel (or the transport) reports it, read at most every [`SOCKET_WAIT_EVERY`].
+pub(crate) struct SocketWait {
+    last: Duration,
     read_at: Option<Instant>,
     /// The transport's own measure, for one without a direct socket.
     probe: Option<QueueProbe>,
 }
 
-impl Aqm {
-    fn new(counters: Arc<DataCounters>, probe: Option<QueueProbe>) -> Aqm {
-        Aqm {
-            codel: Codel::default(),
-            counters,
-            socket_wait: Duration::ZERO,
+impl SocketWait {
+    fn new(probe: Option<QueueProbe>) -> SocketWait {
+        SocketWait {
+            last: Duration::ZERO,
             read_at: None,
             probe,
         }
     }
-}
 
-/// Queue management at the head of a link's queue: a batch whose sojourn stayed past CoDel's
-/// target for long enough loses its largest frame (see `datapath::codel`). `emptied` says
-/// nothing waits behind it in the link's queue; the queue counts as drained only when the
-/// socket holds no standing queue either.
-fn manage(q: Queued, aqm: &mut Option<Aqm>, emptied: bool, direct: Option<&Direct>) -> FrameBatch {
-    let mut b = q.batch;
-    if let Some(a) = aqm {
-        let now = Instant::now();
-        if a.read_at
+    fn read(&mut self, now: Instant, direct: Option<&Direct>) -> Duration {
+        if self
+            .read_at
             .is_none_or(|t| now.saturating_duration_since(t) >= SOCKET_WAIT_EVERY)
         {
-            a.socket_wait = direct
+            self.last = direct
                 .and_then(Direct::queue_wait)
-                .or_else(|| a.probe.as_ref().and_then(|p| p()))
+                .or_else(|| self.probe.as_ref().and_then(|p| p()))
                 .unwrap_or_default();
-            a.read_at = Some(now);
+            self.read_at = Some(now);
         }
-        let sojourn = now.saturating_duration_since(q.at) + a.socket_wait;
-        let drained = emptied && a.socket_wait < datapath::codel::TARGET;
-        if a.codel.on_dequeue(now, sojourn, drained) && b.drop_largest_frame() > 0 {
-            bump(&a.counters.drop_queue_delay);
-        }
+        self.last
     }
-    b
 }
 
 /// Writes the control bytes, then every batch, with as few `writev` calls as the socket allows.
@@ -370,21 +353,16 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     wr: &mut W,
     leftover: &[u8],
     ctl: &[u8],
-    batches: &[FrameBatch],
+    sched: &Sched,
 ) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batches.len() + 2);
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(16);
     if !leftover.is_empty() {
         slices.push(IoSlice::new(leftover));
     }
     if !ctl.is_empty() {
         slices.push(IoSlice::new(ctl));
     }
-    slices.extend(
-        batches
-            .iter()
-            .filter(|b| !b.bytes.is_empty())
-            .map(|b| IoSlice::new(&b.bytes)),
-    );
+    slices.extend(sched.slices());
     let mut rest: &mut [IoSlice<'_>] = &mut slices;
     while !rest.is_empty() {
         let n = wr.write_vectored(rest).await?;

@@ -120,9 +120,41 @@ pub fn socket_wait(notsent: u32, delivery_rate: u64, rtt: Duration, min_rtt: Dur
     (unsent + rtt.saturating_sub(min_rtt)).min(MAX_SOCKET_WAIT)
 }
 
+/// How long the peer socket's unsent backlog may last at the connection's delivery rate: long
+/// enough that the writer refills it before it runs dry, short enough that a sparse flow's
+/// frame, picked first from the flow queues, does not wait behind it.
+pub const SOCKET_BACKLOG: Duration = Duration::from_millis(2);
+/// The smallest and largest unsent backlog (`TCP_NOTSENT_LOWAT`) a peer socket is given.
+pub const MIN_NOTSENT_LOWAT: u32 = 16 * 1024;
+pub const MAX_NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// The unsent backlog to give a peer socket that delivers `delivery_rate` bytes a second
+/// ([`SOCKET_BACKLOG`] of it, within the bounds, in steps of 4 KiB so that it settles; the
+/// largest while the rate is not known). What the socket does not hold waits in the link's
+/// flow queues, where queue management sees it and sparse flows pass it.
+pub fn notsent_lowat(delivery_rate: u64) -> u32 {
+    if delivery_rate == 0 {
+        return MAX_NOTSENT_LOWAT;
+    }
+    let bytes = (delivery_rate as f64 * SOCKET_BACKLOG.as_secs_f64()) as u64;
+    let stepped = bytes.div_ceil(4096) * 4096;
+    stepped.clamp(u64::from(MIN_NOTSENT_LOWAT), u64::from(MAX_NOTSENT_LOWAT)) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unsent_backlog_is_two_milliseconds_at_the_delivery_rate_within_bounds() {
+        // 200 Mbit/s: 50 KB, in 4 KiB steps.
+        assert_eq!(notsent_lowat(25_000_000), 53_248);
+        // 50 Mbit/s: 12.5 KB, raised to the floor.
+        assert_eq!(notsent_lowat(6_250_000), MIN_NOTSENT_LOWAT);
+        // 8 Gbit/s and an unknown rate: the ceiling.
+        assert_eq!(notsent_lowat(1_000_000_000), MAX_NOTSENT_LOWAT);
+        assert_eq!(notsent_lowat(0), MAX_NOTSENT_LOWAT);
+    }
 
     #[test]
     fn the_socket_wait_is_unsent_bytes_at_the_delivery_rate_plus_the_flight_queue() {

@@ -31,6 +31,9 @@ macro_rules! for_each_data_counter {
             /// Data frames a link's queue dropped because data had waited in it too long (its
             /// CoDel controller), so that the inner flows slow down.
             drop_queue_delay,
+            /// ECN-capable inner packets given a CE mark instead of a drop by a link's queue
+            /// management.
+            ce_marked,
             drop_no_tun,
             icmp_generated,
             icmp_received,

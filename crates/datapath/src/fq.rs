@@ -14,6 +14,7 @@
 
 use std::collections::VecDeque;
 use std::net::Ipv6Addr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::codel::{Codel, TARGET};
@@ -36,7 +37,8 @@ enum List {
 
 #[derive(Debug)]
 struct Flow<T> {
-    queue: VecDeque<(T, u32, Instant)>,
+    /// Each frame, its length and ECN capability, and when it was queued.
+    queue: VecDeque<(T, u32, bool, Instant)>,
     deficit: i64,
     list: List,
     codel: Codel,
@@ -60,6 +62,10 @@ pub enum Out<T> {
     Send(T, u32),
     /// CoDel drops this frame: its flow's queue stood above the target for an interval.
     Drop(T, u32),
+    /// Write this frame, and tell its flow of congestion as CoDel would by a drop: its inner
+    /// packet is ECN-capable, so a later packet of the flow gets a CE mark instead
+    /// ([`CeMarks`]). The tag is the flow's.
+    Mark(T, u32, u32),
 }
 
 /// The flow queues of one link, holding frames of type `T` (the caller's handle on them).
@@ -71,8 +77,9 @@ pub struct FlowQueues<T> {
     old: VecDeque<u16>,
     bytes: usize,
     frames: usize,
-    /// Frames CoDel dropped so far.
+    /// Frames CoDel dropped, and frames it chose for a CE mark, so far.
     pub drops: u64,
+    pub marks: u64,
 }
 
 impl<T> Default for FlowQueues<T> {
@@ -84,6 +91,7 @@ impl<T> Default for FlowQueues<T> {
             bytes: 0,
             frames: 0,
             drops: 0,
+            marks: 0,
         }
     }
 }
@@ -111,7 +119,7 @@ impl<T> FlowQueues<T> {
         }
         let idx = bucket(tag);
         let f = &mut self.flows[usize::from(idx)];
-        f.queue.push_back((item, len, at));
+        f.queue.push_back((item, len, tag & TAG_ECT != 0, at));
         if f.list == List::Idle {
             f.list = List::New;
             f.deficit = i64::from(QUANTUM);
@@ -139,7 +147,7 @@ impl<T> FlowQueues<T> {
                 self.old.push_back(idx);
                 continue;
             }
-            let Some((item, len, at)) = f.queue.pop_front() else {
+            let Some((item, len, ect, at)) = f.queue.pop_front() else {
                 // Drained. A new flow goes behind the old ones once more (so that a flow that
                 // keeps sending cannot stay new); an old one leaves the lists.
                 self.front_off(from_new);
@@ -162,6 +170,11 @@ impl<T> FlowQueues<T> {
             let sojourn = now.saturating_duration_since(at) + charged;
             let emptied = f.queue.is_empty() && charged < TARGET;
             if f.codel.on_dequeue(now, sojourn, emptied) {
+                if ect {
+                    self.marks += 1;
+                    f.deficit -= i64::from(len);
+                    return Some(Out::Mark(item, len, u32::from(idx)));
+                }
                 self.drops += 1;
                 return Some(Out::Drop(item, len));
             }
@@ -179,6 +192,60 @@ impl<T> FlowQueues<T> {
     }
 }
 
+/// CE marks a link's queue owes its ECN-capable flows, by flow queue. The link's writer decides
+/// (its CoDel would have dropped a frame, [`Out::Mark`]) after the frame was sealed, when its
+/// inner header can no longer be changed; the sealer then marks the next ECN-capable packet it
+/// seals of a flow of that queue. The mark reaches the receiver a queue's wait later than a
+/// mark at the head would; the flow slows down without losing a packet.
+#[derive(Debug)]
+pub struct CeMarks {
+    owed: Vec<AtomicU8>,
+}
+
+/// Marks owed to one flow queue at most: more would outlive the congestion they tell of.
+const MAX_OWED: u8 = 4;
+
+impl Default for CeMarks {
+    fn default() -> CeMarks {
+        CeMarks {
+            owed: (0..BUCKETS).map(|_| AtomicU8::new(0)).collect(),
+        }
+    }
+}
+
+impl CeMarks {
+    /// The queue of flow `tag` owes a mark (the tag of an [`Out::Mark`] is the queue's).
+    pub fn owe(&self, tag: u32) {
+        let o = &self.owed[usize::from(bucket(tag))];
+        let _ = o.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < MAX_OWED).then_some(n + 1)
+        });
+    }
+
+    /// Whether a packet of flow `tag` (ECN-capable) is to carry a mark; takes it if so.
+    pub fn take(&self, tag: u32) -> bool {
+        let o = &self.owed[usize::from(bucket(tag))];
+        o.load(Ordering::Relaxed) > 0
+            && o.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok()
+    }
+}
+
+/// Sets the CE codepoint in an IPv6 packet's traffic class if it is ECN-capable (ECT(0) or
+/// ECT(1)); returns whether it did. No checksum covers the traffic class.
+pub fn mark_ce(packet: &mut [u8]) -> bool {
+    if packet.len() < 40 || packet[0] >> 4 != 6 {
+        return false;
+    }
+    let ecn = (packet[1] >> 4) & 0b11;
+    if ecn == 0 || ecn == 0b11 {
+        return false;
+    }
+    packet[1] |= 0b11 << 4;
+    true
+}
+
+/// The flow queue of a tag, as a tag (for [`CeMarks`]).
 fn bucket(tag: u32) -> u16 {
     ((tag & !TAG_ECT) as usize % BUCKETS) as u16
 }
@@ -243,7 +310,7 @@ mod tests {
         while let Some(o) = q.pop(now, Duration::ZERO) {
             match o {
                 Out::Send(i, _) => out.push(i),
-                Out::Drop(..) => panic!("no drops expected"),
+                Out::Drop(..) | Out::Mark(..) => panic!("no drops expected"),
             }
         }
         out
@@ -321,12 +388,53 @@ mod tests {
                     bulk_drops += 1;
                 }
                 Some(Out::Send(..)) => {}
-                None => unreachable!(),
+                Some(Out::Mark(..)) | None => unreachable!(),
             }
         }
         assert!(bulk_drops > 10, "{bulk_drops}");
         assert_eq!(q.drops, bulk_drops);
         let _ = now;
+    }
+
+    #[test]
+    fn an_ecn_capable_bulk_flow_is_marked_instead_of_dropped_and_the_sealer_takes_the_marks() {
+        let mut q = FlowQueues::default();
+        let t0 = Instant::now();
+        let ce = CeMarks::default();
+        let tag = 5 | TAG_ECT;
+        let (mut marks, mut sent) = (0, 0);
+        for step in 0..5_000u32 {
+            let now = t0 + Duration::from_micros(u64::from(step) * 100);
+            while q.len() < 200 {
+                q.push(tag, step, 1_472, now - 20 * MS);
+            }
+            match q.pop(now, Duration::ZERO) {
+                Some(Out::Mark(_, _, t)) => {
+                    ce.owe(t);
+                    marks += 1;
+                }
+                Some(Out::Send(..)) => sent += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(marks > 5 && q.drops == 0 && q.marks == marks, "{marks}");
+        assert!(sent > 4_000);
+        // The sealer takes at most what is owed (bounded), for flows of that queue only.
+        assert!(!ce.take(6 | TAG_ECT));
+        let mut taken = 0;
+        while ce.take(tag) {
+            taken += 1;
+        }
+        assert!(taken >= 1 && taken <= u32::from(MAX_OWED));
+        // Marking a packet: ECT(0) becomes CE; not-ECT and CE stay as they are.
+        let mut p = vec![0u8; 40];
+        p[0] = 0x60;
+        assert!(!mark_ce(&mut p));
+        p[1] = 0x20;
+        assert!(mark_ce(&mut p));
+        assert_eq!(p[1], 0x30);
+        assert!(!mark_ce(&mut p));
+        assert!(!mark_ce(&mut p[..20]));
     }
 
     #[test]

@@ -438,6 +438,15 @@ impl FrameSink {
                     }
                 }
             }
+            let flow = crate::fq::flow_of_packet(&self.buf[packet_at..seg_at + len]);
+            if flow & crate::fq::TAG_ECT != 0 {
+                // A CE mark the link's queue owes this flow (`fq::CeMarks`).
+                if let Some(ce) = table.ce_marks.get(&link) {
+                    if ce.take(flow) && crate::fq::mark_ce(&mut self.buf[packet_at..seg_at + len]) {
+                        bump(&ctx.counters.ce_marked);
+                    }
+                }
+            }
             let kind = match (whole, &key) {
                 (false, _) => PayloadType::L3,
                 (true, SealKey::Session(s)) if !table.datagram_links.contains(&link) => {
@@ -454,7 +463,6 @@ impl FrameSink {
                     self.scratch.clear();
                     let packet = &self.buf[packet_at..seg_at + len];
                     if offload::split(&vnet, packet, &mut self.scratch).is_ok() {
-                        let flow = crate::fq::flow_of_packet(packet);
                         for seg in self.scratch.iter() {
                             let buf = out.buf(link, flow);
                             if push_sealed(buf, &key, PayloadType::L3, seg, hop, src, dst) {
@@ -469,7 +477,6 @@ impl FrameSink {
             if main.is_some_and(|m| m != link) || len > MAX_SINK_SEGMENT {
                 // Another next hop (several reads went into this batch): copy it over.
                 let packet = &self.buf[seg_at..seg_at + len];
-                let flow = crate::fq::flow_of_packet(&self.buf[packet_at..seg_at + len]);
                 if push_sealed(out.buf(link, flow), &key, kind, packet, hop, src, dst) {
                     bump(&ctx.counters.frames_sent);
                     if key.is_session() {
@@ -480,7 +487,6 @@ impl FrameSink {
                 continue;
             }
             main = Some(link);
-            let flow = crate::fq::flow_of_packet(&self.buf[packet_at..seg_at + len]);
             let frame = &mut self.buf[start..start + frame_len];
             let (head, body) = frame.split_at_mut(DATA_FRAME_OVERHEAD);
             body[..INNER_L3.len()].copy_from_slice(&kind.inner_header());

@@ -37,6 +37,8 @@ pub struct DataTable<L> {
     /// Links that carry data frames as datagrams (QUIC): super-packets for them are split, so
     /// that each packet travels, and is lost, on its own.
     pub datagram_links: FxHashSet<LinkId>,
+    /// The CE marks each link's queue owes its ECN-capable flows (`fq::CeMarks`).
+    pub ce_marks: FxHashMap<LinkId, Arc<crate::fq::CeMarks>>,
 }
 
 impl<L> DataTable<L> {
@@ -49,6 +51,7 @@ impl<L> DataTable<L> {
             sessions: Arc::default(),
             mss_clamp: FxHashMap::default(),
             datagram_links: FxHashSet::default(),
+            ce_marks: FxHashMap::default(),
         }
     }
 

@@ -213,14 +213,15 @@ fn stats_text(s: &Stats, prev: Option<(&Stats, f64)>) -> String {
     o.push('\n');
     let _ = writeln!(
         o,
-        "drops   no route {}, no key {}, decrypt {}, hop limit {}, queue full {}, queue delay {}, \
-         not ipv6 {}, bad inner {}, no tun {}; malformed control frames {}",
+        "drops   no route {}, no key {}, decrypt {}, hop limit {}, queue full {}, queue delay {} \
+         (and {} CE marks instead), not ipv6 {}, bad inner {}, no tun {}; malformed control frames {}",
         d.drop_no_route,
         d.drop_no_key,
         d.drop_decrypt,
         d.drop_hop_limit,
         d.drop_queue_full,
         d.drop_queue_delay,
+        d.ce_marked,
         d.drop_not_ipv6,
         d.drop_inner,
         d.drop_no_tun,

@@ -861,6 +861,12 @@ impl Collector for StatsCollector {
             ]
             .map(|(r, v)| ([("reason", r)], v)),
         )?;
+        counter(
+            e,
+            "hypha_data_ce_marks",
+            "ECN-capable inner packets given a CE mark by a link's queue management instead of a drop",
+            d.ce_marked,
+        )?;
         family(
             e,
             "hypha_data_refusals",

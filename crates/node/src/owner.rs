@@ -1237,11 +1237,17 @@ impl Owner {
                 !matches!(self.router.lookup(addr), Lookup::Route(nh) if datagram_links.contains(&nh.link))
             });
         }
+        let ce_marks = self
+            .links
+            .iter()
+            .map(|(id, l)| (*id, l.handles.ce.clone()))
+            .collect();
         self.table.store(Arc::new(DataTable {
             fib,
             links,
             mss_clamp,
             datagram_links,
+            ce_marks,
             ciphers: self.keys.snapshot(),
             keys: Some(keys),
             sessions: Arc::new(sessions),

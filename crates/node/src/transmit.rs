@@ -67,13 +67,35 @@ pub(crate) trait DirectWrite: Send + Sync {
     }
 }
 
-impl DirectWrite for std::net::TcpStream {
+/// A peer's TCP socket as senders and the writer write it. Asked how long data waits (which
+/// queue management does every millisecond while the link has a queue), it also sizes its
+/// unsent backlog to the rate it delivers (`datapath::codel::notsent_lowat`).
+pub(crate) struct PeerSocket {
+    sock: std::net::TcpStream,
+    /// The `TCP_NOTSENT_LOWAT` last set.
+    lowat: std::sync::atomic::AtomicU32,
+}
+
+impl PeerSocket {
+    pub(crate) fn new(sock: std::net::TcpStream, lowat: u32) -> PeerSocket {
+        PeerSocket {
+            sock,
+            lowat: lowat.into(),
+        }
+    }
+}
+
+impl DirectWrite for PeerSocket {
     fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
-        std::io::Write::write_vectored(&mut &*self, bufs)
+        std::io::Write::write_vectored(&mut &self.sock, bufs)
     }
 
     fn queue_wait(&self) -> Option<Duration> {
-        let i = tun::sock::tcp_info(self).ok()?;
+        let i = tun::sock::tcp_info(&self.sock).ok()?;
+        let want = datapath::codel::notsent_lowat(i.delivery_rate);
+        if self.lowat.swap(want, Ordering::Relaxed) != want {
+            let _ = socket2::SockRef::from(&self.sock).set_tcp_notsent_lowat(want);
+        }
         Some(datapath::codel::socket_wait(
             i.notsent_bytes,
             i.delivery_rate,

@@ -159,6 +159,8 @@ pub(crate) struct LinkContext {
 pub(crate) struct LinkHandles {
     pub control: mpsc::Sender<Tlv>,
     pub data: LinkTx,
+    /// The CE marks its queue management owes ECN-capable flows, for the sealers.
+    pub ce: Arc<datapath::fq::CeMarks>,
     pub stats: Arc<LinkStats>,
     pub reader: tokio::task::AbortHandle,
     pub writer: tokio::task::AbortHandle,
@@ -184,11 +186,17 @@ pub(crate) fn spawn<T: Transport>(id: LinkId, transport: T, ctx: LinkContext) ->
     let (rd, wr) = transport.split();
     let events = ctx.events.clone();
     let room = transmit::link_room();
+    let ce = Arc::new(datapath::fq::CeMarks::default());
     let writer = tokio::spawn({
         let stats = stats.clone();
         let events = events.clone();
         let direct = direct.clone();
-        let sched = Sched::new(ctx.queue_management, room.clone(), ctx.counters.clone());
+        let sched = Sched::new(
+            ctx.queue_management,
+            room.clone(),
+            ctx.counters.clone(),
+            ce.clone(),
+        );
         let wait = SocketWait::new(probe);
         async move {
             let w = write_loop(wr, ctl_rx, data_rx, direct.as_deref(), sched, wait, &stats);
@@ -212,6 +220,7 @@ pub(crate) fn spawn<T: Transport>(id: LinkId, transport: T, ctx: LinkContext) ->
     LinkHandles {
         control: ctl_tx,
         data: LinkTx::new(data_tx, room, direct),
+        ce,
         stats,
         reader: reader.abort_handle(),
         writer: writer.abort_handle(),

@@ -17,7 +17,7 @@ use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datapath::fq::{FlowQueues, Out};
+use datapath::fq::{CeMarks, FlowQueues, Out};
 use datapath::{bump, DataCounters};
 use tokio::sync::Semaphore;
 
@@ -53,6 +53,8 @@ pub(crate) struct Sched {
     round: Vec<(u32, u32, u32, u32)>,
     room: Arc<Semaphore>,
     counters: Arc<DataCounters>,
+    /// The marks the sealer owes ECN-capable flows, on queue management's word.
+    ce: Arc<CeMarks>,
 }
 
 /// What a finished round released.
@@ -65,7 +67,12 @@ pub(crate) struct Done {
 }
 
 impl Sched {
-    pub(crate) fn new(flows: bool, room: Arc<Semaphore>, counters: Arc<DataCounters>) -> Sched {
+    pub(crate) fn new(
+        flows: bool,
+        room: Arc<Semaphore>,
+        counters: Arc<DataCounters>,
+        ce: Arc<CeMarks>,
+    ) -> Sched {
         Sched {
             slots: Vec::new(),
             free: Vec::new(),
@@ -77,6 +84,7 @@ impl Sched {
             round: Vec::new(),
             room,
             counters,
+            ce,
         }
     }
 
@@ -149,7 +157,14 @@ impl Sched {
                 }
                 Order::Flows(f) => match f.pop(now, socket_wait) {
                     None => break,
-                    Some(Out::Send((slot, start), len)) => {
+                    Some(o @ (Out::Send(..) | Out::Mark(..))) => {
+                        let ((slot, start), len) = match o {
+                            Out::Mark(at, len, tag) => {
+                                self.ce.owe(tag);
+                                (at, len)
+                            }
+                            Out::Send(at, len) | Out::Drop(at, len) => (at, len),
+                        };
                         bytes += len as usize;
                         match self.round.last_mut() {
                             // The next frame of the same buffer: one slice.
@@ -269,7 +284,7 @@ mod tests {
     #[test]
     fn a_sparse_flow_is_written_before_a_queued_bulk_batch() {
         let room = Arc::new(Semaphore::new(0));
-        let mut s = Sched::new(true, room.clone(), Arc::default());
+        let mut s = Sched::new(true, room.clone(), Arc::default(), Arc::default());
         let bulk = batch(&[(1, 1400); 40]);
         let bulk_len = bulk.bytes.len();
         s.push(queued(bulk, 60));
@@ -310,7 +325,7 @@ mod tests {
     #[test]
     fn with_queue_management_off_batches_go_whole_and_in_order() {
         let room = Arc::new(Semaphore::new(0));
-        let mut s = Sched::new(false, room.clone(), Arc::default());
+        let mut s = Sched::new(false, room.clone(), Arc::default(), Arc::default());
         let a = batch(&[(1, 1400); 3]);
         let b = batch(&[(9, 64)]);
         let want = [a.bytes.clone(), b.bytes.clone()].concat();
@@ -333,7 +348,7 @@ mod tests {
     fn a_standing_bulk_queue_loses_frames_and_their_budget_comes_back() {
         let counters = Arc::new(DataCounters::default());
         let room = Arc::new(Semaphore::new(0));
-        let mut s = Sched::new(true, room.clone(), counters.clone());
+        let mut s = Sched::new(true, room.clone(), counters.clone(), Arc::default());
         let t0 = Instant::now();
         let mut units = 0;
         // Bulk batches that waited 50 ms, with a 20 ms socket queue, for two seconds of rounds.

@@ -11,10 +11,11 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::Transport;
-use crate::transmit::DirectWrite;
+use crate::transmit::{DirectWrite, PeerSocket};
 
-/// Unsent bytes the kernel may hold for a peer socket before it stops reporting it writable.
-const NOTSENT_LOWAT: u32 = 128 * 1024;
+/// Unsent bytes the kernel may hold for a peer socket before it stops reporting it writable,
+/// until queue management sizes it to the connection's rate (`transmit::PeerSocket`).
+const NOTSENT_LOWAT: u32 = datapath::codel::MAX_NOTSENT_LOWAT;
 
 impl Transport for TcpStream {
     type Reader = OwnedReadHalf;
@@ -51,7 +52,10 @@ impl Transport for TcpStream {
     fn direct(&self) -> Option<Box<dyn DirectWrite>> {
         // The same socket (a second descriptor, non-blocking like the first).
         let sock = socket2::SockRef::from(self).try_clone().ok()?;
-        Some(Box::new(std::net::TcpStream::from(sock)))
+        Some(Box::new(PeerSocket::new(
+            std::net::TcpStream::from(sock),
+            NOTSENT_LOWAT,
+        )))
     }
 }
 

@@ -668,8 +668,11 @@ fn table(
                 let _ = writeln!(t, "{:<14} {failed} of {} runs failed", "", samples.len());
             }
         }
-        if let (Some(raw), Some(h)) = (per.first(), per.get(1)) {
-            let _ = writeln!(t, "target (hypha): {}", verdict(sc.target, raw, h, &med));
+        // The targets, for hypha over each kind of link.
+        for (label, h) in labels.iter().zip(per).skip(1) {
+            if let (Some(raw), "hypha" | "hypha quic://") = (per.first(), *label) {
+                let _ = writeln!(t, "target ({label}): {}", verdict(sc.target, raw, h, &med));
+            }
         }
     }
     t

@@ -252,3 +252,17 @@ async fn frames_cut_anywhere_go_whole_on_the_stream_in_order() {
     assert_eq!(streamed, sent[..3].to_vec());
     assert!(sa.datagrams_tx.load(Relaxed) <= 1);
 }
+
+#[test]
+fn the_datagram_backlog_is_two_milliseconds_at_the_windows_rate_within_the_buffer() {
+    // 500 KB window over 20 ms: 25 MB/s (200 Mbit/s), 2 ms of it is 50 KB.
+    assert_eq!(backlog_at(500_000, Duration::from_millis(20)), 50_000);
+    // A slow path: the floor.
+    assert_eq!(backlog_at(14_720, Duration::from_millis(80)), 16 * 1024);
+    // A fast one, or no RTT yet: the whole buffer.
+    assert_eq!(
+        backlog_at(50_000_000, Duration::from_millis(5)),
+        DATAGRAM_SEND_BUFFER
+    );
+    assert_eq!(backlog_at(1, Duration::ZERO), DATAGRAM_SEND_BUFFER);
+}

@@ -941,7 +941,10 @@ impl AsyncWrite for QuicWriter {
             }
             let space = me.conn.datagram_send_buffer_space();
             let held = DATAGRAM_SEND_BUFFER.saturating_sub(space);
-            if held > 0 && held + len > me.backlog_limit() {
+            let limit = me.backlog_limit();
+            // (At the whole buffer's size, the connection's own wait for room below is the
+            // quicker one.)
+            if held > 0 && limit < DATAGRAM_SEND_BUFFER && held + len > limit {
                 // Enough is waiting in the connection to keep it busy: the rest waits in the
                 // link's flow queues, where sparse flows pass it. Look again shortly.
                 if pos > 0 {

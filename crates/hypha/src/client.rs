@@ -1036,7 +1036,7 @@ mod tests {
             Request::Routes(kind, tx) => {
                 let _ = tx.send(vec![RouteInfo {
                     subnet: subnet("4ff:1:2:3::/64"),
-                    next_hop: "TCP 198.18.0.1:40001 <-> 198.18.0.6:9651".to_owned(),
+                    next_hop: "TCP 198.18.0.1:40001 <-> 198.18.0.6:9651".into(),
                     metric: if kind == RouteKind::Selected {
                         Metric(20)
                     } else {

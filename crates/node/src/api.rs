@@ -24,14 +24,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
 use wire::babel::Metric;
 
 use crate::control::{Control, NodeGone, PeerInfo, PeerOpError, RouteInfo, RouteKind};
 use crate::endpoint::Endpoint;
 pub use guard::{ApiAccess, ApiCounters};
-use types::{
-    AddPeer, AdminInfo, ErrorBody, Lenient, PeerRow, PubkeyAnswer, QueryRow, RouteMetric, RouteRow,
-};
+use types::{AddPeer, AdminInfo, ErrorBody, Lenient, PeerRow, PubkeyAnswer, QueryRow};
 
 /// How long in-flight requests may take to finish once shutdown is signalled.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -271,37 +270,63 @@ async fn remove_peer(
     Ok(StatusCode::NO_CONTENT)
 }
 
-impl From<Metric> for RouteMetric {
-    fn from(m: Metric) -> RouteMetric {
-        if m.is_infinite() {
-            RouteMetric::Infinite("infinite".to_owned())
+/// The rows of a route listing, serialized as [`RouteRow`]s straight from the node's answer: a
+/// full table is tens of thousands of rows, and a `RouteRow` of each (three strings) first would
+/// more than double what a listing holds at its peak.
+pub(crate) struct RouteRows(pub Vec<RouteInfo>);
+
+impl Serialize for RouteRows {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(RowOf))
+    }
+}
+
+/// One [`RouteRow`], as it serializes, borrowed from a [`RouteInfo`].
+struct RowOf<'a>(&'a RouteInfo);
+
+impl Serialize for RowOf<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut row = s.serialize_struct("RouteRow", 4)?;
+        row.serialize_field("subnet", &Shown(&r.subnet))?;
+        row.serialize_field("nextHop", &*r.next_hop)?;
+        row.serialize_field("metric", &MetricOf(r.metric))?;
+        row.serialize_field("seqno", &r.seqno)?;
+        row.end()
+    }
+}
+
+/// A value serialized as the text it displays as, without a `String` of it.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// A route's metric as [`RouteMetric`] serializes it: the number, or `"infinite"`.
+struct MetricOf(Metric);
+
+impl Serialize for MetricOf {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_infinite() {
+            s.serialize_str("infinite")
         } else {
-            RouteMetric::Finite(m.0)
+            s.serialize_u16(self.0 .0)
         }
     }
 }
 
-impl From<RouteInfo> for RouteRow {
-    fn from(r: RouteInfo) -> RouteRow {
-        RouteRow {
-            subnet: r.subnet.to_string(),
-            next_hop: r.next_hop,
-            metric: r.metric.into(),
-            seqno: r.seqno,
-        }
-    }
+async fn routes(c: &Control, kind: RouteKind) -> ApiResult<Json<RouteRows>> {
+    Ok(Json(RouteRows(ask(c.routes(kind)).await?)))
 }
 
-async fn routes(c: &Control, kind: RouteKind) -> ApiResult<Json<Vec<RouteRow>>> {
-    let rows = ask(c.routes(kind)).await?;
-    Ok(Json(rows.into_iter().map(RouteRow::from).collect()))
-}
-
-async fn selected_routes(State(c): State<Control>) -> ApiResult<Json<Vec<RouteRow>>> {
+async fn selected_routes(State(c): State<Control>) -> ApiResult<Json<RouteRows>> {
     routes(&c, RouteKind::Selected).await
 }
 
-async fn fallback_routes(State(c): State<Control>) -> ApiResult<Json<Vec<RouteRow>>> {
+async fn fallback_routes(State(c): State<Control>) -> ApiResult<Json<RouteRows>> {
     routes(&c, RouteKind::Fallback).await
 }
 
@@ -462,13 +487,13 @@ mod tests {
             ],
             selected: vec![RouteInfo {
                 subnet: subnet("4ff:1:2:3::/64"),
-                next_hop: "TCP [fd00::1]:40000 <-> [fd00::2]:9651".to_owned(),
+                next_hop: "TCP [fd00::1]:40000 <-> [fd00::2]:9651".into(),
                 metric: Metric(20),
                 seqno: 3,
             }],
             fallback: vec![RouteInfo {
                 subnet: subnet("4ff:1:2:3::/64"),
-                next_hop: "TCP 198.18.0.1:40001 <-> 198.18.0.6:9651".to_owned(),
+                next_hop: "TCP 198.18.0.1:40001 <-> 198.18.0.6:9651".into(),
                 metric: Metric::INFINITE,
                 seqno: 2,
             }],

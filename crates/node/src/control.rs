@@ -80,8 +80,9 @@ pub struct QuicPath {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteInfo {
     pub subnet: Subnet,
-    /// The link the route goes through, `TCP [local]:port <-> [remote]:port`.
-    pub next_hop: String,
+    /// The link the route goes through, `TCP [local]:port <-> [remote]:port` (one text per
+    /// link, shared by its rows).
+    pub next_hop: Arc<str>,
     pub metric: Metric,
     pub seqno: u16,
 }

@@ -915,23 +915,27 @@ impl Owner {
                 let _ = reply.send(res);
             }
             Request::Routes(kind, reply) => {
-                let routes = match kind {
-                    RouteKind::Selected => self.router.selected_routes(now),
-                    RouteKind::Fallback => self.router.fallback_routes(now),
-                };
-                let list = routes
-                    .into_iter()
-                    .map(|r| RouteInfo {
+                // A full table is tens of thousands of rows: they are made straight from the
+                // table, sharing one description of each link.
+                let selected = kind == RouteKind::Selected;
+                let (n_selected, n_fallback) = self.router.route_counts();
+                let mut list = Vec::with_capacity(if selected { n_selected } else { n_fallback });
+                let mut descs: FxHashMap<LinkId, Arc<str>> = FxHashMap::default();
+                self.router.for_each_route(now, selected, |r| {
+                    let next_hop = descs.entry(r.next_hop).or_insert_with(|| {
+                        match self.links.get(&r.next_hop) {
+                            Some(l) => l.desc.as_str().into(),
+                            None => format!("link {}", r.next_hop.0).into(),
+                        }
+                    });
+                    list.push(RouteInfo {
                         subnet: r.subnet,
-                        next_hop: self
-                            .links
-                            .get(&r.next_hop)
-                            .map(|l| l.desc.clone())
-                            .unwrap_or_else(|| format!("link {}", r.next_hop.0)),
+                        next_hop: next_hop.clone(),
                         metric: r.total,
                         seqno: r.seqno.0,
-                    })
-                    .collect();
+                    });
+                });
+                list.sort_unstable_by(|a, b| (a.subnet, &a.next_hop).cmp(&(b.subnet, &b.next_hop)));
                 let _ = reply.send(list);
             }
             Request::Queried(reply) => {
@@ -1001,6 +1005,7 @@ impl Owner {
             .collect();
         peers.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
         let c = self.router.counters();
+        let (selected, fallback) = self.router.route_counts();
         let rc = &self.route_counts;
         Stats {
             uptime: self.epoch.elapsed().as_secs(),
@@ -1014,8 +1019,8 @@ impl Owner {
                 .as_ref()
                 .map(|(t, h)| TunStats::new(&t.stats(), h)),
             routing: RoutingStats {
-                selected_routes: self.router.selected_routes(now).len() as u64,
-                fallback_routes: self.router.fallback_routes(now).len() as u64,
+                selected_routes: selected as u64,
+                fallback_routes: fallback as u64,
                 queried_subnets: self.router.queried_subnets(now).len() as u64,
                 route_requests_sent: rc.requests_sent,
                 route_requests_received: c.route_request_rx,

@@ -1176,6 +1176,39 @@ impl Router {
         }
     }
 
+    /// How many routes are selected and how many are held as fallbacks, without listing them
+    /// (the counts [`Router::selected_routes`] and [`Router::fallback_routes`] would have).
+    pub fn route_counts(&self) -> (usize, usize) {
+        let selected = self.table_sizes().selected;
+        (selected, self.routes.entry_count() - selected)
+    }
+
+    /// Calls `f` with every selected route (`selected`), or every route not selected, in no
+    /// particular order: a listing without a vector of all of them first.
+    pub fn for_each_route(&self, now: Time, selected: bool, mut f: impl FnMut(RouteInfo)) {
+        let t = &self.routes;
+        for id in t.list_ids() {
+            let s = t.names.subnet(id);
+            let sel = t.meta(id).and_then(|m| m.selected());
+            for e in t.entries(id) {
+                if (sel == Some(e.link)) != selected {
+                    continue;
+                }
+                let link = t.links.id(e.link);
+                let cost = self.links.get(&link).map_or(Metric::INFINITE, |l| l.cost());
+                f(RouteInfo {
+                    subnet: s,
+                    next_hop: link,
+                    metric: e.metric,
+                    total: e.metric.saturating_add(cost),
+                    seqno: e.seqno,
+                    router_id: t.names.rid(e.rid),
+                    expires_in: t.expires(e).saturating_since(now),
+                });
+            }
+        }
+    }
+
     /// Selected routes, sorted by subnet.
     pub fn selected_routes(&self, now: Time) -> Vec<RouteInfo> {
         self.route_infos(now, true)
@@ -2621,27 +2654,7 @@ impl Router {
 
     fn route_infos(&self, now: Time, selected: bool) -> Vec<RouteInfo> {
         let mut v = Vec::new();
-        let t = &self.routes;
-        for id in t.list_ids() {
-            let s = t.names.subnet(id);
-            let sel = t.meta(id).and_then(|m| m.selected());
-            for e in t.entries(id) {
-                if (sel == Some(e.link)) != selected {
-                    continue;
-                }
-                let link = t.links.id(e.link);
-                let cost = self.links.get(&link).map_or(Metric::INFINITE, |l| l.cost());
-                v.push(RouteInfo {
-                    subnet: s,
-                    next_hop: link,
-                    metric: e.metric,
-                    total: e.metric.saturating_add(cost),
-                    seqno: e.seqno,
-                    router_id: t.names.rid(e.rid),
-                    expires_in: t.expires(e).saturating_since(now),
-                });
-            }
-        }
+        self.for_each_route(now, selected, |r| v.push(r));
         v.sort_unstable_by_key(|r| (r.subnet, r.next_hop));
         v
     }

@@ -277,6 +277,32 @@ fn expiry_retracts_then_forgets() {
     r.check_invariants().unwrap();
 }
 
+/// The counts the stats show are the lengths of the lists, without making them.
+#[test]
+fn route_counts_are_the_lengths_of_the_lists() {
+    let mut r = router();
+    let counts = |r: &Router, t: Time| (r.selected_routes(t).len(), r.fallback_routes(t).len());
+    assert_eq!(r.route_counts(), (0, 0));
+    r.handle_link_up(L1, 10, Time::ZERO).unwrap();
+    r.handle_link_up(L2, 10, Time::ZERO).unwrap();
+    for (link, n, metric) in [(L1, 5, 100), (L2, 5, 300), (L2, 6, 100), (L1, 7, 100)] {
+        r.handle_tlv(link, &update(n, 1, metric), Time::ZERO);
+    }
+    drain(&mut r);
+    assert_eq!(r.route_counts(), (3, 1));
+    assert_eq!(r.route_counts(), counts(&r, Time::ZERO));
+    let mut seen = 0;
+    r.for_each_route(Time::ZERO, false, |info| {
+        assert_eq!((info.next_hop, info.subnet), (L2, ident(5).1));
+        seen += 1;
+    });
+    assert_eq!(seen, 1);
+    r.handle_link_down(L1, Time::ZERO);
+    drain(&mut r);
+    assert_eq!(r.route_counts(), counts(&r, Time::ZERO));
+    r.check_invariants().unwrap();
+}
+
 #[test]
 fn prefix_length_index_lists_lengths_in_use_longest_first() {
     let mut idx = crate::router::PlenIndex::default();

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::messages::{self as msg, MessageSend, OpError, Sent};
-use super::types::{PeerRow, QueryRow, RouteRow};
+use super::types::{PeerRow, QueryRow};
 use super::{guard, ApiAccess, ANSWER_TIMEOUT};
 use crate::control::{Control, PeerOpError, RouteKind};
 use crate::endpoint::Endpoint;
@@ -448,7 +448,7 @@ async fn dispatch(c: &Control, method: &str, p: &Params) -> Result<Value, RpcErr
                 RouteKind::Fallback
             };
             let rows = answer(c.routes(kind)).await?;
-            to_value(rows.into_iter().map(RouteRow::from).collect::<Vec<_>>())
+            to_value(super::RouteRows(rows))
         }
         "getQueriedSubnets" => {
             let rows = answer(c.queried()).await?;
